@@ -76,6 +76,18 @@ class SentenceCodec(ABC):
             out[i] = vec[s]
         return out
 
+    def count_truncated(self, sentences: Sequence[str], lang: str) -> int:
+        """How many of ``sentences`` exceed the encoder's input limit (0 if it has none).
+
+        Computed from token counts alone, so it is right even for sentences served by the cache.
+        """
+        return 0
+
+    def to(self, device: str | torch.device) -> SentenceCodec:
+        """Run the encoder on ``device`` (used by the scale-out path to pick each rank's GPU)."""
+        self.device = torch.device(device)
+        return self
+
     @abstractmethod
     def _encode(self, sentences: list[str], lang: str) -> torch.Tensor:
         """Encode unique, uncached sentences: ``(len(sentences), dim)``."""

@@ -51,17 +51,13 @@ def register_card_dir(path: str | Path) -> None:
     fairseq2 builds its asset store once per process, so this must run before anything loads a
     model; later it only succeeds if ``path`` is the folder already registered.
     """
-    import fairseq2
     import fairseq2.runtime.dependency as dep
 
     path = Path(path).resolve()
     if not path.is_dir():
         raise FileNotFoundError(f"asset card folder not found: {path}")
-    if dep._resolver is None:
-        from fairseq2.composition.assets import register_file_assets
-
+    if dep._resolver is None:  # fairseq2 reads the user asset folder when it initialises
         os.environ["FAIRSEQ2_USER_ASSET_DIR"] = str(path)
-        fairseq2.init_fairseq2(extras=lambda c: register_file_assets(c, path))
         return
     current = os.environ.get("FAIRSEQ2_USER_ASSET_DIR")
     if current is None or Path(current).resolve() != path:
@@ -137,6 +133,7 @@ class SonarCodec(SentenceCodec):
         self.encoder_name, self.decoder_name = encoder, decoder
         self.tokenizer_name = tokenizer or encoder
         self.device = torch.device(device)
+        self._auto_dtype = dtype is None
         if dtype is None:
             self.dtype = torch.float16 if self.device.type == "cuda" else torch.float32
         else:
@@ -206,6 +203,20 @@ class SonarCodec(SentenceCodec):
     def encode(self, sentences, lang):  # noqa: D102 - documented in the base class
         self.load()  # dim must be known before the base class allocates the output
         return super().encode(sentences, lang)
+
+    def to(self, device):
+        device = torch.device(device)
+        if device != self.device:
+            if self._encoder is not None or self._decoder is not None:
+                raise RuntimeError("move the SONAR codec before its first use")
+            self.device = device
+            if self._auto_dtype:
+                self.dtype = torch.float16 if device.type == "cuda" else torch.float32
+        return self
+
+    def count_truncated(self, sentences, lang):
+        token_encoder = self.tokenizer.create_encoder(lang=lang, mode="source")
+        return sum(int(token_encoder(s).shape[0] > self.max_seq_len) for s in sentences)
 
     # -- encoding --------------------------------------------------------------------------------
     def _encode(self, sentences: list[str], lang: str) -> torch.Tensor:

@@ -37,8 +37,7 @@ class TinySonar:
 def _default_corpus(n: int, seed: int) -> list[str]:
     rng = random.Random(seed)
     return [
-        " ".join(rng.choices(DEFAULT_CORPUS_WORDS, k=rng.randint(3, 10))) + "."
-        for _ in range(n)
+        " ".join(rng.choices(DEFAULT_CORPUS_WORDS, k=rng.randint(3, 10))) + "." for _ in range(n)
     ]
 
 
@@ -115,7 +114,9 @@ def build_tiny_sonar(
         num_decoder_attn_heads=4,
         ffn_inner_dim=4 * model_dim,
     )
-    encoder = SonarTextEncoderFactory(SonarTextEncoderConfig(pooling="mean", **common)).create_model()
+    encoder = SonarTextEncoderFactory(
+        SonarTextEncoderConfig(pooling="mean", **common)
+    ).create_model()
     dec_cfg = SonarTextDecoderConfig(
         activation_fn="ReLU",
         no_scale_embedding=False,

@@ -1,0 +1,50 @@
+"""The ``lcm`` command: ``lcm prepare`` and the LightningCLI subcommands.
+
+``lcm prepare ...`` turns documents into concept shards (:func:`lcm.data.prepare.prepare`);
+its typed signature and docstring are the CLI and its ``--help``.
+"""
+
+from __future__ import annotations
+
+import sys
+
+COMMANDS = {
+    "prepare": "documents -> sentences -> concept shards + normalizer",
+}
+
+
+def _usage() -> str:
+    lines = ["usage: lcm <command> [options]   (lcm <command> --help for its options)", ""]
+    lines += [f"  {name:<10} {text}" for name, text in COMMANDS.items()]
+    return "\n".join(lines)
+
+
+def main(argv: list[str] | None = None) -> None:
+    """Console entry point (``lcm``)."""
+    run(argv)
+
+
+def run(argv: list[str] | None = None) -> object:
+    """Run one ``lcm`` command and return its result (used by tests and scripts)."""
+    argv = list(sys.argv[1:] if argv is None else argv)
+    if not argv or argv[0] in ("-h", "--help"):
+        print(_usage())
+        return None
+    command, rest = argv[0], argv[1:]
+    if command == "prepare":
+        from jsonargparse import CLI
+
+        from lcm.data.prepare import prepare
+
+        summary = CLI(prepare, args=rest, as_positional=False)
+        if summary:
+            import json
+
+            print(json.dumps(summary, indent=2))
+        return summary
+    print(f"lcm: unknown command {command!r}\n\n{_usage()}", file=sys.stderr)
+    raise SystemExit(2)
+
+
+if __name__ == "__main__":
+    main()

@@ -1,0 +1,413 @@
+"""``lcm prepare``: documents -> sentences -> concepts -> parquet shards (+ normalizer).
+
+Steps:
+1. read every input row with ``datasets``; validate; split fields into sentences
+   (:mod:`lcm.data.documents`). Bad rows go to ``rejects/input.jsonl`` with file, row and reason.
+2. cut the valid documents, in input order, into shards of ``shard_size`` documents.
+3. encode the shards under Lightning ``Trainer.predict``: each rank takes every
+   ``world_size``-th pending shard, so ``--devices``/``--num_nodes`` spread the work over GPUs and
+   machines. A shard is written to a temporary file and renamed, so a shard file on disk is
+   always complete. Documents whose vectors are NaN/inf go to ``rejects/shard-XXXXX.jsonl``.
+4. rank 0 fits the robust normalizer on a seeded sample of sentence vectors and writes
+   ``summary.json``.
+
+A rerun with the same settings skips finished shards, so a run killed at any point (even
+``kill -9``) resumes to the same shards: the persistent embedding cache (``cache.sqlite``) returns
+the very vectors the killed run computed.
+
+Output folder::
+
+    manifest.json            settings and input fingerprint (a rerun must match them)
+    shards/shard-00000.parquet
+    stats/shard-00000.json   per-shard counts (documents, sentences, truncations, rejects)
+    rejects/input.jsonl      rows rejected while reading
+    rejects/shard-00000.jsonl  documents rejected for non-finite vectors
+    normalizer.pt            RobustNormalizer statistics (load with weights_only=True)
+    summary.json             totals
+"""
+
+from __future__ import annotations
+
+import json
+import logging
+import os
+import time
+from collections import Counter
+from collections.abc import Sequence
+from dataclasses import dataclass
+from pathlib import Path
+from typing import Literal
+
+import lightning as L
+import numpy as np
+import torch
+from lightning.pytorch.callbacks import BasePredictionWriter
+
+from encoders.base import SentenceCodec
+from encoders.cache import EmbeddingCache
+from lcm.data.documents import (
+    Document,
+    InputFormat,
+    Reject,
+    expand_inputs,
+    fingerprint,
+    iter_rows,
+    to_documents,
+)
+from lcm.normalizer import RobustNormalizer
+from lcm.splitting import SentenceSplitter
+
+log = logging.getLogger(__name__)
+
+MANIFEST_VERSION = 1
+
+
+def _atomic_write(path: Path, data: bytes | str) -> None:
+    tmp = path.with_name(f".{path.name}.{os.getpid()}.tmp")
+    tmp.write_bytes(data.encode() if isinstance(data, str) else data)
+    os.replace(tmp, path)  # atomic on POSIX: readers see the old file or the whole new one
+
+
+def shard_name(i: int) -> str:
+    return f"shard-{i:05d}"
+
+
+@dataclass
+class ShardPlan:
+    index: int
+    docs: list[Document]
+
+
+class ShardEncoder(L.LightningModule):
+    """Encodes one shard of documents per predict step with a frozen codec."""
+
+    def __init__(
+        self,
+        codec: SentenceCodec,
+        plans: list[ShardPlan],
+        fields: Sequence[str],
+    ) -> None:
+        super().__init__()
+        self.codec = codec
+        self.plans = plans
+        self.fields = list(fields)
+
+    def on_predict_start(self) -> None:
+        self.codec.to(self.device)  # each rank encodes on its own device
+
+    def predict_dataloader(self):
+        # Ranks take disjoint shards (no padding, unlike DistributedSampler, so no shard is
+        # encoded twice).
+        rank, world = self.trainer.global_rank, self.trainer.world_size
+        mine = self.plans[rank::world]
+        return torch.utils.data.DataLoader(mine, batch_size=None, collate_fn=lambda p: p)
+
+    def transfer_batch_to_device(self, batch, device, dataloader_idx):
+        return batch  # a plan is text; the codec moves its own tensors
+
+    def predict_step(self, plan: ShardPlan, batch_idx: int = 0) -> dict:
+        start = time.perf_counter()
+        truncated = 0
+        vectors: dict[tuple[int, str], torch.Tensor] = {}
+        # One encode call per (field, language) over the whole shard: the codec sorts all its
+        # sentences by length, so batches are full and padding is small.
+        for name in self.fields:
+            by_lang: dict[str, list[int]] = {}
+            for d, doc in enumerate(plan.docs):
+                by_lang.setdefault(doc.lang, []).append(d)
+            for lang, members in by_lang.items():
+                flat = [s for d in members for s in plan.docs[d].sentences[name]]
+                truncated += self.codec.count_truncated(flat, lang)
+                emb = self.codec.encode(flat, lang)  # (n_sentences, dim)
+                offset = 0
+                for d in members:
+                    n = len(plan.docs[d].sentences[name])
+                    vectors[(d, name)] = emb[offset : offset + n]
+                    offset += n
+        return {
+            "plan": plan,
+            "vectors": vectors,
+            "truncated": truncated,
+            "seconds": time.perf_counter() - start,
+        }
+
+
+class ShardWriter(BasePredictionWriter):
+    """Writes each encoded shard to parquet (atomically) with its stats and rejects."""
+
+    def __init__(self, output_dir: Path, text_field: str, target_fields: Sequence[str], dtype: str):
+        super().__init__(write_interval="batch")
+        self.output_dir = output_dir
+        self.text_field = text_field
+        self.target_fields = list(target_fields)
+        self.dtype = np.float16 if dtype == "float16" else np.float32
+
+    def write_on_batch_end(
+        self, trainer, pl_module, prediction, batch_indices, batch, batch_idx, dataloader_idx=0
+    ) -> None:
+        import pyarrow as pa
+        import pyarrow.parquet as pq
+
+        plan: ShardPlan = prediction["plan"]
+        vectors = prediction["vectors"]
+        fields = [self.text_field, *self.target_fields]
+        columns: dict[str, list] = {"id": [], "lang": [], "source": []}
+        for name in fields:
+            columns[f"{name}_sentences"] = []
+            columns[f"{name}_embeddings"] = []
+        for name in self.target_fields:
+            columns[name] = []
+        rejects: list[dict] = []
+        n_sentences = 0
+        for d, doc in enumerate(plan.docs):
+            bad = None
+            for name in fields:
+                emb = vectors[(d, name)]
+                if emb.shape[0] != len(doc.sentences[name]):  # never silently misalign
+                    n = len(doc.sentences[name])
+                    bad = ("length_mismatch", f"{name}: {n} sentences but {emb.shape[0]} vectors")
+                elif not torch.isfinite(emb).all():
+                    row = int((~torch.isfinite(emb)).any(dim=1).nonzero()[0])
+                    bad = ("non_finite", f"NaN/inf embedding in field {name!r} sentence {row}")
+                if bad:
+                    break
+            if bad:
+                file, _, row = doc.source.rpartition(":")
+                rejects.append(Reject(file, int(row), *bad, doc.id).as_dict())
+                continue
+            columns["id"].append(doc.id)
+            columns["lang"].append(doc.lang)
+            columns["source"].append(doc.source)
+            for name in fields:
+                columns[f"{name}_sentences"].append(doc.sentences[name])
+                columns[f"{name}_embeddings"].append(vectors[(d, name)].numpy().astype(self.dtype))
+            for name in self.target_fields:
+                columns[name].append(doc.raw[name])
+            n_sentences += len(doc.sentences[self.text_field])
+
+        dim = pl_module.codec.dim
+        value_type = pa.float16() if self.dtype == np.float16 else pa.float32()
+        arrays = {}
+        for key, values in columns.items():
+            if key.endswith("_embeddings"):
+                # list<fixed_size_list<float, dim>>: one row per document, one vector per sentence
+                flat = (
+                    np.concatenate(values).reshape(-1) if values else np.zeros(0, dtype=self.dtype)
+                )
+                vecs = pa.FixedSizeListArray.from_arrays(pa.array(flat, type=value_type), dim)
+                offsets = np.cumsum([0] + [len(v) for v in values]).astype(np.int32)
+                arrays[key] = pa.ListArray.from_arrays(pa.array(offsets), vecs)
+            else:
+                arrays[key] = pa.array(values)
+        table = pa.table(arrays)
+
+        name = shard_name(plan.index)
+        stats = {
+            "shard": plan.index,
+            "documents": len(columns["id"]),
+            "sentences": n_sentences,
+            "truncated": prediction["truncated"],
+            "rejected": len(rejects),
+            "encode_seconds": round(prediction["seconds"], 3),
+        }
+        out = self.output_dir
+        _atomic_write(
+            out / "rejects" / f"{name}.jsonl", "".join(json.dumps(r) + "\n" for r in rejects)
+        )
+        _atomic_write(out / "stats" / f"{name}.json", json.dumps(stats))
+        tmp = out / "shards" / f".{name}.{os.getpid()}.tmp"
+        pq.write_table(table, tmp)
+        os.replace(tmp, out / "shards" / f"{name}.parquet")  # the shard exists => it is complete
+
+
+def prepare(
+    inputs: str | list[str],
+    output_dir: str,
+    codec: SentenceCodec | None = None,
+    text_field: str = "text",
+    target_fields: list[str] | None = None,
+    id_field: str | None = "id",
+    lang_field: str | None = "lang",
+    default_lang: str = "eng_Latn",
+    input_format: InputFormat = "auto",
+    txt_sample_by: Literal["document", "paragraph", "line"] = "document",
+    max_sentence_chars: int = 256,
+    shard_size: int = 256,
+    embedding_dtype: Literal["float16", "float32"] = "float32",
+    normalizer_sample: int = 100_000,
+    seed: int = 0,
+    cache: bool = True,
+    accelerator: str = "cpu",
+    devices: int | str = 1,
+    num_nodes: int = 1,
+    strategy: str = "auto",
+    progress: bool = True,
+) -> dict:
+    """Turn documents into concept shards and fit the normalizer.
+
+    Args:
+        inputs: a document file or glob pattern, or a list of them (jsonl/json, parquet, csv,
+            txt).
+        output_dir: folder for shards, rejects, normalizer and summary; rerun to resume.
+        codec: the frozen sentence codec (default: real SONAR, ``encoders.sonar.SonarCodec``).
+        text_field: the document text column.
+        target_fields: extra text columns to split and encode too (e.g. ``[summary]``).
+        id_field: document id column (missing ids become ``<file>:<row>``); ids must be unique.
+        lang_field: FLORES-200 language column; files without it use ``default_lang``.
+        default_lang: language of documents that have no language column.
+        input_format: file format, or ``auto`` to go by suffix.
+        txt_sample_by: for .txt inputs, one document per file, paragraph or line.
+        max_sentence_chars: long-sentence cap; longer sentences are re-split (0 disables).
+        shard_size: documents per shard (the unit of resumption and of work per rank).
+        embedding_dtype: storage dtype of the vectors.
+        normalizer_sample: most sentence vectors the normalizer is fitted on (seeded sample).
+        seed: seed of the normalizer sample.
+        cache: keep a persistent embedding cache in ``output_dir/cache.sqlite``.
+        accelerator: Lightning accelerator for encoding (``cpu``, ``gpu``, ``auto``).
+        devices: devices per node for encoding.
+        num_nodes: machines for encoding.
+        strategy: Lightning strategy (``auto``, ``ddp``, ...).
+        progress: show progress bars.
+
+    Returns:
+        The summary that is also written to ``output_dir/summary.json``.
+    """
+    t0 = time.perf_counter()
+    target_fields = list(target_fields or [])
+    out = Path(output_dir).resolve()
+    for sub in ("shards", "stats", "rejects"):
+        (out / sub).mkdir(parents=True, exist_ok=True)
+    if codec is None:
+        from encoders.sonar import SonarCodec
+
+        codec = SonarCodec()
+    if cache and codec.cache is None:
+        codec.cache = EmbeddingCache(out / "cache.sqlite")
+
+    files = expand_inputs([inputs] if isinstance(inputs, str) else inputs)
+    settings = {
+        "version": MANIFEST_VERSION,
+        "inputs": [str(f) for f in files],
+        "input_sha256": fingerprint(files),
+        "codec": codec.codec_id,
+        "text_field": text_field,
+        "target_fields": target_fields,
+        "id_field": id_field,
+        "lang_field": lang_field,
+        "default_lang": default_lang,
+        "input_format": input_format,
+        "txt_sample_by": txt_sample_by,
+        "max_sentence_chars": max_sentence_chars,
+        "shard_size": shard_size,
+        "embedding_dtype": embedding_dtype,
+        "normalizer_sample": normalizer_sample,
+        "seed": seed,
+    }
+    manifest = out / "manifest.json"
+    if manifest.exists():
+        old = json.loads(manifest.read_text())
+        changed = sorted(k for k in settings if old.get(k) != settings[k])
+        if changed:
+            raise ValueError(
+                f"{out} was prepared with other settings ({', '.join(changed)} differ); "
+                "use a new output_dir or delete this one"
+            )
+    else:
+        _atomic_write(manifest, json.dumps(settings, indent=2))
+
+    # 1) read, validate, split (deterministic: every rank computes the same plan)
+    splitter = SentenceSplitter(max_sentence_chars)
+    rows = iter_rows(files, input_format, txt_sample_by, out / ".inputs", str(out / ".hf_cache"))
+    docs, rejects = to_documents(
+        rows, splitter, text_field, target_fields, id_field, lang_field, default_lang, codec.langs
+    )
+    _atomic_write(
+        out / "rejects" / "input.jsonl", "".join(json.dumps(r.as_dict()) + "\n" for r in rejects)
+    )
+
+    # 2) shard plan; skip shards already on disk
+    plans = [
+        ShardPlan(i, docs[start : start + shard_size])
+        for i, start in enumerate(range(0, len(docs), shard_size))
+    ]
+    done = {p.index for p in plans if (out / "shards" / f"{shard_name(p.index)}.parquet").exists()}
+    pending = [p for p in plans if p.index not in done]
+    log.info("%d documents in %d shards, %d already done", len(docs), len(plans), len(done))
+
+    # 3) encode under Lightning predict
+    trainer = L.Trainer(
+        accelerator=accelerator,
+        devices=devices,
+        num_nodes=num_nodes,
+        strategy=strategy,
+        logger=False,
+        enable_checkpointing=False,
+        enable_progress_bar=progress,
+        enable_model_summary=False,
+        use_distributed_sampler=False,
+        callbacks=[ShardWriter(out, text_field, target_fields, embedding_dtype)],
+    )
+    if pending:
+        module = ShardEncoder(codec, pending, [text_field, *target_fields])
+        trainer.predict(module, return_predictions=False)
+        trainer.strategy.barrier()
+    if not trainer.is_global_zero:
+        return {}
+
+    # 4) normalizer and summary (rank 0)
+    summary = _finalize(out, plans, rejects, splitter, text_field, normalizer_sample, seed)
+    summary["seconds"] = round(time.perf_counter() - t0, 2)
+    _atomic_write(out / "summary.json", json.dumps(summary, indent=2))
+    return summary
+
+
+def _finalize(out, plans, input_rejects, splitter, text_field, normalizer_sample, seed) -> dict:
+    import pyarrow.parquet as pq
+
+    missing = [
+        p.index for p in plans if not (out / "shards" / f"{shard_name(p.index)}.parquet").exists()
+    ]
+    if missing:
+        raise RuntimeError(f"shards {missing[:5]}... were not written; rerun to resume")
+    stats = [json.loads((out / "stats" / f"{shard_name(p.index)}.json").read_text()) for p in plans]
+    shard_rejects = []
+    for p in plans:
+        text = (out / "rejects" / f"{shard_name(p.index)}.jsonl").read_text()
+        shard_rejects += [json.loads(line) for line in text.splitlines()]
+
+    n_sentences = sum(s["sentences"] for s in stats)
+    normalizer_fitted_on = 0
+    if n_sentences >= 2:
+        # Seeded sample over the global sentence index: the same shards give the same normalizer.
+        rng = np.random.default_rng(seed)
+        k = min(normalizer_sample, n_sentences)
+        chosen = np.sort(rng.choice(n_sentences, size=k, replace=False))
+        picked, offset = [], 0
+        for p, s in zip(plans, stats):
+            lo, hi = np.searchsorted(chosen, [offset, offset + s["sentences"]])
+            if hi > lo:
+                col = pq.read_table(
+                    out / "shards" / f"{shard_name(p.index)}.parquet",
+                    columns=[f"{text_field}_embeddings"],
+                ).column(0)
+                flat = col.combine_chunks().flatten().flatten().to_numpy(zero_copy_only=False)
+                mat = flat.reshape(s["sentences"], -1)
+                picked.append(mat[chosen[lo:hi] - offset])
+            offset += s["sentences"]
+        sample = torch.from_numpy(np.concatenate(picked).astype(np.float32))
+        RobustNormalizer.fit(sample).save(out / "normalizer.pt")
+        normalizer_fitted_on = int(sample.shape[0])
+
+    all_rejects = [*(r.as_dict() for r in input_rejects), *shard_rejects]
+    reasons = Counter(r["kind"] for r in all_rejects)
+    return {
+        "documents": sum(s["documents"] for s in stats),
+        "sentences": n_sentences,
+        "shards": len(plans),
+        "rejected": len(input_rejects) + len(shard_rejects),
+        "rejected_by_reason": dict(sorted(reasons.items())),
+        "truncated_sentences": sum(s["truncated"] for s in stats),
+        "long_sentences_resplit": splitter.stats.long_resplit,
+        "normalizer_fitted_on": normalizer_fitted_on,
+        "encode_seconds": round(sum(s["encode_seconds"] for s in stats), 2),
+    }
