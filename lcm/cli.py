@@ -42,6 +42,16 @@ def run(argv: list[str] | None = None) -> object:
 
             print(json.dumps(summary, indent=2))
         return summary
+    if command == "fetch-debian":
+        import json
+
+        from jsonargparse import CLI
+
+        from lcm.corpora.debian import fetch_debian_descriptions
+
+        result = CLI(fetch_debian_descriptions, args=rest, as_positional=False)
+        print(json.dumps(result, indent=2))
+        return result
     print(f"lcm: unknown command {command!r}\n\n{_usage()}", file=sys.stderr)
     raise SystemExit(2)
 

@@ -1,0 +1,265 @@
+"""Two-Tower diffusion LCM (paper section 2.3.4): a causal contextualizer and a separate denoiser.
+
+Contextualizer (clean concepts):
+    x (B, T, D) --Linear(D->d)--> CausalTransformer --> ctx (B, T, d)     (ctx_i sees x_0..x_i)
+
+Denoiser (noisy concepts; position i predicts the clean x_i, i.e. x0-prediction):
+    x_t (B, T, D) --Linear(D->d)--> N x DenoiserBlock --> RMSNorm --> Linear(d->D)
+    Each block: AdaLN(t)-modulated diagonal self-attention, cross-attention, SwiGLU.
+    Cross-attention keys are the *shifted* context
+        ctx_shifted = [0, ctx_0, ctx_1, ..., ctx_{T-2}]             (B, T, d)
+    and position i attends to shifted slots 0..i, i.e. to the zero vector and ctx_0..ctx_{i-1}:
+    everything known about x_0..x_{i-1} and nothing about x_i itself. Position 0 sees only the
+    zero vector. `drop_context` (classifier-free guidance) leaves a position only the zero vector,
+    which is the unconditional model.
+
+Generation of concept T from clean x_0..x_{T-1}:
+    ctx = contextualize(x, mask, cache)                  # incremental with a KV cache
+    kv = precompute_cross_kv(shift_context(ctx, include_last=True))   # (B, T+1) slots, once
+    for each diffusion step: x0_hat = denoise(x_t (B, 1, D), t (B, 1), mask=mask, cross_kv=kv)
+`denoise` treats its Tq queries as the *last* Tq of the S context slots, so a single query is
+the next concept and sees all S slots.
+
+Parameter count of the "7B" preset (d=4096, 32 heads, contextualizer 5 layers, denoiser 14
+layers, FFN 16384 -> SwiGLU 11008), which equals Meta's `two_tower_diffusion_lcm_7B` docstring:
+    contextualizer PreNet  1024*4096 + 4096                                  =     4,198,400
+    contextualizer layer   attn 67,125,248 + SwiGLU 135,292,416 + 2 norms 8,192 =  202,425,856
+    5 layers                                                                 = 1,012,129,280
+    contextualizer final RMSNorm                                             =         4,096
+    timestep embedding     256*4096 + 4096 + 4096*4096 + 4096                =    17,833,984
+    denoiser PreNet        1024*4096 + 4096                                  =     4,198,400
+    denoiser layer         self-attn 67,125,248 + cross-attn 67,125,248
+                           + SwiGLU 135,292,416 + 3 norms 12,288
+                           + AdaLN 4096*(9*4096) + 9*4096 = 151,031,808        =   420,587,008
+    14 layers                                                                = 5,888,218,112
+    denoiser final RMSNorm                                                   =         4,096
+    denoiser PostNet       4096*1024 + 1024                                  =     4,195,328
+    total                                                                    = 6,930,781,696
+The "1.6B" preset (d=2048, 5 + 13 layers) counts 1,645,538,304 with the same layout. Meta's
+`two_tower_diffusion_lcm_1_6B` docstring says 1,635,101,696 (10,436,608 = 13 * 802,816 fewer);
+since the identical accounting reproduces their 7B figure to the parameter, we take their 1.6B
+docstring to be stale (see also `lcm.models.base_lcm`).
+"""
+
+from __future__ import annotations
+
+from dataclasses import dataclass
+from typing import Any, ClassVar
+
+import torch
+from torch import Tensor, nn
+
+from lcm.models.common import ConceptModel, PresetConfig, build
+from lcm.nn import CausalTransformer, DenoiserBlock, KVCache, RMSNorm, TimestepEmbedding
+
+CrossKV = list[tuple[Tensor, Tensor]]
+"""Per denoiser layer: keys and values (B, H, S, hd) of the shifted context."""
+
+
+@dataclass
+class TwoTowerConfig(PresetConfig):
+    """Two-Tower diffusion LCM hyper-parameters. `TwoTowerConfig.from_name("7B")`.
+
+    Args:
+        sonar_dim: concept dimension D; 1024 for SONAR.
+        d_model: width d of both towers (Meta asserts the timestep embedding has width d).
+        n_heads: attention heads in both towers.
+        ffn_dim: nominal FFN width; SwiGLU hidden = ffn_dim*2/3 rounded up to `ffn_multiple_of`.
+        ffn_multiple_of: rounding of the SwiGLU hidden width.
+        ctx_layers: contextualizer layers (paper 1.6B: 5).
+        den_layers: denoiser layers (paper 1.6B: 13).
+        dropout: residual dropout in both towers (Meta: 0.1).
+        attn_dropout: dropout on attention weights (Meta: 0).
+        bias: biases in attention and FFN projections (Meta: True).
+        rope_theta: RoPE base of the contextualizer (the denoiser has no positions).
+        norm_eps: RMSNorm epsilon.
+        timestep_freq_dim: width of the sinusoidal timestep features (DiT: 256).
+    """
+
+    sonar_dim: int = 1024
+    d_model: int = 2048
+    n_heads: int = 16
+    ffn_dim: int = 8192
+    ffn_multiple_of: int = 256
+    ctx_layers: int = 5
+    den_layers: int = 13
+    dropout: float = 0.1
+    attn_dropout: float = 0.0
+    bias: bool = True
+    rope_theta: float = 10_000.0
+    norm_eps: float = 1e-5
+    timestep_freq_dim: int = 256
+
+    presets: ClassVar[dict[str, dict[str, Any]]] = {
+        "tiny": dict(
+            d_model=32,
+            n_heads=4,
+            ffn_dim=128,
+            ffn_multiple_of=16,
+            ctx_layers=2,
+            den_layers=2,
+            dropout=0.0,
+        ),
+        # One GPU: 241,420,800 parameters with sonar_dim=1024.
+        "small": dict(d_model=1024, n_heads=16, ffn_dim=4096, ctx_layers=4, den_layers=7),
+        # Paper / Meta `two_tower_diffusion_lcm_1_6B`: 1,645,538,304 (see module docstring).
+        "1.6B": dict(d_model=2048, n_heads=16, ffn_dim=8192, ctx_layers=5, den_layers=13),
+        # Paper / Meta `two_tower_diffusion_lcm_7B`: 6,930,781,696, equal to Meta's count.
+        "7B": dict(d_model=4096, n_heads=32, ffn_dim=16384, ctx_layers=5, den_layers=14),
+    }
+
+    def build(
+        self, device: str | torch.device | None = None, dtype: torch.dtype | None = None
+    ) -> TwoTowerLCM:
+        """Build the network; `device="meta"` allocates nothing (for counting, FSDP)."""
+        return build(TwoTowerLCM, self, device, dtype)
+
+
+class TwoTowerLCM(ConceptModel):
+    """Causal contextualizer over clean concepts + AdaLN denoiser cross-attending to it."""
+
+    def __init__(self, config: TwoTowerConfig) -> None:
+        super().__init__()
+        self.config = config
+        c = config
+        # Contextualizer tower.
+        self.ctx_prenet = nn.Linear(c.sonar_dim, c.d_model)
+        self.contextualizer = CausalTransformer(
+            c.d_model,
+            c.ctx_layers,
+            c.n_heads,
+            c.ffn_dim,
+            c.dropout,
+            attn_dropout=c.attn_dropout,
+            ffn_multiple_of=c.ffn_multiple_of,
+            bias=c.bias,
+            rope_theta=c.rope_theta,
+            norm_eps=c.norm_eps,
+        )
+        # Denoiser tower.
+        self.time_embed = TimestepEmbedding(c.d_model, c.timestep_freq_dim)
+        self.den_prenet = nn.Linear(c.sonar_dim, c.d_model)
+        self.den_layers = nn.ModuleList(
+            DenoiserBlock(
+                c.d_model,
+                c.n_heads,
+                c.ffn_dim,
+                c.dropout,
+                attn_dropout=c.attn_dropout,
+                ffn_multiple_of=c.ffn_multiple_of,
+                bias=c.bias,
+                norm_eps=c.norm_eps,
+            )
+            for _ in range(c.den_layers)
+        )
+        self.den_norm = RMSNorm(c.d_model, c.norm_eps)
+        self.den_postnet = nn.Linear(c.d_model, c.sonar_dim)
+
+    # ---- contextualizer ------------------------------------------------------------------------
+
+    def new_cache(self) -> KVCache:
+        """Empty KV cache for incremental `contextualize`."""
+        return self.contextualizer.new_cache()
+
+    def contextualize(
+        self, x: Tensor, mask: Tensor | None = None, cache: KVCache | None = None
+    ) -> Tensor:
+        """x: (B, T, D) clean concepts (only the new ones with a cache) -> ctx (B, T, d)."""
+        return self.contextualizer(self.ctx_prenet(x), mask, cache)  # (B, T, d)
+
+    @staticmethod
+    def shift_context(ctx: Tensor, include_last: bool = False) -> Tensor:
+        """[0, ctx_0, ..., ctx_{T-2}] (B, T, d); with include_last, [0, ctx_0, ..., ctx_{T-1}]
+        (B, T+1, d), the context slots needed to generate concept T."""
+        zero = ctx.new_zeros(ctx.size(0), 1, ctx.size(2))  # (B, 1, d)
+        body = ctx if include_last else ctx[:, :-1]
+        return torch.cat((zero, body), dim=1)
+
+    def precompute_cross_kv(self, ctx_shifted: Tensor) -> CrossKV:
+        """Keys/values of every denoiser cross-attention for a shifted context (B, S, d).
+
+        They depend on the context only, not on x_t or t, so a sampler computes them once per
+        generated concept and reuses them for all its denoising steps.
+        """
+        return [blk.cross_attn.project_kv(ctx_shifted) for blk in self.den_layers]
+
+    # ---- denoiser ------------------------------------------------------------------------------
+
+    @staticmethod
+    def _cross_mask(
+        batch: int,
+        n_query: int,
+        n_slots: int,
+        mask: Tensor | None,
+        drop_context: Tensor | None,
+        device: torch.device,
+    ) -> Tensor | None:
+        """Bool (B|1, 1, Tq, S): query q is concept i = S - Tq + q and sees slots 0..i."""
+        q_pos = torch.arange(n_slots - n_query, n_slots, device=device)[:, None]  # (Tq, 1)
+        k_pos = torch.arange(n_slots, device=device)[None, :]  # (1, S)
+        allowed = (k_pos <= q_pos)[None]  # (1, Tq, S)
+        if mask is not None:
+            if mask.size(1) < n_slots - 1:
+                raise ValueError(f"mask covers {mask.size(1)} concepts, need {n_slots - 1}")
+            # Slot 0 is the zero vector (always valid); slot j >= 1 holds ctx_{j-1}.
+            slot_valid = torch.cat((mask.new_ones(batch, 1), mask[:, : n_slots - 1]), dim=1)
+            allowed = allowed & slot_valid[:, None, :]  # (B, Tq, S)
+        if drop_context is not None:
+            only_zero = (k_pos == 0)[None]  # (1, 1, S)
+            allowed = torch.where(drop_context[:, :, None], only_zero, allowed)  # (B, Tq, S)
+        return allowed[:, None]
+
+    def denoise(
+        self,
+        x_t: Tensor,
+        t: Tensor,
+        ctx: Tensor | None = None,
+        mask: Tensor | None = None,
+        drop_context: Tensor | None = None,
+        *,
+        cross_kv: CrossKV | None = None,
+    ) -> Tensor:
+        """Predict clean concepts (x0) from noisy ones.
+
+        Args:
+            x_t: (B, Tq, D) noisy concepts: the last Tq of the S context positions (Tq = S for
+                training; Tq = 1 to denoise only the last one).
+            t: (B, Tq) or (B,) integer diffusion timesteps.
+            ctx: (B, T, d) contextualizer output; shifted here (S = T). Ignored given cross_kv.
+            mask: (B, >= S-1) bool validity of the clean concepts behind the context.
+            drop_context: (B, Tq) bool; True = this position sees only the zero vector (CFG).
+            cross_kv: output of `precompute_cross_kv(ctx_shifted)`, reused across steps.
+
+        Returns:
+            (B, Tq, D) x0 predictions.
+        """
+        if cross_kv is None:
+            if ctx is None:
+                raise ValueError("pass either ctx or cross_kv")
+            cross_kv = self.precompute_cross_kv(self.shift_context(ctx))
+        B, Tq, _ = x_t.shape
+        S = cross_kv[0][0].size(2)
+        if Tq > S:
+            raise ValueError(f"{Tq} noisy positions but only {S} context slots")
+        if t.dim() == 1:
+            t = t[:, None].expand(B, Tq)
+        cross_mask = self._cross_mask(B, Tq, S, mask, drop_context, x_t.device)
+
+        temb = self.time_embed(t)  # (B, Tq, d)
+        h = self.den_prenet(x_t)  # (B, Tq, d)
+        for blk, kv in zip(self.den_layers, cross_kv, strict=True):
+            h = blk(h, temb, kv, cross_mask)  # (B, Tq, d)
+        return self.den_postnet(self.den_norm(h))  # (B, Tq, D)
+
+    def forward(
+        self,
+        x_clean: Tensor,
+        x_noisy: Tensor,
+        t: Tensor,
+        mask: Tensor | None = None,
+        drop_context: Tensor | None = None,
+    ) -> Tensor:
+        """Training pass: x0 predictions (B, T, D); position i predicts x_clean[:, i] from
+        x_noisy[:, i], t[:, i] and x_clean[:, :i]."""
+        ctx = self.contextualize(x_clean, mask)  # (B, T, d)
+        return self.denoise(x_noisy, t, ctx, mask, drop_context)

@@ -1,0 +1,31 @@
+"""Pure-PyTorch building blocks of the LCM networks (no Lightning, no fairseq2)."""
+
+from lcm.nn.attention import KVCache, LayerKVCache, MultiheadAttention
+from lcm.nn.layers import (
+    AdaLNModulation,
+    RMSNorm,
+    RotaryEmbedding,
+    SwiGLU,
+    TimestepEmbedding,
+    modulate,
+    sinusoidal_embedding,
+    swiglu_hidden_dim,
+)
+from lcm.nn.transformer import CausalTransformer, DenoiserBlock, TransformerBlock
+
+__all__ = [
+    "AdaLNModulation",
+    "CausalTransformer",
+    "DenoiserBlock",
+    "KVCache",
+    "LayerKVCache",
+    "MultiheadAttention",
+    "RMSNorm",
+    "RotaryEmbedding",
+    "SwiGLU",
+    "TimestepEmbedding",
+    "TransformerBlock",
+    "modulate",
+    "sinusoidal_embedding",
+    "swiglu_hidden_dim",
+]

@@ -1,0 +1,244 @@
+"""Transformer stacks: a pre-norm causal decoder over (B, T, d) and the AdaLN denoiser block.
+
+`CausalTransformer` is the contextualizer of every LCM family (Base-LCM, Two-Tower's context
+tower, One-Tower). Layout, as in Meta's LCM presets: pre-norm RMSNorm, RoPE in self-attention,
+SwiGLU FFN, residual dropout, and a final RMSNorm after the last layer.
+"""
+
+from __future__ import annotations
+
+import torch
+from torch import Tensor, nn
+
+from lcm.nn.attention import KVCache, LayerKVCache, MultiheadAttention
+from lcm.nn.layers import AdaLNModulation, RMSNorm, SwiGLU, modulate
+
+
+class TransformerBlock(nn.Module):
+    """x <- x + drop(attn(norm(x))); x <- x + drop(ffn(norm(x)))   (pre-norm, Xiong et al. 2020)."""
+
+    def __init__(
+        self,
+        d_model: int,
+        n_heads: int,
+        ffn_dim: int,
+        dropout: float = 0.0,
+        *,
+        attn_dropout: float = 0.0,
+        ffn_multiple_of: int = 256,
+        bias: bool = True,
+        rope_theta: float | None = 10_000.0,
+        norm_eps: float = 1e-5,
+    ) -> None:
+        super().__init__()
+        self.attn_norm = RMSNorm(d_model, norm_eps)
+        self.attn = MultiheadAttention(
+            d_model, n_heads, bias=bias, dropout=attn_dropout, rope_theta=rope_theta
+        )
+        self.ffn_norm = RMSNorm(d_model, norm_eps)
+        self.ffn = SwiGLU(d_model, ffn_dim, multiple_of=ffn_multiple_of, bias=bias)
+        self.drop = nn.Dropout(dropout)
+
+    def forward(
+        self,
+        x: Tensor,
+        *,
+        attn_mask: Tensor | None,
+        is_causal: bool,
+        positions: Tensor,
+        cache: LayerKVCache | None = None,
+        update_cache: bool = True,
+    ) -> Tensor:
+        h = self.attn(
+            self.attn_norm(x),
+            attn_mask=attn_mask,
+            is_causal=is_causal,
+            positions=positions,
+            cache=cache,
+            update_cache=update_cache,
+        )  # (B, T, d)
+        x = x + self.drop(h)
+        return x + self.drop(self.ffn(self.ffn_norm(x)))  # (B, T, d)
+
+
+class CausalTransformer(nn.Module):
+    """Pre-norm causal transformer decoder over a (B, T, d) sequence, with an optional KV cache.
+
+    Position t attends to positions <= t. With a cache, `forward` takes only the new positions,
+    attends to everything cached plus causally to the new ones, appends the new keys/values, and
+    returns outputs for the new positions only; these equal the full forward over the whole
+    sequence (tested).
+
+    Padded keys are never attended to. Every query may always attend to itself, even a padded
+    one: for a query with no allowed key (e.g. left padding) some SDPA kernels return NaN, and
+    a NaN value vector then leaks into valid rows through 0 * NaN inside softmax(.) @ V of the
+    next layer.
+    """
+
+    def __init__(
+        self,
+        d_model: int,
+        n_layers: int,
+        n_heads: int,
+        ffn_dim: int,
+        dropout: float = 0.0,
+        *,
+        attn_dropout: float = 0.0,
+        ffn_multiple_of: int = 256,
+        bias: bool = True,
+        rope_theta: float = 10_000.0,
+        norm_eps: float = 1e-5,
+    ) -> None:
+        super().__init__()
+        self.d_model = d_model
+        self.layers = nn.ModuleList(
+            TransformerBlock(
+                d_model,
+                n_heads,
+                ffn_dim,
+                dropout,
+                attn_dropout=attn_dropout,
+                ffn_multiple_of=ffn_multiple_of,
+                bias=bias,
+                rope_theta=rope_theta,
+                norm_eps=norm_eps,
+            )
+            for _ in range(n_layers)
+        )
+        self.norm = RMSNorm(d_model, norm_eps)
+
+    def new_cache(self) -> KVCache:
+        return KVCache(len(self.layers))
+
+    def forward(
+        self,
+        x: Tensor,
+        mask: Tensor | None = None,
+        cache: KVCache | None = None,
+        *,
+        attn_mask: Tensor | None = None,
+        positions: Tensor | None = None,
+        update_cache: bool = True,
+    ) -> Tensor:
+        """
+        Args:
+            x: (B, T, d) inputs for the T new positions.
+            mask: (B, T) bool padding mask of the new positions, True = valid. None = all valid.
+            cache: KV cache of earlier positions; updated in place unless update_cache=False.
+            attn_mask: (B|1, T, S) bool structure mask replacing the causal one (S = cached + T),
+                e.g. One-Tower's interleaved mask. Padding and the self-diagonal are still applied.
+            positions: (T,) or (B, T) RoPE positions; default cache.length + arange(T).
+            update_cache: False attends to the cache and the new positions without storing them.
+
+        Returns:
+            (B, T, d) final-normed hidden states of the new positions.
+        """
+        B, T, _ = x.shape
+        offset = cache.length if cache is not None else 0
+        S = offset + T
+        if positions is None:
+            positions = torch.arange(offset, S, device=x.device)  # (T,)
+
+        key_mask = mask
+        if cache is not None and cache.key_mask is not None:
+            new = mask if mask is not None else x.new_ones(B, T, dtype=torch.bool)
+            key_mask = torch.cat((cache.key_mask, new), dim=1)  # (B, S)
+        elif cache is not None and mask is not None and offset > 0:
+            key_mask = torch.cat((mask.new_ones(B, offset), mask), dim=1)  # (B, S)
+
+        # Plain causal, nothing cached, no padding: let SDPA pick its fused causal kernel.
+        is_causal = attn_mask is None and key_mask is None and offset == 0
+        allowed = None
+        if not is_causal:
+            q_pos = torch.arange(offset, S, device=x.device)[:, None]  # (T, 1) absolute index
+            k_pos = torch.arange(S, device=x.device)[None, :]  # (1, S)
+            allowed = attn_mask if attn_mask is not None else (k_pos <= q_pos)[None]  # (B|1,T,S)
+            if key_mask is not None:
+                allowed = allowed & key_mask[:, None, :]  # (B, T, S)
+            allowed = (allowed | (k_pos == q_pos)[None])[:, None]  # (B|1, 1, T, S)
+            if T == 1 and attn_mask is None and key_mask is None:
+                allowed = None  # one new query that sees every cached key: no mask needed
+
+        for i, layer in enumerate(self.layers):
+            x = layer(
+                x,
+                attn_mask=allowed,
+                is_causal=is_causal,
+                positions=positions,
+                cache=cache.layers[i] if cache is not None else None,
+                update_cache=update_cache,
+            )  # (B, T, d)
+
+        if cache is not None and update_cache:
+            if key_mask is not None:
+                cache.key_mask = key_mask
+            cache.length = S
+        return self.norm(x)  # (B, T, d)
+
+
+class DenoiserBlock(nn.Module):
+    """Two-Tower denoiser layer: AdaLN-modulated diagonal self-attention, cross-attention, SwiGLU.
+
+    For each sub-block f with its (shift, scale, gate) from the timestep embedding c (DiT eq. in
+    section 3.2, "adaLN-Zero"):
+        x <- x + gate(c) * drop(f(norm(x) * (1 + scale(c)) + shift(c)))
+    The modulation is zero-initialized, so each sub-block, hence the whole block, starts as the
+    identity.
+
+    Self-attention is diagonal (each position attends only to itself, as Meta's
+    `NoAttentionMaskFactory`): positions of the denoiser never exchange information, so one
+    position can be denoised alone with exactly the same result. Softmax over a single key is 1,
+    so it reduces to out_proj(v_proj(h)); it is still computed through SDPA so that q_proj and
+    k_proj stay in the autograd graph (zero gradient, but DDP does not flag them as unused) and
+    the parameter layout matches Meta's checkpoints and counts.
+    """
+
+    def __init__(
+        self,
+        d_model: int,
+        n_heads: int,
+        ffn_dim: int,
+        dropout: float = 0.0,
+        *,
+        attn_dropout: float = 0.0,
+        ffn_multiple_of: int = 256,
+        bias: bool = True,
+        norm_eps: float = 1e-5,
+        d_cond: int | None = None,
+    ) -> None:
+        super().__init__()
+        self.self_attn_norm = RMSNorm(d_model, norm_eps)
+        self.self_attn = MultiheadAttention(d_model, n_heads, bias=bias, dropout=attn_dropout)
+        self.cross_attn_norm = RMSNorm(d_model, norm_eps)
+        self.cross_attn = MultiheadAttention(d_model, n_heads, bias=bias, dropout=attn_dropout)
+        self.ffn_norm = RMSNorm(d_model, norm_eps)
+        self.ffn = SwiGLU(d_model, ffn_dim, multiple_of=ffn_multiple_of, bias=bias)
+        self.modulation = AdaLNModulation(d_cond or d_model, d_model, n_sub=3)
+        self.drop = nn.Dropout(dropout)
+
+    def forward(
+        self,
+        x: Tensor,
+        temb: Tensor,
+        cross_kv: tuple[Tensor, Tensor],
+        cross_mask: Tensor | None,
+    ) -> Tensor:
+        """
+        Args:
+            x: (B, T, d) noisy-concept hidden states.
+            temb: (B, T, d_cond) timestep embedding per position.
+            cross_kv: keys, values (B, H, S, hd) of the shifted context (`project_kv`).
+            cross_mask: bool broadcastable to (B, H, T, S), True = may attend.
+
+        Returns:
+            (B, T, d)
+        """
+        (sh_sa, sc_sa, g_sa), (sh_ca, sc_ca, g_ca), (sh_ff, sc_ff, g_ff) = self.modulation(temb)
+        diag = torch.eye(x.size(1), dtype=torch.bool, device=x.device)  # (T, T)
+
+        h = modulate(self.self_attn_norm(x), sh_sa, sc_sa)  # (B, T, d)
+        x = x + g_sa * self.drop(self.self_attn(h, attn_mask=diag))
+        h = modulate(self.cross_attn_norm(x), sh_ca, sc_ca)
+        x = x + g_ca * self.drop(self.cross_attn(h, kv=cross_kv, attn_mask=cross_mask))
+        h = modulate(self.ffn_norm(x), sh_ff, sc_ff)
+        return x + g_ff * self.drop(self.ffn(h))  # (B, T, d)
