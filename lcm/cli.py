@@ -10,12 +10,13 @@ import sys
 
 COMMANDS = {
     "prepare": "documents -> sentences -> concept shards + normalizer",
+    "fetch-debian": "real data: Debian package descriptions + synopses (DDTP, many languages)",
 }
 
 
 def _usage() -> str:
     lines = ["usage: lcm <command> [options]   (lcm <command> --help for its options)", ""]
-    lines += [f"  {name:<10} {text}" for name, text in COMMANDS.items()]
+    lines += [f"  {name:<13} {text}" for name, text in COMMANDS.items()]
     return "\n".join(lines)
 
 

@@ -286,6 +286,21 @@ def test_unknown_language_is_rejected(tmp_path):
         fetch_debian_descriptions(str(tmp_path), langs=["xx"])
 
 
+def test_unreachable_mirror_fails_fast_with_a_clear_message(tmp_path, monkeypatch):
+    import lcm.corpora.debian as deb
+
+    if shutil.which("apt-get") is None:
+        pytest.skip("apt-get is not installed")
+    sources = tmp_path / "broken.sources"
+    sources.write_text(
+        "Types: deb\nURIs: http://mirror.invalid/debian\nSuites: stable\nComponents: main\n"
+    )
+    monkeypatch.setattr(deb, "_system_source_files", lambda: [sources])
+    with pytest.raises(RuntimeError, match="apt-get update (failed|did not finish)"):
+        fetch_debian_descriptions(str(tmp_path / "out"), langs=["en"], timeout=60)
+    assert not (tmp_path / "out/debian_descriptions.en.jsonl").exists()
+
+
 def test_cli_subcommand(tmp_path, monkeypatch, capsys):
     import lcm.corpora.debian as deb
     from lcm.cli import run
