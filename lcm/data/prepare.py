@@ -32,6 +32,7 @@ import json
 import logging
 import os
 import time
+import warnings
 from collections import Counter
 from collections.abc import Sequence
 from dataclasses import dataclass
@@ -347,6 +348,8 @@ def prepare(
         use_distributed_sampler=False,
         callbacks=[ShardWriter(out, text_field, target_fields, embedding_dtype)],
     )
+    # Shards are written by ShardWriter from the prediction itself; batch indices are not needed.
+    warnings.filterwarnings("ignore", message="Couldn't infer the batch indices")
     if pending:
         module = ShardEncoder(codec, pending, [text_field, *target_fields])
         trainer.predict(module, return_predictions=False)

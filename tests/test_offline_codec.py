@@ -1,0 +1,64 @@
+"""The offline default codec (MiniLM + faiss retrieval) and the README's main job."""
+
+from __future__ import annotations
+
+import socket
+
+import pytest
+import torch
+
+from encoders import UnknownLanguageError
+
+
+@pytest.fixture(scope="module")
+def minilm():
+    from encoders.minilm import MiniLMCodec
+
+    return MiniLMCodec()
+
+
+def test_minilm_encodes_and_retrieves_by_meaning(minilm):
+    bank = [
+        "The cat sat on the mat.",
+        "Stock markets fell sharply today.",
+        "This package provides a library for parsing XML files.",
+        "Heavy rain is expected tomorrow.",
+    ]
+    minilm.add_to_bank(bank + bank[:1])  # repeated sentences are stored once
+    assert len(minilm.bank) == 4
+    vecs = minilm.encode(bank, "eng_Latn")
+    assert vecs.shape == (4, 384)
+    torch.testing.assert_close(vecs.norm(dim=1), torch.ones(4))
+    assert minilm.decode(vecs, "eng_Latn") == bank  # bank sentences decode to themselves
+    queries = ["A kitten is sitting on a rug.", "An XML parser library.", "Rain tomorrow."]
+    assert minilm.decode(minilm.encode(queries, "eng_Latn"), "eng_Latn") == [
+        bank[0],
+        bank[2],
+        bank[3],
+    ]
+    with pytest.raises(UnknownLanguageError, match="fra_Latn"):
+        minilm.encode(["Bonjour."], "fra_Latn")  # English-only, and says so
+
+
+def test_minilm_counts_truncation(minilm):
+    assert minilm.count_truncated(["word " * 400, "short."], "eng_Latn") == 1
+
+
+def _apt_reachable() -> bool:
+    try:
+        socket.create_connection(("deb.debian.org", 80), timeout=10).close()
+        return True
+    except OSError:
+        return False
+
+
+@pytest.mark.slow
+@pytest.mark.skipif(not _apt_reachable(), reason="Debian mirror not reachable")
+def test_main_job_end_to_end(tmp_path):
+    from lcm.demo import main
+
+    result = main(out_dir=str(tmp_path), docs_per_split=40, codec="minilm", show=3)
+    assert result["prepare"]["train"]["documents"] == 40
+    assert result["prepare"]["train"]["rejected"] == 0
+    assert result["self_decode_ok"] is True
+    assert (tmp_path / "shards" / "train" / "normalizer.pt").exists()
