@@ -52,6 +52,7 @@ def main() -> None:
     ap.add_argument("--device", default="cpu")
     ap.add_argument("--docs", type=int, default=200)
     ap.add_argument("--repeats", type=int, default=3)
+    ap.add_argument("--batch_max_tokens", type=int, default=8192)
     args = ap.parse_args()
 
     if args.real:
@@ -68,7 +69,7 @@ def main() -> None:
 
     from encoders.sonar import SonarCodec
 
-    codec = SonarCodec(encoder, device=args.device).load()
+    codec = SonarCodec(encoder, device=args.device, batch_max_tokens=args.batch_max_tokens).load()
     docs = make_docs(args.docs)
     n = sum(len(d) for d in docs)
     stock = TextToEmbeddingModelPipeline(

@@ -72,6 +72,7 @@ def test_prepare_few_hundred_docs_with_tiny_sonar(corpus, tiny_codec, tmp_path):
     )
     assert summary["documents"] == 300 and summary["rejected"] == 0
     assert summary["shards"] == 5
+    assert tiny_codec.cache is None  # prepare's own cache is detached from the caller's codec
     ds = load_shards(tmp_path / "out")
     assert ds.num_rows == 300
     assert sorted(ds["id"]) == sorted(r["id"] for r in rows)  # no document lost or duplicated

@@ -282,8 +282,6 @@ def prepare(
         from encoders.sonar import SonarCodec
 
         codec = SonarCodec()
-    if cache and codec.cache is None:
-        codec.cache = EmbeddingCache(out / "cache.sqlite")
 
     files = expand_inputs([inputs] if isinstance(inputs, str) else inputs)
     settings = {
@@ -335,7 +333,11 @@ def prepare(
     pending = [p for p in plans if p.index not in done]
     log.info("%d documents in %d shards, %d already done", len(docs), len(plans), len(done))
 
-    # 3) encode under Lightning predict
+    # 3) encode under Lightning predict, with this output's cache (the caller's codec is
+    # restored afterwards: a cache of another folder would make resumed shards differ)
+    own_cache = cache and codec.cache is None
+    if own_cache:
+        codec.cache = EmbeddingCache(out / "cache.sqlite")
     trainer = L.Trainer(
         accelerator=accelerator,
         devices=devices,
@@ -350,10 +352,15 @@ def prepare(
     )
     # Shards are written by ShardWriter from the prediction itself; batch indices are not needed.
     warnings.filterwarnings("ignore", message="Couldn't infer the batch indices")
-    if pending:
-        module = ShardEncoder(codec, pending, [text_field, *target_fields])
-        trainer.predict(module, return_predictions=False)
-        trainer.strategy.barrier()
+    try:
+        if pending:
+            module = ShardEncoder(codec, pending, [text_field, *target_fields])
+            trainer.predict(module, return_predictions=False)
+            trainer.strategy.barrier()
+    finally:
+        if own_cache:
+            codec.cache.close()
+            codec.cache = None
     if not trainer.is_global_zero:
         return {}
 
