@@ -202,9 +202,9 @@ class SlowSonar(SonarCodec):  # slow enough that the test can kill it mid-run
         time.sleep(0.25)
         return super()._encode(sentences, lang)
 
-prepare(
-    sys.argv[1], sys.argv[2], codec=SlowSonar("tiny_sonar_encoder", "tiny_sonar_decoder", batch_max_tokens=256),
-        target_fields=["summary"], shard_size=25, progress=False)
+codec = SlowSonar("tiny_sonar_encoder", "tiny_sonar_decoder", batch_max_tokens=256)
+prepare(sys.argv[1], sys.argv[2], codec=codec, target_fields=["summary"], shard_size=25,
+        progress=False)
 """
 
 
