@@ -31,7 +31,10 @@ WORDS = (
 def make_docs(n_docs: int, seed: int = 0) -> list[list[str]]:
     rng = random.Random(seed)
     return [
-        [" ".join(rng.choices(WORDS, k=rng.randint(4, 30))) + "." for _ in range(rng.randint(3, 12))]
+        [
+            " ".join(rng.choices(WORDS, k=rng.randint(4, 30))) + "."
+            for _ in range(rng.randint(3, 12))
+        ]
         for _ in range(n_docs)
     ]
 
