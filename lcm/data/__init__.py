@@ -1,0 +1,1 @@
+"""Documents to concept shards: reading, validation, sentence splitting, encoding, shard writing."""
