@@ -37,7 +37,7 @@ sentencepiece.source.256000.model). Without network access:
        tokenizer: "file:///path/to/sentencepiece.source.256000.model"
      (and the same with base: text_sonar_basic_decoder for the decoder);
   3. point fairseq2 at the card folder with FAIRSEQ2_USER_ASSET_DIR=/path/to/cards (or
-     `lcm prepare --sonar_card_dir /path/to/cards`) and use the card names as encoder/decoder.
+     `lcm prepare --codec.card_dir /path/to/cards`) and use the card names as encoder/decoder.
 Or run the offline default codec, which needs no download."""
 
 
