@@ -2,6 +2,7 @@
 
 ``lcm prepare ...`` turns documents into concept shards (:func:`lcm.data.prepare.prepare`);
 its typed signature and docstring are the CLI and its ``--help``.
+``lcm fit|validate|test|predict ...`` run :func:`lcm.train.cli.cli_main`.
 """
 
 from __future__ import annotations
@@ -11,6 +12,10 @@ import sys
 COMMANDS = {
     "prepare": "documents -> sentences -> concept shards + normalizer",
     "fetch-debian": "real data: Debian package descriptions + synopses (DDTP, many languages)",
+    "fit": "train (LightningCLI: --config configs/trainer/default.yaml --config <recipe>)",
+    "validate": "evaluate a checkpoint on the validation documents",
+    "test": "evaluate a checkpoint on the test documents",
+    "predict": "teacher-forced next-concept predictions of a checkpoint",
 }
 
 
@@ -53,6 +58,10 @@ def run(argv: list[str] | None = None) -> object:
         result = CLI(fetch_debian_descriptions, args=rest, as_positional=False)
         print(json.dumps(result, indent=2))
         return result
+    if command in ("fit", "validate", "test", "predict"):
+        from lcm.train.cli import cli_main
+
+        return cli_main([command, *rest])
     print(f"lcm: unknown command {command!r}\n\n{_usage()}", file=sys.stderr)
     raise SystemExit(2)
 

@@ -1,0 +1,44 @@
+"""Training objectives: each wraps one LCM network and owns its loss and its sampling.
+
+    from lcm.models import TwoTowerConfig
+    from lcm.objectives import TwoTowerDiffusion
+    objective = TwoTowerDiffusion(TwoTowerConfig.from_name("tiny", sonar_dim=16).build())
+    out = objective.loss({"x": x, "mask": mask, "loss_mask": mask})   # out.loss, out.pred, ...
+    next_concept = objective.predict_next(x, mask)                    # (B, D), DDIM + CFG
+
+No Lightning here; :mod:`lcm.train.module` wires objectives into a trainer.
+"""
+
+from lcm.objectives.base import (
+    Batch,
+    Objective,
+    ObjectiveOutput,
+    contrastive_accuracy,
+    last_valid,
+    masked_mse,
+    target_weight,
+)
+from lcm.objectives.diffusion import (
+    DiffusionObjective,
+    OneTowerDiffusion,
+    SamplingConfig,
+    TwoTowerDiffusion,
+    left_align,
+)
+from lcm.objectives.mse import MSEObjective
+
+__all__ = [
+    "Batch",
+    "DiffusionObjective",
+    "MSEObjective",
+    "Objective",
+    "ObjectiveOutput",
+    "OneTowerDiffusion",
+    "SamplingConfig",
+    "TwoTowerDiffusion",
+    "contrastive_accuracy",
+    "last_valid",
+    "left_align",
+    "masked_mse",
+    "target_weight",
+]

@@ -1,0 +1,245 @@
+"""Diffusion objectives for the Two-Tower and One-Tower LCMs (paper sections 2.3.3-2.3.4).
+
+Training (one draw per concept, every position at once):
+
+    t_i ~ U{0, ..., T-1},  eps_i ~ N(0, I)
+    x_t_i = sqrt(a_t) x_i + sqrt(1 - a_t) eps_i                       (DDIM eq. 4)
+    drop_i ~ Bernoulli(cfg_dropout)         position i loses its context (classifier-free guidance)
+    out_i = model(x, x_t, t, mask, drop)_i  made from x_t_i, t_i and the clean x_0 .. x_{i-1}
+    loss  = mean over target positions of mean_D (out_i - target_i)^2   (unweighted; target = x_i
+            for the paper's x0-prediction)
+
+Sampling is :func:`diffusion.ddim_sample` with the paper's settings by default: 40 DDIM steps,
+trailing spacing, eta 0, guidance 3 on epsilon with rescale 0.7, initial noise scale 0.6.
+The two families differ only in how one denoising call reaches the clean context, which the
+subclasses provide (:meth:`DiffusionObjective._teacher_forced_fn`, :meth:`_next_fn`).
+"""
+
+from __future__ import annotations
+
+from abc import abstractmethod
+from dataclasses import dataclass, replace
+
+import torch
+from torch import Tensor, nn
+
+from diffusion import DDIMScheduler, ModelFn, ddim_sample
+from diffusion.utils import randn_tensor
+from lcm.objectives.base import Batch, Objective, ObjectiveOutput, masked_mse, target_weight
+
+
+@dataclass(frozen=True)
+class SamplingConfig:
+    """DDIM + classifier-free guidance settings (defaults: the paper's inference settings).
+
+    Attributes:
+        num_inference_steps: DDIM steps (model evaluations).
+        guidance_scale: CFG weight on epsilon; 1 disables guidance (one pass per step).
+        guidance_rescale: Guidance rescale phi of Lin et al. in [0, 1].
+        init_noise_scale: Std of the initial noise.
+    """
+
+    num_inference_steps: int = 40
+    guidance_scale: float = 3.0
+    guidance_rescale: float = 0.7
+    init_noise_scale: float = 0.6
+
+
+def _repeat_batch(t: Tensor, times: int) -> Tensor:
+    """Stack ``times`` copies along the batch dim (the guided and unguided halves)."""
+    return t if times == 1 else torch.cat([t] * times)
+
+
+class DiffusionObjective(Objective):
+    """x0-prediction diffusion loss and DDIM sampling for a denoiser with the signature
+    ``model(x_clean, x_noisy, t, mask, drop_context) -> (B, T, D)``.
+
+    Args:
+        model: A :class:`~lcm.models.TwoTowerLCM` or :class:`~lcm.models.OneTowerLCM`.
+        scheduler: Noise schedule and sampler (default: ``DDIMScheduler()``, i.e. T=100, cosine
+            rescaled to zero terminal SNR, x0-prediction, trailing spacing).
+        cfg_dropout: Share of positions trained without context (paper: about 0.15).
+        sampling: Default sampling settings; every sampling method can override them.
+    """
+
+    def __init__(
+        self,
+        model: nn.Module,
+        scheduler: DDIMScheduler | None = None,
+        cfg_dropout: float = 0.15,
+        sampling: SamplingConfig | None = None,
+    ) -> None:
+        super().__init__(model)
+        if not 0.0 <= cfg_dropout < 1.0:
+            raise ValueError(f"cfg_dropout must be in [0, 1), got {cfg_dropout}")
+        self.scheduler = scheduler if scheduler is not None else DDIMScheduler()
+        self.cfg_dropout = cfg_dropout
+        self.sampling = sampling if sampling is not None else SamplingConfig()
+
+    # ---------------------------------------------------------------------------- training
+    def loss(self, batch: Batch, generator: torch.Generator | None = None) -> ObjectiveOutput:
+        x, mask = batch["x"], batch["mask"]  # (B, T, D), (B, T)
+        B, T, _ = x.shape
+        t = self.scheduler.sample_training_timesteps((B, T), generator, device=x.device)  # (B, T)
+        noise = randn_tensor(x.shape, generator, device=x.device, dtype=x.dtype)  # (B, T, D)
+        x_t = self.scheduler.add_noise(x, noise, t)  # (B, T, D)
+        drop = None
+        if self.cfg_dropout > 0:
+            device = generator.device if generator is not None else x.device
+            u = torch.rand((B, T), generator=generator, device=device)  # (B, T)
+            drop = (u < self.cfg_dropout).to(x.device)
+        out = self.model(x, x_t, t, mask, drop)  # (B, T, D) in prediction_type space
+        target = self.scheduler.get_target(x, noise, t)  # (B, T, D)
+        weight = target_weight(batch)  # (B, T)
+        return ObjectiveOutput(masked_mse(out, target, weight), out, target, weight)
+
+    # ---------------------------------------------------------------------------- sampling
+    def _settings(self, overrides: dict) -> SamplingConfig:
+        return replace(self.sampling, **{k: v for k, v in overrides.items() if v is not None})
+
+    def _sample(
+        self,
+        fn_factory,
+        shape: tuple[int, ...],
+        like: Tensor,
+        generator: torch.Generator | None,
+        overrides: dict,
+    ) -> Tensor:
+        s = self._settings(overrides)
+        guided = s.guidance_scale != 1.0
+        model_fn = fn_factory(2 if guided else 1)
+        return ddim_sample(
+            model_fn,
+            shape,
+            self.scheduler,
+            s.num_inference_steps,
+            guidance_scale=s.guidance_scale,
+            guidance_rescale=s.guidance_rescale,
+            init_noise_scale=s.init_noise_scale,
+            generator=generator,
+            device=like.device,
+            dtype=like.dtype,
+        )
+
+    @torch.no_grad()
+    def predict_all(
+        self,
+        batch: Batch,
+        generator: torch.Generator | None = None,
+        *,
+        num_inference_steps: int | None = None,
+        guidance_scale: float | None = None,
+        guidance_rescale: float | None = None,
+        init_noise_scale: float | None = None,
+    ) -> Tensor:
+        """(B, T, D): every concept sampled from its gold prefix, all positions in one DDIM loop
+        (denoising positions never see each other, so this equals T separate generations)."""
+        x, mask = batch["x"], batch["mask"]
+        overrides = dict(
+            num_inference_steps=num_inference_steps,
+            guidance_scale=guidance_scale,
+            guidance_rescale=guidance_rescale,
+            init_noise_scale=init_noise_scale,
+        )
+        return self._sample(
+            lambda n: self._teacher_forced_fn(x, mask, n), tuple(x.shape), x, generator, overrides
+        )
+
+    @torch.no_grad()
+    def predict_next(
+        self,
+        x: Tensor,
+        mask: Tensor | None = None,
+        generator: torch.Generator | None = None,
+        *,
+        num_inference_steps: int | None = None,
+        guidance_scale: float | None = None,
+        guidance_rescale: float | None = None,
+        init_noise_scale: float | None = None,
+    ) -> Tensor:
+        """(B, D): sample the concept after each right-padded sequence ``x`` (B, T, D)."""
+        if mask is None:
+            mask = torch.ones(x.shape[:2], dtype=torch.bool, device=x.device)
+        overrides = dict(
+            num_inference_steps=num_inference_steps,
+            guidance_scale=guidance_scale,
+            guidance_rescale=guidance_rescale,
+            init_noise_scale=init_noise_scale,
+        )
+        shape = (x.shape[0], 1, x.shape[2])
+        out = self._sample(lambda n: self._next_fn(x, mask, n), shape, x, generator, overrides)
+        return out[:, 0]  # (B, D)
+
+    @abstractmethod
+    def _teacher_forced_fn(self, x: Tensor, mask: Tensor, copies: int) -> ModelFn:
+        """A :data:`~diffusion.ModelFn` over (copies*B, T, D) noisy sequences whose position i is
+        conditioned on the clean ``x[:, :i]``. ``copies`` is 2 under guidance (ddim_sample stacks
+        the conditional and unconditional halves along the batch)."""
+
+    @abstractmethod
+    def _next_fn(self, x: Tensor, mask: Tensor, copies: int) -> ModelFn:
+        """A :data:`~diffusion.ModelFn` over (copies*B, 1, D) noisy next concepts."""
+
+
+class TwoTowerDiffusion(DiffusionObjective):
+    """Two-Tower: the contextualizer runs once; its cross-attention keys/values are computed once
+    per call and reused by every denoising step."""
+
+    def _fn(self, x: Tensor, mask: Tensor, copies: int, include_last: bool) -> ModelFn:
+        model = self.model
+        ctx = model.contextualize(x, mask)  # (B, T, d)
+        kv = model.precompute_cross_kv(model.shift_context(ctx, include_last=include_last))
+        kv = [(_repeat_batch(k, copies), _repeat_batch(v, copies)) for k, v in kv]
+        mask = _repeat_batch(mask, copies)  # (copies*B, T)
+
+        def model_fn(x_t: Tensor, t: Tensor, drop_context: Tensor) -> Tensor:
+            drop = drop_context[:, None].expand(x_t.shape[:2])  # (M, Tq)
+            return model.denoise(x_t, t, mask=mask, drop_context=drop, cross_kv=kv)
+
+        return model_fn
+
+    def _teacher_forced_fn(self, x: Tensor, mask: Tensor, copies: int) -> ModelFn:
+        return self._fn(x, mask, copies, include_last=False)
+
+    def _next_fn(self, x: Tensor, mask: Tensor, copies: int) -> ModelFn:
+        # S = T + 1 slots [0, ctx_0 .. ctx_{T-1}]; the single query is concept T. Padded slots
+        # of shorter rows are masked, so a row of length L sees exactly [0, ctx_0 .. ctx_{L-1}].
+        return self._fn(x, mask, copies, include_last=True)
+
+
+def left_align(x: Tensor, mask: Tensor) -> tuple[Tensor, Tensor]:
+    """Move each right-padded row's valid concepts to the end: (B, T, D), (B, T)."""
+    T = x.shape[1]
+    lengths = mask.long().sum(dim=1, keepdim=True)  # (B, 1)
+    src = (torch.arange(T, device=x.device)[None] - (T - lengths)) % T  # (B, T)
+    x_left = torch.gather(x, 1, src[..., None].expand_as(x))  # (B, T, D)
+    return x_left, torch.gather(mask, 1, src)
+
+
+class OneTowerDiffusion(DiffusionObjective):
+    """One-Tower: teacher-forced sampling reruns the interleaved tower each step; next-concept
+    sampling caches the clean prefix once (``encode_clean``) and denoises against it."""
+
+    def _teacher_forced_fn(self, x: Tensor, mask: Tensor, copies: int) -> ModelFn:
+        model = self.model
+        x_m, mask_m = _repeat_batch(x, copies), _repeat_batch(mask, copies)  # (M, T, D), (M, T)
+
+        def model_fn(x_t: Tensor, t: Tensor, drop_context: Tensor) -> Tensor:
+            drop = drop_context[:, None].expand(x_t.shape[:2])  # (M, T)
+            return model(x_m, x_t, t, mask_m, drop)
+
+        return model_fn
+
+    def _next_fn(self, x: Tensor, mask: Tensor, copies: int) -> ModelFn:
+        model = self.model
+        # RoPE: the noisy concept sits at position cache.length = T. Left-aligning every row keeps
+        # the query-to-prefix offsets equal to training's (concept j of L sits at T - L + j).
+        x_left, mask_left = left_align(x, mask)
+        x_left, mask_left = _repeat_batch(x_left, copies), _repeat_batch(mask_left, copies)
+        cache = model.new_cache()
+        model.encode_clean(x_left, mask_left, cache)
+
+        def model_fn(x_t: Tensor, t: Tensor, drop_context: Tensor) -> Tensor:
+            return model.denoise_next(x_t, t, cache, drop_context=drop_context)  # (M, 1, D)
+
+        return model_fn

@@ -1,0 +1,539 @@
+"""Thin LightningModules: one per model family, each wiring a network and its objective into
+training, evaluation, optimizers and checkpoints.
+
+    from lcm.train import TwoTowerModule, ConceptDataModule
+    data = ConceptDataModule("shards/", max_seq_len=64)
+    module = TwoTowerModule(preset="tiny", sonar_dim=data.dim, warmup_steps=100)
+    L.Trainer(max_steps=1000).fit(module, data)
+    module = load_module("runs/x/checkpoints/last.ckpt")     # any family, self-contained
+    nxt = module.predict_next(sonar_vectors, mask)           # (B, D) in SONAR space
+
+What a checkpoint carries besides the weights (so it needs no other file to generate):
+- ``normalizer.*``: the robust normalizer the model was trained with (taken from the data module
+  at setup; a model that already has one, e.g. after ``init_from``, imposes it on the data).
+- ``separator``: the summarization separator concept, in normalized space. It is a constant
+  N(0, I) vector drawn from a fixed seed (``SEPARATOR_SEED``), hence identical across runs and
+  families, and far (about sqrt(2 D)) from the normalized median concept 0 that padding uses;
+  ``learn_separator=True`` makes it a trained parameter starting from the same vector.
+- ``ema_model.*`` (optional): an exponential moving average of the network, used for validation,
+  test, predict and :meth:`LCMModule.predict_next` when ``ema_eval`` is on.
+
+Randomness: every training batch carries a ``batch_id`` that is unique per epoch and batch and does
+not depend on the number of devices (:mod:`lcm.train.data`). The objective's noise, timesteps and
+CFG drops come from a generator seeded by ``(seed, batch_id)``, and dropout runs under a forked
+global RNG seeded the same way. A run resumed from a checkpoint, or run on w devices instead of
+one device with ``accumulate_grad_batches=w``, therefore draws exactly the same numbers.
+"""
+
+from __future__ import annotations
+
+import contextlib
+import copy
+import hashlib
+import math
+import warnings
+from collections.abc import Iterator
+from functools import partial
+from typing import Any, ClassVar
+
+import lightning as L
+import torch
+from lightning.pytorch.utilities import rank_zero_info
+from torch import Tensor, nn
+from torchmetrics import MeanMetric
+
+from diffusion import DDIMScheduler, PredictionType, ScheduleName, TimestepSpacing
+from lcm.models import FAMILIES
+from lcm.normalizer import RobustNormalizer
+from lcm.objectives import (
+    MSEObjective,
+    Objective,
+    OneTowerDiffusion,
+    SamplingConfig,
+    TwoTowerDiffusion,
+    contrastive_accuracy,
+)
+from lcm.objectives.base import Batch
+
+SEPARATOR_SEED = 20241212  # the LCM paper's arXiv month; any fixed value works
+METRICS = ("loss", "mse", "l2", "ca")
+
+
+def warmup_cosine(step: int, warmup_steps: int, decay_steps: int, min_lr_ratio: float) -> float:
+    """LR multiplier: linear warmup to 1 over ``warmup_steps``, then cosine down to
+    ``min_lr_ratio`` at ``decay_steps`` (total steps, warmup included), constant after."""
+    if step < warmup_steps:
+        return (step + 1) / warmup_steps
+    progress = min(1.0, (step - warmup_steps) / max(1, decay_steps - warmup_steps))
+    return min_lr_ratio + (1.0 - min_lr_ratio) * 0.5 * (1.0 + math.cos(math.pi * progress))
+
+
+def derive_seed(*parts: int) -> int:
+    """A 63-bit seed from integers (stable across processes and Python versions)."""
+    digest = hashlib.blake2b(":".join(map(str, parts)).encode(), digest_size=8).digest()
+    return int.from_bytes(digest, "little") & (2**63 - 1)
+
+
+class EMA(nn.Module):
+    """Exponential moving average of a network's weights (``ema <- d * ema + (1 - d) * w``).
+
+    The decay ramps up as ``min(decay, (1 + n) / (10 + n))`` after n updates, so early averages
+    are not dominated by the random initialization. Buffers are copied, not averaged.
+
+    Args:
+        model: The network to track (deep-copied; the copy never requires grad).
+        decay: Target decay d.
+    """
+
+    def __init__(self, model: nn.Module, decay: float) -> None:
+        super().__init__()
+        if not 0.0 < decay < 1.0:
+            raise ValueError(f"ema_decay must be in (0, 1), got {decay}")
+        self.decay = decay
+        self.model = copy.deepcopy(model).requires_grad_(False).eval()
+        self.register_buffer("num_updates", torch.zeros((), dtype=torch.int64))
+
+    @torch.no_grad()
+    def update(self, model: nn.Module) -> None:
+        n = int(self.num_updates)
+        d = min(self.decay, (1 + n) / (10 + n))
+        ema_params = list(self.model.parameters())
+        params = [p.detach().to(e.dtype) for p, e in zip(model.parameters(), ema_params)]
+        torch._foreach_lerp_(ema_params, params, 1.0 - d)
+        for e, b in zip(self.model.buffers(), model.buffers()):
+            e.copy_(b)
+        self.num_updates += 1
+
+    @torch.no_grad()
+    def reset(self, model: nn.Module) -> None:
+        self.model.load_state_dict(model.state_dict())
+        self.num_updates.zero_()
+
+
+class LCMModule(L.LightningModule):
+    """Base LightningModule of every LCM family (use a family subclass).
+
+    Args:
+        preset: Model preset of the family (``tiny``, ``small``, ``1.6B``, ...).
+        model_overrides: Config fields to change on top of the preset, e.g. ``{dropout: 0.0}``.
+        sonar_dim: Concept dimension D (the CLI links it to the data's dimension).
+        lr: Peak learning rate (paper pretraining: 4e-4; fine-tuning: 3e-5).
+        betas: AdamW betas.
+        eps: AdamW epsilon.
+        weight_decay: AdamW weight decay on matrices; norms, biases and other vectors get none.
+        warmup_steps: Linear warmup steps (paper: 10k).
+        decay_steps: Step at which the cosine decay ends (default: the trainer's estimated total
+            steps). Set it when a run will be split and resumed with different ``max_steps``.
+        min_lr_ratio: Final learning rate as a fraction of ``lr``.
+        ema_decay: Keep an exponential moving average of the weights with this decay (e.g.
+            0.999); None disables it.
+        ema_eval: Evaluate, predict and generate with the EMA weights when they exist.
+        init_from: Checkpoint to initialize the network, normalizer and separator from when a
+            ``fit`` starts fresh (fine-tuning); ignored when resuming with ``ckpt_path``.
+        learn_separator: Train the separator concept instead of keeping it constant.
+        seed: Seed of the training noise and dropout (combined with each batch's id).
+    """
+
+    family: ClassVar[str] = ""
+
+    def __init__(
+        self,
+        preset: str = "tiny",
+        model_overrides: dict[str, Any] | None = None,
+        sonar_dim: int = 1024,
+        lr: float = 4e-4,
+        betas: tuple[float, float] = (0.9, 0.95),
+        eps: float = 1e-5,
+        weight_decay: float = 0.1,
+        warmup_steps: int = 10_000,
+        decay_steps: int | None = None,
+        min_lr_ratio: float = 0.0,
+        ema_decay: float | None = None,
+        ema_eval: bool = True,
+        init_from: str | None = None,
+        learn_separator: bool = False,
+        seed: int = 0,
+    ) -> None:
+        super().__init__()
+        if not self.family:
+            raise TypeError("use a family subclass: BaseLCMModule, TwoTowerModule, OneTowerModule")
+        self.save_hyperparameters()
+        config_cls = FAMILIES[self.family]
+        config = config_cls.from_name(preset, sonar_dim=sonar_dim, **(model_overrides or {}))
+        self.objective: Objective = self.build_objective(config.build())
+        self.ema_model = EMA(self.objective.model, ema_decay) if ema_decay is not None else None
+
+        self.normalizer = RobustNormalizer(sonar_dim)
+        # False until the statistics come from data or a checkpoint (see _sync_normalizer).
+        self.register_buffer("normalizer_ready", torch.zeros((), dtype=torch.bool))
+        sep = torch.randn(sonar_dim, generator=torch.Generator().manual_seed(SEPARATOR_SEED))
+        if learn_separator:
+            self.separator = nn.Parameter(sep)
+        else:
+            self.register_buffer("separator", sep)
+
+        self.metrics = nn.ModuleDict(
+            {
+                stage: nn.ModuleDict({name: MeanMetric() for name in METRICS})
+                for stage in ("val", "test")
+            }
+        )
+
+    # ----------------------------------------------------------------------- family hooks
+    def build_objective(self, model: nn.Module) -> Objective:
+        """Wrap the freshly built network in this family's objective."""
+        raise NotImplementedError
+
+    def eval_kwargs(self) -> dict[str, Any]:
+        """Extra keyword arguments of ``predict_all`` during validation and test."""
+        return {}
+
+    # ------------------------------------------------------------------------- helpers
+    @property
+    def network(self) -> nn.Module:
+        return self.objective.model
+
+    def eval_objective(self) -> Objective:
+        """The objective bound to the EMA weights when ``ema_eval``, else the trained ones."""
+        if self.ema_model is not None and self.hparams.ema_eval:
+            return self.objective.with_model(self.ema_model.model)
+        return self.objective
+
+    def insert_separator(self, batch: Batch) -> Batch:
+        """Fill the separator slots (``sep_mask``) of ``batch["x"]`` with :attr:`separator`."""
+        sep_mask = batch.get("sep_mask")
+        if sep_mask is None:
+            return batch
+        x = batch["x"]
+        sep = self.separator.to(x.dtype)[None, None]  # (1, 1, D)
+        return {**batch, "x": torch.where(sep_mask[..., None], sep, x)}
+
+    def _batch_seed(self, batch: Batch, salt: int) -> int:
+        return derive_seed(self.hparams.seed, salt, int(batch.get("batch_id", -1)))
+
+    def _generator(self, seed: int) -> torch.Generator:
+        return torch.Generator(device=self.device).manual_seed(seed)
+
+    @contextlib.contextmanager
+    def _seeded_dropout(self, seed: int) -> Iterator[None]:
+        devices = [self.device.index or 0] if self.device.type == "cuda" else []
+        with torch.random.fork_rng(devices=devices):
+            torch.manual_seed(seed)
+            yield
+
+    # ------------------------------------------------------------------------ training
+    def training_step(self, batch: Batch, batch_idx: int) -> Tensor:
+        batch = self.insert_separator(batch)
+        seed = self._batch_seed(batch, salt=0)
+        with self._seeded_dropout(seed):
+            out = self.objective.loss(batch, self._generator(seed))
+        self.log("train/loss", out.loss, prog_bar=True, batch_size=batch["x"].shape[0])
+        return out.loss
+
+    def optimizer_step(self, *args: Any, **kwargs: Any) -> None:
+        super().optimizer_step(*args, **kwargs)
+        if self.ema_model is not None:
+            self.ema_model.update(self.objective.model)
+
+    def configure_optimizers(self) -> dict[str, Any]:
+        h = self.hparams
+        decay, no_decay = [], []
+        for name, p in self.named_parameters():
+            if not p.requires_grad or name.startswith("ema_model."):
+                continue
+            # Matrices decay; norm weights, biases and the separator (vectors) do not.
+            (decay if p.ndim >= 2 else no_decay).append(p)
+        groups = [
+            {"params": decay, "weight_decay": h.weight_decay},
+            {"params": no_decay, "weight_decay": 0.0},
+        ]
+        optimizer = torch.optim.AdamW(groups, lr=h.lr, betas=tuple(h.betas), eps=h.eps)
+        total = h.decay_steps or int(self.trainer.estimated_stepping_batches)
+        schedule = partial(
+            warmup_cosine,
+            warmup_steps=h.warmup_steps,
+            decay_steps=total,
+            min_lr_ratio=h.min_lr_ratio,
+        )
+        scheduler = torch.optim.lr_scheduler.LambdaLR(optimizer, schedule)
+        return {
+            "optimizer": optimizer,
+            "lr_scheduler": {"scheduler": scheduler, "interval": "step"},
+        }
+
+    # ---------------------------------------------------------------------- evaluation
+    def _eval_step(self, batch: Batch, stage: str) -> None:
+        batch = self.insert_separator(batch)
+        objective = self.eval_objective()
+        seed = self._batch_seed(batch, salt=1)
+        out = objective.loss(batch, self._generator(seed))
+        pred = objective.predict_all(batch, self._generator(seed + 1), **self.eval_kwargs())
+        w = out.weight  # (B, T)
+        n = int(w.sum())
+        if n == 0:
+            return  # an all-padding batch (distributed evaluation)
+        m = self.metrics[stage]
+        m["loss"].update(out.loss.detach(), n)
+        pred_w, gold_w = pred[w], batch["x"][w]  # (N, D) normalized
+        m["mse"].update((pred_w - gold_w).pow(2).mean(dim=-1))
+        # l2 and CA in SONAR space, as in the paper (section 2.4).
+        pred_s, gold_s = self.normalizer.denormalize(pred_w), self.normalizer.denormalize(gold_w)
+        m["l2"].update((pred_s - gold_s).norm(dim=-1))
+        ca = contrastive_accuracy(pred_s, gold_s)
+        if ca.numel():
+            m["ca"].update(ca)
+
+    def _log_metrics(self, stage: str) -> None:
+        # compute() syncs across ranks, so every rank calls it, even one that only saw padding.
+        for name, metric in self.metrics[stage].items():
+            with warnings.catch_warnings():
+                warnings.filterwarnings("ignore", message=".*compute.*before.*update.*")
+                value = metric.compute()
+            metric.reset()
+            if torch.isfinite(value):  # NaN: no update on any rank (e.g. CA needs N >= 2)
+                self.log(f"{stage}/{name}", value, prog_bar=name == "loss")
+
+    def validation_step(self, batch: Batch, batch_idx: int) -> None:
+        self._eval_step(batch, "val")
+
+    def on_validation_epoch_end(self) -> None:
+        self._log_metrics("val")
+
+    def test_step(self, batch: Batch, batch_idx: int) -> None:
+        self._eval_step(batch, "test")
+
+    def on_test_epoch_end(self) -> None:
+        self._log_metrics("test")
+
+    def predict_step(self, batch: Batch, batch_idx: int) -> dict[str, Tensor]:
+        """Teacher-forced prediction of every concept, in SONAR space.
+
+        Returns:
+            ``pred`` (B, T, D): position i predicts concept i from concepts < i; ``weight``
+            (B, T) bool: positions that are real targets; ``index`` (B,): example indices.
+        """
+        batch = self.insert_separator(batch)
+        objective = self.eval_objective()
+        seed = self._batch_seed(batch, salt=2)
+        pred = objective.predict_all(batch, self._generator(seed), **self.eval_kwargs())
+        weight = batch["mask"] & batch["loss_mask"]
+        if isinstance(objective, MSEObjective):
+            weight[:, 0] = False
+        return {
+            "pred": self.normalizer.denormalize(pred),
+            "weight": weight,
+            "index": batch["index"],
+        }
+
+    @torch.no_grad()
+    def predict_next(
+        self,
+        x: Tensor,
+        mask: Tensor | None = None,
+        sep_mask: Tensor | None = None,
+        generator: torch.Generator | None = None,
+        **sampling: Any,
+    ) -> Tensor:
+        """The concept following each sequence, in SONAR space.
+
+        Args:
+            x: (B, T, D) right-padded SONAR vectors.
+            mask: (B, T) bool, True = real concept.
+            sep_mask: (B, T) bool slots to fill with the separator (e.g. ``[source, SEP]``
+                prompts of a summarization fine-tune); their ``x`` is ignored.
+            generator: Random generator of the diffusion sampler.
+            **sampling: Diffusion sampling overrides (``num_inference_steps``,
+                ``guidance_scale``, ``guidance_rescale``, ``init_noise_scale``).
+
+        Returns:
+            (B, D) SONAR vectors.
+        """
+        batch = {"x": self.normalizer.normalize(x)}
+        if sep_mask is not None:
+            batch = self.insert_separator({**batch, "sep_mask": sep_mask})
+        out = self.eval_objective().predict_next(batch["x"], mask, generator, **sampling)
+        return self.normalizer.denormalize(out)
+
+    # ------------------------------------------------------------ normalizer / init / ckpt
+    def setup(self, stage: str) -> None:
+        trainer = self._trainer
+        if (
+            stage == "fit"
+            and self.hparams.init_from
+            and trainer is not None
+            and trainer.ckpt_path is None
+        ):
+            self.load_init(self.hparams.init_from)
+        self._sync_normalizer()
+
+    def _datamodule(self):
+        trainer = self._trainer
+        return getattr(trainer, "datamodule", None) if trainer is not None else None
+
+    def _sync_normalizer(self) -> None:
+        """Make the model's and the data's normalizers one and the same.
+
+        A model with statistics (from ``init_from`` or a checkpoint) imposes them on the data: it
+        only understands the space it was trained in. A fresh model adopts the data's.
+        """
+        dm = self._datamodule()
+        if dm is None or not hasattr(dm, "set_normalizer"):
+            return
+        if not bool(self.normalizer_ready):
+            if dm.normalize and dm.normalizer is None:
+                dm.setup()
+            if dm.normalize and dm.normalizer is not None:
+                self.normalizer.load_state_dict(dm.normalizer.state_dict())
+            # else: the data is used raw, and the model's identity normalizer says so.
+            self.normalizer_ready.fill_(True)
+            return
+        data_norm = dm.normalizer if dm.normalize else None
+        same = data_norm is not None and all(
+            torch.equal(a.cpu(), b.cpu())
+            for a, b in zip(data_norm.state_dict().values(), self.normalizer.state_dict().values())
+        )
+        if not same:
+            rank_zero_info("lcm: the data is normalized with the model's own normalizer")
+            dm.set_normalizer(self.normalizer)
+
+    def on_load_checkpoint(self, checkpoint: dict[str, Any]) -> None:
+        # Runs before the weights are loaded: push the checkpoint's normalizer into the data
+        # module now, so that resumed runs and `validate --ckpt_path` read data the same way.
+        state = checkpoint.get("state_dict", {})
+        if not bool(state.get("normalizer_ready", False)):
+            return
+        self.normalizer.center.copy_(state["normalizer.center"])
+        self.normalizer.scale.copy_(state["normalizer.scale"])
+        self.normalizer_ready.fill_(True)
+        self._sync_normalizer()
+
+    def on_save_checkpoint(self, checkpoint: dict[str, Any]) -> None:
+        checkpoint["lcm_family"] = self.family
+
+    def load_init(self, path: str) -> None:
+        """Initialize network, normalizer and separator from a checkpoint of the same family
+        (the optimizer and step start fresh; the EMA restarts from the loaded weights)."""
+        from lightning.fabric.utilities.cloud_io import _load as pl_load
+
+        # weights_only: a checkpoint is data (tensors, numbers, strings), never code to unpickle
+    checkpoint = pl_load(path, map_location="cpu", weights_only=True)
+        family = checkpoint.get("lcm_family")
+        if family is not None and family != self.family:
+            raise ValueError(f"{path} holds a {family} model; this module is {self.family}")
+        state = checkpoint["state_dict"]
+        prefix = "objective.model."
+        net = {k[len(prefix) :]: v for k, v in state.items() if k.startswith(prefix)}
+        self.objective.model.load_state_dict(net, strict=True)
+        if bool(state.get("normalizer_ready", False)):
+            self.normalizer.center.copy_(state["normalizer.center"])
+            self.normalizer.scale.copy_(state["normalizer.scale"])
+            self.normalizer_ready.fill_(True)
+        if "separator" in state:
+            with torch.no_grad():
+                self.separator.copy_(state["separator"])
+        if self.ema_model is not None:
+            self.ema_model.reset(self.objective.model)
+        rank_zero_info(f"lcm: initialized from {path}")
+
+
+class BaseLCMModule(LCMModule):
+    """Base-LCM: next-concept MSE regression (paper section 2.2). Arguments as
+    :class:`LCMModule`."""
+
+    family = "base_lcm"
+
+    def build_objective(self, model: nn.Module) -> Objective:
+        return MSEObjective(model)
+
+
+class DiffusionModule(LCMModule):
+    """Shared arguments of the diffusion families (paper section 2.3).
+
+    Args:
+        cfg_dropout: Share of positions trained without context, for classifier-free guidance.
+        num_train_timesteps: Diffusion steps T (paper: 100).
+        beta_schedule: Noise schedule (``cosine``, ``linear``, ``sigmoid``).
+        rescale_zero_terminal_snr: Rescale the schedule to zero terminal SNR.
+        prediction_type: What the denoiser outputs; the paper uses ``sample`` (x0).
+        timestep_spacing: Inference timestep spacing (paper: ``trailing``).
+        num_inference_steps: DDIM steps for generation (paper: 40).
+        guidance_scale: Classifier-free guidance weight on epsilon (paper: 3).
+        guidance_rescale: Guidance rescale phi (paper: 0.7).
+        init_noise_scale: Std of the initial noise (paper: 0.6).
+        eval_inference_steps: DDIM steps for validation/test metrics (default:
+            ``num_inference_steps``).
+        **kwargs: The arguments of :class:`LCMModule`.
+    """
+
+    def __init__(
+        self,
+        cfg_dropout: float = 0.15,
+        num_train_timesteps: int = 100,
+        beta_schedule: ScheduleName = "cosine",
+        rescale_zero_terminal_snr: bool = True,
+        prediction_type: PredictionType = "sample",
+        timestep_spacing: TimestepSpacing = "trailing",
+        num_inference_steps: int = 40,
+        guidance_scale: float = 3.0,
+        guidance_rescale: float = 0.7,
+        init_noise_scale: float = 0.6,
+        eval_inference_steps: int | None = None,
+        **kwargs: Any,
+    ) -> None:
+        super().__init__(**kwargs)
+
+    objective_cls: ClassVar[type[Objective]]
+
+    def build_objective(self, model: nn.Module) -> Objective:
+        h = self.hparams
+        scheduler = DDIMScheduler(
+            num_train_timesteps=h.num_train_timesteps,
+            beta_schedule=h.beta_schedule,
+            rescale_zero_terminal_snr=h.rescale_zero_terminal_snr,
+            prediction_type=h.prediction_type,
+            timestep_spacing=h.timestep_spacing,
+        )
+        sampling = SamplingConfig(
+            num_inference_steps=h.num_inference_steps,
+            guidance_scale=h.guidance_scale,
+            guidance_rescale=h.guidance_rescale,
+            init_noise_scale=h.init_noise_scale,
+        )
+        return self.objective_cls(model, scheduler, h.cfg_dropout, sampling)
+
+    def eval_kwargs(self) -> dict[str, Any]:
+        steps = self.hparams.eval_inference_steps
+        return {} if steps is None else {"num_inference_steps": steps}
+
+
+class TwoTowerModule(DiffusionModule):
+    """Two-Tower diffusion LCM (paper section 2.3.4). Arguments as :class:`DiffusionModule`."""
+
+    family = "two_tower"
+    objective_cls = TwoTowerDiffusion
+
+
+class OneTowerModule(DiffusionModule):
+    """One-Tower diffusion LCM (paper section 2.3.3). Arguments as :class:`DiffusionModule`."""
+
+    family = "one_tower"
+    objective_cls = OneTowerDiffusion
+
+
+FAMILY_MODULES: dict[str, type[LCMModule]] = {
+    cls.family: cls for cls in (BaseLCMModule, TwoTowerModule, OneTowerModule)
+}
+
+
+def load_module(path: str, map_location: str | torch.device | None = "cpu") -> LCMModule:
+    """Load a checkpoint of any family (the family is recorded in the checkpoint)."""
+    from lightning.fabric.utilities.cloud_io import _load as pl_load
+
+    # weights_only: a checkpoint is data (tensors, numbers, strings), never code to unpickle
+    checkpoint = pl_load(path, map_location="cpu", weights_only=True)
+    family = checkpoint.get("lcm_family")
+    if family not in FAMILY_MODULES:
+        raise ValueError(f"{path} is not an lcm checkpoint (family {family!r})")
+    return FAMILY_MODULES[family].load_from_checkpoint(
+        path, map_location=map_location, weights_only=True
+    )

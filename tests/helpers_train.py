@@ -1,0 +1,98 @@
+"""Helpers for tests/test_train.py: a deterministic toy codec and structured toy corpora.
+
+The corpora have learnable structure: sentence k is always followed by sentence ``(3k + 7) % P``,
+so the next concept is a function of the current one and a small model can fit it.
+"""
+
+from __future__ import annotations
+
+import hashlib
+import json
+import random
+from pathlib import Path
+
+import torch
+
+from encoders.base import SentenceCodec
+
+P = 23  # distinct sentences
+
+
+def next_token(k: int) -> int:
+    return (3 * k + 7) % P
+
+
+def sentence(k: int) -> str:
+    return f"Token {k} is here."
+
+
+class HashCodec(SentenceCodec):
+    """Sentence -> fixed N(0, I) vector seeded by a hash of the text; decodes by nearest seen."""
+
+    codec_id = "test-hash-codec-16"
+    dim = 16
+    langs = ("eng_Latn", "fra_Latn")
+
+    def __init__(self) -> None:
+        super().__init__(cache=None)
+        self.seen: dict[str, torch.Tensor] = {}
+
+    def _encode(self, sentences: list[str], lang: str) -> torch.Tensor:
+        rows = []
+        for s in sentences:
+            seed = int.from_bytes(hashlib.blake2b(s.encode(), digest_size=8).digest(), "little")
+            g = torch.Generator().manual_seed(seed % (2**63))
+            rows.append(torch.randn(self.dim, generator=g))
+            self.seen[s] = rows[-1]
+        return torch.stack(rows)
+
+    def decode(self, vectors: torch.Tensor, lang: str) -> list[str]:
+        names = list(self.seen)
+        table = torch.stack([self.seen[n] for n in names])  # (K, dim)
+        return [names[int(i)] for i in torch.cdist(vectors.float(), table).argmin(dim=1)]
+
+
+def write_corpus(
+    path: Path,
+    n_docs: int,
+    seed: int = 0,
+    min_len: int = 4,
+    max_len: int = 14,
+    summaries: bool = False,
+) -> Path:
+    """jsonl of documents following the token chain; optional ``summary`` field (the chain's
+    first three tokens, shifted by 5: a deterministic function of the source)."""
+    rng = random.Random(seed)
+    with open(path, "w") as f:
+        for j in range(n_docs):
+            k = rng.randrange(P)
+            toks = []
+            for _ in range(rng.randint(min_len, max_len)):
+                toks.append(k)
+                k = next_token(k)
+            row = {"id": f"doc{j}", "lang": "eng_Latn", "text": " ".join(map(sentence, toks))}
+            if summaries:
+                row["summary"] = " ".join(sentence((t + 5) % P) for t in toks[:3])
+            f.write(json.dumps(row) + "\n")
+    return path
+
+
+def make_shards(
+    root: Path, n_docs: int, seed: int = 0, summaries: bool = False, **corpus_kw
+) -> Path:
+    """Run the real ``lcm prepare`` on a toy corpus with :class:`HashCodec`; returns the folder."""
+    from lcm.data.prepare import prepare
+
+    root.mkdir(parents=True, exist_ok=True)
+    src = write_corpus(root / "docs.jsonl", n_docs, seed, summaries=summaries, **corpus_kw)
+    out = root / "shards"
+    prepare(
+        inputs=str(src),
+        output_dir=str(out),
+        codec=HashCodec(),
+        target_fields=["summary"] if summaries else None,
+        shard_size=max(1, n_docs // 3),
+        cache=False,
+        progress=False,
+    )
+    return out
