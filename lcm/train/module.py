@@ -415,8 +415,7 @@ class LCMModule(L.LightningModule):
         (the optimizer and step start fresh; the EMA restarts from the loaded weights)."""
         from lightning.fabric.utilities.cloud_io import _load as pl_load
 
-        # weights_only: a checkpoint is data (tensors, numbers, strings), never code to unpickle
-    checkpoint = pl_load(path, map_location="cpu", weights_only=True)
+        checkpoint = pl_load(path, map_location="cpu", weights_only=True)
         family = checkpoint.get("lcm_family")
         if family is not None and family != self.family:
             raise ValueError(f"{path} holds a {family} model; this module is {self.family}")
