@@ -12,6 +12,8 @@ import sys
 COMMANDS = {
     "prepare": "documents -> sentences -> concept shards + normalizer",
     "fetch-debian": "real data: Debian package descriptions + synopses (DDTP, many languages)",
+    "summarize": "summarize a jsonl of documents with a checkpoint (resumable)",
+    "generate": "continue a jsonl of documents with a checkpoint (resumable)",
     "fit": "train (LightningCLI: --config configs/trainer/default.yaml --config <recipe>)",
     "validate": "evaluate a checkpoint on the validation documents",
     "test": "evaluate a checkpoint on the test documents",
@@ -56,6 +58,17 @@ def run(argv: list[str] | None = None) -> object:
         from lcm.corpora.debian import fetch_debian_descriptions
 
         result = CLI(fetch_debian_descriptions, args=rest, as_positional=False)
+        print(json.dumps(result, indent=2))
+        return result
+    if command in ("summarize", "generate"):
+        import json
+
+        from jsonargparse import CLI
+
+        from lcm.generation.files import generate_file
+
+        task = "summarize" if command == "summarize" else "continue"
+        result = CLI(generate_file, args=[*rest, f"--task={task}"], as_positional=False)
         print(json.dumps(result, indent=2))
         return result
     if command in ("fit", "validate", "test", "predict"):

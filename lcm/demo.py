@@ -1,15 +1,19 @@
-"""The main job on the offline default: real documents -> concept shards -> a look at them.
+"""The main job on the offline default: real documents -> concepts -> a trained model ->
+summaries of held-out documents.
 
-    python -m lcm.demo [--out_dir runs/demo] [--docs_per_split 300] [--codec auto|sonar|minilm]
+    python -m lcm.demo [--out_dir runs/demo] [--docs_per_split 600] [--codec auto|sonar|minilm]
 
 1. fetch real summarization pairs: Debian package descriptions and their one-line synopses
    (``lcm fetch-debian``, through apt; about 20 MB);
-2. ``lcm prepare`` the train and valid splits into concept shards (descriptions and synopses);
-3. build the retrieval decoder's sentence bank from the train shards and decode held-out
-   sentences through it, printing what a concept decodes to.
+2. ``lcm prepare`` the train and test splits into concept shards (description and synopsis, each
+   ending in the "End of text." sentence);
+3. ``lcm fit`` a small Base-LCM on [description, SEP, synopsis] (configs/base_lcm/tiny_sft.yaml);
+4. summarize held-out test descriptions through the Python API and print them beside the
+   reference synopses.
 
-The codec is SONAR when its weights load (``--codec auto``), else the offline MiniLM codec.
-Training and generation plug in here as they land (see the issues in the tracker).
+The codec is SONAR when its weights load (``--codec auto``), else the offline MiniLM codec, which
+decodes by retrieval over the training sentences (so summaries are sentences of the corpus).
+Rerunning reuses finished steps.
 """
 
 from __future__ import annotations
@@ -41,20 +45,20 @@ def pick_codec(name: Literal["auto", "sonar", "minilm"]) -> SentenceCodec:
 
 def main(
     out_dir: str = "runs/demo",
-    docs_per_split: int = 300,
+    docs_per_split: int = 600,
     codec: Literal["auto", "sonar", "minilm"] = "auto",
-    show: int = 5,
+    train_steps: int = 600,
+    show: int = 6,
 ) -> dict:
     """Run the main job.
 
     Args:
         out_dir: where data, shards and reports go (rerun to resume).
-        docs_per_split: Debian descriptions per split (train gets this many, valid a tenth).
+        docs_per_split: Debian descriptions per split (train and test).
+        train_steps: optimizer steps of the summarization model.
         codec: ``auto`` (SONAR if its weights load, else MiniLM), ``sonar`` or ``minilm``.
         show: how many held-out examples to print.
     """
-    import datasets
-    import torch
     from rich.console import Console
     from rich.table import Table
 
@@ -70,19 +74,23 @@ def main(
     console.print({k: v for k, v in fetched.items() if not isinstance(v, dict | list)})
 
     console.rule("2. lcm prepare: sentences -> concept shards")
+    import lightning
+
+    lightning.seed_everything(0, verbose=False)
     the_codec = pick_codec(codec)
-    summaries = {}
-    for split in ("train", "valid"):
-        summaries[split] = prepare(
+    summaries_prepare = {}
+    for split in ("train", "test"):
+        summaries_prepare[split] = prepare(
             str(out / "data" / f"debian_descriptions.en.{split}.jsonl"),
             str(out / "shards" / split),
             codec=the_codec,
             target_fields=["summary"],
+            end_of_text="End of text.",
             shard_size=128,
             progress=False,
         )
     table = Table("split", "documents", "sentences", "rejected", "long re-split", "truncated")
-    for split, s in summaries.items():
+    for split, s in summaries_prepare.items():
         table.add_row(
             split,
             str(s["documents"]),
@@ -93,35 +101,70 @@ def main(
         )
     console.print(table)
 
-    console.rule("3. decoding concepts back to text")
-    train = datasets.load_dataset(
-        "parquet", data_files=str(out / "shards" / "train" / "shards" / "*.parquet"), split="train"
+    console.rule("3. lcm fit: a small Base-LCM learns description -> synopsis (CPU)")
+    from lcm.cli import run
+
+    run_dir = out / "run"
+    ckpt = run_dir / "checkpoints" / "last.ckpt"
+    if not ckpt.exists():
+        run(
+            [
+                "fit",
+                "--config",
+                "configs/trainer/default.yaml",
+                "--config",
+                "configs/base_lcm/tiny_sft.yaml",
+                f"--data.data_dir={out / 'shards' / 'train'}",
+                f"--trainer.default_root_dir={run_dir}",
+                f"--trainer.max_steps={train_steps}",
+                "--trainer.enable_model_summary=false",
+            ]
+        )
+    metrics = _last_metrics(run_dir)
+    console.print({k: round(v, 4) for k, v in metrics.items()})
+
+    console.rule("4. summarize held-out descriptions (decoded by retrieval)")
+    from lcm.api import ConceptModel
+
+    model = ConceptModel.load(ckpt, codec=the_codec)
+    test = [
+        json.loads(line)
+        for line in (out / "data" / "debian_descriptions.en.test.jsonl").read_text().splitlines()
+    ][:show]
+    summaries = model.summarize(
+        [r["text"] for r in test], source_lang="eng_Latn", max_new_concepts=2
     )
-    valid = datasets.load_dataset(
-        "parquet", data_files=str(out / "shards" / "valid" / "shards" / "*.parquet"), split="train"
-    )
-    if hasattr(the_codec, "bank"):
-        sents = [s for row in train["text_sentences"] for s in row]
-        vecs = torch.tensor([v for row in train["text_embeddings"] for v in row])
-        the_codec.bank.add(sents, vecs, "eng_Latn")
-        console.print(f"retrieval bank: {len(the_codec.bank)} unique train sentences")
-    # A train sentence must decode to itself; a held-out one to its nearest train sentence.
-    probe = [train[0]["text_sentences"][0]]
-    probe_vec = torch.tensor(train[0]["text_embeddings"][:1])
-    self_ok = the_codec.decode(probe_vec, "eng_Latn") == probe
-    rows = valid.select(range(min(show, valid.num_rows)))
-    held = [r["summary_sentences"][0] for r in rows]
-    decoded = the_codec.decode(torch.tensor([r["summary_embeddings"][0] for r in rows]), "eng_Latn")
-    table = Table(
-        "held-out synopsis", "decoded concept", title="valid synopses, encoded then decoded"
-    )
-    for a, b in zip(held, decoded):
-        table.add_row(a, b)
+    table = Table("description (start)", "reference synopsis", "generated summary")
+    for r, summ in zip(test, summaries):
+        table.add_row(r["text"][:120] + "...", r["summary"], summ)
     console.print(table)
-    result = {"fetched": fetched.get("counts", {}), "prepare": summaries, "self_decode_ok": self_ok}
+    result = {
+        "fetched": fetched.get("counts", {}),
+        "prepare": summaries_prepare,
+        "train_metrics": metrics,
+        "samples": [
+            {"id": r["id"], "reference": r["summary"], "generated": g}
+            for r, g in zip(test, summaries)
+        ],
+    }
     (out / "report.json").write_text(json.dumps(result, indent=2, default=str))
     console.print(f"report: {out / 'report.json'}")
     return result
+
+
+def _last_metrics(run_dir: Path) -> dict[str, float]:
+    """The last logged value of each metric in the run's CSV log."""
+    import csv
+
+    files = sorted((run_dir / "csv").glob("version_*/metrics.csv"))
+    last: dict[str, float] = {}
+    if files:
+        with open(files[-1]) as f:
+            for row in csv.DictReader(f):
+                for k, v in row.items():
+                    if v not in ("", None) and k.startswith(("val/", "train/")):
+                        last[k] = float(v)
+    return last
 
 
 if __name__ == "__main__":

@@ -233,6 +233,7 @@ def prepare(
     input_format: InputFormat = "auto",
     txt_sample_by: Literal["document", "paragraph", "line"] = "document",
     max_sentence_chars: int = 256,
+    end_of_text: str | None = None,
     shard_size: int = 256,
     embedding_dtype: Literal["float16", "float32"] = "float32",
     normalizer_sample: int = 100_000,
@@ -259,6 +260,8 @@ def prepare(
         input_format: file format, or ``auto`` to go by suffix.
         txt_sample_by: for .txt inputs, one document per file, paragraph or line.
         max_sentence_chars: long-sentence cap; longer sentences are re-split (0 disables).
+        end_of_text: a sentence appended to every field (the paper uses "End of text."), so
+            models learn to emit it and generation can stop on it; None appends nothing.
         shard_size: documents per shard (the unit of resumption and of work per rank).
         embedding_dtype: storage dtype of the vectors.
         normalizer_sample: most sentence vectors the normalizer is fitted on (seeded sample).
@@ -297,6 +300,7 @@ def prepare(
         "input_format": input_format,
         "txt_sample_by": txt_sample_by,
         "max_sentence_chars": max_sentence_chars,
+        "end_of_text": end_of_text,
         "shard_size": shard_size,
         "embedding_dtype": embedding_dtype,
         "normalizer_sample": normalizer_sample,
@@ -320,6 +324,10 @@ def prepare(
     docs, rejects = to_documents(
         rows, splitter, text_field, target_fields, id_field, lang_field, default_lang, codec.langs
     )
+    if end_of_text:
+        for doc in docs:
+            for sentences in doc.sentences.values():
+                sentences.append(end_of_text)
     _atomic_write(
         out / "rejects" / "input.jsonl", "".join(json.dumps(r.as_dict()) + "\n" for r in rejects)
     )
