@@ -143,11 +143,14 @@ class ConceptModel:
             max_sentence_chars=manifest.get("max_sentence_chars", 256),
         )
         if hasattr(codec, "bank") and shard_dir.is_dir():
-            model.fill_bank(shard_dir)
+            # A summarizer should retrieve summary-like sentences: use the target field alone.
+            target = data_hp.get("target_field") if model.mode == "summarize" else None
+            model.fill_bank(shard_dir, fields=[target] if target else None)
         return model
 
-    def fill_bank(self, shard_dir: str | Path) -> int:
-        """Add every sentence of the shards (all text columns) to the codec's retrieval bank."""
+    def fill_bank(self, shard_dir: str | Path, fields: list[str] | None = None) -> int:
+        """Add the sentences of the shards' text columns (all, or ``fields``) to the codec's
+        retrieval bank; returns how many were offered."""
         import pyarrow.parquet as pq
 
         n = 0
@@ -156,6 +159,8 @@ class ConceptModel:
             langs = table.column("lang").to_pylist()
             for name in table.column_names:
                 if not name.endswith("_sentences"):
+                    continue
+                if fields is not None and name[: -len("_sentences")] not in fields:
                     continue
                 emb_name = name[: -len("_sentences")] + "_embeddings"
                 sents = table.column(name).to_pylist()

@@ -10,6 +10,8 @@ Example:
 from lcm.models.base_lcm import BaseLCM, BaseLCMConfig
 from lcm.models.common import ConceptModel, PresetConfig, build, param_count
 from lcm.models.one_tower import OneTowerConfig, OneTowerLCM
+from lcm.models.quant_lcm import QuantLCM, QuantLCMConfig
+from lcm.models.refiner import RecurrentRefinerLCM, RefinerConfig
 from lcm.models.two_tower import CrossKV, TwoTowerConfig, TwoTowerLCM
 
 FAMILIES: dict[str, type[PresetConfig]] = {
@@ -17,7 +19,8 @@ FAMILIES: dict[str, type[PresetConfig]] = {
     "one_tower": OneTowerConfig,
     "two_tower": TwoTowerConfig,
 }
-"""Model family name -> config class (each config has `from_name(preset)` and `build()`)."""
+"""Model family name -> config class (each config has `from_name(preset)` and `build()`).
+The refiner and Quant-LCM have networks and objectives but no LightningModule yet."""
 
 __all__ = [
     "FAMILIES",
@@ -28,6 +31,10 @@ __all__ = [
     "OneTowerConfig",
     "OneTowerLCM",
     "PresetConfig",
+    "QuantLCM",
+    "QuantLCMConfig",
+    "RecurrentRefinerLCM",
+    "RefinerConfig",
     "TwoTowerConfig",
     "TwoTowerLCM",
     "build",

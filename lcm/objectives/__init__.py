@@ -26,6 +26,8 @@ from lcm.objectives.diffusion import (
     left_align,
 )
 from lcm.objectives.mse import MSEObjective
+from lcm.objectives.quant import QuantObjective, sample_logits
+from lcm.objectives.refiner import ExitRule, RefinerObjective, RefinerOutput, sample_num_iterations
 
 __all__ = [
     "Batch",
@@ -34,11 +36,17 @@ __all__ = [
     "Objective",
     "ObjectiveOutput",
     "OneTowerDiffusion",
+    "QuantObjective",
+    "RefinerObjective",
+    "RefinerOutput",
+    "ExitRule",
     "SamplingConfig",
     "TwoTowerDiffusion",
     "contrastive_accuracy",
     "last_valid",
     "left_align",
     "masked_mse",
+    "sample_logits",
+    "sample_num_iterations",
     "target_weight",
 ]

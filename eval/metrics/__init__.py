@@ -1,0 +1,1 @@
+"""Metric implementations; see :mod:`eval` for the map."""

@@ -1,0 +1,168 @@
+"""Quant-LCM-d objective (paper section 2.5): cross-entropy on the RVQ codes of the next concept,
+and coarse-to-fine sampling of codes that are summed back into a concept.
+
+Training:
+    codes = rvq.encode(x)                    (B, T, K), or batch["codes"] when precomputed
+    logits = model(x, mask, codes shifted)   position t scores the codes of concept t+1
+    loss = mean over target positions and codebooks of CE(logits, codes)
+           (the mean over K keeps the scale independent of the number of codebooks)
+
+Sampling, per concept: for j = 0 .. K-1, draw c_j from softmax(logits_j / temperature) restricted
+to the top-p nucleus (Holtzman et al. 2020), add C_j[c_j] to the running sum, feed it to depth
+j + 1. The concept is the sum of the K code vectors, `rvq.decode(codes)`. temperature = 0 is
+greedy.
+"""
+
+from __future__ import annotations
+
+import torch
+import torch.nn.functional as F
+from torch import Tensor
+
+from lcm.models.quant_lcm import QuantLCM
+from lcm.objectives.base import Batch, Objective, ObjectiveOutput, last_valid, target_weight
+
+
+def sample_logits(
+    logits: Tensor,
+    temperature: float = 1.0,
+    top_p: float = 1.0,
+    generator: torch.Generator | None = None,
+) -> Tensor:
+    """One draw per row of logits (N, U) -> (N,) int64.
+
+    temperature = 0 takes the argmax. Otherwise the probabilities softmax(logits / temperature)
+    are cut to the smallest set of most likely units whose mass reaches top_p (the most likely
+    unit always stays), renormalized, and sampled; the draw happens on the generator's device.
+    """
+    if temperature < 0 or not 0 < top_p <= 1:
+        raise ValueError(f"need temperature >= 0 and 0 < top_p <= 1, got {temperature}, {top_p}")
+    if temperature == 0:
+        return logits.argmax(dim=-1)
+    probs = F.softmax(logits.float() / temperature, dim=-1)  # (N, U)
+    if top_p < 1:
+        sorted_p, order = probs.sort(dim=-1, descending=True)  # (N, U)
+        mass_before = sorted_p.cumsum(dim=-1) - sorted_p  # mass of the strictly likelier units
+        sorted_p = sorted_p.masked_fill(mass_before >= top_p, 0.0)
+        probs = torch.zeros_like(probs).scatter(-1, order, sorted_p)
+    device = generator.device if generator is not None else probs.device
+    draw = torch.multinomial(probs.to(device), 1, generator=generator)[:, 0]  # (N,)
+    return draw.to(logits.device)
+
+
+class QuantObjective(Objective):
+    """Code cross-entropy and code sampling for :class:`~lcm.models.quant_lcm.QuantLCM`.
+
+    Args:
+        model: The network; its `rvq` must be fitted (``model.set_quantizer(rvq)``).
+        temperature: Default sampling temperature (0 = greedy). Ours, not the paper's.
+        top_p: Default nucleus mass. Ours, not the paper's.
+    """
+
+    def __init__(self, model: QuantLCM, temperature: float = 1.0, top_p: float = 0.9) -> None:
+        super().__init__(model)
+        self.temperature = temperature
+        self.top_p = top_p
+
+    @property
+    def rvq(self):
+        return self.model.rvq
+
+    def _codes(self, batch: Batch) -> Tensor:
+        codes = batch.get("codes")
+        return codes if codes is not None else self.rvq.encode(batch["x"])  # (B, T, K)
+
+    # ---------------------------------------------------------------------------- training
+    def loss(self, batch: Batch, generator: torch.Generator | None = None) -> ObjectiveOutput:
+        """Mean code cross-entropy; `pred` is the decoded teacher-forced argmax (aligned)."""
+        x, mask = batch["x"], batch["mask"]  # (B, T, D), (B, T)
+        codes = self._codes(batch)  # (B, T, K) codes of every concept
+        # Position t predicts concept t+1: its targets are codes[:, t+1]; the last has none.
+        next_codes = torch.cat((codes[:, 1:], torch.zeros_like(codes[:, :1])), dim=1)
+        logits = self.model(x, mask, next_codes)  # (B, T, K, U)
+
+        weight = target_weight(batch).clone()  # (B, T) over targets
+        weight[:, 0] = False  # nothing predicts the first concept
+        w_out = weight[:, 1:]  # (B, T-1): output t counts if concept t+1 is a target
+        ce = F.cross_entropy(
+            logits[:, :-1].flatten(0, 2).float(), next_codes[:, :-1].flatten(), reduction="none"
+        ).view(*w_out.shape, -1)  # (B, T-1, K)
+        w = w_out.to(ce.dtype)
+        loss = (ce.mean(dim=-1) * w).sum() / w.sum().clamp(min=1.0)
+
+        with torch.no_grad():
+            y = self.rvq.decode(logits.argmax(dim=-1))  # (B, T, D) output t ~ concept t+1
+            pred = torch.cat((torch.zeros_like(y[:, :1]), y[:, :-1]), dim=1)
+        return ObjectiveOutput(loss, pred, x, weight)
+
+    # ---------------------------------------------------------------------------- sampling
+    @torch.no_grad()
+    def sample_codes(
+        self,
+        h: Tensor,
+        generator: torch.Generator | None = None,
+        *,
+        temperature: float | None = None,
+        top_p: float | None = None,
+    ) -> Tensor:
+        """Codes (N, K) of the concepts following the contextualized states h (N, d), coarse to
+        fine, each codebook conditioned on the codes already drawn."""
+        temperature = self.temperature if temperature is None else temperature
+        top_p = self.top_p if top_p is None else top_p
+        model = self.model
+        cache = model.new_depth_cache()
+        prefix = h.new_zeros(h.shape[0], model.config.sonar_dim)  # (N, D) sum of drawn codes
+        codes = []
+        for j in range(model.config.n_codebooks):
+            logits = model.next_level_logits(h, prefix, cache)  # (N, U)
+            c = sample_logits(logits, temperature, top_p, generator)  # (N,)
+            codes.append(c)
+            prefix = prefix + model.rvq.codebooks[j, c]
+        return torch.stack(codes, dim=1)  # (N, K)
+
+    @torch.no_grad()
+    def predict_all(
+        self,
+        batch: Batch,
+        generator: torch.Generator | None = None,
+        *,
+        temperature: float | None = None,
+        top_p: float | None = None,
+    ) -> Tensor:
+        """(B, T, D) teacher-forced samples aligned to targets (position 0 is zeros)."""
+        x, mask = batch["x"], batch["mask"]
+        B, T, _ = x.shape
+        h = self.model.contextualize(x, mask)  # (B, T, d)
+        codes = self.sample_codes(
+            h.reshape(B * T, -1), generator, temperature=temperature, top_p=top_p
+        )
+        y = self.rvq.decode(codes).reshape(B, T, -1)  # (B, T, D), output t ~ concept t+1
+        return torch.cat((torch.zeros_like(y[:, :1]), y[:, :-1]), dim=1)
+
+    @torch.no_grad()
+    def predict_next_codes(
+        self,
+        x: Tensor,
+        mask: Tensor | None = None,
+        generator: torch.Generator | None = None,
+        *,
+        temperature: float | None = None,
+        top_p: float | None = None,
+    ) -> Tensor:
+        """(B, K) codes of the concept after each right-padded sequence x (B, T, D)."""
+        h = last_valid(self.model.contextualize(x, mask), mask)  # (B, d)
+        return self.sample_codes(h, generator, temperature=temperature, top_p=top_p)
+
+    @torch.no_grad()
+    def predict_next(
+        self,
+        x: Tensor,
+        mask: Tensor | None = None,
+        generator: torch.Generator | None = None,
+        *,
+        temperature: float | None = None,
+        top_p: float | None = None,
+    ) -> Tensor:
+        """(B, D): the sum of the sampled code vectors of the next concept."""
+        codes = self.predict_next_codes(x, mask, generator, temperature=temperature, top_p=top_p)
+        return self.rvq.decode(codes)

@@ -1,0 +1,409 @@
+"""Recurrent-depth refinement objective (ours, after Geiping et al. 2025) for
+:class:`~lcm.models.refiner.RecurrentRefinerLCM`.
+
+Training, one draw of r per step (Geiping et al. 2025, section 3.3):
+
+    tau ~ N(log(mean) - sigma^2 / 2, sigma)     so that E[exp(tau)] = mean
+    r   ~ Poisson(exp(tau)),  r <- max(r, 1)     heavy-tailed: mostly near the mean, some long
+    s_0 -> s_{r-k}      first r - k iterations under no_grad (no activations kept)
+    s_{r-k} detached -> s_r   last k iterations with gradients (truncated backprop)
+    loss = MSE(readout(s_r), next concept)       position t predicts concept t+1
+
+Memory is that of k iterations whatever r is. The injection and the cross-attention K/V are
+computed once with gradients and reused by every iteration, so the prenet and the
+contextualizer still get gradients through the last k iterations.
+
+Inference, per concept (ours): iterate until the prediction stops moving,
+
+    1 - cos(y_i, y_{i-1}) < threshold   for `patience` consecutive iterations,
+
+or until `max_iterations`. The exit step is reported per concept: unsolved cases never settle and
+run to the cap, which the CPU pilot found a useful "did not converge" signal.
+"""
+
+from __future__ import annotations
+
+import math
+from dataclasses import dataclass, replace
+
+import torch
+import torch.nn.functional as F
+from torch import Tensor
+
+from lcm.models.refiner import CrossKV, RecurrentRefinerLCM, RefinerTrajectory
+from lcm.objectives.base import (
+    Batch,
+    Objective,
+    ObjectiveOutput,
+    last_valid,
+    masked_mse,
+    target_weight,
+)
+
+INIT_MODES = ("random", "embed")
+
+
+@dataclass
+class RefinerOutput(ObjectiveOutput):
+    """:class:`ObjectiveOutput` plus the iteration count r drawn for this step (for logging)."""
+
+    num_iterations: int = 0
+
+
+def sample_num_iterations(
+    mean: float,
+    sigma: float = 0.5,
+    generator: torch.Generator | None = None,
+    size: tuple[int, ...] = (),
+) -> Tensor:
+    """Log-normal Poisson draws of the iteration count (Geiping et al. 2025, eq. 2).
+
+    tau ~ N(log(mean) - sigma^2/2, sigma), r ~ Poisson(exp(tau)), clamped to >= 1. The -sigma^2/2
+    makes E[exp(tau)] = mean, hence E[r] = mean before the clamp (which adds P(r = 0), e.g.
+    0.002 for mean 8, sigma 0.5).
+
+    Returns:
+        int64 tensor of shape `size`, on the generator's device (CPU without a generator).
+    """
+    if mean <= 0 or sigma < 0:
+        raise ValueError(f"need mean > 0 and sigma >= 0, got mean={mean}, sigma={sigma}")
+    device = generator.device if generator is not None else None
+    z = torch.randn(size, generator=generator, device=device, dtype=torch.float64)
+    rate = torch.exp(math.log(mean) - sigma**2 / 2 + sigma * z)  # (size) log-normal, mean `mean`
+    r = torch.poisson(rate, generator=generator)
+    return r.clamp(min=1).long()
+
+
+def movement(y: Tensor, y_prev: Tensor) -> Tensor:
+    """1 - cos(y, y_prev) over the last dim: (..., D) -> (...), computed in fp32."""
+    return 1.0 - F.cosine_similarity(y.float(), y_prev.float(), dim=-1, eps=1e-8)
+
+
+@dataclass(frozen=True)
+class ExitRule:
+    """Adaptive exit: stop when the prediction has moved less than `threshold` (1 - cos) for
+    `patience` consecutive iterations, else at `max_iterations`.
+
+    The earliest possible exit is step patience + 1 (the first movement is measured at step 2).
+
+    Attributes:
+        threshold: tau, bound on 1 - cos(y_i, y_{i-1}) (ours: 1e-3, about 2.6 degrees).
+        patience: m, consecutive iterations under the threshold.
+        max_iterations: r_max, the cap.
+    """
+
+    threshold: float = 1e-3
+    patience: int = 2
+    max_iterations: int = 64
+
+    def __post_init__(self) -> None:
+        if self.patience < 1 or self.max_iterations < 1 or self.threshold < 0:
+            raise ValueError(f"invalid exit rule {self}")
+
+    def update(self, hits: Tensor, y: Tensor, y_prev: Tensor) -> Tensor:
+        """Consecutive-hit counter after one more iterate: +1 where it moved less than the
+        threshold, reset to 0 elsewhere. hits (...) long; y, y_prev (..., D)."""
+        settled = movement(y, y_prev) < self.threshold  # (...)
+        return torch.where(settled, hits + 1, torch.zeros_like(hits))
+
+    def exit_steps(self, preds: Tensor) -> Tensor:
+        """Exit step (1-based) of every trajectory in preds (n, ..., D): the first i with
+        `patience` consecutive hits, else min(n, max_iterations). Returns (...) long."""
+        n = min(preds.shape[0], self.max_iterations)
+        steps = torch.full(preds.shape[1:-1], n, dtype=torch.long, device=preds.device)
+        done = torch.zeros(preds.shape[1:-1], dtype=torch.bool, device=preds.device)
+        hits = torch.zeros_like(steps)
+        for i in range(1, n):  # iterate i + 1 compared with iterate i
+            hits = self.update(hits, preds[i], preds[i - 1])
+            newly = ~done & (hits >= self.patience)
+            steps = torch.where(newly, i + 1, steps)
+            done |= newly
+        return steps
+
+
+def _aligned(y: Tensor) -> Tensor:
+    """Network outputs (output t predicts concept t+1) -> predictions aligned to targets."""
+    return torch.cat((torch.zeros_like(y[:, :1]), y[:, :-1]), dim=1)  # (B, T, ...)
+
+
+class RefinerObjective(Objective):
+    """Next-concept MSE with a random iteration count, truncated backprop and adaptive exit.
+
+    Args:
+        model: A :class:`~lcm.models.refiner.RecurrentRefinerLCM`.
+        mean_iterations: Mean of the training iteration count r (DESIGN.md: about 8-32).
+        sigma: Std of the log-normal rate of r (Geiping et al.: 0.5).
+        backprop_depth: k, the trailing iterations that get gradients (DESIGN.md: about 4-8).
+        max_train_iterations: Optional cap on the drawn r (bounds the cost of the heavy tail).
+        init: Initial state: "random" (truncated normal, from the generator) or "embed" (warm
+            start from the PreNet embedding of the current concept, i.e. the one before the
+            predicted concept).
+        exit_rule: Default inference exit rule; every predict method can override its fields.
+    """
+
+    def __init__(
+        self,
+        model: RecurrentRefinerLCM,
+        mean_iterations: float = 8.0,
+        sigma: float = 0.5,
+        backprop_depth: int = 4,
+        max_train_iterations: int | None = None,
+        init: str = "random",
+        exit_rule: ExitRule | None = None,
+    ) -> None:
+        super().__init__(model)
+        if backprop_depth < 1:
+            raise ValueError(f"backprop_depth must be >= 1, got {backprop_depth}")
+        if init not in INIT_MODES:
+            raise ValueError(f"init must be one of {INIT_MODES}, got {init!r}")
+        if max_train_iterations is not None and max_train_iterations < 1:
+            raise ValueError(f"max_train_iterations must be >= 1, got {max_train_iterations}")
+        self.mean_iterations = mean_iterations
+        self.sigma = sigma
+        self.backprop_depth = backprop_depth
+        self.max_train_iterations = max_train_iterations
+        self.init = init
+        self.exit_rule = exit_rule if exit_rule is not None else ExitRule()
+
+    # ---------------------------------------------------------------------------- helpers
+    def sample_num_iterations(self, generator: torch.Generator | None = None) -> int:
+        """One training draw of r (module docstring), capped by `max_train_iterations`."""
+        r = int(sample_num_iterations(self.mean_iterations, self.sigma, generator).item())
+        return min(r, self.max_train_iterations) if self.max_train_iterations else r
+
+    def initial_state(self, inject: Tensor, generator: torch.Generator | None) -> Tensor:
+        """s_0 for queries with injection `inject` (B, Tq, d), per `self.init`."""
+        if self.init == "embed":
+            return self.model.init_state(tuple(inject.shape[:-1]), warm=inject)
+        return self.model.init_state(
+            tuple(inject.shape[:-1]), generator, device=inject.device, dtype=inject.dtype
+        )
+
+    def _rule(self, threshold, patience, max_iterations) -> ExitRule:
+        overrides = dict(threshold=threshold, patience=patience, max_iterations=max_iterations)
+        return replace(self.exit_rule, **{k: v for k, v in overrides.items() if v is not None})
+
+    # ---------------------------------------------------------------------------- training
+    def loss(
+        self,
+        batch: Batch,
+        generator: torch.Generator | None = None,
+        num_iterations: int | None = None,
+    ) -> RefinerOutput:
+        """MSE of the next concept after r iterations, gradients through the last k only.
+
+        Args:
+            batch: x (B, T, D), mask (B, T), optional loss_mask (B, T).
+            generator: Draws r (unless given) and the random initial state.
+            num_iterations: Fixed r instead of a draw (tests, curricula).
+        """
+        model = self.model
+        x, mask = batch["x"], batch["mask"]  # (B, T, D), (B, T)
+        T = x.shape[1]
+        r = num_iterations if num_iterations is not None else self.sample_num_iterations(generator)
+        if r < 1:
+            raise ValueError(f"num_iterations must be >= 1, got {r}")
+        k = min(self.backprop_depth, r)
+
+        inject, ctx = model.contextualize(x, mask)  # (B, T, d) each, with gradients
+        cross_kv = model.precompute_cross_kv(ctx)  # once, shared by all r iterations
+        cmask = model.cross_mask(mask, T, T, x.device)  # (B, 1, T, T)
+        state = self.initial_state(inject, generator)  # (B, T, d)
+        with torch.no_grad():
+            state = model.iterate(state, inject, cross_kv, r - k, cmask)
+        state = model.iterate(state.detach() if r > k else state, inject, cross_kv, k, cmask)
+        pred = _aligned(model.readout(state))  # (B, T, D), pred[:, i] guesses x[:, i]
+
+        weight = target_weight(batch).clone()  # (B, T)
+        weight[:, 0] = False  # nothing predicts the first concept
+        return RefinerOutput(masked_mse(pred, x, weight), pred, x, weight, num_iterations=r)
+
+    # ---------------------------------------------------------------------------- inference
+    @torch.no_grad()
+    def refine(
+        self,
+        inject: Tensor,
+        cross_kv: CrossKV,
+        cross_mask: Tensor | None,
+        generator: torch.Generator | None = None,
+        *,
+        state: Tensor | None = None,
+        num_iterations: int | None = None,
+        rule: ExitRule | None = None,
+    ) -> tuple[Tensor, Tensor]:
+        """Refine queries with a fixed r or the adaptive exit rule.
+
+        Args:
+            inject: (B, Tq, d) PreNet embeddings of the query positions.
+            cross_kv: from ``model.precompute_cross_kv`` (B, H, S, hd) per core layer.
+            cross_mask: bool (B|1, 1, Tq, S) or None.
+            generator: Random initial state (``init="random"``).
+            state: Explicit initial state (B, Tq, d), e.g. the previous concept's final one.
+            num_iterations: Fixed r (no early exit); None = adaptive with ``rule``.
+            rule: Exit rule (default ``self.exit_rule``).
+
+        Returns:
+            predictions (B, Tq, D) and exit steps (B, Tq) long.
+        """
+        model = self.model
+        if state is None:
+            state = self.initial_state(inject, generator)
+        B, Tq = inject.shape[:2]
+        if num_iterations is not None:
+            if num_iterations < 1:
+                raise ValueError(f"num_iterations must be >= 1, got {num_iterations}")
+            state = model.iterate(state, inject, cross_kv, num_iterations, cross_mask)
+            steps = torch.full((B, Tq), num_iterations, dtype=torch.long, device=inject.device)
+            return model.readout(state), steps
+
+        rule = rule or self.exit_rule
+        out: Tensor | None = None
+        steps = torch.full((B, Tq), rule.max_iterations, dtype=torch.long, device=inject.device)
+        done = torch.zeros(B, Tq, dtype=torch.bool, device=inject.device)
+        rows = torch.arange(B, device=inject.device)  # batch rows still iterating
+        hits = torch.zeros(B, Tq, dtype=torch.long, device=inject.device)
+        y_prev: Tensor | None = None
+        for i in range(1, rule.max_iterations + 1):
+            state = model.step(state, inject, cross_kv, cross_mask)  # (b, Tq, d)
+            y = model.readout(state)  # (b, Tq, D)
+            if out is None:
+                out = y.new_zeros(B, Tq, y.shape[-1])
+            if y_prev is not None:
+                hits = rule.update(hits, y, y_prev)  # (b, Tq)
+            stop = hits >= rule.patience if i < rule.max_iterations else torch.ones_like(done[rows])
+            newly = stop & ~done[rows]  # (b, Tq)
+            r_idx, t_idx = newly.nonzero(as_tuple=True)
+            out[rows[r_idx], t_idx] = y[r_idx, t_idx]
+            steps[rows[r_idx], t_idx] = i
+            done[rows[r_idx], t_idx] = True
+            # Drop rows whose every query has exited: later iterations only cost the rest.
+            keep = ~done[rows].all(dim=1)  # (b,)
+            if not keep.any():
+                break
+            if not keep.all():
+                rows, state, inject, hits, y = (
+                    rows[keep],
+                    state[keep],
+                    inject[keep],
+                    hits[keep],
+                    y[keep],
+                )
+                cross_kv = [(k[keep], v[keep]) for k, v in cross_kv]
+                if cross_mask is not None and cross_mask.shape[0] > 1:
+                    cross_mask = cross_mask[keep]
+            y_prev = y
+        assert out is not None
+        return out, steps
+
+    def _teacher_forced(
+        self, batch: Batch, generator: torch.Generator | None, num_iterations, rule
+    ) -> tuple[Tensor, Tensor]:
+        model = self.model
+        x, mask = batch["x"], batch["mask"]
+        T = x.shape[1]
+        inject, ctx = model.contextualize(x, mask)
+        cross_kv = model.precompute_cross_kv(ctx)
+        cmask = model.cross_mask(mask, T, T, x.device)
+        y, steps = self.refine(
+            inject, cross_kv, cmask, generator, num_iterations=num_iterations, rule=rule
+        )
+        return _aligned(y), _aligned(steps)
+
+    @torch.no_grad()
+    def predict_all_with_exit(
+        self,
+        batch: Batch,
+        generator: torch.Generator | None = None,
+        *,
+        num_iterations: int | None = None,
+        threshold: float | None = None,
+        patience: int | None = None,
+        max_iterations: int | None = None,
+    ) -> tuple[Tensor, Tensor]:
+        """Teacher-forced predictions (B, T, D) aligned to targets and their exit steps (B, T)
+        (0 at position 0, which nothing predicts). Every position exits on its own."""
+        rule = self._rule(threshold, patience, max_iterations)
+        return self._teacher_forced(batch, generator, num_iterations, rule)
+
+    @torch.no_grad()
+    def predict_all(
+        self,
+        batch: Batch,
+        generator: torch.Generator | None = None,
+        *,
+        num_iterations: int | None = None,
+        threshold: float | None = None,
+        patience: int | None = None,
+        max_iterations: int | None = None,
+    ) -> Tensor:
+        """(B, T, D) teacher-forced predictions: fixed r if `num_iterations`, else adaptive."""
+        return self.predict_all_with_exit(
+            batch,
+            generator,
+            num_iterations=num_iterations,
+            threshold=threshold,
+            patience=patience,
+            max_iterations=max_iterations,
+        )[0]
+
+    @torch.no_grad()
+    def predict_next_with_exit(
+        self,
+        x: Tensor,
+        mask: Tensor | None = None,
+        generator: torch.Generator | None = None,
+        *,
+        num_iterations: int | None = None,
+        threshold: float | None = None,
+        patience: int | None = None,
+        max_iterations: int | None = None,
+    ) -> tuple[Tensor, Tensor]:
+        """The concept after each right-padded sequence x (B, T, D): (B, D), and the exit step
+        of each sequence (B,) long. Only the last valid position is refined."""
+        model = self.model
+        inject, ctx = model.contextualize(x, mask)  # (B, T, d) each
+        cross_kv = model.precompute_cross_kv(ctx)
+        query = last_valid(inject, mask)[:, None]  # (B, 1, d)
+        cmask = None if mask is None else mask[:, None, None, :]  # (B, 1, 1, T): all valid keys
+        rule = self._rule(threshold, patience, max_iterations)
+        y, steps = self.refine(
+            query, cross_kv, cmask, generator, num_iterations=num_iterations, rule=rule
+        )
+        return y[:, 0], steps[:, 0]
+
+    @torch.no_grad()
+    def predict_next(
+        self,
+        x: Tensor,
+        mask: Tensor | None = None,
+        generator: torch.Generator | None = None,
+        *,
+        num_iterations: int | None = None,
+        threshold: float | None = None,
+        patience: int | None = None,
+        max_iterations: int | None = None,
+    ) -> Tensor:
+        """(B, D): the concept after each right-padded sequence (adaptive exit by default)."""
+        return self.predict_next_with_exit(
+            x,
+            mask,
+            generator,
+            num_iterations=num_iterations,
+            threshold=threshold,
+            patience=patience,
+            max_iterations=max_iterations,
+        )[0]
+
+    @torch.no_grad()
+    def trajectory(
+        self,
+        x: Tensor,
+        mask: Tensor | None,
+        num_iterations: int,
+        generator: torch.Generator | None = None,
+    ) -> RefinerTrajectory:
+        """Every iterate of every position (not aligned: position t is about concept t+1), with
+        this objective's initial state. For accuracy-against-r curves and PCA pictures."""
+        inject = self.model.prenet(x)  # (B, T, d)
+        state = self.initial_state(inject, generator)
+        return self.model(x, mask, num_iterations, state=state, return_trajectory=True)[1]
