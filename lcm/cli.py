@@ -72,7 +72,12 @@ def run(argv: list[str] | None = None) -> object:
         print(json.dumps(result, indent=2))
         return result
     if command in ("fit", "validate", "test", "predict"):
+        import warnings
+
         from lcm.train.cli import cli_main
+
+        # `lcm fit ...` hands sys.argv over as args on purpose; Lightning warns about exactly that.
+        warnings.filterwarnings("ignore", message="LightningCLI's args parameter")
 
         return cli_main([command, *rest])
     print(f"lcm: unknown command {command!r}\n\n{_usage()}", file=sys.stderr)
