@@ -1,0 +1,103 @@
+"""Training throughput per family and preset: concepts/s, peak memory, and (GPU) MFU.
+
+    OMP_WAIT_POLICY=PASSIVE python bench/train_throughput.py --presets tiny
+    python bench/train_throughput.py --device cuda --presets small,1.6B --precision bf16
+
+One optimizer step = objective loss, backward, AdamW step, on a random batch of ``--batch``
+documents of ``--seq`` concepts (the objectives' own loss code, not a stand-in). Model FLOPs per
+concept are estimated as 6 x parameters (forward + backward, weights only); MFU divides the
+achieved FLOP/s by ``--peak_tflops`` (H100 SXM dense bf16: 989). Untrained weights; compare
+numbers from one run only.
+"""
+
+from __future__ import annotations
+
+import argparse
+import os
+import resource
+import statistics
+import sys
+import time
+from pathlib import Path
+
+os.environ.setdefault("OMP_WAIT_POLICY", "PASSIVE")
+sys.path.insert(0, str(Path(__file__).resolve().parents[1]))
+
+import torch  # noqa: E402
+
+from lcm.models import FAMILIES  # noqa: E402
+from lcm.objectives import MSEObjective, OneTowerDiffusion, TwoTowerDiffusion  # noqa: E402
+
+OBJECTIVES = {
+    "base_lcm": MSEObjective,
+    "two_tower": TwoTowerDiffusion,
+    "one_tower": OneTowerDiffusion,
+}
+
+
+def run(family: str, preset: str, args) -> str:
+    dev = torch.device(args.device)
+    cfg = FAMILIES[family].from_name(preset, sonar_dim=args.sonar_dim)
+    model = cfg.build(device=dev)
+    objective = OBJECTIVES[family](model).to(dev)
+    opt = torch.optim.AdamW(objective.parameters(), lr=1e-4, fused=dev.type == "cuda")
+    B, T, D = args.batch, args.seq, args.sonar_dim
+    x = torch.randn(B, T, D, device=dev)
+    mask = torch.ones(B, T, dtype=torch.bool, device=dev)
+    batch = {"x": x, "mask": mask, "loss_mask": mask}
+    dtype = torch.bfloat16 if args.precision == "bf16" else None
+    times = []
+    if dev.type == "cuda":
+        torch.cuda.reset_peak_memory_stats()
+    for i in range(args.warmup + args.steps):
+        t0 = time.perf_counter()
+        with torch.autocast(dev.type, dtype=dtype, enabled=dtype is not None):
+            loss = objective.loss(batch).loss
+        loss.backward()
+        opt.step()
+        opt.zero_grad(set_to_none=True)
+        if dev.type == "cuda":
+            torch.cuda.synchronize()
+        if i >= args.warmup:
+            times.append(time.perf_counter() - t0)
+    step = statistics.median(times)
+    n_params = sum(p.numel() for p in model.parameters())
+    concepts_s = B * T / step
+    if dev.type == "cuda":
+        peak = torch.cuda.max_memory_allocated() / 2**30
+        mfu = 6 * n_params * concepts_s / (args.peak_tflops * 1e12)
+        extra = f"peak GPU mem {peak:6.2f} GiB  MFU {100 * mfu:5.1f}%"
+    else:
+        rss = resource.getrusage(resource.RUSAGE_SELF).ru_maxrss / 2**20  # KiB -> GiB
+        extra = f"peak process RSS {rss:6.2f} GiB"
+    return (
+        f"{family:10s} {preset:6s} {n_params / 1e6:9.2f}M params  {1000 * step:8.1f} ms/step"
+        f"  {concepts_s:9.1f} concepts/s  {extra}"
+    )
+
+
+def main() -> None:
+    ap = argparse.ArgumentParser(description=__doc__.splitlines()[0])
+    ap.add_argument("--families", default="base_lcm,two_tower,one_tower")
+    ap.add_argument("--presets", default="tiny")
+    ap.add_argument("--device", default="cpu")
+    ap.add_argument("--precision", choices=["fp32", "bf16"], default="fp32")
+    ap.add_argument("--sonar_dim", type=int, default=1024)
+    ap.add_argument("--batch", type=int, default=8)
+    ap.add_argument("--seq", type=int, default=64)
+    ap.add_argument("--steps", type=int, default=5)
+    ap.add_argument("--warmup", type=int, default=2)
+    ap.add_argument("--peak_tflops", type=float, default=989.0)
+    args = ap.parse_args()
+    torch.manual_seed(0)
+    print(
+        f"device {args.device}, {args.precision}, batch {args.batch} x {args.seq} concepts, "
+        f"D={args.sonar_dim}"
+    )
+    for preset in args.presets.split(","):
+        for family in args.families.split(","):
+            print(run(family, preset, args), flush=True)
+
+
+if __name__ == "__main__":
+    main()
