@@ -22,7 +22,7 @@ sys.path.insert(0, str(Path(__file__).resolve().parents[1]))
 
 import torch  # noqa: E402
 
-from lcm.generation import DiffusionSampling, generate, make_step  # noqa: E402
+from lcm.generation import SamplingConfig, generate, make_step  # noqa: E402
 from lcm.models import BaseLCMConfig, OneTowerConfig, TwoTowerConfig  # noqa: E402
 from lcm.normalizer import RobustNormalizer  # noqa: E402
 
@@ -31,7 +31,7 @@ def bench(model, prompts, norm, n_new, repeats, **step_kw) -> float:
     """Median seconds to generate ``n_new`` concepts for every prompt."""
     times = []
     for r in range(repeats + 1):
-        step = make_step(model, sampling=DiffusionSampling(), **step_kw)
+        step = make_step(model, sampling=SamplingConfig(), **step_kw)
         g = torch.Generator(device=prompts[0].device).manual_seed(0)
         t0 = time.perf_counter()
         generate(step, prompts, norm, max_new_concepts=n_new, repeat_threshold=2.0, generator=g)

@@ -22,7 +22,7 @@ from pathlib import Path
 import torch
 
 from encoders.base import SentenceCodec
-from lcm.generation import DiffusionSampling, GenerationOutput, generate, make_step
+from lcm.generation import GenerationOutput, SamplingConfig, generate, make_step
 from lcm.splitting import SentenceSplitter
 
 Text = str | Sequence[str]
@@ -119,11 +119,10 @@ class ConceptModel:
             shards: the training shards folder (default: the one recorded in the checkpoint);
                 its manifest names the codec, and its sentences fill a retrieval bank.
         """
-        from lcm.train.module import load_module
+        from lcm.train.module import load_module, read_checkpoint
 
         module = load_module(str(checkpoint), map_location=device).to(device)
-        ckpt = torch.load(str(checkpoint), map_location="cpu", weights_only=True)
-        data_hp = ckpt.get("datamodule_hyper_parameters") or {}
+        data_hp = read_checkpoint(checkpoint).get("datamodule_hyper_parameters") or {}
         shard_dir = Path(shards or data_hp.get("data_dir") or "")
         manifest = {}
         if shard_dir and (shard_dir / "manifest.json").exists():
@@ -208,8 +207,11 @@ class ConceptModel:
         if self.end_of_text:
             eot = self.codec.encode([self.end_of_text], source_lang)[0].to(device)
         objective = self.module.eval_objective()
-        sampling = DiffusionSampling(
-            s.steps, s.guidance_scale, s.guidance_rescale, s.init_noise_scale
+        sampling = SamplingConfig(
+            num_inference_steps=s.steps,
+            guidance_scale=s.guidance_scale,
+            guidance_rescale=s.guidance_rescale,
+            init_noise_scale=s.init_noise_scale,
         )
         step = make_step(
             objective.model,

@@ -5,7 +5,7 @@ from __future__ import annotations
 import pytest
 import torch
 
-from lcm.generation import DiffusionSampling, generate, make_step
+from lcm.generation import SamplingConfig, generate, make_step
 from lcm.models import BaseLCMConfig, OneTowerConfig, TwoTowerConfig
 from lcm.normalizer import RobustNormalizer
 
@@ -25,7 +25,9 @@ def _model(cfg):
 
 
 def _run(model, prompts, normalizer, seed=0, **kw):
-    sampling = DiffusionSampling(steps=kw.pop("steps", 4), guidance_scale=kw.pop("guidance", 2.0))
+    sampling = SamplingConfig(
+        num_inference_steps=kw.pop("steps", 4), guidance_scale=kw.pop("guidance", 2.0)
+    )
     step = make_step(
         model,
         sampling=sampling,

@@ -1,12 +1,13 @@
 """Generation: one loop for every family (stopping, trimming, batching) and per-family steps."""
 
 from lcm.generation.generator import GenerationOutput, generate, left_pad
-from lcm.generation.steps import DiffusionSampling, NextConceptStep, make_step
+from lcm.generation.steps import NextConceptStep, make_step
+from lcm.objectives.diffusion import SamplingConfig
 
 __all__ = [
-    "DiffusionSampling",
     "GenerationOutput",
     "NextConceptStep",
+    "SamplingConfig",
     "generate",
     "left_pad",
     "make_step",

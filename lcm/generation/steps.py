@@ -16,30 +16,12 @@ step; both exist to test and benchmark the fast paths against.
 
 from __future__ import annotations
 
-from dataclasses import dataclass
-
 import torch
 from torch import Tensor
 
 from diffusion import DDIMScheduler, ddim_sample
 from lcm.models import BaseLCM, OneTowerLCM, TwoTowerLCM
-
-
-@dataclass(frozen=True)
-class DiffusionSampling:
-    """DDIM + classifier-free guidance settings (defaults: the LCM paper's inference settings).
-
-    Args:
-        steps: denoising steps per concept (exactly this many model calls).
-        guidance_scale: CFG weight on epsilon; 1 turns guidance off (one pass per step).
-        guidance_rescale: guidance rescale phi (Lin et al.), in [0, 1].
-        init_noise_scale: std of the initial noise.
-    """
-
-    steps: int = 40
-    guidance_scale: float = 3.0
-    guidance_rescale: float = 0.7
-    init_noise_scale: float = 0.6
+from lcm.objectives.diffusion import SamplingConfig
 
 
 class NextConceptStep:
@@ -63,6 +45,23 @@ class NextConceptStep:
 
     def append(self, y: Tensor) -> None:
         raise NotImplementedError
+
+    def _ddim(self, model_fn, batch: int, dim: int, generator, like: Tensor) -> Tensor:
+        """One concept per document, (B, D), sampled with this step's scheduler and settings."""
+        s: SamplingConfig = self.sampling
+        y = ddim_sample(
+            model_fn,
+            (batch, 1, dim),
+            self.scheduler,
+            s.num_inference_steps,
+            guidance_scale=s.guidance_scale,
+            guidance_rescale=s.guidance_rescale,
+            init_noise_scale=s.init_noise_scale,
+            generator=generator,
+            device=like.device,
+            dtype=like.dtype,
+        )
+        return y[:, 0]  # (B, D)
 
 
 class BaseLCMStep(NextConceptStep):
@@ -97,7 +96,7 @@ class TwoTowerStep(NextConceptStep):
         self,
         model: TwoTowerLCM,
         scheduler: DDIMScheduler,
-        sampling: DiffusionSampling,
+        sampling: SamplingConfig,
         use_cache: bool = True,
         reuse_context: bool = True,
     ) -> None:
@@ -131,19 +130,7 @@ class TwoTowerStep(NextConceptStep):
                 kv_now = model.precompute_cross_kv(shifted_rep)
             return model.denoise(x_t, t, mask=mask, drop_context=drop[:, None], cross_kv=kv_now)
 
-        y = ddim_sample(
-            model_fn,
-            (B, 1, model.config.sonar_dim),
-            self.scheduler,
-            s.steps,
-            guidance_scale=s.guidance_scale,
-            guidance_rescale=s.guidance_rescale,
-            init_noise_scale=s.init_noise_scale,
-            generator=generator,
-            device=ctx.device,
-            dtype=ctx.dtype,
-        )
-        return y[:, 0]  # (B, D)
+        return self._ddim(model_fn, B, model.config.sonar_dim, generator, ctx)
 
     def append(self, y: Tensor) -> None:
         self._grow(y)
@@ -161,7 +148,7 @@ class OneTowerStep(NextConceptStep):
         self,
         model: OneTowerLCM,
         scheduler: DDIMScheduler,
-        sampling: DiffusionSampling,
+        sampling: SamplingConfig,
         use_cache: bool = True,
     ) -> None:
         super().__init__(use_cache)
@@ -179,26 +166,13 @@ class OneTowerStep(NextConceptStep):
             self.cache = self._fresh_cache(x, mask)
 
     def next(self, generator=None) -> Tensor:
-        s = self.sampling
         cache = self.cache if self.use_cache else self._fresh_cache(self.x, self.mask)
         B = self.x.shape[0]
 
         def model_fn(x_t: Tensor, t: Tensor, drop: Tensor) -> Tensor:
             return self.model.denoise_next(x_t, t, cache, drop)
 
-        y = ddim_sample(
-            model_fn,
-            (B, 1, self.model.config.sonar_dim),
-            self.scheduler,
-            s.steps,
-            guidance_scale=s.guidance_scale,
-            guidance_rescale=s.guidance_rescale,
-            init_noise_scale=s.init_noise_scale,
-            generator=generator,
-            device=self.x.device,
-            dtype=self.x.dtype,
-        )
-        return y[:, 0]
+        return self._ddim(model_fn, B, self.model.config.sonar_dim, generator, self.x)
 
     def append(self, y: Tensor) -> None:
         self._grow(y)
@@ -209,12 +183,12 @@ class OneTowerStep(NextConceptStep):
 def make_step(
     model: torch.nn.Module,
     scheduler: DDIMScheduler | None = None,
-    sampling: DiffusionSampling | None = None,
+    sampling: SamplingConfig | None = None,
     use_cache: bool = True,
     reuse_context: bool = True,
 ) -> NextConceptStep:
     """The step for ``model``'s family."""
-    sampling = sampling or DiffusionSampling()
+    sampling = sampling or SamplingConfig()
     if isinstance(model, BaseLCM):
         return BaseLCMStep(model, use_cache)
     scheduler = scheduler if scheduler is not None else DDIMScheduler()

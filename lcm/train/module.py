@@ -34,6 +34,7 @@ import math
 import warnings
 from collections.abc import Iterator
 from functools import partial
+from pathlib import Path
 from typing import Any, ClassVar
 
 import lightning as L
@@ -524,12 +525,16 @@ FAMILY_MODULES: dict[str, type[LCMModule]] = {
 }
 
 
+def read_checkpoint(path: str | Path) -> dict[str, Any]:
+    """A checkpoint's contents without reading its tensors: they are memory-mapped, so looking
+    at metadata (family, hyperparameters) of a multi-GB checkpoint costs almost nothing.
+    ``weights_only``: a checkpoint is data (tensors, numbers, strings), never code to unpickle."""
+    return torch.load(str(path), map_location="cpu", weights_only=True, mmap=True)
+
+
 def load_module(path: str, map_location: str | torch.device | None = "cpu") -> LCMModule:
     """Load a checkpoint of any family (the family is recorded in the checkpoint)."""
-    from lightning.fabric.utilities.cloud_io import _load as pl_load
-
-    # weights_only: a checkpoint is data (tensors, numbers, strings), never code to unpickle
-    checkpoint = pl_load(path, map_location="cpu", weights_only=True)
+    checkpoint = read_checkpoint(path)
     family = checkpoint.get("lcm_family")
     if family not in FAMILY_MODULES:
         raise ValueError(f"{path} is not an lcm checkpoint (family {family!r})")
