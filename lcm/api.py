@@ -23,6 +23,7 @@ import torch
 
 from encoders.base import SentenceCodec
 from lcm.generation import GenerationOutput, SamplingConfig, generate, make_step
+from lcm.objectives import RefinerObjective
 from lcm.splitting import SentenceSplitter
 
 Text = str | Sequence[str]
@@ -41,8 +42,20 @@ class Settings:
         guidance_scale: classifier-free guidance weight (1 disables it).
         guidance_rescale: guidance rescale phi.
         init_noise_scale: std of the initial noise.
-        seed: seeds the diffusion noise; the same seed gives the same output.
+        seed: seeds every random draw (diffusion noise, refiner initial state, code sampling);
+            the same seed gives the same output.
         use_cache: KV-cache the context across generated concepts.
+        num_iterations: refiner: a fixed number of core iterations per concept instead of the
+            adaptive exit.
+        exit_threshold: refiner: adaptive exit when 1 - cos between successive predictions
+            stays below this (default: the checkpoint's).
+        exit_patience: refiner: for this many consecutive iterations (default: the
+            checkpoint's).
+        max_iterations: refiner: cap on iterations per concept (default: the checkpoint's).
+        warm_start: refiner: start each concept from the previous concept's final state.
+        temperature: Quant-LCM: code sampling temperature, 0 = greedy (default: the
+            checkpoint's).
+        top_p: Quant-LCM: nucleus mass of code sampling (default: the checkpoint's).
     """
 
     max_new_concepts: int = 8
@@ -55,6 +68,13 @@ class Settings:
     init_noise_scale: float = 0.6
     seed: int = 0
     use_cache: bool = True
+    num_iterations: int | None = None
+    exit_threshold: float | None = None
+    exit_patience: int | None = None
+    max_iterations: int | None = None
+    warm_start: bool = False
+    temperature: float | None = None
+    top_p: float | None = None
 
 
 def codec_from_id(codec_id: str, **kwargs) -> SentenceCodec:
@@ -190,9 +210,15 @@ class ConceptModel:
         source_lang: str,
         settings: Settings | None = None,
         add_separator: bool | None = None,
+        **overrides,
     ) -> GenerationOutput:
-        """Generate the next concepts (raw space) after each document; no decoding."""
-        s = settings or Settings()
+        """Generate the next concepts (raw space) after each document; no decoding.
+
+        Returns the concepts of each document, why it stopped, and per-concept facts in
+        ``extras`` (the refiner's ``exit_step``, Quant-LCM's ``codes``). Keyword overrides change
+        single :class:`Settings` fields.
+        """
+        s = _with(settings, overrides)
         self.codec.validate_lang(source_lang, "source_lang")
         device = self.module.device
         prompts = []
@@ -213,11 +239,18 @@ class ConceptModel:
             guidance_rescale=s.guidance_rescale,
             init_noise_scale=s.init_noise_scale,
         )
+        rule = None
+        if isinstance(objective, RefinerObjective):
+            rule = objective.exit_rule_with(s.exit_threshold, s.exit_patience, s.max_iterations)
         step = make_step(
-            objective.model,
-            scheduler=getattr(objective, "scheduler", None),
+            objective,
             sampling=sampling,
             use_cache=s.use_cache,
+            num_iterations=s.num_iterations,
+            exit_rule=rule,
+            warm_start=s.warm_start,
+            temperature=s.temperature,
+            top_p=s.top_p,
         )
         gen = torch.Generator(device=device).manual_seed(s.seed)
         return generate(

@@ -157,3 +157,29 @@ def test_cli_summarize_jsonl_is_resumable(sft_ckpt, tmp_path):
     assert got["b"]["target_lang"] == "fra_Latn"
     assert "unknown language code 'de_DE'" in got["c"]["error"]
     assert "empty" in got["d"]["error"]
+
+
+def test_refiner_and_quant_checkpoints_generate_through_the_api(tmp_path):
+    shards = make_shards(tmp_path / "data", n_docs=30)
+    doc = "Token 3 is here. Token 16 is here."
+    ref = ConceptModel.load(_fit(shards, tmp_path / "r", "configs/refiner/tiny.yaml"), HashCodec())
+    out = ref.predict_concepts([doc, "Token 5 is here."], "eng_Latn", max_new_concepts=3,
+                               repeat_threshold=2.0, max_iterations=12)  # fmt: skip
+    for concepts, steps in zip(out.concepts, out.extras["exit_step"]):
+        assert len(concepts) == 3 and len(steps) == 3
+        assert ((steps >= 3) & (steps <= 12)).all()  # patience 2: the earliest exit is step 3
+    fixed = ref.predict_concepts([doc], "eng_Latn", max_new_concepts=2, num_iterations=5)
+    assert fixed.extras["exit_step"][0].tolist() == [5] * len(fixed.concepts[0])
+    assert ref.continue_text(doc, max_new_concepts=2, warm_start=True).startswith("Token")
+
+    quant = ConceptModel.load(
+        _fit(shards, tmp_path / "q", "configs/quant_lcm/tiny.yaml"), HashCodec()
+    )
+    a = quant.predict_concepts([doc], "eng_Latn", max_new_concepts=2, temperature=0.0, seed=1)
+    b = quant.predict_concepts([doc], "eng_Latn", max_new_concepts=2, temperature=0.0, seed=2)
+    assert torch.equal(a.concepts[0], b.concepts[0])  # greedy: the seed does not matter
+    rvq = quant.module.rvq
+    raw = quant.module.normalizer.denormalize(rvq.decode(a.extras["codes"][0]))
+    torch.testing.assert_close(a.concepts[0], raw, atol=1e-5, rtol=1e-5)
+    with pytest.raises(TypeError, match="unknown generation settings: temprature"):
+        quant.summarize(doc, temprature=0.0)

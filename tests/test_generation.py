@@ -139,3 +139,126 @@ def test_stopping_rules_and_trimming():
 def test_empty_prompt_is_an_error(normalizer):
     with pytest.raises(ValueError, match="at least one concept"):
         _run(_model(BaseLCMConfig), [torch.zeros(0, D)], normalizer)
+
+
+# ------------------------------------------------------------------- refiner and Quant-LCM steps
+def _refiner(init: str = "random"):
+    from lcm.models import RefinerConfig
+    from lcm.objectives import RefinerObjective
+
+    return RefinerObjective(_model(RefinerConfig), init=init)
+
+
+def _quant():
+    from lcm.models import QuantLCMConfig
+    from lcm.objectives import QuantObjective
+    from lcm.quant import RVQ
+
+    model = _model(QuantLCMConfig)
+    g = torch.Generator().manual_seed(0)
+    model.set_quantizer(RVQ(D, 4, 64).fit(torch.randn(3000, D, generator=g), niter=4))
+    return QuantObjective(model.eval())
+
+
+def _gen(objective, prompts, normalizer, seed=0, use_cache=True, **kw):
+    step_kw = {k: kw.pop(k) for k in ("num_iterations", "warm_start", "temperature") if k in kw}
+    step = make_step(objective, use_cache=use_cache, **step_kw)
+    g = torch.Generator().manual_seed(seed)
+    return generate(step, prompts, normalizer, generator=g, repeat_threshold=2.0, **kw)
+
+
+@pytest.mark.parametrize("num_iterations", [5, None])
+def test_refiner_cached_equals_uncached_and_reports_exit_steps(normalizer, num_iterations):
+    obj = _refiner()
+    prompts = [torch.randn(3, D), torch.randn(6, D)]
+    kw = dict(max_new_concepts=4, num_iterations=num_iterations)
+    a = _gen(obj, prompts, normalizer, **kw)
+    b = _gen(obj, prompts, normalizer, use_cache=False, **kw)
+    for i in range(2):
+        torch.testing.assert_close(a.concepts[i], b.concepts[i], atol=1e-4, rtol=1e-4)
+        assert torch.equal(a.extras["exit_step"][i], b.extras["exit_step"][i])
+        steps = a.extras["exit_step"][i]
+        assert steps.shape == (4,)
+        if num_iterations is not None:
+            assert (steps == num_iterations).all()
+        else:  # the adaptive rule: never before patience + 1, never past the cap
+            rule = obj.exit_rule
+            assert ((steps >= rule.patience + 1) & (steps <= rule.max_iterations)).all()
+
+
+def test_refiner_first_concept_equals_the_objectives_prediction(normalizer):
+    obj = _refiner()
+    prompt = torch.randn(5, D)
+    out = _gen(obj, [prompt], normalizer, seed=3, max_new_concepts=1)
+    x = normalizer.normalize(prompt)[None]
+    y, steps = obj.predict_next_with_exit(x, None, torch.Generator().manual_seed(3))
+    torch.testing.assert_close(out.concepts[0][0], normalizer.denormalize(y)[0])
+    assert out.extras["exit_step"][0].tolist() == steps.tolist()
+
+
+def test_refiner_batching_equals_one_by_one_with_embedding_init(normalizer):
+    obj = _refiner(init="embed")  # no random draws: batch composition cannot matter
+    prompts = [torch.randn(2, D), torch.randn(7, D)]
+    batched = _gen(obj, prompts, normalizer, max_new_concepts=3, num_iterations=4)
+    for p, got in zip(prompts, batched.concepts):
+        alone = _gen(obj, [p], normalizer, max_new_concepts=3, num_iterations=4)
+        torch.testing.assert_close(got, alone.concepts[0], atol=1e-5, rtol=1e-5)
+
+
+def test_refiner_warm_start_reuses_the_previous_exit_state(normalizer):
+    obj = _refiner()
+    prompts = [torch.randn(4, D)]
+    cold = _gen(obj, prompts, normalizer, max_new_concepts=3, num_iterations=3)
+    warm = _gen(obj, prompts, normalizer, max_new_concepts=3, num_iterations=3, warm_start=True)
+    # Concept 1 has no previous state either way; later ones start elsewhere.
+    torch.testing.assert_close(cold.concepts[0][0], warm.concepts[0][0])
+    assert not torch.allclose(cold.concepts[0][1:], warm.concepts[0][1:])
+    # By hand: the second concept of the warm run iterates from the first one's exit state.
+    step = make_step(obj, num_iterations=3, warm_start=True)
+    step.start(*_left(normalizer, prompts))
+    g = torch.Generator().manual_seed(0)
+    step.next(g)
+    first_state = step.state.clone()
+    y1 = step.next(g)  # same context, state continues: 3 more iterations from first_state
+    cont = obj.model.iterate(first_state, step.query, step.cross_kv, 3, None)
+    torch.testing.assert_close(y1, obj.model.readout(cont)[:, 0], atol=1e-5, rtol=1e-5)
+
+
+def _left(normalizer, prompts):
+    from lcm.generation import left_pad
+
+    return left_pad([normalizer.normalize(p) for p in prompts])
+
+
+def test_quant_cached_equals_uncached_and_codes_decode_to_the_concepts(normalizer):
+    obj = _quant()
+    prompts = [torch.randn(3, D), torch.randn(5, D)]
+    a = _gen(obj, prompts, normalizer, max_new_concepts=3, temperature=0.0)
+    b = _gen(obj, prompts, normalizer, max_new_concepts=3, temperature=0.0, use_cache=False)
+    for i in range(2):
+        torch.testing.assert_close(a.concepts[i], b.concepts[i], atol=1e-5, rtol=1e-5)
+        codes = a.extras["codes"][i]
+        assert codes.shape == (3, 4)
+        raw = normalizer.denormalize(obj.model.rvq.decode(codes))
+        torch.testing.assert_close(a.concepts[i], raw, atol=1e-5, rtol=1e-5)
+    s1 = _gen(obj, prompts, normalizer, seed=1, max_new_concepts=3)
+    s2 = _gen(obj, prompts, normalizer, seed=1, max_new_concepts=3)
+    s3 = _gen(obj, prompts, normalizer, seed=2, max_new_concepts=3)
+    assert torch.equal(s1.concepts[0], s2.concepts[0])
+    assert not all(torch.equal(x, y) for x, y in zip(s1.concepts, s3.concepts))
+
+
+def test_extras_are_trimmed_with_the_stopping_concept(normalizer):
+    obj = _refiner()
+    prompt = torch.randn(3, D)
+    free = _gen(obj, [prompt], normalizer, max_new_concepts=3, num_iterations=2)
+    second = free.concepts[0][1]
+    # Make the second concept the end-of-text sentence: generation stops there, and neither the
+    # concept nor its exit step is in the output.
+    step = make_step(obj, num_iterations=2)
+    out = generate(
+        step, [prompt], normalizer, max_new_concepts=3, eot=second, eot_threshold=0.999,
+        repeat_threshold=2.0, generator=torch.Generator().manual_seed(0),
+    )  # fmt: skip
+    assert out.stop_reasons == ["eot"]
+    assert out.concepts[0].shape[0] == 1 and out.extras["exit_step"][0].tolist() == [2]

@@ -113,7 +113,7 @@ def test_from_name_overrides_and_unknown_preset():
     assert len(cfg.build().den_layers) == 3
     with pytest.raises(KeyError):
         BaseLCMConfig.from_name("7B")
-    assert set(FAMILIES) == {"base_lcm", "one_tower", "two_tower"}
+    assert set(FAMILIES) == {"base_lcm", "one_tower", "two_tower", "refiner", "quant_lcm"}
 
 
 @pytest.mark.parametrize(

@@ -220,3 +220,39 @@ def test_predict_next_sums_sampled_codes(rvq, data):
     g1 = obj.predict_next_codes(x, mask, temperature=0.0)
     g2 = obj.predict_next_codes(x[:, :3], mask[:, :3], temperature=0.0)
     assert torch.equal(g1[1], g2[1])
+
+
+# ---- lcm fit-rvq and the Lightning module -----------------------------------------------------
+def test_fit_rvq_command_reports_heldout_error_and_feeds_the_module(tmp_path):
+    import json
+
+    from helpers_train import make_shards
+
+    from lcm.cli import run
+    from lcm.train import ConceptDataModule
+    from lcm.train.module import QuantModule
+
+    shards = make_shards(tmp_path / "data", 40, seed=3)
+    out = tmp_path / "rvq.pt"
+    report = run(
+        ["fit-rvq", f"--data_dir={shards}", f"--output={out}", "--n_codebooks=2",
+         "--n_units=16", "--val_fraction=0.25"]
+    )  # fmt: skip
+    assert json.loads(out.with_suffix(".json").read_text()) == json.loads(json.dumps(report))
+    assert report["train_concepts"] > 0 and report["heldout_concepts"] > 0
+    train, held = report["relative_error"]["train"], report["relative_error"]["heldout"]
+    assert list(train) == [1, 2] and train[2] <= train[1] < 1.0 and held[2] <= held[1]
+
+    # The same numbers by hand: held-out documents of the same split, normalized.
+    rvq = RVQ.load(out)
+    dm = ConceptDataModule(str(shards), val_fraction=0.25, max_seq_len=2, max_concepts_per_batch=2)
+    held_x = dm.sample_concepts("val", 20_000, seed=1)
+    assert rvq.reconstruction_error(held_x)["relative"] == pytest.approx(held[2], rel=1e-6)
+
+    module = QuantModule(
+        preset="tiny", sonar_dim=16, rvq_path=str(out),
+        model_overrides={"n_codebooks": 2, "n_units": 16},
+    )  # fmt: skip
+    assert torch.equal(module.rvq.codebooks, rvq.codebooks) and bool(module.rvq.fitted)
+    with pytest.raises(ValueError, match="do not match"):
+        QuantModule(preset="tiny", sonar_dim=16, rvq_path=str(out))  # 4 x 64 preset

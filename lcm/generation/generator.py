@@ -22,11 +22,16 @@ from lcm.normalizer import RobustNormalizer
 
 @dataclass
 class GenerationOutput:
-    """Generated concepts per document (raw space) and why each document stopped."""
+    """Generated concepts per document (raw space) and why each document stopped.
+
+    ``extras`` maps the step's per-concept facts (``NextConceptStep.last_info``) to one tensor
+    per document, aligned with ``concepts``: e.g. ``extras["exit_step"][i]`` (n_i,) are the
+    refiner's iterations for each concept of document i.
+    """
 
     concepts: list[Tensor]  # per document: (n_i, D)
     stop_reasons: list[str]  # "eot" | "repetition" | "max_length"
-    extras: dict = field(default_factory=dict)
+    extras: dict[str, list[Tensor]] = field(default_factory=dict)
 
 
 def left_pad(seqs: list[Tensor]) -> tuple[Tensor, Tensor]:
@@ -73,10 +78,12 @@ def generate(
     step.start(x, mask)
     prev = torch.stack([p[-1] for p in prompts])  # (B, D) raw, last prompt concept
     out: list[list[Tensor]] = [[] for _ in range(B)]
+    info: dict[str, list[list[Tensor]]] = {}
     reasons = ["max_length"] * B
     active = torch.ones(B, dtype=torch.bool)
     for k in range(max_new_concepts):
         y = step.next(generator)  # (B, D) normalized
+        facts = {name: v.detach().cpu() for name, v in getattr(step, "last_info", {}).items()}
         raw = normalizer.denormalize(y)  # (B, D)
         stop_eot = torch.zeros(B, dtype=torch.bool)
         stop_rep = torch.zeros(B, dtype=torch.bool)
@@ -94,10 +101,16 @@ def generate(
                 active[i] = False  # the stopping concept is trimmed: not appended
             else:
                 out[i].append(raw[i])
+                for name, v in facts.items():
+                    info.setdefault(name, [[] for _ in range(B)])[i].append(v[i])
         if not active.any() or k == max_new_concepts - 1:
             break
         prev = raw
         step.append(y)
     D = x.shape[-1]
     concepts = [torch.stack(c) if c else x.new_zeros(0, D) for c in out]
-    return GenerationOutput(concepts, reasons)
+    extras = {
+        name: [torch.stack(v) if v else torch.zeros(0, dtype=torch.long) for v in per_doc]
+        for name, per_doc in info.items()
+    }
+    return GenerationOutput(concepts, reasons, extras)

@@ -9,6 +9,9 @@ A step owns the incremental state of one model family over a batch of left-padde
 Prompts are *left*-padded so that every document's next concept sits at the same index; RoPE only
 sees relative positions, so the padding shifts nothing.
 
+After ``next``, ``step.last_info`` holds per-document facts about that concept, (B,) tensors by
+name: the refiner's ``exit_step`` (iterations it took), Quant-LCM's ``codes`` (B, K).
+
 ``use_cache=False`` recomputes the whole context for every concept, and (Two-Tower)
 ``reuse_context=False`` recomputes the denoiser's cross-attention keys/values at every denoising
 step; both exist to test and benchmark the fast paths against.
@@ -20,7 +23,8 @@ import torch
 from torch import Tensor
 
 from diffusion import DDIMScheduler, ddim_sample
-from lcm.models import BaseLCM, OneTowerLCM, TwoTowerLCM
+from lcm.models import BaseLCM, OneTowerLCM, QuantLCM, RecurrentRefinerLCM, TwoTowerLCM
+from lcm.objectives import ExitRule, Objective, QuantObjective, RefinerObjective
 from lcm.objectives.diffusion import SamplingConfig
 
 
@@ -31,6 +35,7 @@ class NextConceptStep:
         self.use_cache = use_cache
         self.x: Tensor | None = None  # (B, T, D) full context, kept for the uncached path
         self.mask: Tensor | None = None  # (B, T)
+        self.last_info: dict[str, Tensor] = {}  # per-document facts about the last concept
 
     def _grow(self, y: Tensor) -> None:
         assert self.x is not None and self.mask is not None
@@ -180,20 +185,145 @@ class OneTowerStep(NextConceptStep):
             self.model.encode_clean(y[:, None].repeat(self.reps, 1, 1), None, self.cache)
 
 
+class RefinerStep(NextConceptStep):
+    """Recurrent refiner: contextualize once per concept (KV-cached), project the core's
+    cross-attention keys/values of the new concept once (appended to the earlier ones), then
+    iterate the core on the next concept's state until it stops moving (or a fixed r).
+
+    ``warm_start`` starts each concept's state from the previous concept's exit state instead of
+    the objective's initial state (random or embedding); the first concept always uses the
+    latter. ``last_info["exit_step"]`` (B,) holds the iterations each document's concept took.
+    """
+
+    def __init__(
+        self,
+        objective: RefinerObjective,
+        rule: ExitRule | None = None,
+        num_iterations: int | None = None,
+        warm_start: bool = False,
+        use_cache: bool = True,
+    ) -> None:
+        super().__init__(use_cache)
+        self.objective, self.model = objective, objective.model
+        self.rule, self.num_iterations = rule, num_iterations
+        self.warm_start = warm_start
+        self.state: Tensor | None = None  # (B, 1, d) exit state of the last concept
+
+    def start(self, x: Tensor, mask: Tensor) -> None:
+        self.x, self.mask, self.state = x, mask, None
+        if self.use_cache:
+            self.cache = self.model.new_cache()
+            inject, ctx = self.model.contextualize(x, mask, self.cache)
+            self.query = inject[:, -1:]  # (B, 1, d); left padding: the last slot is real
+            self.cross_kv = self.model.precompute_cross_kv(ctx)
+
+    def next(self, generator=None) -> Tensor:
+        if not self.use_cache:
+            inject, ctx = self.model.contextualize(self.x, self.mask)
+            self.query = inject[:, -1:]  # (B, 1, d); left padding: the last slot is real
+            self.cross_kv = self.model.precompute_cross_kv(ctx)
+        cross_kv = self.cross_kv
+        cmask = self.mask[:, None, None, :]  # (B, 1, 1, T): every real concept
+        state = self.state if self.warm_start else None
+        y, steps, self.state = self.objective.refine(
+            self.query,
+            cross_kv,
+            cmask,
+            generator,
+            state=state,
+            num_iterations=self.num_iterations,
+            rule=self.rule,
+            return_state=True,
+        )
+        self.last_info = {"exit_step": steps[:, 0]}
+        return y[:, 0]  # (B, D)
+
+    def append(self, y: Tensor) -> None:
+        self._grow(y)
+        if self.use_cache:
+            inject, ctx = self.model.contextualize(y[:, None], None, self.cache)  # (B, 1, d)
+            self.query = inject
+            self.cross_kv = self.model.precompute_cross_kv(ctx, past=self.cross_kv)
+
+
+class QuantStep(NextConceptStep):
+    """Quant-LCM: contextualize once per concept (KV-cached), then sample the next concept's K
+    codes coarse to fine and sum their code vectors. ``last_info["codes"]`` (B, K)."""
+
+    def __init__(
+        self,
+        objective: QuantObjective,
+        temperature: float | None = None,
+        top_p: float | None = None,
+        use_cache: bool = True,
+    ) -> None:
+        super().__init__(use_cache)
+        self.objective, self.model = objective, objective.model
+        self.temperature, self.top_p = temperature, top_p
+
+    def start(self, x: Tensor, mask: Tensor) -> None:
+        self.x, self.mask = x, mask
+        if self.use_cache:
+            self.cache = self.model.new_cache()
+            self.h = self.model.contextualize(x, mask, self.cache)[:, -1]  # (B, d)
+
+    def next(self, generator=None) -> Tensor:
+        h = self.h if self.use_cache else self.model.contextualize(self.x, self.mask)[:, -1]
+        codes = self.objective.sample_codes(
+            h, generator, temperature=self.temperature, top_p=self.top_p
+        )  # (B, K)
+        self.last_info = {"codes": codes}
+        return self.model.rvq.decode(codes)  # (B, D)
+
+    def append(self, y: Tensor) -> None:
+        self._grow(y)
+        if self.use_cache:
+            self.h = self.model.contextualize(y[:, None], None, self.cache)[:, 0]
+
+
 def make_step(
     model: torch.nn.Module,
     scheduler: DDIMScheduler | None = None,
     sampling: SamplingConfig | None = None,
     use_cache: bool = True,
     reuse_context: bool = True,
+    *,
+    num_iterations: int | None = None,
+    exit_rule: ExitRule | None = None,
+    warm_start: bool = False,
+    temperature: float | None = None,
+    top_p: float | None = None,
 ) -> NextConceptStep:
-    """The step for ``model``'s family."""
+    """The step for ``model``'s family; ``model`` is a network or its objective (whose
+    scheduler, exit rule and sampling defaults are then used).
+
+    Args:
+        model: Network or :class:`~lcm.objectives.Objective`.
+        scheduler: DDIM scheduler of the diffusion families (default: the objective's).
+        sampling: Diffusion sampling settings.
+        use_cache: KV-cache the context across generated concepts.
+        reuse_context: Two-Tower: project cross-attention keys/values once per concept.
+        num_iterations: Refiner: a fixed number of iterations instead of the adaptive exit.
+        exit_rule: Refiner: the adaptive exit rule (default: the objective's).
+        warm_start: Refiner: start each concept from the previous concept's exit state.
+        temperature: Quant-LCM: code sampling temperature (default: the objective's).
+        top_p: Quant-LCM: nucleus mass (default: the objective's).
+    """
+    objective = model if isinstance(model, Objective) else None
+    net = objective.model if objective is not None else model
     sampling = sampling or SamplingConfig()
-    if isinstance(model, BaseLCM):
-        return BaseLCMStep(model, use_cache)
-    scheduler = scheduler if scheduler is not None else DDIMScheduler()
-    if isinstance(model, TwoTowerLCM):
-        return TwoTowerStep(model, scheduler, sampling, use_cache, reuse_context)
-    if isinstance(model, OneTowerLCM):
-        return OneTowerStep(model, scheduler, sampling, use_cache)
-    raise TypeError(f"no generation step for {type(model).__name__}")
+    if isinstance(net, BaseLCM):
+        return BaseLCMStep(net, use_cache)
+    if isinstance(net, RecurrentRefinerLCM):
+        obj = objective if isinstance(objective, RefinerObjective) else RefinerObjective(net)
+        return RefinerStep(obj, exit_rule, num_iterations, warm_start, use_cache)
+    if isinstance(net, QuantLCM):
+        obj = objective if isinstance(objective, QuantObjective) else QuantObjective(net)
+        return QuantStep(obj, temperature, top_p, use_cache)
+    if scheduler is None:
+        scheduler = getattr(objective, "scheduler", None) or DDIMScheduler()
+    if isinstance(net, TwoTowerLCM):
+        return TwoTowerStep(net, scheduler, sampling, use_cache, reuse_context)
+    if isinstance(net, OneTowerLCM):
+        return OneTowerStep(net, scheduler, sampling, use_cache)
+    raise TypeError(f"no generation step for {type(net).__name__}")

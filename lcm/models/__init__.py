@@ -18,9 +18,10 @@ FAMILIES: dict[str, type[PresetConfig]] = {
     "base_lcm": BaseLCMConfig,
     "one_tower": OneTowerConfig,
     "two_tower": TwoTowerConfig,
+    "refiner": RefinerConfig,
+    "quant_lcm": QuantLCMConfig,
 }
-"""Model family name -> config class (each config has `from_name(preset)` and `build()`).
-The refiner and Quant-LCM have networks and objectives but no LightningModule yet."""
+"""Model family name -> config class (each config has `from_name(preset)` and `build()`)."""
 
 __all__ = [
     "FAMILIES",

@@ -18,6 +18,7 @@ from __future__ import annotations
 import copy
 from abc import ABC, abstractmethod
 from dataclasses import dataclass
+from typing import ClassVar
 
 import torch
 from torch import Tensor, nn
@@ -66,26 +67,6 @@ def masked_mse(pred: Tensor, target: Tensor, weight: Tensor) -> Tensor:
     return (per_concept * w).sum() / w.sum().clamp(min=1.0)
 
 
-def contrastive_accuracy(pred: Tensor, gold: Tensor) -> Tensor:
-    """Paper section 2.4 "CA": per prediction, the share of the *other* gold concepts of the batch
-    that lie farther (l2) from the prediction than its own gold concept.
-
-    Args:
-        pred: (N, D) predictions.
-        gold: (N, D) gold concepts, ``gold[i]`` belongs to ``pred[i]``.
-
-    Returns:
-        (N,) values in [0, 1]; 1 means the gold concept is the nearest one. Empty for N < 2.
-    """
-    n = pred.shape[0]
-    if n < 2:
-        return pred.new_zeros(0)
-    dist = torch.cdist(pred.float(), gold.float())  # (N, N)
-    own = dist.diagonal()[:, None]  # (N, 1)
-    farther = (dist > own).sum(dim=1)  # (N,)  the diagonal is never > itself
-    return farther.float() / (n - 1)
-
-
 def last_valid(x: Tensor, mask: Tensor | None) -> Tensor:
     """(B, D): the last valid row of each sequence in a right-padded (B, T, D) tensor."""
     if mask is None:
@@ -100,6 +81,11 @@ class Objective(nn.Module, ABC):
     Args:
         model: The network; stored as ``self.model``.
     """
+
+    predicts_first_concept: ClassVar[bool] = True
+    """False when position 0 of ``predict_all`` is a placeholder: the network only predicts
+    concepts that follow another one (regression, refiner, quantized). Diffusion samples the
+    first concept from the unconditional model."""
 
     def __init__(self, model: nn.Module) -> None:
         super().__init__()

@@ -28,6 +28,8 @@ class MSEObjective(Objective):
             predicts concept t+1.
     """
 
+    predicts_first_concept = False
+
     def _aligned(self, batch: Batch) -> Tensor:
         x, mask = batch["x"], batch["mask"]
         y = self.model(x, mask)  # (B, T, D), y[:, t] predicts x[:, t+1]

@@ -59,6 +59,8 @@ class QuantObjective(Objective):
         top_p: Default nucleus mass. Ours, not the paper's.
     """
 
+    predicts_first_concept = False
+
     def __init__(self, model: QuantLCM, temperature: float = 1.0, top_p: float = 0.9) -> None:
         super().__init__(model)
         self.temperature = temperature
@@ -121,6 +123,27 @@ class QuantObjective(Objective):
         return torch.stack(codes, dim=1)  # (N, K)
 
     @torch.no_grad()
+    def predict_all_with_codes(
+        self,
+        batch: Batch,
+        generator: torch.Generator | None = None,
+        *,
+        temperature: float | None = None,
+        top_p: float | None = None,
+    ) -> tuple[Tensor, Tensor]:
+        """Teacher-forced samples (B, T, D) and their codes (B, T, K), both aligned to targets
+        (position 0 is zeros)."""
+        x, mask = batch["x"], batch["mask"]
+        B, T, _ = x.shape
+        h = self.model.contextualize(x, mask)  # (B, T, d)
+        codes = self.sample_codes(
+            h.reshape(B * T, -1), generator, temperature=temperature, top_p=top_p
+        ).reshape(B, T, -1)  # (B, T, K), output t ~ concept t+1
+        y = self.rvq.decode(codes)  # (B, T, D)
+        shift = lambda v: torch.cat((torch.zeros_like(v[:, :1]), v[:, :-1]), dim=1)  # noqa: E731
+        return shift(y), shift(codes)
+
+    @torch.no_grad()
     def predict_all(
         self,
         batch: Batch,
@@ -130,14 +153,9 @@ class QuantObjective(Objective):
         top_p: float | None = None,
     ) -> Tensor:
         """(B, T, D) teacher-forced samples aligned to targets (position 0 is zeros)."""
-        x, mask = batch["x"], batch["mask"]
-        B, T, _ = x.shape
-        h = self.model.contextualize(x, mask)  # (B, T, d)
-        codes = self.sample_codes(
-            h.reshape(B * T, -1), generator, temperature=temperature, top_p=top_p
-        )
-        y = self.rvq.decode(codes).reshape(B, T, -1)  # (B, T, D), output t ~ concept t+1
-        return torch.cat((torch.zeros_like(y[:, :1]), y[:, :-1]), dim=1)
+        return self.predict_all_with_codes(batch, generator, temperature=temperature, top_p=top_p)[
+            0
+        ]
 
     @torch.no_grad()
     def predict_next_codes(

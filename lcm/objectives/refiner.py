@@ -141,6 +141,8 @@ class RefinerObjective(Objective):
         exit_rule: Default inference exit rule; every predict method can override its fields.
     """
 
+    predicts_first_concept = False
+
     def __init__(
         self,
         model: RecurrentRefinerLCM,
@@ -179,7 +181,13 @@ class RefinerObjective(Objective):
             tuple(inject.shape[:-1]), generator, device=inject.device, dtype=inject.dtype
         )
 
-    def _rule(self, threshold, patience, max_iterations) -> ExitRule:
+    def exit_rule_with(
+        self,
+        threshold: float | None = None,
+        patience: int | None = None,
+        max_iterations: int | None = None,
+    ) -> ExitRule:
+        """The default exit rule with the given fields replaced (None keeps a field)."""
         overrides = dict(threshold=threshold, patience=patience, max_iterations=max_iterations)
         return replace(self.exit_rule, **{k: v for k, v in overrides.items() if v is not None})
 
@@ -230,7 +238,8 @@ class RefinerObjective(Objective):
         state: Tensor | None = None,
         num_iterations: int | None = None,
         rule: ExitRule | None = None,
-    ) -> tuple[Tensor, Tensor]:
+        return_state: bool = False,
+    ) -> tuple[Tensor, Tensor] | tuple[Tensor, Tensor, Tensor]:
         """Refine queries with a fixed r or the adaptive exit rule.
 
         Args:
@@ -241,9 +250,11 @@ class RefinerObjective(Objective):
             state: Explicit initial state (B, Tq, d), e.g. the previous concept's final one.
             num_iterations: Fixed r (no early exit); None = adaptive with ``rule``.
             rule: Exit rule (default ``self.exit_rule``).
+            return_state: Also return each query's state at its exit (B, Tq, d), e.g. to
+                warm-start the next concept from it.
 
         Returns:
-            predictions (B, Tq, D) and exit steps (B, Tq) long.
+            predictions (B, Tq, D) and exit steps (B, Tq) long (and the exit states).
         """
         model = self.model
         if state is None:
@@ -254,10 +265,12 @@ class RefinerObjective(Objective):
                 raise ValueError(f"num_iterations must be >= 1, got {num_iterations}")
             state = model.iterate(state, inject, cross_kv, num_iterations, cross_mask)
             steps = torch.full((B, Tq), num_iterations, dtype=torch.long, device=inject.device)
-            return model.readout(state), steps
+            y = model.readout(state)
+            return (y, steps, state) if return_state else (y, steps)
 
         rule = rule or self.exit_rule
         out: Tensor | None = None
+        final = torch.zeros_like(state)  # (B, Tq, d) state of every query at its exit
         steps = torch.full((B, Tq), rule.max_iterations, dtype=torch.long, device=inject.device)
         done = torch.zeros(B, Tq, dtype=torch.bool, device=inject.device)
         rows = torch.arange(B, device=inject.device)  # batch rows still iterating
@@ -274,6 +287,7 @@ class RefinerObjective(Objective):
             newly = stop & ~done[rows]  # (b, Tq)
             r_idx, t_idx = newly.nonzero(as_tuple=True)
             out[rows[r_idx], t_idx] = y[r_idx, t_idx]
+            final[rows[r_idx], t_idx] = state[r_idx, t_idx]
             steps[rows[r_idx], t_idx] = i
             done[rows[r_idx], t_idx] = True
             # Drop rows whose every query has exited: later iterations only cost the rest.
@@ -293,7 +307,7 @@ class RefinerObjective(Objective):
                     cross_mask = cross_mask[keep]
             y_prev = y
         assert out is not None
-        return out, steps
+        return (out, steps, final) if return_state else (out, steps)
 
     def _teacher_forced(
         self, batch: Batch, generator: torch.Generator | None, num_iterations, rule
@@ -322,7 +336,7 @@ class RefinerObjective(Objective):
     ) -> tuple[Tensor, Tensor]:
         """Teacher-forced predictions (B, T, D) aligned to targets and their exit steps (B, T)
         (0 at position 0, which nothing predicts). Every position exits on its own."""
-        rule = self._rule(threshold, patience, max_iterations)
+        rule = self.exit_rule_with(threshold, patience, max_iterations)
         return self._teacher_forced(batch, generator, num_iterations, rule)
 
     @torch.no_grad()
@@ -365,7 +379,7 @@ class RefinerObjective(Objective):
         cross_kv = model.precompute_cross_kv(ctx)
         query = last_valid(inject, mask)[:, None]  # (B, 1, d)
         cmask = None if mask is None else mask[:, None, None, :]  # (B, 1, 1, T): all valid keys
-        rule = self._rule(threshold, patience, max_iterations)
+        rule = self.exit_rule_with(threshold, patience, max_iterations)
         y, steps = self.refine(
             query, cross_kv, cmask, generator, num_iterations=num_iterations, rule=rule
         )

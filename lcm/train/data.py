@@ -683,6 +683,30 @@ class ConceptDataModule(L.LightningDataModule):
                 store = ConceptStore(folder, self.fields, self.cache_dir)
                 self._add_split(name, store, np.arange(len(store), dtype=np.int64))
 
+    def sample_concepts(self, split: str, n: int, seed: int = 0) -> torch.Tensor:
+        """Up to ``n`` concepts of ``split``'s documents (every field, the normalizer applied),
+        (N, D) float32: whole documents drawn in a seeded random order until ``n`` concepts are
+        reached (e.g. to fit Quant-LCM's quantizer, or to measure its error on held-out data)."""
+        if not self._splits:
+            self.setup()
+        store, ex = self._splits[split]
+        docs = np.unique(ex.doc)
+        order = np.random.default_rng(seed).permutation(docs)
+        parts, total = [], 0
+        for doc in order:
+            for name in self.fields:
+                vecs = store.vectors(name, int(doc))
+                parts.append(vecs)
+                total += len(vecs)
+            if total >= n:
+                break
+        if not parts:
+            return torch.zeros(0, self.dim)
+        x = torch.from_numpy(np.concatenate(parts)[:n].astype(np.float32))
+        if self.normalize and self.normalizer is not None:
+            x = self.normalizer.normalize(x)
+        return x
+
     def set_normalizer(self, normalizer: RobustNormalizer) -> None:
         """Use ``normalizer`` (e.g. the one a fine-tuned model was pretrained with)."""
         self.normalizer = RobustNormalizer(normalizer.center.shape[0])

@@ -35,7 +35,7 @@ import warnings
 from collections.abc import Iterator
 from functools import partial
 from pathlib import Path
-from typing import Any, ClassVar
+from typing import Any, ClassVar, Literal
 
 import lightning as L
 import torch
@@ -44,17 +44,22 @@ from torch import Tensor, nn
 from torchmetrics import MeanMetric
 
 from diffusion import DDIMScheduler, PredictionType, ScheduleName, TimestepSpacing
+from eval.metrics.concepts import sequence_contrastive_accuracy
 from lcm.models import FAMILIES
 from lcm.normalizer import RobustNormalizer
 from lcm.objectives import (
+    ExitRule,
     MSEObjective,
     Objective,
     OneTowerDiffusion,
+    QuantObjective,
+    RefinerObjective,
+    RefinerOutput,
     SamplingConfig,
     TwoTowerDiffusion,
-    contrastive_accuracy,
 )
-from lcm.objectives.base import Batch
+from lcm.objectives.base import Batch, ObjectiveOutput
+from lcm.quant import RVQ
 
 SEPARATOR_SEED = 20241212  # the LCM paper's arXiv month; any fixed value works
 METRICS = ("loss", "mse", "l2", "ca")
@@ -173,9 +178,10 @@ class LCMModule(L.LightningModule):
         else:
             self.register_buffer("separator", sep)
 
+        names = METRICS + self.extra_metrics
         self.metrics = nn.ModuleDict(
             {
-                stage: nn.ModuleDict({name: MeanMetric() for name in METRICS})
+                stage: nn.ModuleDict({name: MeanMetric() for name in names})
                 for stage in ("val", "test")
             }
         )
@@ -188,6 +194,16 @@ class LCMModule(L.LightningModule):
     def eval_kwargs(self) -> dict[str, Any]:
         """Extra keyword arguments of ``predict_all`` during validation and test."""
         return {}
+
+    extra_metrics: ClassVar[tuple[str, ...]] = ()
+    """Family-specific validation/test metrics, one value per target (see ``eval_predict``)."""
+
+    def eval_predict(
+        self, objective: Objective, batch: Batch, generator: torch.Generator
+    ) -> tuple[Tensor, dict[str, Tensor]]:
+        """Teacher-forced predictions (B, T, D) for validation/test, and per-position values
+        (B, T) of each of :attr:`extra_metrics` (averaged over the target positions)."""
+        return objective.predict_all(batch, generator, **self.eval_kwargs()), {}
 
     # ------------------------------------------------------------------------- helpers
     @property
@@ -229,7 +245,11 @@ class LCMModule(L.LightningModule):
         with self._seeded_dropout(seed):
             out = self.objective.loss(batch, self._generator(seed))
         self.log("train/loss", out.loss, prog_bar=True, batch_size=batch["x"].shape[0])
+        self.log_train_output(out, batch)
         return out.loss
+
+    def log_train_output(self, out: ObjectiveOutput, batch: Batch) -> None:
+        """Family hook: log more of a training step's objective output."""
 
     def optimizer_step(self, *args: Any, **kwargs: Any) -> None:
         super().optimizer_step(*args, **kwargs)
@@ -268,21 +288,28 @@ class LCMModule(L.LightningModule):
         objective = self.eval_objective()
         seed = self._batch_seed(batch, salt=1)
         out = objective.loss(batch, self._generator(seed))
-        pred = objective.predict_all(batch, self._generator(seed + 1), **self.eval_kwargs())
+        pred, extra = self.eval_predict(objective, batch, self._generator(seed + 1))
         w = out.weight  # (B, T)
         n = int(w.sum())
         if n == 0:
             return  # an all-padding batch (distributed evaluation)
         m = self.metrics[stage]
         m["loss"].update(out.loss.detach(), n)
+        for name, values in extra.items():
+            m[name].update(values[w].float())
         pred_w, gold_w = pred[w], batch["x"][w]  # (N, D) normalized
         m["mse"].update((pred_w - gold_w).pow(2).mean(dim=-1))
         # l2 and CA in SONAR space, as in the paper (section 2.4).
         pred_s, gold_s = self.normalizer.denormalize(pred_w), self.normalizer.denormalize(gold_w)
         m["l2"].update((pred_s - gold_s).norm(dim=-1))
-        ca = contrastive_accuracy(pred_s, gold_s)
+        # The paper's CA: the gold's rank among every real concept of the batch, the gold's two
+        # neighbours in its own document excluded (they are near it by construction).
+        x_s = self.normalizer.denormalize(batch["x"])
+        ca = sequence_contrastive_accuracy(self.normalizer.denormalize(pred), x_s, w, batch["mask"])
+        ca = ca[w.cpu()]
+        ca = ca[torch.isfinite(ca)]
         if ca.numel():
-            m["ca"].update(ca)
+            m["ca"].update(ca.to(self.device))
 
     def _log_metrics(self, stage: str) -> None:
         # compute() syncs across ranks, so every rank calls it, even one that only saw padding.
@@ -311,19 +338,22 @@ class LCMModule(L.LightningModule):
 
         Returns:
             ``pred`` (B, T, D): position i predicts concept i from concepts < i; ``weight``
-            (B, T) bool: positions that are real targets; ``index`` (B,): example indices.
+            (B, T) bool: positions that are real targets; ``index`` (B,): example indices;
+            plus the family's :attr:`extra_metrics` per position (e.g. the refiner's
+            ``exit_step``).
         """
         batch = self.insert_separator(batch)
         objective = self.eval_objective()
         seed = self._batch_seed(batch, salt=2)
-        pred = objective.predict_all(batch, self._generator(seed), **self.eval_kwargs())
+        pred, extra = self.eval_predict(objective, batch, self._generator(seed))
         weight = batch["mask"] & batch["loss_mask"]
-        if isinstance(objective, MSEObjective):
+        if not objective.predicts_first_concept:
             weight[:, 0] = False
         return {
             "pred": self.normalizer.denormalize(pred),
             "weight": weight,
             "index": batch["index"],
+            **extra,
         }
 
     @torch.no_grad()
@@ -520,8 +550,169 @@ class OneTowerModule(DiffusionModule):
     objective_cls = OneTowerDiffusion
 
 
+class RefinerModule(LCMModule):
+    """Recurrent-depth refiner LCM (ours, after Geiping et al. 2025): a weight-tied core iterated
+    on the next-concept state, adaptive exit per concept at inference.
+
+    Validation and test predict with ``eval_iterations`` fixed iterations, or with the adaptive
+    exit when it is None; they log the mean exit step as ``exit_step``.
+
+    Args:
+        mean_iterations: Mean of the training iteration count r (log-normal Poisson draws).
+        sigma: Std of the log-normal rate of r.
+        backprop_depth: k, the trailing iterations that get gradients (truncated backprop).
+        max_train_iterations: Cap on the drawn r (bounds the cost of the heavy tail).
+        init: Initial state: ``random`` (truncated normal) or ``embed`` (the PreNet embedding
+            of the current concept).
+        exit_threshold: Adaptive exit: tau, bound on 1 - cos between successive predictions.
+        exit_patience: Adaptive exit: m, consecutive iterations under tau.
+        max_iterations: Adaptive exit: r_max, the cap.
+        eval_iterations: Fixed r for validation/test (None: the adaptive exit).
+        **kwargs: The arguments of :class:`LCMModule`.
+    """
+
+    family = "refiner"
+    extra_metrics = ("exit_step",)
+
+    def __init__(
+        self,
+        mean_iterations: float = 8.0,
+        sigma: float = 0.5,
+        backprop_depth: int = 4,
+        max_train_iterations: int | None = 32,
+        init: Literal["random", "embed"] = "random",
+        exit_threshold: float = 1e-3,
+        exit_patience: int = 2,
+        max_iterations: int = 64,
+        eval_iterations: int | None = None,
+        **kwargs: Any,
+    ) -> None:
+        super().__init__(**kwargs)
+
+    def build_objective(self, model: nn.Module) -> Objective:
+        h = self.hparams
+        rule = ExitRule(h.exit_threshold, h.exit_patience, h.max_iterations)
+        return RefinerObjective(
+            model,
+            mean_iterations=h.mean_iterations,
+            sigma=h.sigma,
+            backprop_depth=h.backprop_depth,
+            max_train_iterations=h.max_train_iterations,
+            init=h.init,
+            exit_rule=rule,
+        )
+
+    def log_train_output(self, out: ObjectiveOutput, batch: Batch) -> None:
+        if isinstance(out, RefinerOutput):
+            self.log("train/iterations", float(out.num_iterations), batch_size=len(batch["x"]))
+
+    def eval_predict(
+        self, objective: Objective, batch: Batch, generator: torch.Generator
+    ) -> tuple[Tensor, dict[str, Tensor]]:
+        assert isinstance(objective, RefinerObjective)
+        pred, steps = objective.predict_all_with_exit(
+            batch, generator, num_iterations=self.hparams.eval_iterations
+        )
+        return pred, {"exit_step": steps}
+
+
+class QuantModule(LCMModule):
+    """Quant-LCM-d (paper section 2.5): predicts the residual-quantization codes of the next
+    concept, coarse to fine, and sums the sampled code vectors back into a concept.
+
+    The quantizer (``model.rvq``) works in the model's normalized space. It comes from
+    ``rvq_path`` (a file written by ``lcm fit-rvq`` or ``RVQ.save``), from the checkpoint when
+    resuming, or else is fitted with faiss on ``rvq_fit_samples`` training concepts when ``fit``
+    starts; its relative reconstruction error on held-out (validation) concepts is then logged as
+    ``rvq_relative_error``. The codebook count and size come from the preset
+    (``model_overrides: {n_codebooks: 64, n_units: 8192}`` for the paper's quantizer).
+
+    Args:
+        rvq_path: Fitted quantizer to use.
+        rvq_fit_samples: Training concepts to fit the quantizer on when there is none.
+        rvq_niter: k-means iterations per codebook when fitting.
+        temperature: Code sampling temperature for generation (0 = greedy).
+        top_p: Nucleus mass for generation.
+        eval_temperature: Sampling temperature of validation/test predictions (0 = greedy).
+        **kwargs: The arguments of :class:`LCMModule`.
+    """
+
+    family = "quant_lcm"
+    extra_metrics = ("code_accuracy",)
+
+    def __init__(
+        self,
+        rvq_path: str | None = None,
+        rvq_fit_samples: int = 100_000,
+        rvq_niter: int = 10,
+        temperature: float = 1.0,
+        top_p: float = 0.9,
+        eval_temperature: float = 0.0,
+        **kwargs: Any,
+    ) -> None:
+        super().__init__(**kwargs)
+        self.rvq_error: dict[str, float] = {}
+
+    def build_objective(self, model: nn.Module) -> Objective:
+        h = self.hparams
+        if h.rvq_path:
+            model.set_quantizer(RVQ.load(h.rvq_path))
+        return QuantObjective(model, temperature=h.temperature, top_p=h.top_p)
+
+    @property
+    def rvq(self) -> RVQ:
+        return self.objective.model.rvq
+
+    def setup(self, stage: str) -> None:
+        super().setup(stage)
+        trainer = self._trainer
+        resuming = trainer is not None and trainer.ckpt_path is not None
+        if bool(self.rvq.fitted) or resuming or stage != "fit":
+            return
+        dm = self._datamodule()
+        if dm is None or not hasattr(dm, "sample_concepts"):
+            raise RuntimeError(
+                "Quant-LCM needs a fitted quantizer: pass rvq_path (lcm fit-rvq) or train with "
+                "a ConceptDataModule to fit one on the training concepts"
+            )
+        h = self.hparams
+        if trainer is None or trainer.is_global_zero:
+            x = dm.sample_concepts("train", h.rvq_fit_samples, seed=h.seed)
+            self.rvq.fit(x, niter=h.rvq_niter, seed=h.seed)
+            self.rvq_error = {"train_relative_error": self.rvq.reconstruction_error(x)["relative"]}
+            held = dm.sample_concepts("val", min(h.rvq_fit_samples, 20_000), seed=h.seed + 1)
+            if len(held):
+                err = self.rvq.reconstruction_error(held)["relative"]
+                self.rvq_error["rvq_relative_error"] = err
+            rank_zero_info(f"lcm: fitted RVQ {self.rvq.extra_repr()}: {self.rvq_error}")
+        if trainer is not None and trainer.world_size > 1:
+            books = trainer.strategy.broadcast(self.rvq.codebooks.cpu(), src=0)
+            with torch.no_grad():
+                self.rvq.codebooks.copy_(books)
+                self.rvq.fitted.fill_(True)
+
+    def on_validation_epoch_end(self) -> None:
+        super().on_validation_epoch_end()
+        if "rvq_relative_error" in self.rvq_error:
+            self.log("val/rvq_relative_error", self.rvq_error["rvq_relative_error"])
+
+    def eval_kwargs(self) -> dict[str, Any]:
+        return {"temperature": self.hparams.eval_temperature}
+
+    def eval_predict(
+        self, objective: Objective, batch: Batch, generator: torch.Generator
+    ) -> tuple[Tensor, dict[str, Tensor]]:
+        assert isinstance(objective, QuantObjective)
+        pred, pred_codes = objective.predict_all_with_codes(batch, generator, **self.eval_kwargs())
+        # Share of the K codes of each target that the sampled prediction got right.
+        codes = batch.get("codes")
+        codes = codes if codes is not None else self.rvq.encode(batch["x"])  # (B, T, K)
+        return pred, {"code_accuracy": (codes == pred_codes).float().mean(dim=-1)}
+
+
 FAMILY_MODULES: dict[str, type[LCMModule]] = {
-    cls.family: cls for cls in (BaseLCMModule, TwoTowerModule, OneTowerModule)
+    cls.family: cls
+    for cls in (BaseLCMModule, TwoTowerModule, OneTowerModule, RefinerModule, QuantModule)
 }
 
 
