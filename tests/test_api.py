@@ -143,7 +143,7 @@ def test_cli_summarize_jsonl_is_resumable(sft_ckpt, tmp_path):
     out = tmp_path / "out.jsonl"
     args = [
         "summarize", f"--checkpoint={sft_ckpt}", f"--inputs={src}", f"--output={out}",
-        "--codec=helpers_train.HashCodec", "--steps=3", "--max_new_concepts=2",
+        "--codec=helpers_train.HashCodec", "--settings.steps=3", "--settings.max_new_concepts=2",
         "--progress=false",
     ]  # fmt: skip
     first = run(args)

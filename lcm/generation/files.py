@@ -1,7 +1,7 @@
 """``lcm summarize`` / ``lcm generate``: jsonl in, jsonl out, resumable.
 
 Each input row becomes one output row ``{id, source_lang, target_lang, output, concepts,
-stop_reason}``; a row that cannot be used gets ``error`` instead of ``output`` (nothing is
+stop_reason}`` (plus ``exit_steps`` for the refiner); a row that cannot be used gets ``error`` instead of ``output`` (nothing is
 skipped silently). Rows are appended and flushed batch by batch, so a rerun after an interruption
 skips the ids already written and finishes the file.
 """
@@ -16,6 +16,7 @@ from tqdm.auto import tqdm
 
 from encoders.base import SentenceCodec
 from encoders.langs import UnknownLanguageError
+from lcm.api import Settings
 
 
 def generate_file(
@@ -29,12 +30,7 @@ def generate_file(
     source_lang: str = "eng_Latn",
     target_lang: str | None = None,
     batch_size: int = 8,
-    max_new_concepts: int = 8,
-    steps: int = 40,
-    guidance_scale: float = 3.0,
-    guidance_rescale: float = 0.7,
-    init_noise_scale: float = 0.6,
-    seed: int = 0,
+    settings: Settings | None = None,
     codec: SentenceCodec | None = None,
     device: str = "cpu",
     progress: bool = True,
@@ -52,27 +48,16 @@ def generate_file(
         source_lang: FLORES-200 code of documents without a language field.
         target_lang: FLORES-200 code to write in (default: each document's language).
         batch_size: documents generated together.
-        max_new_concepts: most sentences per output.
-        steps: diffusion denoising steps per concept.
-        guidance_scale: classifier-free guidance weight.
-        guidance_rescale: guidance rescale phi.
-        init_noise_scale: initial noise std.
-        seed: generation seed.
+        settings: generation settings, e.g. ``--settings.max_new_concepts 3 --settings.seed 1``
+            (diffusion steps and guidance, the refiner's exit rule, Quant-LCM's temperature).
         codec: sentence codec (default: the one the model was trained with).
         device: ``cpu`` or ``cuda``.
         progress: show a progress bar.
     """
-    from lcm.api import ConceptModel, Settings
+    from lcm.api import ConceptModel
 
     model = ConceptModel.load(checkpoint, codec=codec, device=device)
-    settings = Settings(
-        max_new_concepts=max_new_concepts,
-        steps=steps,
-        guidance_scale=guidance_scale,
-        guidance_rescale=guidance_rescale,
-        init_noise_scale=init_noise_scale,
-        seed=seed,
-    )
+    settings = settings or Settings()
     out_path = Path(output)
     done: set[str] = set()
     if out_path.exists():
@@ -125,10 +110,12 @@ def generate_file(
                     [t for _, _, t in items], src, settings, add_separator=task == "summarize"
                 )
                 texts = model._render(gen, tgt)
-                for (_, res, _), text, concepts, reason in zip(
-                    items, texts, gen.concepts, gen.stop_reasons
+                for j, ((_, res, _), text, concepts, reason) in enumerate(
+                    zip(items, texts, gen.concepts, gen.stop_reasons)
                 ):
                     res.update(output=text, concepts=len(concepts), stop_reason=reason)
+                    if "exit_step" in gen.extras:  # the refiner's iterations per sentence
+                        res["exit_steps"] = gen.extras["exit_step"][j].tolist()
             for res in results:
                 out.write(json.dumps(res, ensure_ascii=False) + "\n")
                 counts["written"] += 1

@@ -11,6 +11,8 @@ from lcm.train.module import (
     DiffusionModule,
     LCMModule,
     OneTowerModule,
+    QuantModule,
+    RefinerModule,
     TwoTowerModule,
     load_module,
 )
@@ -22,6 +24,8 @@ __all__ = [
     "DiffusionModule",
     "LCMModule",
     "OneTowerModule",
+    "QuantModule",
+    "RefinerModule",
     "TwoTowerModule",
     "load_module",
 ]
