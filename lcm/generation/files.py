@@ -1,9 +1,9 @@
 """``lcm summarize`` / ``lcm generate``: jsonl in, jsonl out, resumable.
 
 Each input row becomes one output row ``{id, source_lang, target_lang, output, concepts,
-stop_reason}`` (plus ``exit_steps`` for the refiner); a row that cannot be used gets ``error`` instead of ``output`` (nothing is
-skipped silently). Rows are appended and flushed batch by batch, so a rerun after an interruption
-skips the ids already written and finishes the file.
+stop_reason}`` (plus ``exit_steps`` for the refiner); a row that cannot be used gets ``error``
+instead of ``output`` (nothing is skipped silently). Rows are appended and flushed batch by
+batch, so a rerun after an interruption skips the ids already written and finishes the file.
 """
 
 from __future__ import annotations

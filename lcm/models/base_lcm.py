@@ -32,40 +32,20 @@ from typing import Any, ClassVar
 import torch
 from torch import Tensor, nn
 
-from lcm.models.common import ConceptModel, PresetConfig, build
-from lcm.nn import CausalTransformer, KVCache
+from lcm.models.common import ConceptModel, TransformerConfig, build
+from lcm.nn import KVCache
 
 
 @dataclass
-class BaseLCMConfig(PresetConfig):
+class BaseLCMConfig(TransformerConfig):
     """Base-LCM hyper-parameters. `BaseLCMConfig.from_name("1.6B")` gives the paper size.
 
     Args:
-        sonar_dim: concept (sentence embedding) dimension D; 1024 for SONAR.
-        d_model: transformer width d.
         n_layers: decoder layers.
-        n_heads: attention heads (head dim = d_model / n_heads).
-        ffn_dim: nominal FFN width; the SwiGLU hidden width is ffn_dim*2/3 rounded up to a
-            multiple of `ffn_multiple_of` (8192 -> 5632).
-        ffn_multiple_of: rounding of the SwiGLU hidden width.
-        dropout: residual dropout inside the layers (paper/Meta: 0.1).
-        attn_dropout: dropout on attention weights (Meta: 0).
-        bias: biases in attention and FFN projections (Meta: True).
-        rope_theta: RoPE base.
-        norm_eps: RMSNorm epsilon.
+        (the shared fields: :class:`~lcm.models.common.TransformerConfig`)
     """
 
-    sonar_dim: int = 1024
-    d_model: int = 2048
     n_layers: int = 32
-    n_heads: int = 16
-    ffn_dim: int = 8192
-    ffn_multiple_of: int = 256
-    dropout: float = 0.1
-    attn_dropout: float = 0.0
-    bias: bool = True
-    rope_theta: float = 10_000.0
-    norm_eps: float = 1e-5
 
     presets: ClassVar[dict[str, dict[str, Any]]] = {
         # CPU tests and the quickstart: trains in seconds.
@@ -93,18 +73,7 @@ class BaseLCM(ConceptModel):
         self.config = config
         c = config
         self.prenet = nn.Linear(c.sonar_dim, c.d_model)
-        self.transformer = CausalTransformer(
-            c.d_model,
-            c.n_layers,
-            c.n_heads,
-            c.ffn_dim,
-            c.dropout,
-            attn_dropout=c.attn_dropout,
-            ffn_multiple_of=c.ffn_multiple_of,
-            bias=c.bias,
-            rope_theta=c.rope_theta,
-            norm_eps=c.norm_eps,
-        )
+        self.transformer = c.causal_transformer(c.n_layers)
         self.postnet = nn.Linear(c.d_model, c.sonar_dim)
 
     def new_cache(self) -> KVCache:

@@ -9,6 +9,8 @@ from typing import Any, ClassVar, TypeVar
 import torch
 from torch import nn
 
+from lcm.nn import CausalTransformer
+
 C = TypeVar("C", bound="PresetConfig")
 M = TypeVar("M", bound=nn.Module)
 
@@ -38,6 +40,55 @@ class PresetConfig:
 
     def to_dict(self) -> dict[str, Any]:
         return dataclasses.asdict(self)  # type: ignore[call-overload]
+
+
+@dataclasses.dataclass
+class TransformerConfig(PresetConfig):
+    """The fields every family's transformer stacks share (each family config adds its own).
+
+    Args:
+        sonar_dim: concept (sentence embedding) dimension D; 1024 for SONAR.
+        d_model: transformer width d.
+        n_heads: attention heads (head dim = d_model / n_heads).
+        ffn_dim: nominal FFN width; the SwiGLU hidden width is ffn_dim*2/3 rounded up to a
+            multiple of `ffn_multiple_of` (8192 -> 5632).
+        ffn_multiple_of: rounding of the SwiGLU hidden width.
+        dropout: residual dropout inside the layers (paper/Meta: 0.1).
+        attn_dropout: dropout on attention weights (Meta: 0).
+        bias: biases in attention and FFN projections (Meta: True).
+        rope_theta: RoPE base.
+        norm_eps: RMSNorm epsilon.
+    """
+
+    sonar_dim: int = 1024
+    d_model: int = 2048
+    n_heads: int = 16
+    ffn_dim: int = 8192
+    ffn_multiple_of: int = 256
+    dropout: float = 0.1
+    attn_dropout: float = 0.0
+    bias: bool = True
+    rope_theta: float = 10_000.0
+    norm_eps: float = 1e-5
+
+    def layer_kwargs(self) -> dict[str, Any]:
+        """Keyword arguments of one layer of any family (self-attention, denoiser or core)."""
+        return dict(
+            d_model=self.d_model,
+            n_heads=self.n_heads,
+            ffn_dim=self.ffn_dim,
+            dropout=self.dropout,
+            attn_dropout=self.attn_dropout,
+            ffn_multiple_of=self.ffn_multiple_of,
+            bias=self.bias,
+            norm_eps=self.norm_eps,
+        )
+
+    def causal_transformer(self, n_layers: int) -> CausalTransformer:
+        """A causal self-attention stack of `n_layers` layers with these settings."""
+        return CausalTransformer(
+            n_layers=n_layers, rope_theta=self.rope_theta, **self.layer_kwargs()
+        )
 
 
 def build(

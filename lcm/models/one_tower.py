@@ -33,26 +33,21 @@ from typing import Any, ClassVar
 import torch
 from torch import Tensor, nn
 
-from lcm.models.common import ConceptModel, PresetConfig, build
-from lcm.nn import CausalTransformer, KVCache, TimestepEmbedding
+from lcm.models.common import ConceptModel, TransformerConfig, build
+from lcm.nn import KVCache, TimestepEmbedding
 
 
 @dataclass
-class OneTowerConfig(PresetConfig):
-    """One-Tower diffusion LCM hyper-parameters (fields as in `BaseLCMConfig`, plus
-    `timestep_freq_dim`, the width of the sinusoidal timestep features)."""
+class OneTowerConfig(TransformerConfig):
+    """One-Tower diffusion LCM hyper-parameters.
 
-    sonar_dim: int = 1024
-    d_model: int = 2048
+    Args:
+        n_layers: layers of the one tower.
+        timestep_freq_dim: width of the sinusoidal timestep features.
+        (the shared fields: :class:`~lcm.models.common.TransformerConfig`)
+    """
+
     n_layers: int = 32
-    n_heads: int = 16
-    ffn_dim: int = 8192
-    ffn_multiple_of: int = 256
-    dropout: float = 0.1
-    attn_dropout: float = 0.0
-    bias: bool = True
-    rope_theta: float = 10_000.0
-    norm_eps: float = 1e-5
     timestep_freq_dim: int = 256
 
     presets: ClassVar[dict[str, dict[str, Any]]] = {
@@ -81,18 +76,7 @@ class OneTowerLCM(ConceptModel):
         c = config
         self.prenet = nn.Linear(c.sonar_dim, c.d_model)
         self.time_embed = TimestepEmbedding(c.d_model, c.timestep_freq_dim)
-        self.transformer = CausalTransformer(
-            c.d_model,
-            c.n_layers,
-            c.n_heads,
-            c.ffn_dim,
-            c.dropout,
-            attn_dropout=c.attn_dropout,
-            ffn_multiple_of=c.ffn_multiple_of,
-            bias=c.bias,
-            rope_theta=c.rope_theta,
-            norm_eps=c.norm_eps,
-        )
+        self.transformer = c.causal_transformer(c.n_layers)
         self.postnet = nn.Linear(c.d_model, c.sonar_dim)
 
     def new_cache(self) -> KVCache:

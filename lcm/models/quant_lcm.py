@@ -33,46 +33,31 @@ from typing import Any, ClassVar
 import torch
 from torch import Tensor, nn
 
-from lcm.models.common import ConceptModel, PresetConfig, build
-from lcm.nn import CausalTransformer, KVCache
+from lcm.models.common import ConceptModel, TransformerConfig, build
+from lcm.nn import KVCache
 from lcm.quant import RVQ
 
 
 @dataclass
-class QuantLCMConfig(PresetConfig):
+class QuantLCMConfig(TransformerConfig):
     """Quant-LCM-d hyper-parameters. `QuantLCMConfig.from_name("tiny", sonar_dim=16)`.
 
+    The shared fields (:class:`~lcm.models.common.TransformerConfig`) apply to both
+    transformers.
+
     Args:
-        sonar_dim: concept dimension D; 1024 for SONAR.
-        d_model: width d of both transformers.
         n_layers: layers of the causal transformer over concepts.
-        n_heads: attention heads.
-        ffn_dim: nominal FFN width; SwiGLU hidden = ffn_dim*2/3 rounded up to `ffn_multiple_of`.
-        ffn_multiple_of: rounding of the SwiGLU hidden width.
         depth_layers: layers of the depth transformer over the K codebooks.
         n_codebooks: K, codebooks of the RVQ.
         n_units: units per codebook.
-        dropout: residual dropout.
-        attn_dropout: dropout on attention weights.
-        bias: biases in attention and FFN projections.
-        rope_theta: RoPE base (both transformers).
-        norm_eps: RMSNorm epsilon.
     """
 
-    sonar_dim: int = 1024
     d_model: int = 1024
     n_layers: int = 16
-    n_heads: int = 16
     ffn_dim: int = 4096
-    ffn_multiple_of: int = 256
     depth_layers: int = 2
     n_codebooks: int = 64
     n_units: int = 8192
-    dropout: float = 0.1
-    attn_dropout: float = 0.0
-    bias: bool = True
-    rope_theta: float = 10_000.0
-    norm_eps: float = 1e-5
 
     presets: ClassVar[dict[str, dict[str, Any]]] = {
         # CPU tests: the "tiny" RVQ (4 x 64).
@@ -112,18 +97,10 @@ class QuantLCM(ConceptModel):
         c = config
         self.rvq = RVQ(c.sonar_dim, c.n_codebooks, c.n_units)
         self.prenet = nn.Linear(c.sonar_dim, c.d_model)
-        stack = dict(
-            dropout=c.dropout,
-            attn_dropout=c.attn_dropout,
-            ffn_multiple_of=c.ffn_multiple_of,
-            bias=c.bias,
-            rope_theta=c.rope_theta,
-            norm_eps=c.norm_eps,
-        )
-        self.transformer = CausalTransformer(c.d_model, c.n_layers, c.n_heads, c.ffn_dim, **stack)
+        self.transformer = c.causal_transformer(c.n_layers)
         self.level_embed = nn.Parameter(torch.zeros(c.n_codebooks, c.d_model))
         self.prefix_in = nn.Linear(c.sonar_dim, c.d_model)
-        self.depth = CausalTransformer(c.d_model, c.depth_layers, c.n_heads, c.ffn_dim, **stack)
+        self.depth = c.causal_transformer(c.depth_layers)
         self.residual_out = nn.Linear(c.d_model, c.sonar_dim)
         # beta_j = exp(log_beta_j) / D: logits start at an O(1) spread for any D.
         self.log_beta = nn.Parameter(torch.zeros(c.n_codebooks))

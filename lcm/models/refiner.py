@@ -39,8 +39,8 @@ from typing import Any, ClassVar
 import torch
 from torch import Tensor, nn
 
-from lcm.models.common import ConceptModel, PresetConfig, build
-from lcm.nn import CausalTransformer, KVCache, MultiheadAttention, RMSNorm, SwiGLU
+from lcm.models.common import ConceptModel, TransformerConfig, build
+from lcm.nn import KVCache, MultiheadAttention, RMSNorm, SwiGLU
 
 CrossKV = list[tuple[Tensor, Tensor]]
 """Per core layer: keys and values (B, H, S, hd) of the contextualizer output."""
@@ -50,38 +50,24 @@ INIT_STD = math.sqrt(2 / 5)
 
 
 @dataclass
-class RefinerConfig(PresetConfig):
+class RefinerConfig(TransformerConfig):
     """Recurrent refiner hyper-parameters. `RefinerConfig.from_name("tiny", sonar_dim=16)`.
 
+    The shared fields (:class:`~lcm.models.common.TransformerConfig`) apply to the
+    contextualizer, the state and the core; RoPE is used by the contextualizer only (the core has
+    no positions of its own).
+
     Args:
-        sonar_dim: concept dimension D; 1024 for SONAR.
-        d_model: width d of the contextualizer, the state and the core.
-        n_heads: attention heads (contextualizer self-attention, core cross-attention).
-        ffn_dim: nominal FFN width; SwiGLU hidden = ffn_dim*2/3 rounded up to `ffn_multiple_of`.
-        ffn_multiple_of: rounding of the SwiGLU hidden width.
         ctx_layers: contextualizer layers (run once per concept).
         core_layers: layers of the weight-tied core (run r times). The pilot's lesson: keep one
             iteration shallow relative to the task.
-        dropout: residual dropout.
-        attn_dropout: dropout on attention weights.
-        bias: biases in attention and FFN projections.
-        rope_theta: RoPE base of the contextualizer (the core has no positions of its own).
-        norm_eps: RMSNorm epsilon.
         init_std: std of the random initial state (truncated normal at +-3 std).
     """
 
-    sonar_dim: int = 1024
     d_model: int = 1024
-    n_heads: int = 16
     ffn_dim: int = 4096
-    ffn_multiple_of: int = 256
     ctx_layers: int = 4
     core_layers: int = 2
-    dropout: float = 0.1
-    attn_dropout: float = 0.0
-    bias: bool = True
-    rope_theta: float = 10_000.0
-    norm_eps: float = 1e-5
     init_std: float = INIT_STD
 
     presets: ClassVar[dict[str, dict[str, Any]]] = {
@@ -161,32 +147,9 @@ class RecurrentRefinerLCM(ConceptModel):
         self.config = config
         c = config
         self.prenet = nn.Linear(c.sonar_dim, c.d_model)
-        self.contextualizer = CausalTransformer(
-            c.d_model,
-            c.ctx_layers,
-            c.n_heads,
-            c.ffn_dim,
-            c.dropout,
-            attn_dropout=c.attn_dropout,
-            ffn_multiple_of=c.ffn_multiple_of,
-            bias=c.bias,
-            rope_theta=c.rope_theta,
-            norm_eps=c.norm_eps,
-        )
+        self.contextualizer = c.causal_transformer(c.ctx_layers)
         self.adapter = nn.Linear(2 * c.d_model, c.d_model)
-        self.core = nn.ModuleList(
-            CoreBlock(
-                c.d_model,
-                c.n_heads,
-                c.ffn_dim,
-                c.dropout,
-                attn_dropout=c.attn_dropout,
-                ffn_multiple_of=c.ffn_multiple_of,
-                bias=c.bias,
-                norm_eps=c.norm_eps,
-            )
-            for _ in range(c.core_layers)
-        )
+        self.core = nn.ModuleList(CoreBlock(**c.layer_kwargs()) for _ in range(c.core_layers))
         self.state_norm = RMSNorm(c.d_model, c.norm_eps)
         self.out_norm = RMSNorm(c.d_model, c.norm_eps)
         self.postnet = nn.Linear(c.d_model, c.sonar_dim)

@@ -49,45 +49,29 @@ from typing import Any, ClassVar
 import torch
 from torch import Tensor, nn
 
-from lcm.models.common import ConceptModel, PresetConfig, build
-from lcm.nn import CausalTransformer, DenoiserBlock, KVCache, RMSNorm, TimestepEmbedding
+from lcm.models.common import ConceptModel, TransformerConfig, build
+from lcm.nn import DenoiserBlock, KVCache, RMSNorm, TimestepEmbedding
 
 CrossKV = list[tuple[Tensor, Tensor]]
 """Per denoiser layer: keys and values (B, H, S, hd) of the shifted context."""
 
 
 @dataclass
-class TwoTowerConfig(PresetConfig):
+class TwoTowerConfig(TransformerConfig):
     """Two-Tower diffusion LCM hyper-parameters. `TwoTowerConfig.from_name("7B")`.
 
+    The shared fields (:class:`~lcm.models.common.TransformerConfig`) apply to both towers;
+    `d_model` is also the timestep embedding's width (Meta asserts it), and RoPE is used by the
+    contextualizer only (the denoiser has no positions).
+
     Args:
-        sonar_dim: concept dimension D; 1024 for SONAR.
-        d_model: width d of both towers (Meta asserts the timestep embedding has width d).
-        n_heads: attention heads in both towers.
-        ffn_dim: nominal FFN width; SwiGLU hidden = ffn_dim*2/3 rounded up to `ffn_multiple_of`.
-        ffn_multiple_of: rounding of the SwiGLU hidden width.
         ctx_layers: contextualizer layers (paper 1.6B: 5).
         den_layers: denoiser layers (paper 1.6B: 13).
-        dropout: residual dropout in both towers (Meta: 0.1).
-        attn_dropout: dropout on attention weights (Meta: 0).
-        bias: biases in attention and FFN projections (Meta: True).
-        rope_theta: RoPE base of the contextualizer (the denoiser has no positions).
-        norm_eps: RMSNorm epsilon.
         timestep_freq_dim: width of the sinusoidal timestep features (DiT: 256).
     """
 
-    sonar_dim: int = 1024
-    d_model: int = 2048
-    n_heads: int = 16
-    ffn_dim: int = 8192
-    ffn_multiple_of: int = 256
     ctx_layers: int = 5
     den_layers: int = 13
-    dropout: float = 0.1
-    attn_dropout: float = 0.0
-    bias: bool = True
-    rope_theta: float = 10_000.0
-    norm_eps: float = 1e-5
     timestep_freq_dim: int = 256
 
     presets: ClassVar[dict[str, dict[str, Any]]] = {
@@ -124,33 +108,12 @@ class TwoTowerLCM(ConceptModel):
         c = config
         # Contextualizer tower.
         self.ctx_prenet = nn.Linear(c.sonar_dim, c.d_model)
-        self.contextualizer = CausalTransformer(
-            c.d_model,
-            c.ctx_layers,
-            c.n_heads,
-            c.ffn_dim,
-            c.dropout,
-            attn_dropout=c.attn_dropout,
-            ffn_multiple_of=c.ffn_multiple_of,
-            bias=c.bias,
-            rope_theta=c.rope_theta,
-            norm_eps=c.norm_eps,
-        )
+        self.contextualizer = c.causal_transformer(c.ctx_layers)
         # Denoiser tower.
         self.time_embed = TimestepEmbedding(c.d_model, c.timestep_freq_dim)
         self.den_prenet = nn.Linear(c.sonar_dim, c.d_model)
         self.den_layers = nn.ModuleList(
-            DenoiserBlock(
-                c.d_model,
-                c.n_heads,
-                c.ffn_dim,
-                c.dropout,
-                attn_dropout=c.attn_dropout,
-                ffn_multiple_of=c.ffn_multiple_of,
-                bias=c.bias,
-                norm_eps=c.norm_eps,
-            )
-            for _ in range(c.den_layers)
+            DenoiserBlock(**c.layer_kwargs()) for _ in range(c.den_layers)
         )
         self.den_norm = RMSNorm(c.d_model, c.norm_eps)
         self.den_postnet = nn.Linear(c.d_model, c.sonar_dim)
