@@ -19,6 +19,7 @@ COMMANDS = {
     "validate": "evaluate a checkpoint on the validation documents",
     "test": "evaluate a checkpoint on the test documents",
     "predict": "teacher-forced next-concept predictions of a checkpoint",
+    "eval": "evaluate checkpoints over language pairs and settings (= lcm-eval)",
 }
 
 
@@ -91,6 +92,10 @@ def run(argv: list[str] | None = None) -> object:
         warnings.filterwarnings("ignore", message="LightningCLI's args parameter")
 
         return cli_main([command, *rest])
+    if command == "eval":
+        from eval.run import main as eval_main
+
+        return eval_main(rest, prog="lcm eval")
     print(f"lcm: unknown command {command!r}\n\n{_usage()}", file=sys.stderr)
     raise SystemExit(2)
 

@@ -137,6 +137,18 @@ def model_metric_names() -> list[str]:
     return sorted(_REGISTRY)
 
 
+def get_model_metric(name: str, **kwargs: Any) -> ModelMetric:
+    """A new instance of the registered metric ``name`` (its model is loaded lazily).
+
+    Args:
+        name: one of :func:`model_metric_names`.
+        **kwargs: constructor arguments of the metric (``model``, ``device``, ...).
+    """
+    if name not in _REGISTRY:
+        raise KeyError(f"unknown model metric {name!r}; known: {', '.join(model_metric_names())}")
+    return _REGISTRY[name](**kwargs)
+
+
 def compute_model_metric(
     name: str,
     hypotheses: Sequence[str],
@@ -152,9 +164,7 @@ def compute_model_metric(
         sources: source documents (SEAHORSE).
         **kwargs: constructor arguments of the metric (``model``, ``device``, ...).
     """
-    if name not in _REGISTRY:
-        raise KeyError(f"unknown model metric {name!r}; known: {', '.join(model_metric_names())}")
-    metric = _REGISTRY[name](**kwargs)
+    metric = get_model_metric(name, **kwargs)
     try:
         values = metric.score(hypotheses, sources)
     except ModelUnavailable as e:
