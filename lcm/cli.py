@@ -19,6 +19,7 @@ COMMANDS = {
     "validate": "evaluate a checkpoint on the validation documents",
     "test": "evaluate a checkpoint on the test documents",
     "predict": "teacher-forced next-concept predictions of a checkpoint",
+    "inspect": "PCA pictures of a refiner's latent trajectories on documents",
     "eval": "evaluate checkpoints over language pairs and settings (= lcm-eval)",
 }
 
@@ -92,6 +93,16 @@ def run(argv: list[str] | None = None) -> object:
         warnings.filterwarnings("ignore", message="LightningCLI's args parameter")
 
         return cli_main([command, *rest])
+    if command == "inspect":
+        import json
+
+        from jsonargparse import CLI
+
+        from lcm.inspect import inspect_checkpoint
+
+        result = CLI(inspect_checkpoint, args=rest, as_positional=False)
+        print(json.dumps({k: result[k] for k in ("class_counts", "exit_steps", "files")}))
+        return result
     if command == "eval":
         from eval.run import main as eval_main
 

@@ -47,6 +47,7 @@ from typing import Any
 import torch
 from torch import Tensor
 
+from encoders.base import SentenceCodec
 from lcm.objectives.refiner import ExitRule, RefinerObjective, movement
 
 CLASSES = ("fixed_point", "orbit", "slider")
@@ -178,6 +179,7 @@ def _plot(
         c = coords[i].numpy()
         colour = torch.tensor(palette(i % palette.N))  # (4,) RGBA
         tints = (1 - shade) * torch.ones(4) + shade * colour  # blend with white
+        tints = tints.clamp(0.0, 1.0)
         tints[:, 3] = 1.0
         colour = tuple(colour.tolist())
         cols = [c[:, j] for j in range(dim)]
@@ -340,3 +342,98 @@ def inspect_trajectories(
     result["files"].append(str(json_path))
     json_path.write_text(json.dumps(result, indent=1))
     return result
+
+
+def inspect_checkpoint(
+    checkpoint: str,
+    out_dir: str = "runs/inspect",
+    texts: list[str] | None = None,
+    inputs: str | None = None,
+    text_field: str = "text",
+    lang: str = "eng_Latn",
+    max_documents: int = 4,
+    num_iterations: int = 32,
+    add_separator: bool | None = None,
+    threshold: float | None = None,
+    patience: int | None = None,
+    max_iterations: int | None = None,
+    seed: int = 0,
+    codec: SentenceCodec | None = None,
+    device: str = "cpu",
+) -> dict[str, Any]:
+    """``lcm inspect``: the latent trajectories of a refiner checkpoint on documents.
+
+    Every sentence position of every document is refined for ``num_iterations`` iterations,
+    projected by PCA and classified (fixed point, orbit, slider); see
+    :func:`inspect_trajectories` for the files written. The label ``d<i> s<k>`` names the
+    prediction of sentence k (counted from 0) of document i; the document's last position
+    predicts the sentence that would follow it.
+
+    Args:
+        checkpoint: A refiner checkpoint written by ``lcm fit``.
+        out_dir: Where the pictures and ``trajectories.json`` go.
+        texts: Documents as strings (split into sentences with the model's splitter).
+        inputs: Or a jsonl file of documents (``text_field``); the first ``max_documents``.
+        text_field: The document field of ``inputs``.
+        lang: FLORES-200 code of the documents.
+        max_documents: Most documents read from ``inputs``.
+        num_iterations: Iterations to run (>= 3).
+        add_separator: Append the summarization separator, so that the last position predicts
+            the first summary sentence (default: when the checkpoint is a summarizer).
+        threshold: Exit-rule threshold override (default: the checkpoint's).
+        patience: Exit-rule patience override.
+        max_iterations: Exit-rule cap override.
+        seed: Seed of the random initial states.
+        codec: Sentence codec (default: the one the model was trained with).
+        device: ``cpu`` or ``cuda``.
+    """
+    from torch.nn.utils.rnn import pad_sequence
+
+    from lcm.api import ConceptModel
+
+    docs = list(texts or [])
+    if inputs is not None:
+        with open(inputs, encoding="utf-8") as f:
+            for row, line in enumerate(f):
+                if len(docs) >= max_documents:
+                    break
+                if not line.strip():
+                    continue
+                text = json.loads(line).get(text_field)
+                if not isinstance(text, str) or not text.strip():
+                    raise ValueError(f"{inputs} row {row}: missing or empty field {text_field!r}")
+                docs.append(text)
+    if not docs:
+        raise ValueError("no documents: pass texts or inputs")
+    model = ConceptModel.load(checkpoint, codec=codec, device=device)
+    objective = model.module.eval_objective()
+    if not isinstance(objective, RefinerObjective):
+        raise ValueError(
+            f"{checkpoint} holds a {model.module.family} model; lcm inspect needs a refiner"
+        )
+    model.codec.validate_lang(lang, "lang")
+    sep = model.mode == "summarize" if add_separator is None else add_separator
+    sep_raw = model.module.normalizer.denormalize(model.module.separator.detach())
+    seqs, labels = [], []
+    for i, doc in enumerate(docs):
+        x = model.codec.encode(model._sentences(doc, lang), lang).to(model.module.device)
+        if sep:
+            x = torch.cat((x, sep_raw[None].to(x)), dim=0)
+        seqs.append(model.module.normalizer.normalize(x))
+        labels += [f"d{i} s{t + 1}" for t in range(len(x))]
+    x = pad_sequence(seqs, batch_first=True)  # (B, T, D), right-padded
+    lengths = torch.tensor([len(q) for q in seqs], device=x.device)
+    mask = torch.arange(x.shape[1], device=x.device)[None] < lengths[:, None]  # (B, T)
+    generator = torch.Generator(device=model.module.device).manual_seed(seed)
+    return inspect_trajectories(
+        objective,
+        x,
+        mask,
+        out_dir,
+        num_iterations=num_iterations,
+        labels=labels,
+        threshold=threshold,
+        patience=patience,
+        max_iterations=max_iterations,
+        generator=generator,
+    )

@@ -20,7 +20,7 @@ a callback and draws every batch's levels from it.
 
 from __future__ import annotations
 
-from collections.abc import Mapping, Sequence
+from collections.abc import Mapping
 from dataclasses import asdict, dataclass
 from typing import Any
 
@@ -171,10 +171,3 @@ class Curriculum:
 
     def __repr__(self) -> str:
         return f"Curriculum(stage={self.stage}, unlocked={self.unlocked})"
-
-
-def sequence_of(levels: float | Sequence[float]) -> tuple[float, ...]:
-    """A level or a sequence of levels as a tuple of floats."""
-    if isinstance(levels, Sequence):
-        return tuple(float(v) for v in levels)
-    return (float(levels),)
