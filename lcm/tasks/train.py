@@ -37,7 +37,6 @@ from __future__ import annotations
 
 from collections.abc import Iterator
 from dataclasses import fields
-from functools import partial
 from typing import Any, Literal
 
 import lightning as L
@@ -51,7 +50,7 @@ from lcm.objectives.base import Batch, Objective, masked_mse, target_weight
 from lcm.objectives.refiner import RefinerObjective, RefinerOutput
 from lcm.tasks.base import Task, TaskBatch, TaskScores, score
 from lcm.tasks.curriculum import Curriculum, CurriculumConfig
-from lcm.train.module import derive_seed, warmup_cosine
+from lcm.train.module import adamw_warmup_cosine, derive_seed
 
 Family = Literal["refiner", "base_lcm"]
 
@@ -356,28 +355,16 @@ class TaskModule(L.LightningModule):
 
     def configure_optimizers(self) -> dict[str, Any]:
         h = self.hparams
-        decay = [p for p in self.parameters() if p.requires_grad and p.ndim >= 2]
-        no_decay = [p for p in self.parameters() if p.requires_grad and p.ndim < 2]
-        optimizer = torch.optim.AdamW(
-            [
-                {"params": decay, "weight_decay": h.weight_decay},
-                {"params": no_decay, "weight_decay": 0.0},
-            ],
+        return adamw_warmup_cosine(
+            list(self.parameters()),
             lr=h.lr,
             betas=tuple(h.betas),
-        )
-        total = h.decay_steps or int(self.trainer.estimated_stepping_batches)
-        schedule = partial(
-            warmup_cosine,
+            eps=1e-8,  # torch's AdamW default, which these task runs were tuned with
+            weight_decay=h.weight_decay,
             warmup_steps=h.warmup_steps,
-            decay_steps=total,
+            decay_steps=h.decay_steps or int(self.trainer.estimated_stepping_batches),
             min_lr_ratio=h.min_lr_ratio,
         )
-        scheduler = torch.optim.lr_scheduler.LambdaLR(optimizer, schedule)
-        return {
-            "optimizer": optimizer,
-            "lr_scheduler": {"scheduler": scheduler, "interval": "step"},
-        }
 
     # ------------------------------------------------------------------------- evaluation
     @torch.no_grad()

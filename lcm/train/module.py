@@ -74,6 +74,36 @@ def warmup_cosine(step: int, warmup_steps: int, decay_steps: int, min_lr_ratio: 
     return min_lr_ratio + (1.0 - min_lr_ratio) * 0.5 * (1.0 + math.cos(math.pi * progress))
 
 
+def adamw_warmup_cosine(
+    params: list[nn.Parameter],
+    lr: float,
+    betas: tuple[float, float],
+    eps: float,
+    weight_decay: float,
+    warmup_steps: int,
+    decay_steps: int,
+    min_lr_ratio: float,
+) -> dict[str, Any]:
+    """Lightning's ``configure_optimizers`` answer: AdamW where matrices decay and vectors (norm
+    weights, biases, the separator) do not, stepped per optimizer step by :func:`warmup_cosine`.
+    Parameters that do not require grad are left out."""
+    decay = [p for p in params if p.requires_grad and p.ndim >= 2]
+    no_decay = [p for p in params if p.requires_grad and p.ndim < 2]
+    groups = [
+        {"params": decay, "weight_decay": weight_decay},
+        {"params": no_decay, "weight_decay": 0.0},
+    ]
+    optimizer = torch.optim.AdamW(groups, lr=lr, betas=betas, eps=eps)
+    schedule = partial(
+        warmup_cosine,
+        warmup_steps=warmup_steps,
+        decay_steps=decay_steps,
+        min_lr_ratio=min_lr_ratio,
+    )
+    scheduler = torch.optim.lr_scheduler.LambdaLR(optimizer, schedule)
+    return {"optimizer": optimizer, "lr_scheduler": {"scheduler": scheduler, "interval": "step"}}
+
+
 def derive_seed(*parts: int) -> int:
     """A 63-bit seed from integers (stable across processes and Python versions)."""
     digest = hashlib.blake2b(":".join(map(str, parts)).encode(), digest_size=8).digest()
@@ -258,29 +288,17 @@ class LCMModule(L.LightningModule):
 
     def configure_optimizers(self) -> dict[str, Any]:
         h = self.hparams
-        decay, no_decay = [], []
-        for name, p in self.named_parameters():
-            if not p.requires_grad or name.startswith("ema_model."):
-                continue
-            # Matrices decay; norm weights, biases and the separator (vectors) do not.
-            (decay if p.ndim >= 2 else no_decay).append(p)
-        groups = [
-            {"params": decay, "weight_decay": h.weight_decay},
-            {"params": no_decay, "weight_decay": 0.0},
-        ]
-        optimizer = torch.optim.AdamW(groups, lr=h.lr, betas=tuple(h.betas), eps=h.eps)
-        total = h.decay_steps or int(self.trainer.estimated_stepping_batches)
-        schedule = partial(
-            warmup_cosine,
+        params = [p for n, p in self.named_parameters() if not n.startswith("ema_model.")]
+        return adamw_warmup_cosine(
+            params,
+            lr=h.lr,
+            betas=tuple(h.betas),
+            eps=h.eps,
+            weight_decay=h.weight_decay,
             warmup_steps=h.warmup_steps,
-            decay_steps=total,
+            decay_steps=h.decay_steps or int(self.trainer.estimated_stepping_batches),
             min_lr_ratio=h.min_lr_ratio,
         )
-        scheduler = torch.optim.lr_scheduler.LambdaLR(optimizer, schedule)
-        return {
-            "optimizer": optimizer,
-            "lr_scheduler": {"scheduler": scheduler, "interval": "step"},
-        }
 
     # ---------------------------------------------------------------------- evaluation
     def _eval_step(self, batch: Batch, stage: str) -> None:
