@@ -318,12 +318,11 @@ class LCMModule(L.LightningModule):
         pred_w, gold_w = pred[w], batch["x"][w]  # (N, D) normalized
         m["mse"].update((pred_w - gold_w).pow(2).mean(dim=-1))
         # l2 and CA in SONAR space, as in the paper (section 2.4).
-        pred_s, gold_s = self.normalizer.denormalize(pred_w), self.normalizer.denormalize(gold_w)
-        m["l2"].update((pred_s - gold_s).norm(dim=-1))
+        pred_s, x_s = self.normalizer.denormalize(pred), self.normalizer.denormalize(batch["x"])
+        m["l2"].update((pred_s[w] - x_s[w]).norm(dim=-1))
         # The paper's CA: the gold's rank among every real concept of the batch, the gold's two
         # neighbours in its own document excluded (they are near it by construction).
-        x_s = self.normalizer.denormalize(batch["x"])
-        ca = sequence_contrastive_accuracy(self.normalizer.denormalize(pred), x_s, w, batch["mask"])
+        ca = sequence_contrastive_accuracy(pred_s, x_s, w, batch["mask"])
         ca = ca[w.cpu()]
         ca = ca[torch.isfinite(ca)]
         if ca.numel():
