@@ -33,6 +33,7 @@ from typing import Any, ClassVar
 import torch
 from torch import Tensor, nn
 
+from lcm.models.base_lcm import BaseLCMConfig
 from lcm.models.common import ConceptModel, TransformerConfig, build
 from lcm.nn import KVCache, TimestepEmbedding
 
@@ -50,15 +51,9 @@ class OneTowerConfig(TransformerConfig):
     n_layers: int = 32
     timestep_freq_dim: int = 256
 
-    presets: ClassVar[dict[str, dict[str, Any]]] = {
-        "tiny": dict(
-            d_model=32, n_layers=2, n_heads=4, ffn_dim=128, ffn_multiple_of=16, dropout=0.0
-        ),
-        # One GPU: 209,138,688 parameters with sonar_dim=1024.
-        "small": dict(d_model=1024, n_layers=16, n_heads=16, ffn_dim=4096),
-        # Base-LCM 1.6B tower + timestep embedding: 1,653,908,480 parameters.
-        "1.6B": dict(d_model=2048, n_layers=32, n_heads=16, ffn_dim=8192),
-    }
+    # The Base-LCM tower sizes plus a timestep embedding: small 209,138,688 parameters, 1.6B
+    # 1,653,908,480 (sonar_dim=1024).
+    presets: ClassVar[dict[str, dict[str, Any]]] = BaseLCMConfig.presets
 
     def build(
         self, device: str | torch.device | None = None, dtype: torch.dtype | None = None
