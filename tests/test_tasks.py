@@ -162,6 +162,40 @@ def test_chain_oracle_is_perfect_and_hops_are_the_difficulty():
     assert task.score(query, tb).accuracy == 0.0
 
 
+def test_chain_edges_encoding_needs_exactly_hops_lookups():
+    """In the 'edges' encoding, "find the edge whose child is my parent" applied to the query
+    reaches the answer after exactly `hops` lookups and stays there (the root's self-loop)."""
+    task = ChainToRoot(2 * D, n_items=12, max_hops=6, encoding="edges")
+    tb = task.sample(300, generator=gen(11))
+    n, half = task.n_items, D
+    assert tb.x.shape == (300, n + 2, 2 * D) and task.seq_len == n + 2
+    torch.testing.assert_close(tb.x.norm(dim=-1), torch.ones(300, n + 2))
+    edges, state = tb.x[:, :n], tb.x[:, n]
+    # Every candidate (the N edges) is shown once in the context.
+    for b in range(10):
+        assert sorted(index_of(tb.candidates[b], e) for e in edges[b]) == list(range(n))
+    hops = tb.difficulty.long()
+    reached = torch.full((300,), -1)
+    for step in range(1, 9):
+        match = (state[:, None, half:] * edges[:, :, :half]).sum(-1)  # parent . child codes
+        state = edges[torch.arange(300), match.argmax(dim=1)]
+        at_answer = (state == tb.answer).all(dim=-1)
+        reached[(reached < 0) & at_answer] = step
+        assert at_answer[hops <= step].all()  # once there, the lookup is a fixed point
+    assert torch.equal(reached, hops)
+    assert task.score(tb.answer, tb).accuracy == 1.0
+    assert task.score(tb.x[:, n], tb).accuracy == 0.0  # the query is never the answer
+    # The shortcut floor is counted on the edges the same way as on slots.
+    child, parent = task.edge_pairs(tb)  # (B, N, D) each, context order
+    assert torch.equal(child, edges[..., :half]) and torch.equal(parent, edges[..., half:])
+    assert torch.equal(tb.answer[:, :half], tb.answer[:, half:])  # the root's self-loop
+    assert task.chance < task.no_chasing_accuracy(tb) < 0.6
+    with pytest.raises(ValueError, match="even dim"):
+        ChainToRoot(7, encoding="edges")
+    with pytest.raises(ValueError, match="encoding"):
+        ChainToRoot(8, encoding="pairs")  # type: ignore[arg-type]
+
+
 def test_composition_oracle_is_perfect_and_order_matters():
     task = OperatorComposition(D, n_ops=4, max_k=4)
     Q = task.operators
