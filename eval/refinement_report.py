@@ -65,6 +65,8 @@ class ReportConfig:
         task: ``chain_to_root`` (hops) or ``operator_composition`` (k).
         dim: Concept dimension D.
         n_items: Chain: nodes per example.
+        encoding: Chain: ``slots`` (child and parent in consecutive concepts) or ``edges``
+            (one concept per link), :class:`~lcm.tasks.chain.ChainToRoot`.
         n_ops: Composition: number of operators.
         max_level: Largest difficulty the task object builds (chain: sets the distractor chain
             lengths, the same for training and test examples).
@@ -101,6 +103,7 @@ class ReportConfig:
     task: TaskName = "chain_to_root"
     dim: int = 16
     n_items: int = 12
+    encoding: Literal["slots", "edges"] = "slots"
     n_ops: int = 4
     max_level: int = 6
     train_levels: tuple[int, ...] = (1, 2, 3)
@@ -131,17 +134,21 @@ class ReportConfig:
     seed: int = 0
 
 
+_WIDE = dict(d_model=64, n_heads=2, ffn_dim=256)  # 32-dim heads: one head can match a code
+
 PRESETS: dict[str, ReportConfig] = {
     # Seconds: the whole pipeline on a toy budget (tests).
     "ci": ReportConfig(
         dim=8,
         n_items=5,
+        encoding="edges",
         max_level=3,
         train_levels=(1, 2),
         test_levels=(1, 2, 3),
         steps=12,
         batch_size=16,
         warmup_steps=2,
+        refiner_overrides=dict(ctx_layers=0),
         mean_iterations=3.0,
         backprop_depth=2,
         max_train_iterations=6,
@@ -156,8 +163,34 @@ PRESETS: dict[str, ReportConfig] = {
         max_iterations=6,
         inspect_size=4,
     ),
-    # The committed run: about 30-40 minutes on one CPU core.
+    # The committed run (reports/refinement): one concept per link, so that following a link is
+    # one content lookup; the refiner has no contextualizer layer, so its context positions are
+    # the raw edges and every hop has to be an iteration of the core. Trained on 1-3 hops, tested
+    # up to 8. About 10 minutes on one CPU core.
     "full": ReportConfig(
+        dim=32,
+        n_items=16,
+        encoding="edges",
+        max_level=8,
+        train_levels=(1, 2, 3),
+        test_levels=(1, 2, 3, 4, 5, 6, 7, 8),
+        steps=3000,
+        batch_size=96,
+        lr=2e-3,
+        warmup_steps=200,
+        refiner_overrides=dict(_WIDE, ctx_layers=0, core_layers=1),
+        baseline_overrides=_WIDE,
+        mean_iterations=6.0,
+        backprop_depth=6,
+        max_train_iterations=24,
+        threshold=0.9,
+        min_steps=300,
+        max_steps=1000,
+        eval_size=1000,
+    ),
+    # The first committed run (reports/refinement_slots), a negative result: child and parent in
+    # consecutive concepts, a 2-layer contextualizer. About 30-40 minutes on one CPU core.
+    "slots": ReportConfig(
         dim=16,
         n_items=10,
         max_level=6,
@@ -220,7 +253,9 @@ def stderr(p: float, n: int) -> float:
 # ------------------------------------------------------------------------------ matching
 def make_task(cfg: ReportConfig) -> Task:
     if cfg.task == "chain_to_root":
-        return ChainToRoot(cfg.dim, n_items=cfg.n_items, max_hops=cfg.max_level)
+        return ChainToRoot(
+            cfg.dim, n_items=cfg.n_items, max_hops=cfg.max_level, encoding=cfg.encoding
+        )
     return OperatorComposition(cfg.dim, n_ops=cfg.n_ops, max_k=cfg.max_level, seed=cfg.seed)
 
 
@@ -599,7 +634,11 @@ def _markdown(res: dict[str, Any], cfg: ReportConfig) -> str:
         "## Set-up",
         "",
         f"- Task `{cfg.task}`, D={cfg.dim}"
-        + (f", {cfg.n_items} items per example" if cfg.task == "chain_to_root" else "")
+        + (
+            f", {cfg.n_items} items per example, encoding `{cfg.encoding}`"
+            if cfg.task == "chain_to_root"
+            else ""
+        )
         + f". Trained on difficulties {list(cfg.train_levels)} only; tested on "
         f"{list(cfg.test_levels)} ({n} held-out examples each; the binomial standard error of an "
         f"accuracy near 0.5 is {stderr(0.5, n):.3f}).",
@@ -610,7 +649,10 @@ def _markdown(res: dict[str, Any], cfg: ReportConfig) -> str:
         f"batch from the newest level).",
         f"- (a) **{names['refiner']}**: {m['refiner_params']:,} parameters; training r ~ "
         f"log-normal Poisson, mean {cfg.mean_iterations:g}, backprop through the last "
-        f"{cfg.backprop_depth}, init `{cfg.init}`.",
+        f"{cfg.backprop_depth}, init `{cfg.init}`; overrides of the `tiny` preset "
+        f"{cfg.refiner_overrides or 'none'}.",
+        f"- Both Base-LCMs: the `tiny` preset with {cfg.baseline_overrides or 'no overrides'} "
+        "besides the layer count.",
         f"- (b) **{names['equal_params']}**: {m['equal_params_params']:,} parameters "
         f"(nearest layer count to the refiner's parameter count).",
         f"- (c) **{names['equal_flops']}**: {m['equal_flops_params']:,} parameters; "
@@ -756,7 +798,7 @@ def verdict(res: dict[str, Any], cfg: ReportConfig) -> dict[str, Any]:
 
 def run_report(
     out_dir: str = "reports/refinement",
-    preset: Literal["ci", "full"] = "full",
+    preset: Literal["ci", "full", "slots"] = "full",
     steps: int | None = None,
     eval_size: int | None = None,
     seed: int | None = None,
@@ -767,8 +809,9 @@ def run_report(
 
     Args:
         out_dir: Folder for report.md, results.json and the PNG plots.
-        preset: ``full`` (the committed run, about 30-40 min on one CPU core) or ``ci``
-            (seconds, for tests).
+        preset: ``full`` (the committed run in reports/refinement, about 10 min on one CPU
+            core), ``slots`` (the earlier negative run in reports/refinement_slots, 30-40 min)
+            or ``ci`` (seconds, for tests).
         steps: Override the training steps per model.
         eval_size: Override the held-out examples per difficulty.
         seed: Override the seed.

@@ -282,3 +282,42 @@ def test_report_ci_preset_end_to_end(tmp_path):
     assert set(res["verdict"]["extrapolation"]) == {"3"}
     md = (tmp_path / "report.md").read_text()
     assert "| 3 | **extrap.** |" in md and "Spearman" in md
+
+
+@pytest.mark.slow
+def test_refiner_extrapolates_in_depth_on_edge_chains():
+    """The behaviour the refinement report measures, on a budget of seconds: trained on 1-3 hop
+    chains only (edges encoding, no contextualizer layer), the refiner answers 4-hop chains when
+    it iterates enough and cannot at r = 1, and its adaptive exit step grows with the hops."""
+    from lcm.tasks.base import score
+
+    task = ChainToRoot(2 * D, n_items=8, max_hops=5, encoding="edges")  # 16-dim node codes
+    torch.manual_seed(0)
+    module = TaskModule(
+        "refiner",
+        sonar_dim=2 * D,
+        model_overrides=dict(ctx_layers=0, d_model=64, n_heads=2, ffn_dim=256),
+        objective_args=dict(
+            mean_iterations=4.0, backprop_depth=4, max_train_iterations=12, init="embed"
+        ),
+        lr=3e-3,
+        warmup_steps=30,
+    )
+    data = TaskDataModule(task, batch_size=64, train_levels=(1.0, 2.0, 3.0), seed=0)
+    fit_on_task(module, data, 1000)  # about 20 s on one core
+    module.eval()
+    objective = module.objective
+    acc, exits = {}, {}
+    for hops in (1, 5):
+        tb = task.sample(300, difficulty=hops, generator=gen(50 + hops))
+        x, mask = tb.prompt()
+        for r in (1, 8):
+            pred = objective.predict_next(x, mask, num_iterations=r)
+            acc[hops, r] = score(pred, tb).accuracy
+        pred, steps = objective.predict_next_with_exit(x, mask, max_iterations=16)
+        exits[hops] = float(steps.float().mean())
+    floor = task.no_chasing_accuracy(task.sample(300, difficulty=5, generator=gen(60)))
+    assert acc[1, 1] > 0.9 and acc[1, 8] > 0.9  # the training difficulty, at any r
+    assert acc[5, 1] < floor  # one iteration cannot reach a root 5 links up
+    assert acc[5, 8] > 0.8 > floor  # iterating does, beyond the training difficulties
+    assert exits[5] > exits[1] + 1.5  # it thinks longer on the deeper chains
