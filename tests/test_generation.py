@@ -19,9 +19,9 @@ def normalizer():
     return RobustNormalizer.fit(torch.randn(200, D) * 2 + 1)
 
 
-def _model(cfg):
+def _model(cfg, **overrides):
     torch.manual_seed(1)
-    return cfg.from_name("tiny", sonar_dim=D).build().eval()
+    return cfg.from_name("tiny", sonar_dim=D, **overrides).build().eval()
 
 
 def _run(model, prompts, normalizer, seed=0, **kw):
@@ -142,11 +142,11 @@ def test_empty_prompt_is_an_error(normalizer):
 
 
 # ------------------------------------------------------------------- refiner and Quant-LCM steps
-def _refiner(init: str = "random"):
+def _refiner(init: str = "random", **overrides):
     from lcm.models import RefinerConfig
     from lcm.objectives import RefinerObjective
 
-    return RefinerObjective(_model(RefinerConfig), init=init)
+    return RefinerObjective(_model(RefinerConfig, **overrides), init=init)
 
 
 def _quant():
@@ -167,9 +167,12 @@ def _gen(objective, prompts, normalizer, seed=0, use_cache=True, **kw):
     return generate(step, prompts, normalizer, generator=g, repeat_threshold=2.0, **kw)
 
 
+@pytest.mark.parametrize("ctx_layers", [2, 0], ids=["ctx2", "no_contextualizer"])
 @pytest.mark.parametrize("num_iterations", [5, None])
-def test_refiner_cached_equals_uncached_and_reports_exit_steps(normalizer, num_iterations):
-    obj = _refiner()
+def test_refiner_cached_equals_uncached_and_reports_exit_steps(
+    normalizer, num_iterations, ctx_layers
+):
+    obj = _refiner(ctx_layers=ctx_layers)  # 0: the core reads the raw embeddings (reports/)
     prompts = [torch.randn(3, D), torch.randn(6, D)]
     kw = dict(max_new_concepts=4, num_iterations=num_iterations)
     a = _gen(obj, prompts, normalizer, **kw)

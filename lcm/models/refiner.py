@@ -58,7 +58,11 @@ class RefinerConfig(TransformerConfig):
     no positions of its own).
 
     Args:
-        ctx_layers: contextualizer layers (run once per concept).
+        ctx_layers: contextualizer layers (run once per concept). 0 = none: the core
+            cross-attends to the raw PreNet embeddings, so all work on the context happens in
+            the iterations. On pointer chasing only this setting extrapolated in depth; with 2
+            layers the contextualizer did the hops and accuracy was flat in r
+            (reports/refinement/README.md).
         core_layers: layers of the weight-tied core (run r times). The pilot's lesson: keep one
             iteration shallow relative to the task.
         init_std: std of the random initial state (truncated normal at +-3 std).
