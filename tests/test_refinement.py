@@ -251,7 +251,7 @@ def test_statistics_helpers_by_hand():
 def test_report_ci_preset_end_to_end(tmp_path):
     from eval.refinement_report import PRESETS, main
 
-    main(["--out_dir", str(tmp_path), "--preset", "ci"])
+    main(["--out_dir", str(tmp_path), "--preset", "ci", "--seed", "3"])
     res = json.loads((tmp_path / "results.json").read_text())
     cfg = PRESETS["ci"]
     for name in ("report.md", "acc_vs_r.png", "acc_vs_exit.png", "exit_steps.png", "training.png"):
@@ -282,12 +282,14 @@ def test_report_ci_preset_end_to_end(tmp_path):
     assert set(res["verdict"]["extrapolation"]) == {"3"}
     md = (tmp_path / "report.md").read_text()
     assert "| 3 | **extrap.** |" in md and "Spearman" in md
+    assert "`python -m eval.refinement_report --preset ci --seed 3`" in md  # how to rerun it
+    assert res["config"]["seed"] == 3
 
 
 @pytest.mark.slow
 def test_refiner_extrapolates_in_depth_on_edge_chains():
     """The behaviour the refinement report measures, on a budget of seconds: trained on 1-3 hop
-    chains only (edges encoding, no contextualizer layer), the refiner answers 4-hop chains when
+    chains only (edges encoding, no contextualizer layer), the refiner answers 5-hop chains when
     it iterates enough and cannot at r = 1, and its adaptive exit step grows with the hops."""
     from lcm.tasks.base import score
 
