@@ -7,7 +7,8 @@ summaries of held-out documents.
    (``lcm fetch-debian``, through apt; about 20 MB);
 2. ``lcm prepare`` the train and test splits into concept shards (description and synopsis, each
    ending in the "End of text." sentence);
-3. ``lcm fit`` a small Base-LCM on [description, SEP, synopsis] (configs/base_lcm/tiny_sft.yaml);
+3. ``lcm fit`` a small Base-LCM on [description, SEP, synopsis] (configs/base_lcm/tiny_sft.yaml;
+   ``--recipe`` picks another, e.g. configs/refiner/tiny_sft.yaml);
 4. summarize held-out test descriptions through the Python API and print them beside the
    reference synopses.
 
@@ -50,6 +51,8 @@ def main(
     train_steps: int = 1200,
     show: int = 6,
     n_eval: int = 100,
+    recipe: str = "configs/base_lcm/tiny_sft.yaml",
+    run_name: str = "run",
 ) -> dict:
     """Run the main job.
 
@@ -60,6 +63,10 @@ def main(
         codec: ``auto`` (SONAR if its weights load, else MiniLM), ``sonar`` or ``minilm``.
         show: how many held-out examples to print.
         n_eval: held-out documents scored with ROUGE-L against the reference synopses.
+        recipe: the summarization fine-tune recipe (any family's ``*_sft.yaml``, e.g.
+            ``configs/refiner/tiny_sft.yaml``).
+        run_name: folder of the training run in ``out_dir`` (use a new one per recipe; the data
+            and shards are shared).
     """
     from rich.console import Console
     from rich.table import Table
@@ -103,10 +110,10 @@ def main(
         )
     console.print(table)
 
-    console.rule("3. lcm fit: a small Base-LCM learns description -> synopsis (CPU)")
+    console.rule(f"3. lcm fit: {recipe} learns description -> synopsis (CPU)")
     from lcm.cli import run
 
-    run_dir = out / "run"
+    run_dir = out / run_name
     ckpt = run_dir / "checkpoints" / "last.ckpt"
     if not ckpt.exists():
         run(
@@ -115,7 +122,7 @@ def main(
                 "--config",
                 "configs/trainer/default.yaml",
                 "--config",
-                "configs/base_lcm/tiny_sft.yaml",
+                recipe,
                 f"--data.data_dir={out / 'shards' / 'train'}",
                 f"--trainer.default_root_dir={run_dir}",
                 f"--trainer.max_steps={train_steps}",
@@ -152,8 +159,9 @@ def main(
             for r, g in zip(test, summaries)
         ],
     }
-    (out / "report.json").write_text(json.dumps(result, indent=2, default=str))
-    console.print(f"report: {out / 'report.json'}")
+    report = out / ("report.json" if run_name == "run" else f"report_{run_name}.json")
+    report.write_text(json.dumps(result, indent=2, default=str))
+    console.print(f"report: {report}")
     return result
 
 

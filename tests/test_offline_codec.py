@@ -72,3 +72,21 @@ def test_main_job_end_to_end(tmp_path):
     synopses = [json.loads(r)["summary"] for r in rows]
     assert all(any(s["generated"].startswith(x[:20]) for x in synopses) for s in result["samples"])
     assert 0 <= result["rouge_l"]["model"] <= 100 and result["rouge_l"]["documents"] == 10
+    # Another family's recipe on the same data and shards, in its own run folder.
+    refiner = main(
+        out_dir=str(tmp_path),
+        docs_per_split=60,
+        codec="minilm",
+        train_steps=20,
+        show=1,
+        n_eval=5,
+        recipe="configs/refiner/tiny_sft.yaml",
+        run_name="run_refiner",
+    )
+    path = tmp_path / "run_refiner" / "checkpoints" / "last.ckpt"
+    ckpt = torch.load(path, weights_only=True, map_location="cpu")
+    assert any(".core.0.cross_attn." in k for k in ckpt["state_dict"])  # the refiner's core
+    assert (tmp_path / "report_run_refiner.json").exists() and (tmp_path / "report.json").exists()
+    for key in ("documents", "sentences"):  # the same data and shards
+        assert refiner["prepare"]["train"][key] == result["prepare"]["train"][key]
+    assert len(refiner["samples"]) == 5
