@@ -142,6 +142,7 @@ class ChainToRoot(Task):
 
     @staticmethod
     def root_of(parent: list[int], node: int) -> int:
+        """The root above `node` in a parent list (a root is its own parent)."""
         while parent[node] != node:
             node = parent[node]
         return node
