@@ -19,7 +19,6 @@ COMMANDS = {
     "validate": "evaluate a checkpoint on the validation documents",
     "test": "evaluate a checkpoint on the test documents",
     "predict": "teacher-forced next-concept predictions of a checkpoint",
-    "inspect": "PCA pictures of a refiner's latent trajectories on documents",
     "eval": "evaluate checkpoints over language pairs and settings (= lcm-eval)",
 }
 
@@ -78,7 +77,7 @@ def run(argv: list[str] | None = None) -> object:
 
         from jsonargparse import CLI
 
-        from lcm.generation.files import generate_file
+        from lcm.apps.files import generate_file
 
         task = "summarize" if command == "summarize" else "continue"
         result = CLI(generate_file, args=[*rest, f"--task={task}"], as_positional=False)
@@ -93,16 +92,6 @@ def run(argv: list[str] | None = None) -> object:
         warnings.filterwarnings("ignore", message="LightningCLI's args parameter")
 
         return cli_main([command, *rest])
-    if command == "inspect":
-        import json
-
-        from jsonargparse import CLI
-
-        from lcm.inspect import inspect_checkpoint
-
-        result = CLI(inspect_checkpoint, args=rest, as_positional=False)
-        print(json.dumps({k: result[k] for k in ("class_counts", "exit_steps", "files")}))
-        return result
     if command == "eval":
         from eval.run import main as eval_main
 

@@ -19,6 +19,9 @@ step; both exist to test and benchmark the fast paths against.
 
 from __future__ import annotations
 
+from dataclasses import replace
+from typing import Any
+
 import torch
 from torch import Tensor
 
@@ -288,38 +291,49 @@ def make_step(
     use_cache: bool = True,
     reuse_context: bool = True,
     *,
+    sampling_overrides: dict[str, Any] | None = None,
     num_iterations: int | None = None,
     exit_rule: ExitRule | None = None,
+    exit_overrides: dict[str, Any] | None = None,
     warm_start: bool = False,
     temperature: float | None = None,
     top_p: float | None = None,
 ) -> NextConceptStep:
-    """The step for ``model``'s family; ``model`` is a network or its objective (whose
-    scheduler, exit rule and sampling defaults are then used).
+    """The step for ``model``'s family; ``model`` is a network or its objective, whose
+    scheduler, sampling settings, exit rule and temperature are the defaults (the checkpoint's
+    own, for a trained module's objective).
 
     Args:
         model: Network or :class:`~lcm.objectives.Objective`.
         scheduler: DDIM scheduler of the diffusion families (default: the objective's).
-        sampling: Diffusion sampling settings.
+        sampling: Diffusion sampling settings, whole (default: the objective's).
         use_cache: KV-cache the context across generated concepts.
         reuse_context: Two-Tower: project cross-attention keys/values once per concept.
+        sampling_overrides: Diffusion: fields of the default sampling settings to replace
+            (None values keep the default).
         num_iterations: Refiner: a fixed number of iterations instead of the adaptive exit.
-        exit_rule: Refiner: the adaptive exit rule (default: the objective's).
+        exit_rule: Refiner: the adaptive exit rule, whole (default: the objective's).
+        exit_overrides: Refiner: fields of the default exit rule to replace (``threshold``,
+            ``patience``, ``max_iterations``; None keeps one).
         warm_start: Refiner: start each concept from the previous concept's exit state.
         temperature: Quant-LCM: code sampling temperature (default: the objective's).
         top_p: Quant-LCM: nucleus mass (default: the objective's).
     """
     objective = model if isinstance(model, Objective) else None
     net = objective.model if objective is not None else model
-    sampling = sampling or SamplingConfig()
     if isinstance(net, BaseLCM):
         return BaseLCMStep(net, use_cache)
     if isinstance(net, RecurrentRefinerLCM):
         obj = objective if isinstance(objective, RefinerObjective) else RefinerObjective(net)
-        return RefinerStep(obj, exit_rule, num_iterations, warm_start, use_cache)
+        rule = exit_rule or obj.exit_rule_with(**(exit_overrides or {}))
+        return RefinerStep(obj, rule, num_iterations, warm_start, use_cache)
     if isinstance(net, QuantLCM):
         obj = objective if isinstance(objective, QuantObjective) else QuantObjective(net)
         return QuantStep(obj, temperature, top_p, use_cache)
+    if sampling is None:
+        keep = {k: v for k, v in (sampling_overrides or {}).items() if v is not None}
+        base = getattr(objective, "sampling", None) or SamplingConfig()
+        sampling = replace(base, **keep)
     if scheduler is None:
         scheduler = getattr(objective, "scheduler", None) or DDIMScheduler()
     if isinstance(net, TwoTowerLCM):

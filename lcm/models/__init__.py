@@ -8,7 +8,7 @@ Example:
 """
 
 from lcm.models.base_lcm import BaseLCM, BaseLCMConfig
-from lcm.models.common import ConceptModel, PresetConfig, build, param_count
+from lcm.models.common import ConceptNetwork, PresetConfig, build, param_count
 from lcm.models.one_tower import OneTowerConfig, OneTowerLCM
 from lcm.models.quant_lcm import QuantLCM, QuantLCMConfig
 from lcm.models.refiner import RecurrentRefinerLCM, RefinerConfig
@@ -27,7 +27,7 @@ __all__ = [
     "FAMILIES",
     "BaseLCM",
     "BaseLCMConfig",
-    "ConceptModel",
+    "ConceptNetwork",
     "CrossKV",
     "OneTowerConfig",
     "OneTowerLCM",

@@ -110,7 +110,7 @@ def build(
     return model
 
 
-class ConceptModel(nn.Module):
+class ConceptNetwork(nn.Module):
     """Base class of the LCM networks: only adds `param_count()`."""
 
     def param_count(self, trainable_only: bool = False) -> int:

@@ -44,7 +44,7 @@ from torch import Tensor, nn
 from torchmetrics import MeanMetric
 
 from diffusion import DDIMScheduler, PredictionType, ScheduleName, TimestepSpacing
-from eval.metrics.concepts import sequence_contrastive_accuracy
+from lcm.metrics import sequence_contrastive_accuracy
 from lcm.models import FAMILIES
 from lcm.normalizer import RobustNormalizer
 from lcm.objectives import (
@@ -208,6 +208,8 @@ class LCMModule(L.LightningModule):
         else:
             self.register_buffer("separator", sep)
 
+        #: What checkpoints record about the training data (see ``_record_data_info``).
+        self.data_info: dict[str, Any] = {}
         names = METRICS + self.extra_metrics
         self.metrics = nn.ModuleDict(
             {
@@ -413,6 +415,27 @@ class LCMModule(L.LightningModule):
         ):
             self.load_init(self.hparams.init_from)
         self._sync_normalizer()
+        self._record_data_info()
+
+    def _record_data_info(self) -> None:
+        """Remember what the checkpoint must carry about the data (codec id, end-of-text
+        sentence, sentence cap, mode, target field, absolute shards path), so that it loads from
+        any folder without the shards (:func:`lcm.api.data_info`)."""
+        dm = self._datamodule()
+        if dm is None or not hasattr(dm, "data_dir"):
+            return
+        from lcm.train.data import read_manifest
+
+        manifest = read_manifest(dm.data_dir)
+        self.data_info = {
+            "codec": manifest.get("codec"),
+            "end_of_text": manifest.get("end_of_text"),
+            "max_sentence_chars": manifest.get("max_sentence_chars", 256),
+            "mode": dm.mode,
+            "target_field": dm.target_field,
+            "text_field": dm.text_field,
+            "data_dir": str(Path(dm.data_dir).resolve()),
+        }
 
     def _datamodule(self):
         trainer = self._trainer
@@ -447,6 +470,8 @@ class LCMModule(L.LightningModule):
     def on_load_checkpoint(self, checkpoint: dict[str, Any]) -> None:
         # Runs before the weights are loaded: push the checkpoint's normalizer into the data
         # module now, so that resumed runs and `validate --ckpt_path` read data the same way.
+        if checkpoint.get("lcm_data"):
+            self.data_info = dict(checkpoint["lcm_data"])
         state = checkpoint.get("state_dict", {})
         if not bool(state.get("normalizer_ready", False)):
             return
@@ -457,6 +482,8 @@ class LCMModule(L.LightningModule):
 
     def on_save_checkpoint(self, checkpoint: dict[str, Any]) -> None:
         checkpoint["lcm_family"] = self.family
+        if self.data_info:
+            checkpoint["lcm_data"] = dict(self.data_info)
 
     def load_init(self, path: str) -> None:
         """Initialize network, normalizer and separator from a checkpoint of the same family

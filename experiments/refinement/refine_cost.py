@@ -1,8 +1,8 @@
 """Cost of one generated concept: the recurrent refiner at its exit step against Two-Tower
 diffusion (40 DDIM steps with classifier-free guidance), same contexts, side by side in one run.
 
-    OMP_WAIT_POLICY=PASSIVE python bench/refine_cost.py [--preset tiny] [--device cpu]
-        [--exit_steps 12] [--refiner_state refiner.pt]
+    OMP_WAIT_POLICY=PASSIVE python experiments/refinement/refine_cost.py [--preset tiny]
+        [--device cpu] [--exit_steps 12] [--refiner_state refiner.pt]
 
 Both models generate ``--new`` concepts after the same random prompts through the shared
 generation loop (:func:`lcm.generation.generate` with each family's ``make_step``, KV-cached
@@ -36,7 +36,7 @@ import time
 from pathlib import Path
 
 os.environ.setdefault("OMP_WAIT_POLICY", "PASSIVE")
-sys.path.insert(0, str(Path(__file__).resolve().parents[1]))
+sys.path.insert(0, str(Path(__file__).resolve().parents[2]))
 
 import torch  # noqa: E402
 from torch.utils.flop_counter import FlopCounterMode  # noqa: E402

@@ -1,6 +1,6 @@
 """Latent-trajectory inspection of the recurrent refiner: PCA pictures and a verdict per concept.
 
-    from lcm.inspect import inspect_trajectories
+    from experiments.refinement.inspect import inspect_trajectories
     info = inspect_trajectories(objective, x, mask, "runs/inspect", num_iterations=32)
     info["classes"]        # ["fixed_point", "orbit", ...], one per inspected position
     info["exit_steps"]     # adaptive exit step of each (the objective's exit rule)
@@ -361,7 +361,8 @@ def inspect_checkpoint(
     codec: SentenceCodec | None = None,
     device: str = "cpu",
 ) -> dict[str, Any]:
-    """``lcm inspect``: the latent trajectories of a refiner checkpoint on documents.
+    """``python -m experiments.refinement.inspect``: the latent trajectories of a refiner
+    checkpoint on documents.
 
     Every sentence position of every document is refined for ``num_iterations`` iterations,
     projected by PCA and classified (fixed point, orbit, slider); see
@@ -409,7 +410,7 @@ def inspect_checkpoint(
     objective = model.module.eval_objective()
     if not isinstance(objective, RefinerObjective):
         raise ValueError(
-            f"{checkpoint} holds a {model.module.family} model; lcm inspect needs a refiner"
+            f"{checkpoint} holds a {model.module.family} model; inspect needs a refiner"
         )
     model.codec.validate_lang(lang, "lang")
     sep = model.mode == "summarize" if add_separator is None else add_separator
@@ -437,3 +438,16 @@ def inspect_checkpoint(
         max_iterations=max_iterations,
         generator=generator,
     )
+
+
+def main(argv: list[str] | None = None) -> dict[str, Any]:
+    """``python -m experiments.refinement.inspect --checkpoint ... --inputs docs.jsonl``."""
+    from jsonargparse import CLI
+
+    result = CLI(inspect_checkpoint, args=argv, as_positional=False)
+    print(json.dumps({k: result[k] for k in ("class_counts", "exit_steps", "files")}))
+    return result
+
+
+if __name__ == "__main__":
+    main()
