@@ -132,8 +132,9 @@ class Settings:
             raise ValueError(f"{where} must be a mapping such as {{max_new_concepts: 4}}")
         unknown = set(values) - set(cls.__dataclass_fields__)
         if unknown:
+            names = ", ".join(repr(k) for k in sorted(unknown))
             raise ValueError(
-                f"{where}: unknown generation settings {sorted(unknown)}; "
+                f"{where}: unknown generation setting {names}; "
                 f"known: {sorted(cls.__dataclass_fields__)}"
             )
         parser = ArgumentParser(exit_on_error=False)
