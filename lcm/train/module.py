@@ -30,6 +30,7 @@ from __future__ import annotations
 import contextlib
 import dataclasses
 import hashlib
+import importlib
 import warnings
 from collections.abc import Iterator
 from pathlib import Path
@@ -103,6 +104,13 @@ def derive_seed(*parts: int) -> int:
     return int.from_bytes(digest, "little") & (2**63 - 1)
 
 
+#: Family name -> its LightningModule. A subclass that sets ``family`` registers itself here
+#: when it is defined; its ``arch_cls`` is the family's config, its objective (set with
+#: :meth:`LCMModule.attach`) the network's loss and sampling, and its generation step is
+#: registered with :func:`lcm.generation.register_step`.
+FAMILY_MODULES: dict[str, type[LCMModule]] = {}
+
+
 class LCMModule(L.LightningModule):
     """Base LightningModule of every LCM family (use a family subclass, which builds its
     network and objective from its typed arguments and calls :meth:`attach`).
@@ -124,6 +132,11 @@ class LCMModule(L.LightningModule):
     family: ClassVar[str] = ""
     #: The family's architecture config class.
     arch_cls: ClassVar[type[TransformerConfig]]
+
+    def __init_subclass__(cls, **kwargs: Any) -> None:
+        super().__init_subclass__(**kwargs)
+        if cls.__dict__.get("family"):
+            FAMILY_MODULES[cls.family] = cls
 
     def __init__(
         self,
@@ -423,6 +436,7 @@ class LCMModule(L.LightningModule):
 
     def on_save_checkpoint(self, checkpoint: dict[str, Any]) -> None:
         checkpoint["lcm_family"] = self.family
+        checkpoint["lcm_module"] = f"{type(self).__module__}:{type(self).__qualname__}"
         if self.data_info:
             checkpoint["lcm_data"] = dict(self.data_info)
 
@@ -714,12 +728,6 @@ class QuantModule(LCMModule):
         return pred, {"code_accuracy": (codes == pred_codes).float().mean(dim=-1)}
 
 
-FAMILY_MODULES: dict[str, type[LCMModule]] = {
-    cls.family: cls
-    for cls in (BaseLCMModule, TwoTowerModule, OneTowerModule, RefinerModule, QuantModule)
-}
-
-
 def read_checkpoint(path: str | Path) -> dict[str, Any]:
     """A checkpoint's contents without reading its tensors: they are memory-mapped, so looking
     at metadata (family, hyperparameters) of a multi-GB checkpoint costs almost nothing.
@@ -731,6 +739,9 @@ def load_module(path: str, map_location: str | torch.device | None = "cpu") -> L
     """Load a checkpoint of any family (the family is recorded in the checkpoint)."""
     checkpoint = read_checkpoint(path)
     family = checkpoint.get("lcm_family")
+    if family not in FAMILY_MODULES and checkpoint.get("lcm_module"):
+        # A plug-in family: importing the module that defines it registers it.
+        importlib.import_module(str(checkpoint["lcm_module"]).split(":")[0])
     if family not in FAMILY_MODULES:
         raise ValueError(f"{path} is not an lcm checkpoint (family {family!r})")
     return FAMILY_MODULES[family].load_from_checkpoint(
