@@ -408,7 +408,9 @@ def generation_options(s: Settings) -> dict[str, Any]:
         use_cache=s.use_cache,
         num_iterations=s.num_iterations,
         exit_overrides=dict(
-            threshold=s.exit_threshold, patience=s.exit_patience, max_iterations=s.max_iterations
+            exit_threshold=s.exit_threshold,
+            exit_patience=s.exit_patience,
+            max_iterations=s.max_iterations,
         ),
         warm_start=s.warm_start,
         temperature=s.temperature,

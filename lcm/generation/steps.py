@@ -306,8 +306,8 @@ class StepOptions:
             (None values keep the default).
         num_iterations: Refiner: a fixed number of iterations instead of the adaptive exit.
         exit_rule: Refiner: the adaptive exit rule, whole (default: the objective's).
-        exit_overrides: Refiner: fields of the default exit rule to replace (``threshold``,
-            ``patience``, ``max_iterations``; None keeps one).
+        exit_overrides: Refiner: fields of the default exit rule to replace (``exit_threshold``,
+            ``exit_patience``, ``max_iterations``; None keeps one).
         warm_start: Refiner: start each concept from the previous concept's exit state.
         temperature: Quant-LCM: code sampling temperature (default: the objective's).
         top_p: Quant-LCM: nucleus mass (default: the objective's).
