@@ -328,9 +328,21 @@ class ConceptModel:
         )
 
     def _render(self, out: GenerationOutput, target_lang: str) -> list[str]:
+        """Decode every document's concepts. Two different concepts can decode to the same
+        sentence (a retrieval decoder returns its nearest bank sentence): the second one is a
+        repetition, so the document is cut there and its stop reason says so (``out`` is
+        updated to match the text)."""
         texts = []
-        for concepts in out.concepts:
+        for i, concepts in enumerate(out.concepts):
             sents = self.codec.decode(concepts.cpu(), target_lang) if len(concepts) else []
+            for j in range(1, len(sents)):
+                if sents[j] == sents[j - 1] and sents[j] != self.end_of_text:
+                    sents = sents[:j]
+                    out.concepts[i] = concepts[:j]
+                    for name in out.extras:
+                        out.extras[name][i] = out.extras[name][i][:j]
+                    out.stop_reasons[i] = "repetition"
+                    break
             texts.append(" ".join(x for x in sents if x != self.end_of_text))
         return texts
 
