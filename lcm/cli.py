@@ -11,6 +11,7 @@ import sys
 
 COMMANDS = {
     "prepare": "documents -> sentences -> concept shards + normalizer",
+    "check": "verify a shard folder: counts, checksums, finite values, alignment (table)",
     "fetch-debian": "real data: Debian package descriptions + synopses (DDTP, many languages)",
     "fit-rvq": "fit Quant-LCM's residual quantizer on shards (faiss), report held-out error",
     "summarize": "summarize a jsonl of documents with a checkpoint (resumable)",
@@ -53,6 +54,15 @@ def run(argv: list[str] | None = None) -> object:
 
             print(json.dumps(summary, indent=2))
         return summary
+    if command == "check":
+        from jsonargparse import CLI
+
+        from lcm.data.check import check
+
+        report = CLI(check, args=rest, as_positional=True)
+        if not report["ok"]:
+            raise SystemExit(1)
+        return report
     if command == "fetch-debian":
         import json
 

@@ -152,13 +152,14 @@ def _jsonl_rows(path: Path) -> Iterator[tuple[str, int, dict | None, str | None]
                     yield n, line
 
     def parse(line: bytes) -> tuple[dict | None, str | None]:
-        text, clean = _decode(line)
+        text, clean = _decode(line.rstrip(b"\r\n"))
         if not clean:
             return None, _NON_UTF8.format(where="row")
         try:
             value = json.loads(text)
         except json.JSONDecodeError as ex:
-            return None, f"malformed_json: invalid JSON ({ex.msg} at column {ex.colno})"
+            msg = ex.msg.removesuffix(" at")
+            return None, f"malformed_json: invalid JSON ({msg}, column {ex.colno})"
         if not isinstance(value, dict):
             return None, f"malformed_json: a JSON {type(value).__name__}, expected an object"
         return value, None
