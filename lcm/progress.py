@@ -129,6 +129,12 @@ class Progress:
             self._bar = None
         self.enabled = False
 
+    def __getstate__(self) -> dict:
+        # Spawned worker processes (ddp_spawn) get a silent copy: the parent reports progress.
+        state = dict(self.__dict__)
+        state.update(_bar=None, _thread=None, _lock=None, _stop=None, stream=None, enabled=False)
+        return state
+
     def __enter__(self) -> Progress:
         return self
 

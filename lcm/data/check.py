@@ -36,8 +36,10 @@ def _recorded(folder: Path) -> tuple[dict[str, dict], list[str]]:
 
 
 def check(data_dir: str, quick: bool = False) -> dict:
-    """Verify the shards of an ``lcm prepare`` folder: counts, checksums, finite values and
-    sentence/vector alignment; print a table. Exits with status 1 when a check fails.
+    """Verify an ``lcm prepare`` folder's shards and print a table (exit status 1 on failure).
+
+    Checks each shard's row count, byte size and checksum against the manifest, that every
+    vector is finite, and that every document has one vector per sentence.
 
     Args:
         data_dir: The ``lcm prepare`` output folder.
@@ -61,22 +63,22 @@ def check(data_dir: str, quick: bool = False) -> dict:
                 "shard": name,
                 "rows": res.rows,
                 "bytes": res.bytes,
-                "sentences": res.sentences if not quick else None,
-                "checksum": "-"
-                if quick
-                else (
-                    "ok"
-                    if res.sha256 == expected.get("sha256")
-                    else "unrecorded"
-                    if not expected.get("sha256")
-                    else "DIFFERS"
-                ),
+                "sentences": res.sentences if res.sha256 else None,
+                "checksum": _checksum_cell(res.sha256, expected.get("sha256")),
                 "status": "ok" if res.ok else "FAIL",
             }
         )
     _print_table(rows, problems, folder)
     report = {"ok": not problems, "shards": rows, "problems": problems}
     return report
+
+
+def _checksum_cell(found: str | None, recorded: str | None) -> str:
+    if found is None:
+        return "-"  # not computed (quick, or the file is unreadable)
+    if not recorded:
+        return "unrecorded"
+    return "ok" if found == recorded else "DIFFERS"
 
 
 def _print_table(rows: list[dict], problems: list[str], folder: Path) -> None:
