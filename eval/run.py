@@ -428,27 +428,17 @@ class ConceptDoc:
 
 
 def _read_shards(folder: Path, fields: Sequence[str], max_documents: int | None = None):
-    """Rows of a prepared folder: dicts with id, lang and ``<f>_sentences``/``_embeddings``."""
-    import pyarrow.parquet as pq
+    """Rows of a prepared folder: dicts with id, lang and ``<f>_sentences``/``_embeddings``,
+    read through the shared shard reader, which verifies every shard first (sizes, checksums,
+    finite values, alignment) and names the shard and document of any problem."""
+    from lcm.data.shards import iter_shard_rows
 
-    if not (folder / "manifest.json").exists():
-        raise FileNotFoundError(f"{folder} has no manifest.json; make it with `lcm prepare`")
-    if not (folder / "summary.json").exists():
-        raise RuntimeError(f"{folder}: `lcm prepare` did not finish (no summary.json); rerun it")
-    files = sorted((folder / "shards").glob("shard-*.parquet"))
-    if not files:
-        raise FileNotFoundError(f"no shards in {folder / 'shards'}")
     columns = ["id", "lang"] + [f"{f}_{s}" for f in fields for s in ("sentences", "embeddings")]
-    for path in files:
-        table = pq.read_table(path)
-        absent = [c for c in columns if c not in table.column_names]
-        if absent:
-            raise ValueError(f"{path}: no column(s) {absent}; columns: {table.column_names}")
-        for row in table.select(columns).to_pylist():
-            yield row
-            max_documents = None if max_documents is None else max_documents - 1
-            if max_documents == 0:
-                return
+    for row in iter_shard_rows(folder, columns):
+        yield row
+        max_documents = None if max_documents is None else max_documents - 1
+        if max_documents == 0:
+            return
 
 
 def _training_mean(data_dir: str | None, field: str) -> tuple[torch.Tensor | None, str]:
