@@ -12,6 +12,7 @@ import sys
 COMMANDS = {
     "prepare": "documents -> sentences -> concept shards + normalizer",
     "fetch-debian": "real data: Debian package descriptions + synopses (DDTP, many languages)",
+    "fetch-corpus": "real data: English prose from Debian-packaged docs, split by document",
     "fit-rvq": "fit Quant-LCM's residual quantizer on shards (faiss), report held-out error",
     "summarize": "summarize a jsonl of documents with a checkpoint (resumable)",
     "generate": "continue a jsonl of documents with a checkpoint (resumable)",
@@ -60,6 +61,16 @@ def run(argv: list[str] | None = None) -> object:
         from lcm.corpora.debian import fetch_debian_descriptions
 
         result = CLI(fetch_debian_descriptions, args=rest, as_positional=False)
+        print(json.dumps(result, indent=2))
+        return result
+    if command == "fetch-corpus":
+        import json
+
+        from jsonargparse import CLI
+
+        from lcm.corpora.prose import fetch_corpus
+
+        result = CLI(fetch_corpus, args=rest, as_positional=False)
         print(json.dumps(result, indent=2))
         return result
     if command == "fit-rvq":
