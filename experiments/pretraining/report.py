@@ -79,14 +79,14 @@ class Preset:
 
     train_dir: str | None
     eval_dirs: dict[str, str]
-    steps: int = 1500
+    steps: int = 400
     d_model: int = 128
     ffn_dim: int = 512
     lr: float = 1e-3
     warmup_steps: int = 100
     window: int = 64
     max_concepts_per_batch: int = 1024
-    val_check_interval: int = 250
+    val_check_interval: int = 100
     seed: int = 0
     bootstrap: int = 1000
     retrieval_window: int = 2
@@ -105,7 +105,7 @@ PRESETS: dict[str, Preset] = {
     "ci": Preset(
         train_dir=None,
         eval_dirs={},
-        steps=12,
+        steps=6,
         d_model=16,
         ffn_dim=32,
         warmup_steps=2,
@@ -302,6 +302,7 @@ def bootstrap(
     """Mean over positions and its 95% percentile interval over resampled documents
     (``draws``: (R, n_docs) document indices). With ``base`` (sums, counts of another system on
     the same positions), the paired difference instead."""
+
     def stat(s, c):
         return s.sum(-1) / np.maximum(c.sum(-1), 1)
 
@@ -351,6 +352,9 @@ def train_family(family: str, p: Preset, train_dir: str, root: Path, quiet: bool
     ]  # fmt: skip
     if family == "quant_lcm":
         args += ["--model.rvq_fit_samples", "20000"]
+    import warnings
+
+    warnings.filterwarnings("ignore", message="LightningCLI's args parameter")
     if quiet:
         import logging
 
@@ -439,6 +443,9 @@ def run_report(p: Preset, out_dir: str, preset_name: str) -> dict:
             t = time.perf_counter()
             preds[fam] = (model_predictions(ckpt, es), es.mask.clone())
             seconds[f"predict {fam} {set_name}"] = round(time.perf_counter() - t, 1)
+        # documents by corpus source: the id's prefix before the first "/" (lcm fetch-corpus ids)
+        prefixes = np.array([d.split("/")[0] for d in es.doc_ids])
+        groups = {src: prefixes == src for src in sorted(set(prefixes))}
         per_doc = {}
         for name, (pred, defined) in preds.items():
             pm = position_metrics(pred, es, defined, bank)
@@ -450,8 +457,19 @@ def run_report(p: Preset, out_dir: str, preset_name: str) -> dict:
                 row["ca_minus_copy_previous"] = bootstrap(
                     *per_doc[name]["ca"], draws, base=per_doc["copy_previous"]["ca"]
                 )
-            pred = preds[name][0][es.mask]
+            scored = es.mask & preds[name][1]
+            scored[:, 0] = False
+            pred = preds[name][0][scored]
             row["mean_norm"] = float(pred.norm(dim=-1).mean())
+            row["by_source"] = {
+                src: {
+                    m: float(
+                        per_doc[name][m][0][sel].sum() / max(per_doc[name][m][1][sel].sum(), 1)
+                    )
+                    for m in ("l2", "ca")
+                }
+                for src, sel in groups.items()
+            }
             table[name] = row
         results["sets"][set_name] = {
             "folder": folder,
@@ -461,9 +479,7 @@ def run_report(p: Preset, out_dir: str, preset_name: str) -> dict:
             "gold_mean_norm": float(es.x[es.mask].norm(dim=-1).mean()),
             "systems": table,
         }
-    results["val_ca_vs_steps"] = {
-        f: val_curves(work / runs / f) for f in ckpts
-    }
+    results["val_ca_vs_steps"] = {f: val_curves(work / runs / f) for f in ckpts}
     results["missing"] = {
         "mi": "no causal LM is available offline here (the paper scores MI with GPT-2; "
         "no GPT-2 weights ship in a package we can install)",
@@ -525,6 +541,18 @@ def markdown(res: dict) -> str:
                 f" | {row['mean_norm']:.3f} |"
             )
         lines.append("")
+        srcs = list(next(iter(st["systems"].values()))["by_source"])
+        if len(srcs) > 1:
+            lines += [
+                f"CA by source ({set_name}; no intervals):",
+                "",
+                "| system | " + " | ".join(srcs) + " |",
+                "|---|" + "---|" * len(srcs),
+            ]
+            for name, row in st["systems"].items():
+                cells = " | ".join(f"{row['by_source'][x]['ca']:.3f}" for x in srcs)
+                lines.append(f"| {res['systems'][name]} | {cells} |")
+            lines.append("")
     lines += ["Seconds: " + ", ".join(f"{k} {v}" for k, v in s["seconds"].items()), ""]
     return "\n".join(lines)
 

@@ -66,7 +66,7 @@ def build_toy(root: str | Path) -> tuple[str, dict[str, str]]:
     root = Path(root)
     root.mkdir(parents=True, exist_ok=True)
     parts = {
-        "train": _docs("Token {k} is here.", 160, 0, "toy"),
+        "train": _docs("Token {k} is here.", 100, 0, "toy"),
         "test": _docs("Token {k} is here.", 24, 1, "toy-test"),
         "ood": _docs("Item number {k} appears now.", 24, 2, "toy-ood"),
     }
