@@ -250,3 +250,19 @@ def test_cli_subcommand(tmp_path, monkeypatch, capsys):
     )
     assert result["splits"]["ood"]["documents"] == 0
     assert json.loads(capsys.readouterr().out)["sources"]["foldoc"]["documents_parsed"] == 2
+
+
+@pytest.mark.slow
+def test_fetch_real_foldoc(tmp_path):
+    from test_corpora import _mirror_reachable
+
+    reason = _mirror_reachable()
+    if reason:
+        pytest.skip(reason)
+    m = fetch_corpus(str(tmp_path), sources=["foldoc"], holdout=None, progress=False)
+    foldoc = m["sources"]["foldoc"]
+    assert foldoc["documents_parsed"] > 10_000, foldoc
+    rows = _read(m["files"]["train"])
+    assert m["splits"]["train"]["sentences"] > 30_000
+    assert len({r["id"] for r in rows}) == len(rows)
+    assert not any("{" in r["text"] or "\n\n\n" in r["text"] for r in rows)

@@ -277,6 +277,7 @@ def foldoc_documents(lines: Iterable[str]) -> Iterator[tuple[str, list[str]]]:
                 cur = []
                 para = _FOLDOC_CATEGORY.sub("", para)
                 para = re.sub(r"\{+([^{}]*)\}+", r"\1", para)
+                para = para.replace("{", "").replace("}", "")  # braces split over paragraphs
                 para = _WS.sub(" ", para).strip()
                 if not _FOLDOC_DATE.match(para) and is_prose(para):
                     paras.append(para)
