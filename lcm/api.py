@@ -161,7 +161,7 @@ class ConceptModel:
         mode: str = "pretrain",
         max_sentence_chars: int = 256,
     ) -> None:
-        dim = int(module.hparams.sonar_dim)
+        dim = int(module.arch.sonar_dim)
         codec_dim = getattr(codec, "dim", None)
         if codec_dim is None and hasattr(codec, "load"):
             codec_dim = codec.load().dim

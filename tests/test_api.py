@@ -140,8 +140,9 @@ def test_checkpoint_sampling_settings_reach_the_api_and_the_cli(tmp_path):
          "configs/two_tower/tiny_sft.yaml", f"--data.data_dir={shards}",
          f"--trainer.default_root_dir={root}", "--data.val_fraction=0.2", "--trainer.max_steps=3",
          "--trainer.enable_progress_bar=false", "--trainer.enable_model_summary=false",
-         "--model.init_args.num_inference_steps=3", "--model.init_args.guidance_scale=1.5",
-         "--model.init_args.init_noise_scale=0.9"]
+         "--model.init_args.sampling.num_inference_steps=3",
+         "--model.init_args.sampling.guidance_scale=1.5",
+         "--model.init_args.sampling.init_noise_scale=0.9"]
     )  # fmt: skip
     ckpt = root / "checkpoints" / "last.ckpt"
     model = ConceptModel.load(ckpt, codec=HashCodec())

@@ -8,7 +8,7 @@
 
 What this adds to plain LightningCLI, and why:
 - ``--model`` takes any :class:`~lcm.train.module.LCMModule` subclass (``class_path:
-  TwoTowerModule``); ``model.init_args.sonar_dim`` is linked to the data's concept dimension.
+  TwoTowerModule``); ``model.init_args.arch.sonar_dim`` is linked to the data's concept dimension.
 - A ModelCheckpoint (``--checkpoint.*``) whose ``dirpath`` is always
   ``<trainer.default_root_dir>/checkpoints``, never a logger's fresh ``version_N`` folder, so
   ``--ckpt_path last`` finds the previous run's ``last.ckpt``.
@@ -48,7 +48,7 @@ class LCMCLI(LightningCLI):
         parser.add_lightning_class_args(ModelCheckpoint, "checkpoint")
         parser.set_defaults({"checkpoint.save_last": True})
         parser.link_arguments("trainer.default_root_dir", "checkpoint.dirpath", checkpoint_dir)
-        parser.link_arguments("data.dim", "model.init_args.sonar_dim", apply_on="instantiate")
+        parser.link_arguments("data.dim", "model.init_args.arch.sonar_dim", apply_on="instantiate")
 
     def instantiate_trainer(self, **kwargs: Any) -> Any:
         config = {**self._get(self.config_init, "trainer", default={}), **kwargs}
