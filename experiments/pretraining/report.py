@@ -321,7 +321,8 @@ def bootstrap(
 
 
 def train_family(family: str, p: Preset, train_dir: str, root: Path, quiet: bool = True) -> Path:
-    """``lcm fit`` one family on ``configs/<family>/tiny.yaml`` with the preset's width and
+    """``lcm fit`` one family on ``configs/<family>/tiny.yaml`` with the preset's width
+    (``arch.d_model``, ``arch.ffn_dim``; depth and heads stay ``tiny``'s) and
     steps; returns the last checkpoint (an existing one is reused)."""
     from lcm.train.cli import cli_main
 
@@ -330,7 +331,6 @@ def train_family(family: str, p: Preset, train_dir: str, root: Path, quiet: bool
     if ckpt.exists():
         return ckpt
     repo = Path(__file__).resolve().parents[2]
-    overrides = {"d_model": p.d_model, "ffn_dim": p.ffn_dim}
     args = [
         "fit",
         "--config", str(repo / "configs/trainer/default.yaml"),
@@ -338,9 +338,10 @@ def train_family(family: str, p: Preset, train_dir: str, root: Path, quiet: bool
         "--data.data_dir", train_dir,
         "--data.max_seq_len", str(p.window),
         "--data.max_concepts_per_batch", str(p.max_concepts_per_batch),
-        "--model.model_overrides", json.dumps(overrides),
-        "--model.lr", str(p.lr),
-        "--model.warmup_steps", str(p.warmup_steps),
+        "--model.arch.d_model", str(p.d_model),
+        "--model.arch.ffn_dim", str(p.ffn_dim),
+        "--model.optim.lr", str(p.lr),
+        "--model.optim.warmup_steps", str(p.warmup_steps),
         "--model.seed", str(p.seed),
         "--seed_everything", str(p.seed),
         "--trainer.max_steps", str(p.steps),
