@@ -96,7 +96,7 @@ class Preset:
 
 PRESETS: dict[str, Preset] = {
     "full": Preset(
-        train_dir="/work/data/h4/shards/train",
+        train_dir="/work/data/h4/shards/train32k",
         eval_dirs={
             "in-domain test": "/work/data/h4/shards/test",
             "held-out python-doc": "/work/data/h4/shards/ood",
@@ -253,6 +253,7 @@ class Bank:
         for i, s in enumerate(sentences):
             uniq.setdefault(s, i)
         rows = list(uniq.values())
+        self.sentences = list(uniq)
         self.vectors = train_x[rows].float().contiguous()
         self.size = len(rows)
         self.index = faiss.IndexFlatL2(self.vectors.shape[1])
@@ -261,6 +262,10 @@ class Bank:
     def decode(self, pred: Tensor) -> Tensor:
         _, found = self.index.search(pred.float().contiguous().numpy(), 1)
         return self.vectors[torch.from_numpy(found[:, 0])]
+
+    def decode_text(self, pred: Tensor) -> list[str]:
+        _, found = self.index.search(pred.float().contiguous().numpy(), 1)
+        return [self.sentences[i] for i in found[:, 0]]
 
 
 # ---------------------------------------------------------------------------------------------
@@ -472,7 +477,21 @@ def run_report(p: Preset, out_dir: str, preset_name: str) -> dict:
                 for src, sel in groups.items()
             }
             table[name] = row
+        # a few teacher-forced predictions decoded into the bank (window 0, positions 1-4)
+        examples = []
+        for n in range(1, min(5, int(es.mask[0].sum()))):
+            examples.append(
+                {
+                    "context_last": es.sentences[0][n - 1],
+                    "gold": es.sentences[0][n],
+                    "decoded": {
+                        name: bank.decode_text(preds[name][0][0, n][None])[0] for name in preds
+                    },
+                }
+            )
         results["sets"][set_name] = {
+            "examples_doc": es.doc_ids[0],
+            "examples": examples,
             "folder": folder,
             "documents": n_docs,
             "windows": int(es.x.shape[0]),
@@ -553,6 +572,17 @@ def markdown(res: dict) -> str:
             for name, row in st["systems"].items():
                 cells = " | ".join(f"{row['by_source'][x]['ca']:.3f}" for x in srcs)
                 lines.append(f"| {res['systems'][name]} | {cells} |")
+            lines.append("")
+        if st.get("examples"):
+            lines += [
+                f"Teacher-forced predictions decoded into the bank ({set_name}, "
+                f"`{st['examples_doc']}`, first window):",
+                "",
+            ]
+            for k, ex in enumerate(st["examples"], 1):
+                lines.append(f"{k}. after: _{ex['context_last']}_ — gold: _{ex['gold']}_")
+                for name, text in ex["decoded"].items():
+                    lines.append(f"   - {res['systems'][name]}: {text}")
             lines.append("")
     lines += ["Seconds: " + ", ".join(f"{k} {v}" for k, v in s["seconds"].items()), ""]
     return "\n".join(lines)
