@@ -60,6 +60,10 @@ COMMANDS: dict[str, Command] = {
         "real data: Debian package descriptions + synopses (DDTP, many languages)",
         "lcm.corpora.debian:fetch_debian_descriptions",
     ),
+    "fetch-corpus": Command(
+        "real data: English prose from Debian-packaged docs, split by document",
+        "lcm.corpora.prose:fetch_corpus",
+    ),
     "fit-rvq": Command(
         "fit Quant-LCM's residual quantizer on shards (faiss), report held-out error",
         "lcm.train.rvq:fit_rvq",
