@@ -12,7 +12,7 @@ from lcm.models.common import ConceptNetwork, PresetConfig, build, param_count
 from lcm.models.one_tower import OneTowerConfig, OneTowerLCM
 from lcm.models.quant_lcm import QuantLCM, QuantLCMConfig
 from lcm.models.refiner import RecurrentRefinerLCM, RefinerConfig
-from lcm.models.two_tower import CrossKV, TwoTowerConfig, TwoTowerLCM
+from lcm.models.two_tower import CrossKV, DenoiserPlan, TwoTowerConfig, TwoTowerLCM
 
 FAMILIES: dict[str, type[PresetConfig]] = {
     "base_lcm": BaseLCMConfig,
@@ -29,6 +29,7 @@ __all__ = [
     "BaseLCMConfig",
     "ConceptNetwork",
     "CrossKV",
+    "DenoiserPlan",
     "OneTowerConfig",
     "OneTowerLCM",
     "PresetConfig",
