@@ -91,8 +91,9 @@ def test_fast_sampler_equals_old_sampler(seed, guidance):
         step = make_step(model, DDIMScheduler(), sampling, fast=fast)
         g = torch.Generator().manual_seed(seed)
         outs.append(
-            generate(step, prompts, normalizer, max_new_concepts=3, repeat_threshold=2.0,
-                     generator=g)
+            generate(
+                step, prompts, normalizer, max_new_concepts=3, repeat_threshold=2.0, generator=g
+            )
         )
     for old, new in zip(outs[0].concepts, outs[1].concepts):
         assert old.shape == (3, D)

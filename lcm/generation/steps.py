@@ -28,7 +28,7 @@ from torch import Tensor
 from diffusion import DDIMScheduler, ddim_sample
 from lcm.models import BaseLCM, OneTowerLCM, QuantLCM, RecurrentRefinerLCM, TwoTowerLCM
 from lcm.objectives import ExitRule, Objective, QuantObjective, RefinerObjective
-from lcm.objectives.diffusion import SamplingConfig
+from lcm.objectives.diffusion import SamplingConfig, solver_scheduler
 
 
 class NextConceptStep:
@@ -39,6 +39,7 @@ class NextConceptStep:
         self.x: Tensor | None = None  # (B, T, D) full context, kept for the uncached path
         self.mask: Tensor | None = None  # (B, T)
         self.last_info: dict[str, Tensor] = {}  # per-document facts about the last concept
+        self._solver: tuple[str, DDIMScheduler] | None = None  # diffusion: (name, scheduler)
 
     def _grow(self, y: Tensor) -> None:
         assert self.x is not None and self.mask is not None
@@ -57,10 +58,12 @@ class NextConceptStep:
     def _ddim(self, model_fn, batch: int, dim: int, generator, like: Tensor) -> Tensor:
         """One concept per document, (B, D), sampled with this step's scheduler and settings."""
         s: SamplingConfig = self.sampling
+        if self._solver is None or self._solver[0] != s.solver:  # built once per step object
+            self._solver = (s.solver, solver_scheduler(self.scheduler, s.solver))
         y = ddim_sample(
             model_fn,
             (batch, 1, dim),
-            self.scheduler,
+            self._solver[1],
             s.num_inference_steps,
             guidance_scale=s.guidance_scale,
             guidance_rescale=s.guidance_rescale,
@@ -367,9 +370,7 @@ def make_step(
     if scheduler is None:
         scheduler = getattr(objective, "scheduler", None) or DDIMScheduler()
     if isinstance(net, TwoTowerLCM):
-        return TwoTowerStep(
-            net, scheduler, sampling, use_cache, reuse_context, fast, fast_options
-        )
+        return TwoTowerStep(net, scheduler, sampling, use_cache, reuse_context, fast, fast_options)
     if isinstance(net, OneTowerLCM):
         return OneTowerStep(net, scheduler, sampling, use_cache)
     raise TypeError(f"no generation step for {type(net).__name__}")

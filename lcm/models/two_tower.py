@@ -288,9 +288,7 @@ class TwoTowerLCM(ConceptNetwork):
             modulation=torch.stack([blk.modulation_table(temb) for blk in self.den_layers]),
             blocks=[blk.prepare(transposed, diagonal) for blk in self.den_layers],
             prenet=PreparedLinear.of(w, self.den_prenet.bias, transposed),
-            postnet=PreparedLinear.of(
-                self.den_postnet.weight, self.den_postnet.bias, transposed
-            ),
+            postnet=PreparedLinear.of(self.den_postnet.weight, self.den_postnet.bias, transposed),
         )  # modulation: (L, T, 9, d)
         _PLANS[self] = {k: v for k, v in _PLANS[self].items() if v[0] == sig}  # drop stale
         _PLANS[self][key] = (sig, plan)

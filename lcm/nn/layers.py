@@ -181,9 +181,7 @@ class PreparedLinear(NamedTuple):
     transposed: bool
 
     @classmethod
-    def of(
-        cls, weight: Tensor, bias: Tensor | None, transposed: bool
-    ) -> PreparedLinear:
+    def of(cls, weight: Tensor, bias: Tensor | None, transposed: bool) -> PreparedLinear:
         """From a (out, in) weight and its bias (detached copies; parameters untouched)."""
         w = weight.detach()
         w = w.t().contiguous() if transposed else w.clone()

@@ -297,9 +297,7 @@ class DenoiserBlock(nn.Module):
             self_ov=ov,
             cross_q=PreparedLinear.of(ca.q_proj.weight, ca.q_proj.bias, transposed),
             cross_out=PreparedLinear.of(ca.out_proj.weight, ca.out_proj.bias, transposed),
-            ffn_gate_up=PreparedLinear.of(
-                torch.cat((gate.weight, up.weight)), gu_bias, transposed
-            ),
+            ffn_gate_up=PreparedLinear.of(torch.cat((gate.weight, up.weight)), gu_bias, transposed),
             ffn_down=PreparedLinear.of(ffn.down_proj.weight, ffn.down_proj.bias, transposed),
         )
 
