@@ -98,3 +98,23 @@ def test_fast_sampler_equals_old_sampler(seed, guidance):
     for old, new in zip(outs[0].concepts, outs[1].concepts):
         assert old.shape == (3, D)
         assert (new - old).abs().max() <= 1e-5 * max(1.0, old.abs().max().item())
+
+
+def test_kv_cache_query_without_update_uses_spare_room():
+    from lcm.nn import LayerKVCache
+
+    cache = LayerKVCache()
+    k = torch.randn(2, 3, 5, 4)
+    cache.extend(k, k + 1)
+    q1 = torch.randn(2, 3, 1, 4)
+    ks, vs = cache.extend(q1, q1 + 1, update=False)
+    assert cache.length == 5 and ks.shape == (2, 3, 6, 4)
+    torch.testing.assert_close(ks, torch.cat((k, q1), 2), atol=0, rtol=0)
+    torch.testing.assert_close(vs, torch.cat((k + 1, q1 + 1), 2), atol=0, rtol=0)
+    new = torch.randn(2, 3, 1, 4)
+    ks, _ = cache.extend(new, new)  # overwrites the query slot
+    torch.testing.assert_close(ks, torch.cat((k, new), 2), atol=0, rtol=0)
+    full = LayerKVCache()
+    full.extend(torch.randn(1, 1, 16, 2), torch.randn(1, 1, 16, 2))  # capacity exactly used?
+    ks, _ = full.extend(torch.ones(1, 1, 1, 2), torch.ones(1, 1, 1, 2), update=False)
+    assert ks.shape == (1, 1, 17, 2) and full.length == 16
