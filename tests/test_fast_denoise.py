@@ -118,3 +118,25 @@ def test_kv_cache_query_without_update_uses_spare_room():
     full.extend(torch.randn(1, 1, 16, 2), torch.randn(1, 1, 16, 2))  # capacity exactly used?
     ks, _ = full.extend(torch.ones(1, 1, 1, 2), torch.ones(1, 1, 1, 2), update=False)
     assert ks.shape == (1, 1, 17, 2) and full.length == 16
+
+
+@pytest.mark.parametrize("guidance", [1.0, 3.0])
+def test_objective_sampling_fast_equals_general(guidance):
+    from lcm.objectives import TwoTowerDiffusion
+
+    model = _model(3)
+    obj = TwoTowerDiffusion(model)
+    x = torch.randn(2, 5, D)
+    mask = torch.ones(2, 5, dtype=torch.bool)
+    mask[1, 3:] = False  # right padding, as in training batches
+    batch = {"x": x, "mask": mask}
+    kw = dict(guidance_scale=guidance, num_inference_steps=10)
+    outs = {}
+    for fast in (False, True):
+        obj.fast_sampling = fast
+        outs[fast] = (
+            obj.predict_all(batch, torch.Generator().manual_seed(0), **kw),
+            obj.predict_next(x, mask, torch.Generator().manual_seed(0), **kw),
+        )
+    for a, b in zip(outs[False], outs[True]):
+        torch.testing.assert_close(b, a, atol=1e-5, rtol=1e-5)

@@ -320,7 +320,7 @@ class TwoTowerLCM(ConceptNetwork):
         Args:
             x_t: (B, Tq, D) noisy concepts.
             t: (B, Tq) or (B,) integer timesteps in [0, T_train).
-            plan: :meth:`denoiser_plan` of this model.
+            plan: :meth:`denoiser_plan` of this model (built after the last weight update).
             cross_kv: :meth:`precompute_cross_kv` of the shifted context.
             cross_mask: :meth:`cross_mask` for these rows (B, Tq, S slots).
 
@@ -328,10 +328,11 @@ class TwoTowerLCM(ConceptNetwork):
             (B, Tq, D) x0 predictions.
         """
         B, Tq, _ = x_t.shape
-        if t.dim() == 1:
-            t = t[:, None].expand(B, Tq)
         L, _, n_mod, d = plan.modulation.shape
-        mod = plan.modulation[:, t.reshape(-1)].view(L, B, Tq, n_mod, d)  # (L, B, Tq, 9, d)
+        if t.dim() == 1:  # one timestep per row: gather per row, broadcast over positions
+            mod = plan.modulation[:, t].view(L, B, 1, n_mod, d)  # (L, B, 1, 9, d)
+        else:
+            mod = plan.modulation[:, t.reshape(-1)].view(L, B, Tq, n_mod, d)  # (L, B, Tq, 9, d)
         h = plan.prenet(x_t)  # (B, Tq, d)
         for blk, prep, m, kv in zip(self.den_layers, plan.blocks, mod, cross_kv, strict=True):
             h = blk.forward_prepared(h, m, prep, kv, cross_mask)  # (B, Tq, d)

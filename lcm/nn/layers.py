@@ -182,10 +182,11 @@ class PreparedLinear(NamedTuple):
 
     @classmethod
     def of(cls, weight: Tensor, bias: Tensor | None, transposed: bool) -> PreparedLinear:
-        """From a (out, in) weight and its bias (detached copies; parameters untouched)."""
+        """From a (out, in) weight and its bias. Transposed: a copy; else the tensors themselves
+        (detached, no copy; a plan holding them is rebuilt when they change in place)."""
         w = weight.detach()
-        w = w.t().contiguous() if transposed else w.clone()
-        return cls(w, None if bias is None else bias.detach().clone(), transposed)
+        w = w.t().contiguous() if transposed else w
+        return cls(w, None if bias is None else bias.detach(), transposed)
 
     def __call__(self, x: Tensor) -> Tensor:
         """x: (..., in) -> (..., out)."""

@@ -187,14 +187,17 @@ class PreparedDenoiserBlock(NamedTuple):
             the general attention module instead (Q/K projections and SDPA with a diagonal mask).
         cross_q: cross-attention query projection.
         cross_out: cross-attention output projection.
-        ffn_gate_up: SwiGLU gate and up projections stacked, d -> 2 * hidden.
+        ffn_gate: SwiGLU gate projection; with ``ffn_up=None``, the gate and up projections
+            stacked into one map d -> 2 * hidden (one product instead of two; a copy).
+        ffn_up: SwiGLU up projection, or None (stacked into ``ffn_gate``).
         ffn_down: SwiGLU down projection.
     """
 
     self_ov: PreparedLinear | None
     cross_q: PreparedLinear
     cross_out: PreparedLinear
-    ffn_gate_up: PreparedLinear
+    ffn_gate: PreparedLinear
+    ffn_up: PreparedLinear | None
     ffn_down: PreparedLinear
 
 
@@ -273,7 +276,8 @@ class DenoiserBlock(nn.Module):
 
         Args:
             transposed: store weights as (in, out) for few-row CPU products
-                (:class:`~lcm.nn.PreparedLinear`).
+                (:class:`~lcm.nn.PreparedLinear`; a copy of the block's weights). False: the
+                parameters themselves, plus the fused W_ov (d x d).
             diagonal: fuse the diagonal self-attention into one map W_o W_v (the product is
                 taken in float64, then rounded once); False keeps the general attention path.
         """
@@ -292,12 +296,19 @@ class DenoiserBlock(nn.Module):
                 b_ov = b.to(w_ov.dtype)
             ov = PreparedLinear.of(w_ov, b_ov, transposed)
         gate, up = ffn.gate_proj, ffn.up_proj
-        gu_bias = None if gate.bias is None else torch.cat((gate.bias, up.bias))  # (2h,)
+        if transposed:  # a copy anyway: stack gate and up into one product
+            gu_bias = None if gate.bias is None else torch.cat((gate.bias, up.bias))  # (2h,)
+            ffn_gate = PreparedLinear.of(torch.cat((gate.weight, up.weight)), gu_bias, True)
+            ffn_up = None
+        else:  # no copies of the big FFN weights (GPU memory)
+            ffn_gate = PreparedLinear.of(gate.weight, gate.bias, False)
+            ffn_up = PreparedLinear.of(up.weight, up.bias, False)
         return PreparedDenoiserBlock(
             self_ov=ov,
             cross_q=PreparedLinear.of(ca.q_proj.weight, ca.q_proj.bias, transposed),
             cross_out=PreparedLinear.of(ca.out_proj.weight, ca.out_proj.bias, transposed),
-            ffn_gate_up=PreparedLinear.of(torch.cat((gate.weight, up.weight)), gu_bias, transposed),
+            ffn_gate=ffn_gate,
+            ffn_up=ffn_up,
             ffn_down=PreparedLinear.of(ffn.down_proj.weight, ffn.down_proj.bias, transposed),
         )
 
@@ -349,5 +360,8 @@ class DenoiserBlock(nn.Module):
         x = torch.addcmul(x, m[5], prep.cross_out(y.transpose(1, 2).flatten(2)))
 
         h = torch.addcmul(m[6], self.ffn_norm(x), m[7])
-        gate, up = prep.ffn_gate_up(h).chunk(2, dim=-1)  # (B, T, hidden) each
+        if prep.ffn_up is None:
+            gate, up = prep.ffn_gate(h).chunk(2, dim=-1)  # (B, T, hidden) each
+        else:
+            gate, up = prep.ffn_gate(h), prep.ffn_up(h)  # (B, T, hidden) each
         return torch.addcmul(x, m[8], prep.ffn_down(F.silu(gate) * up))  # (B, T, d)

@@ -205,14 +205,33 @@ class DiffusionObjective(Objective):
 
 class TwoTowerDiffusion(DiffusionObjective):
     """Two-Tower: the contextualizer runs once; its cross-attention keys/values are computed once
-    per call and reused by every denoising step."""
+    per call and reused by every denoising step. In eval mode the denoiser runs from its
+    :class:`~lcm.models.DenoiserPlan` (timestep/AdaLN table, fused diagonal self-attention),
+    equal to the general path to float rounding; ``fast_sampling = False`` turns that off."""
+
+    fast_sampling: bool = True
 
     def _fn(self, x: Tensor, mask: Tensor, copies: int, include_last: bool) -> ModelFn:
         model = self.model
         ctx = model.contextualize(x, mask)  # (B, T, d)
-        kv = model.precompute_cross_kv(model.shift_context(ctx, include_last=include_last))
+        shifted = model.shift_context(ctx, include_last=include_last)  # (B, S, d)
+        kv = model.precompute_cross_kv(shifted)
         kv = [(_repeat_batch(k, copies), _repeat_batch(v, copies)) for k, v in kv]
         mask = _repeat_batch(mask, copies)  # (copies*B, T)
+        if self.fast_sampling and not model.training:
+            plan = model.denoiser_plan(self.scheduler.num_train_timesteps)
+            B, T = x.shape[:2]
+            n_query = 1 if include_last else T  # predict_next: one query; predict_all: T
+            # ddim_sample's rows: [conditional] * B (+ [unconditional] * B under guidance).
+            drop = (torch.arange(copies * B, device=x.device) >= B)[:, None]  # (M, 1)
+            cmask = model.cross_mask(
+                copies * B, n_query, shifted.size(1), mask, drop.expand(-1, n_query)
+            )
+
+            def fast_fn(x_t: Tensor, t: Tensor, drop_context: Tensor) -> Tensor:
+                return model.denoise_planned(x_t, t, plan, kv, cmask)
+
+            return fast_fn
 
         def model_fn(x_t: Tensor, t: Tensor, drop_context: Tensor) -> Tensor:
             drop = drop_context[:, None].expand(x_t.shape[:2])  # (M, Tq)
