@@ -1,6 +1,7 @@
 """Training throughput per family and preset: concepts/s, peak memory, and (GPU) MFU.
 
     OMP_WAIT_POLICY=PASSIVE python bench/train_throughput.py --presets tiny
+    OMP_WAIT_POLICY=PASSIVE python bench/train_throughput.py --families two_tower --compile
     python bench/train_throughput.py --device cuda --presets small,1.6B --precision bf16
 
 One optimizer step = objective loss, backward, AdamW step, on a random batch of ``--batch``
@@ -8,6 +9,10 @@ documents of ``--seq`` concepts (the objectives' own loss code, not a stand-in).
 concept are estimated as 6 x parameters (forward + backward, weights only); MFU divides the
 achieved FLOP/s by ``--peak_tflops`` (H100 SXM dense bf16: 989). Untrained weights; compare
 numbers from one run only.
+
+``--compile``: each family/preset also runs with the network compiled the way training compiles
+it (:func:`lcm.train.compile.compile_network`, ``torch.compile`` through ``nn.Module.compile``),
+after its compilation warm-up, and prints the compiled/eager step-time ratio and the two losses.
 """
 
 from __future__ import annotations
@@ -19,6 +24,7 @@ import statistics
 import sys
 import time
 from pathlib import Path
+from types import SimpleNamespace
 
 os.environ.setdefault("OMP_WAIT_POLICY", "PASSIVE")
 sys.path.insert(0, str(Path(__file__).resolve().parents[1]))
@@ -27,6 +33,7 @@ import torch  # noqa: E402
 
 from lcm.models import FAMILIES  # noqa: E402
 from lcm.objectives import MSEObjective, OneTowerDiffusion, TwoTowerDiffusion  # noqa: E402
+from lcm.train.compile import compile_network  # noqa: E402
 
 OBJECTIVES = {
     "base_lcm": MSEObjective,
@@ -35,24 +42,29 @@ OBJECTIVES = {
 }
 
 
-def run(family: str, preset: str, args) -> str:
+def run(family: str, preset: str, args, compiled: bool = False) -> tuple[str, float, float]:
+    """(report line, median step seconds, first measured loss)."""
     dev = torch.device(args.device)
     cfg = FAMILIES[family].from_name(preset, sonar_dim=args.sonar_dim)
+    torch.manual_seed(0)
     model = cfg.build(device=dev)
     objective = OBJECTIVES[family](model).to(dev)
+    if compiled:
+        compile_network(SimpleNamespace(objective=objective), dynamic=False)
     opt = torch.optim.AdamW(objective.parameters(), lr=1e-4, fused=dev.type == "cuda")
     B, T, D = args.batch, args.seq, args.sonar_dim
-    x = torch.randn(B, T, D, device=dev)
+    x = torch.randn(B, T, D, device=dev, generator=torch.Generator().manual_seed(1))
     mask = torch.ones(B, T, dtype=torch.bool, device=dev)
     batch = {"x": x, "mask": mask, "loss_mask": mask}
     dtype = torch.bfloat16 if args.precision == "bf16" else None
-    times = []
+    times, losses = [], []
     if dev.type == "cuda":
         torch.cuda.reset_peak_memory_stats()
     for i in range(args.warmup + args.steps):
         t0 = time.perf_counter()
         with torch.autocast(dev.type, dtype=dtype, enabled=dtype is not None):
-            loss = objective.loss(batch).loss
+            loss = objective.loss(batch, torch.Generator(dev).manual_seed(i)).loss
+        losses.append(loss.item())
         loss.backward()
         opt.step()
         opt.zero_grad(set_to_none=True)
@@ -70,10 +82,12 @@ def run(family: str, preset: str, args) -> str:
     else:
         rss = resource.getrusage(resource.RUSAGE_SELF).ru_maxrss / 2**20  # KiB -> GiB
         extra = f"peak process RSS {rss:6.2f} GiB"
-    return (
-        f"{family:10s} {preset:6s} {n_params / 1e6:9.2f}M params  {1000 * step:8.1f} ms/step"
+    line = (
+        f"{family:10s} {preset:6s} {'compiled' if compiled else 'eager':8s} "
+        f"{n_params / 1e6:9.2f}M params  {1000 * step:8.1f} ms/step"
         f"  {concepts_s:9.1f} concepts/s  {extra}"
     )
+    return line, step, losses[0]
 
 
 def main() -> None:
@@ -88,7 +102,11 @@ def main() -> None:
     ap.add_argument("--steps", type=int, default=5)
     ap.add_argument("--warmup", type=int, default=2)
     ap.add_argument("--peak_tflops", type=float, default=989.0)
+    ap.add_argument("--compile", action="store_true", help="also run compiled, print the ratio")
+    ap.add_argument("--threads", type=int, default=0, help="torch threads (0: torch's default)")
     args = ap.parse_args()
+    if args.threads:
+        torch.set_num_threads(args.threads)
     torch.manual_seed(0)
     print(
         f"device {args.device}, {args.precision}, batch {args.batch} x {args.seq} concepts, "
@@ -96,7 +114,16 @@ def main() -> None:
     )
     for preset in args.presets.split(","):
         for family in args.families.split(","):
-            print(run(family, preset, args), flush=True)
+            line, eager, loss = run(family, preset, args)
+            print(line, flush=True)
+            if args.compile:
+                line, comp, loss_c = run(family, preset, args, compiled=True)
+                print(line, flush=True)
+                print(
+                    f"{'':17s} compiled speed-up {eager / comp:5.2f}x  first loss eager "
+                    f"{loss:.6f} compiled {loss_c:.6f}",
+                    flush=True,
+                )
 
 
 if __name__ == "__main__":
