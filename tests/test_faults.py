@@ -469,6 +469,7 @@ class SlowCodec(HashCodec):
 
 
 def _prepare_in_child(docs: str, out: str) -> None:
+    torch.set_num_threads(1)  # the parent's OpenMP pool does not survive fork()
     prepare(docs, out, codec=SlowCodec(), target_fields=["summary"], shard_size=10, progress=False)
 
 
@@ -507,7 +508,7 @@ def test_kill_at_random_points_then_rerun_gives_identical_shards(kill_corpus, tm
     # A forked child (everything already imported, so the test takes seconds), killed with
     # SIGKILL: no handler, no cleanup, exactly like kill -9.
     proc = multiprocessing.get_context("fork").Process(
-        target=_prepare_in_child, args=(str(docs), str(out))
+        target=_prepare_in_child, args=(str(docs), str(out)), daemon=True
     )
     proc.start()
     # A random point inside the stage: while reading, after a random number of the 12 shards,
@@ -539,3 +540,49 @@ def test_kill_at_random_points_then_rerun_gives_identical_shards(kill_corpus, tm
     for key in ("documents", "sentences", "rejected", "shards", "rows_read"):
         assert resumed[key] == reference[key]
     assert not list((out / "shards").glob(".*.tmp"))  # the killed run's partial file is gone
+
+
+def _slow_fit_in_child(shards: Path, root: Path, steps: int, every: int) -> None:
+    from lcm.train.module import LCMModule
+
+    original = LCMModule.training_step
+
+    def slow_step(self, batch, batch_idx):  # room for a kill between checkpoints
+        time.sleep(0.1)
+        return original(self, batch, batch_idx)
+
+    LCMModule.training_step = slow_step  # only in this forked child
+    torch.set_num_threads(1)  # the parent's OpenMP pool does not survive fork()
+    sys.argv = ["lcm"]
+    _fit(shards, root, steps, every)
+
+
+@pytest.fixture
+def one_thread():
+    threads = torch.get_num_threads()
+    torch.set_num_threads(1)  # the same float reductions in the parent and the forked child
+    yield
+    torch.set_num_threads(threads)
+
+
+def test_kill_fit_then_resume_gives_identical_weights(prepared, tmp_path, _plain_argv, one_thread):
+    straight = torch.load(_fit(prepared, tmp_path / "a", 16, 2), weights_only=False)
+    root = tmp_path / "b"
+    last = root / "checkpoints" / "last.ckpt"
+    proc = multiprocessing.get_context("fork").Process(
+        target=_slow_fit_in_child, args=(prepared, root, 16, 2), daemon=True
+    )
+    proc.start()
+    want = random.Random(0).randint(4, 12)
+    deadline = time.time() + 60
+    while not last.exists() or torch.load(last, weights_only=False)["global_step"] < want:
+        assert proc.is_alive() and time.time() < deadline, f"exit code {proc.exitcode}"
+        time.sleep(0.02)
+    os.kill(proc.pid, signal.SIGKILL)
+    proc.join()
+    assert proc.exitcode == -signal.SIGKILL
+    assert torch.load(last, weights_only=False)["global_step"] < 16  # really cut short
+    resumed = torch.load(_fit(prepared, root, 16, 2, "--ckpt_path=last"), weights_only=False)
+    assert resumed["global_step"] == 16
+    for name, value in straight["state_dict"].items():
+        assert torch.equal(value, resumed["state_dict"][name]), name
