@@ -11,7 +11,6 @@
 - :mod:`eval.run`: the one-command runner (``lcm-eval``, ``python -m eval``, ``lcm eval``) over
   checkpoints, language pairs, generation settings and baselines; ``eval/data/`` holds the
   shipped real evaluation data.
-- :mod:`eval.refinement_report`: the recurrent refiner's evidence on synthetic tasks.
 
 Nothing heavy is imported here; import the submodules you need.
 """

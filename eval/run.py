@@ -59,8 +59,6 @@ MODEL_METRICS = ("cola", "seahorse-q4", "seahorse-q5")
 CONCEPT_METRICS = ("l2", "l2_r", "par", "ca", "mi")
 DEFAULT_BASELINES = ("lead-1", "lead-3", "random-3")
 CONCEPT_BASELINES = ("copy-previous", "context-mean", "mean-concept")
-#: Generation-setting names accepted besides :class:`lcm.api.Settings` fields.
-SETTING_ALIASES = {"num_inference_steps": "steps"}
 LABELS = {
     "rouge_l": "ROUGE-L",
     "ovl3": "OVL-3",
@@ -238,34 +236,14 @@ def parse_settings(settings: Sequence[dict[str, Any]] | None) -> list[tuple[str,
     """``[(label, lcm.api.Settings)]``; the label lists the overridden fields (``default``)."""
     from lcm.api import Settings
 
-    fields = {f.name: f for f in dataclasses.fields(Settings)}
     out: list[tuple[str, Any]] = []
     for i, overrides in enumerate(settings or [{}]):
-        if not isinstance(overrides, dict):
-            raise ValueError(f"settings[{i}] must be a mapping such as {{max_new_concepts: 4}}")
-        clean: dict[str, Any] = {}
-        for key, value in overrides.items():
-            name = SETTING_ALIASES.get(key, key)
-            if name not in fields:
-                known = sorted([*fields, *SETTING_ALIASES])
-                raise ValueError(
-                    f"settings[{i}]: unknown generation setting {key!r}; known: {known}"
-                )
-            kind = type(getattr(Settings(), name))
-            if (kind is bool) != isinstance(value, bool) or (
-                kind is int and isinstance(value, float) and not value.is_integer()
-            ):
-                raise ValueError(f"settings[{i}].{key} must be {kind.__name__}, got {value!r}")
-            try:
-                clean[name] = kind(value)
-            except (TypeError, ValueError):
-                raise ValueError(
-                    f"settings[{i}].{key} must be {kind.__name__}, got {value!r}"
-                ) from None
+        parsed = Settings.from_mapping(overrides, where=f"settings[{i}]")
+        clean = {k: getattr(parsed, k) for k in overrides}
         label = ",".join(f"{k}={clean[k]}" for k in sorted(clean)) or "default"
         if label in [x[0] for x in out]:
             raise ValueError(f"settings[{i}] repeats the setting {label!r}")
-        out.append((label, dataclasses.replace(Settings(), **clean)))
+        out.append((label, parsed))
     return out
 
 
@@ -677,7 +655,7 @@ def evaluate(
             documents in SRC are summarized in TGT and scored against the TGT summary with the
             same id. Default: every language of the data into itself, where all codecs have it.
         settings: generation settings to sweep, each a mapping of ``lcm.api.Settings`` fields
-            (``max_new_concepts``, ``seed``, ``guidance_scale``, ``steps`` alias
+            (``max_new_concepts``, ``seed``, ``guidance_scale``,
             ``num_inference_steps``, ...); default: one run with the defaults.
         metrics: any of rouge_l, ovl3, rep4, length, cola, seahorse-q4, seahorse-q5, l2, l2_r,
             par, ca, mi (default: all).

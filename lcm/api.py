@@ -15,15 +15,17 @@ retrieval; their sentence bank is filled from the training shards' sentences.
 from __future__ import annotations
 
 import json
+import math
 from collections.abc import Sequence
 from dataclasses import dataclass
 from pathlib import Path
+from typing import Any
 
 import torch
 
 from encoders.base import SentenceCodec
-from lcm.generation import GenerationOutput, SamplingConfig, generate, make_step
-from lcm.objectives import RefinerObjective
+from encoders.registry import codec_from_id
+from lcm.generation import GenerationOutput, generate, make_step
 from lcm.splitting import SentenceSplitter
 
 Text = str | Sequence[str]
@@ -31,17 +33,20 @@ Text = str | Sequence[str]
 
 @dataclass
 class Settings:
-    """Generation settings (the paper's defaults where it gives them).
+    """Generation settings. ``None`` means "the checkpoint's": the diffusion sampling settings,
+    the refiner's exit rule and Quant-LCM's temperature default to what the model was trained
+    and validated with (its recipe), so a recipe's ``guidance_scale`` reaches every generation.
 
     Args:
-        max_new_concepts: most sentences generated per document.
+        max_new_concepts: most sentences generated per document (>= 1).
         eot_threshold: cosine to the end-of-text concept that stops a document.
-        repeat_threshold: cosine to the previous concept that stops a document.
+        repeat_threshold: cosine to the previous concept that stops a document (> 1: never).
         min_new_concepts: stop rules apply only after this many sentences.
-        steps: diffusion denoising steps per concept.
-        guidance_scale: classifier-free guidance weight (1 disables it).
-        guidance_rescale: guidance rescale phi.
-        init_noise_scale: std of the initial noise.
+        num_inference_steps: diffusion: denoising steps per concept (default: the checkpoint's).
+        guidance_scale: diffusion: classifier-free guidance weight, 1 disables it (default: the
+            checkpoint's).
+        guidance_rescale: diffusion: guidance rescale phi in [0, 1] (default: the checkpoint's).
+        init_noise_scale: diffusion: std of the initial noise (default: the checkpoint's).
         seed: seeds every random draw (diffusion noise, refiner initial state, code sampling);
             the same seed gives the same output.
         use_cache: KV-cache the context across generated concepts.
@@ -62,10 +67,10 @@ class Settings:
     eot_threshold: float = 0.9
     repeat_threshold: float = 0.9
     min_new_concepts: int = 1
-    steps: int = 40
-    guidance_scale: float = 3.0
-    guidance_rescale: float = 0.7
-    init_noise_scale: float = 0.6
+    num_inference_steps: int | None = None
+    guidance_scale: float | None = None
+    guidance_rescale: float | None = None
+    init_noise_scale: float | None = None
     seed: int = 0
     use_cache: bool = True
     num_iterations: int | None = None
@@ -76,20 +81,69 @@ class Settings:
     temperature: float | None = None
     top_p: float | None = None
 
+    def __post_init__(self) -> None:
+        # (field, lowest allowed, highest allowed, lowest is exclusive)
+        bounds = {
+            "max_new_concepts": (1, None, False),
+            "min_new_concepts": (0, None, False),
+            "eot_threshold": (-1.0, None, False),
+            "repeat_threshold": (-1.0, None, False),
+            "num_inference_steps": (1, None, False),
+            "guidance_scale": (0.0, None, False),
+            "guidance_rescale": (0.0, 1.0, False),
+            "init_noise_scale": (0.0, None, True),
+            "seed": (0, None, False),
+            "num_iterations": (1, None, False),
+            "exit_threshold": (0.0, None, False),
+            "exit_patience": (1, None, False),
+            "max_iterations": (1, None, False),
+            "temperature": (0.0, None, False),
+            "top_p": (0.0, 1.0, True),
+        }
+        for name, (low, high, open_low) in bounds.items():
+            value = getattr(self, name)
+            if value is None:
+                continue
+            kind = self.__dataclass_fields__[name].type
+            integral = kind.startswith("int") if isinstance(kind, str) else kind is int
+            if isinstance(value, bool) or not isinstance(value, (int, float)):
+                raise TypeError(f"generation setting {name} must be a number, got {value!r}")
+            if integral and not float(value).is_integer():
+                raise TypeError(f"generation setting {name} must be an integer, got {value!r}")
+            ok = math.isfinite(value) and (value > low if open_low else value >= low)
+            ok = ok and (high is None or value <= high)
+            if not ok:
+                lo = f"> {low}" if open_low else f">= {low}"
+                rng = lo if high is None else f"{lo} and <= {high}"
+                raise ValueError(f"generation setting {name} must be {rng}, got {value!r}")
+        if self.min_new_concepts > self.max_new_concepts:
+            raise ValueError(
+                f"min_new_concepts ({self.min_new_concepts}) exceeds max_new_concepts "
+                f"({self.max_new_concepts})"
+            )
 
-def codec_from_id(codec_id: str, **kwargs) -> SentenceCodec:
-    """Rebuild the codec named in a shard manifest (``minilm:...`` or ``sonar:<card>:...``)."""
-    if codec_id.startswith("minilm:"):
-        from encoders.minilm import MiniLMCodec
+    @classmethod
+    def from_mapping(cls, values: dict[str, Any], where: str = "settings") -> Settings:
+        """Typed settings from a plain mapping (YAML/JSON), every value checked against its
+        field's type by jsonargparse; ``where`` names the mapping in error messages."""
+        from jsonargparse import ArgumentParser
 
-        return MiniLMCodec(**kwargs)
-    if codec_id.startswith("sonar:"):
-        from encoders.sonar import SonarCodec
-
-        card = codec_id.split(":")[1]
-        decoder = card.replace("encoder", "decoder")
-        return SonarCodec(encoder=card, decoder=decoder, **kwargs)
-    raise ValueError(f"cannot rebuild codec {codec_id!r}; pass codec= explicitly")
+        if not isinstance(values, dict):
+            raise ValueError(f"{where} must be a mapping such as {{max_new_concepts: 4}}")
+        unknown = set(values) - set(cls.__dataclass_fields__)
+        if unknown:
+            names = ", ".join(repr(k) for k in sorted(unknown))
+            raise ValueError(
+                f"{where}: unknown generation setting {names}; "
+                f"known: {sorted(cls.__dataclass_fields__)}"
+            )
+        parser = ArgumentParser(exit_on_error=False)
+        parser.add_class_arguments(cls, "s")
+        try:
+            ns = parser.parse_object({"s": values})
+        except Exception as ex:  # jsonargparse's own error type differs between versions
+            raise ValueError(f"{where}: {ex}") from None
+        return cls(**{k: ns.s[k] for k in cls.__dataclass_fields__})
 
 
 class ConceptModel:
@@ -107,7 +161,7 @@ class ConceptModel:
         mode: str = "pretrain",
         max_sentence_chars: int = 256,
     ) -> None:
-        dim = int(module.hparams.sonar_dim)
+        dim = int(module.arch.sonar_dim)
         codec_dim = getattr(codec, "dim", None)
         if codec_dim is None and hasattr(codec, "load"):
             codec_dim = codec.load().dim
@@ -129,42 +183,63 @@ class ConceptModel:
         codec: SentenceCodec | None = None,
         device: str = "cpu",
         shards: str | Path | None = None,
+        allow_codec_mismatch: bool = False,
     ) -> ConceptModel:
-        """Load a checkpoint written by ``lcm fit``.
+        """Load a checkpoint written by ``lcm fit``, from any working directory.
+
+        The checkpoint carries its codec id, end-of-text sentence and sentence-length cap
+        (``lcm_data``), so the training shards are needed only to fill a retrieval codec's
+        sentence bank.
 
         Args:
             checkpoint: the ``.ckpt`` file.
-            codec: the sentence codec; default: the one named in the training shards' manifest.
+            codec: the sentence codec; default: rebuilt from the id the checkpoint records.
             device: where the model runs.
-            shards: the training shards folder (default: the one recorded in the checkpoint);
-                its manifest names the codec, and its sentences fill a retrieval bank.
+            shards: a prepared folder whose sentences fill a retrieval codec's bank (default:
+                the training shards, by the absolute path the checkpoint records).
+            allow_codec_mismatch: accept a ``codec`` whose id differs from the checkpoint's
+                (its vectors then mean something else to the model: only for experiments).
         """
         from lcm.train.module import load_module, read_checkpoint
 
+        ckpt_meta = read_checkpoint(checkpoint)
+        info = data_info(ckpt_meta)
         module = load_module(str(checkpoint), map_location=device).to(device)
-        data_hp = read_checkpoint(checkpoint).get("datamodule_hyper_parameters") or {}
-        shard_dir = Path(shards or data_hp.get("data_dir") or "")
-        manifest = {}
-        if shard_dir and (shard_dir / "manifest.json").exists():
-            manifest = json.loads((shard_dir / "manifest.json").read_text())
+        trained_with = info.get("codec")
         if codec is None:
-            if "codec" not in manifest:
+            if not trained_with:
                 raise ValueError(
-                    f"{checkpoint}: cannot tell which codec it was trained with (no manifest at "
-                    f"{shard_dir or '?'}); pass codec= or shards="
+                    f"{checkpoint}: cannot tell which codec it was trained with (the checkpoint "
+                    f"records none and no manifest was found at {info.get('data_dir') or '?'}); "
+                    "pass codec= or shards="
                 )
-            codec = codec_from_id(manifest["codec"])
+            codec = codec_from_id(trained_with)
+        elif trained_with and codec.codec_id != trained_with and not allow_codec_mismatch:
+            raise ValueError(
+                f"{checkpoint} was trained with codec {trained_with!r}, not "
+                f"{codec.codec_id!r}: its concepts mean nothing to this model. Pass the codec it "
+                "was trained with (or codec=None to rebuild it), or allow_codec_mismatch=True"
+            )
         model = cls(
             module,
             codec,
-            end_of_text=manifest.get("end_of_text"),
-            mode=data_hp.get("mode", "pretrain"),
-            max_sentence_chars=manifest.get("max_sentence_chars", 256),
+            end_of_text=info.get("end_of_text"),
+            mode=info.get("mode", "pretrain"),
+            max_sentence_chars=info.get("max_sentence_chars", 256),
         )
-        if hasattr(codec, "bank") and shard_dir.is_dir():
+        if hasattr(codec, "bank"):
+            bank_dir = Path(shards) if shards is not None else None
+            if bank_dir is None and info.get("data_dir"):
+                bank_dir = Path(info["data_dir"])
+            if bank_dir is None or not (bank_dir / "shards").is_dir():
+                raise FileNotFoundError(
+                    f"{codec.codec_id} decodes by retrieval and needs a sentence bank: the "
+                    f"training shards ({bank_dir or 'not recorded'}) are not there; pass "
+                    "shards=<a prepared folder> (lcm summarize: --shards)"
+                )
             # A summarizer should retrieve summary-like sentences: use the target field alone.
-            target = data_hp.get("target_field") if model.mode == "summarize" else None
-            model.fill_bank(shard_dir, fields=[target] if target else None)
+            target = info.get("target_field") if model.mode == "summarize" else None
+            model.fill_bank(bank_dir, fields=[target] if target else None)
         return model
 
     def fill_bank(self, shard_dir: str | Path, fields: list[str] | None = None) -> int:
@@ -194,15 +269,20 @@ class ConceptModel:
         return n
 
     # ------------------------------------------------------------------------------------------
-    def _sentences(self, doc: Text, lang: str) -> list[str]:
+    def _sentences(self, doc: Text, lang: str, index: int = 0) -> list[str]:
         if isinstance(doc, str):
             if not doc.strip():
-                raise ValueError("empty document")
+                raise ValueError(f"document {index} is empty")
             return self.splitter.split(doc, lang)
-        sents = [s for s in doc if isinstance(s, str) and s.strip()]
+        bad = [j for j, x in enumerate(doc) if not isinstance(x, str)]
+        if bad:
+            raise TypeError(
+                f"document {index}: sentence {bad[0]} is {type(doc[bad[0]]).__name__}, not str"
+            )
+        sents = [x for x in doc if x.strip()]
         if not sents:
-            raise ValueError("empty document: no non-empty sentences")
-        return list(sents)
+            raise ValueError(f"document {index} is empty: no non-empty sentences")
+        return sents
 
     def predict_concepts(
         self,
@@ -220,38 +300,20 @@ class ConceptModel:
         """
         s = _with(settings, overrides)
         self.codec.validate_lang(source_lang, "source_lang")
+        docs = _documents(docs)
         device = self.module.device
         prompts = []
         sep_raw = self.module.normalizer.denormalize(self.module.separator.detach())
         sep = self.mode == "summarize" if add_separator is None else add_separator
-        for doc in docs:
-            x = self.codec.encode(self._sentences(doc, source_lang), source_lang).to(device)
+        for i, doc in enumerate(docs):
+            x = self.codec.encode(self._sentences(doc, source_lang, i), source_lang).to(device)
             if sep:
                 x = torch.cat((x, sep_raw[None].to(x)), dim=0)
             prompts.append(x)
         eot = None
         if self.end_of_text:
             eot = self.codec.encode([self.end_of_text], source_lang)[0].to(device)
-        objective = self.module.eval_objective()
-        sampling = SamplingConfig(
-            num_inference_steps=s.steps,
-            guidance_scale=s.guidance_scale,
-            guidance_rescale=s.guidance_rescale,
-            init_noise_scale=s.init_noise_scale,
-        )
-        rule = None
-        if isinstance(objective, RefinerObjective):
-            rule = objective.exit_rule_with(s.exit_threshold, s.exit_patience, s.max_iterations)
-        step = make_step(
-            objective,
-            sampling=sampling,
-            use_cache=s.use_cache,
-            num_iterations=s.num_iterations,
-            exit_rule=rule,
-            warm_start=s.warm_start,
-            temperature=s.temperature,
-            top_p=s.top_p,
-        )
+        step = make_step(self.module.eval_objective(), **generation_options(s))
         gen = torch.Generator(device=device).manual_seed(s.seed)
         return generate(
             step,
@@ -266,9 +328,21 @@ class ConceptModel:
         )
 
     def _render(self, out: GenerationOutput, target_lang: str) -> list[str]:
+        """Decode every document's concepts. Two different concepts can decode to the same
+        sentence (a retrieval decoder returns its nearest bank sentence): the second one is a
+        repetition, so the document is cut there and its stop reason says so (``out`` is
+        updated to match the text)."""
         texts = []
-        for concepts in out.concepts:
+        for i, concepts in enumerate(out.concepts):
             sents = self.codec.decode(concepts.cpu(), target_lang) if len(concepts) else []
+            for j in range(1, len(sents)):
+                if sents[j] == sents[j - 1] and sents[j] != self.end_of_text:
+                    sents = sents[:j]
+                    out.concepts[i] = concepts[:j]
+                    for name in out.extras:
+                        out.extras[name][i] = out.extras[name][i][:j]
+                    out.stop_reasons[i] = "repetition"
+                    break
             texts.append(" ".join(x for x in sents if x != self.end_of_text))
         return texts
 
@@ -300,15 +374,85 @@ class ConceptModel:
         return self._run(text, source_lang, target_lang, settings, overrides, separator=False)
 
     def _run(self, text, source_lang, target_lang, settings, overrides, separator: bool):
+        self.codec.validate_lang(source_lang, "source_lang")
         target_lang = target_lang or source_lang
         self.codec.validate_lang(target_lang, "target_lang")
         single = isinstance(text, str)
-        docs = [text] if single else list(text)
-        if not docs:
-            raise ValueError("no documents given")
+        docs = [text] if single else _documents(text)
         out = self.predict_concepts(docs, source_lang, _with(settings, overrides), separator)
         texts = self._render(out, target_lang)
         return texts[0] if single else texts
+
+
+def _documents(docs: object) -> list:
+    """The documents of a call as a list, each a string or a list of sentences; a clear error
+    (with the document's index) for anything else."""
+    if docs is None:
+        raise TypeError("no documents: got None (pass a string, or a list of documents)")
+    if isinstance(docs, str):
+        return [docs]
+    if not isinstance(docs, Sequence):
+        raise TypeError(
+            f"documents must be a string or a list of documents, got {type(docs).__name__}"
+        )
+    docs = list(docs)
+    if not docs:
+        raise ValueError("no documents given")
+    for i, doc in enumerate(docs):
+        if isinstance(doc, str):
+            continue
+        if doc is None or not isinstance(doc, Sequence):
+            raise TypeError(
+                f"document {i} is {type(doc).__name__}: expected a string or a list of sentences"
+            )
+    return docs
+
+
+def generation_options(s: Settings) -> dict[str, Any]:
+    """:func:`lcm.generation.make_step` options from settings; None keeps the checkpoint's."""
+    return dict(
+        sampling_overrides=dict(
+            num_inference_steps=s.num_inference_steps,
+            guidance_scale=s.guidance_scale,
+            guidance_rescale=s.guidance_rescale,
+            init_noise_scale=s.init_noise_scale,
+        ),
+        use_cache=s.use_cache,
+        num_iterations=s.num_iterations,
+        exit_overrides=dict(
+            exit_threshold=s.exit_threshold,
+            exit_patience=s.exit_patience,
+            max_iterations=s.max_iterations,
+        ),
+        warm_start=s.warm_start,
+        temperature=s.temperature,
+        top_p=s.top_p,
+    )
+
+
+def data_info(checkpoint: dict[str, Any]) -> dict[str, Any]:
+    """What a checkpoint says about the data it was trained on: ``codec``, ``end_of_text``,
+    ``max_sentence_chars``, ``mode``, ``target_field`` and ``data_dir`` (absolute).
+
+    New checkpoints carry it (``lcm_data``); older ones are read from the data module's
+    hyperparameters and the shards' manifest where it can still be found.
+    """
+    info = dict(checkpoint.get("lcm_data") or {})
+    if info:
+        return info
+    hp = checkpoint.get("datamodule_hyper_parameters") or {}
+    info = {"mode": hp.get("mode", "pretrain"), "target_field": hp.get("target_field")}
+    if hp.get("data_dir"):
+        info["data_dir"] = str(Path(hp["data_dir"]).resolve())
+        manifest = Path(info["data_dir"]) / "manifest.json"
+        if manifest.exists():
+            m = json.loads(manifest.read_text())
+            info.update(
+                codec=m.get("codec"),
+                end_of_text=m.get("end_of_text"),
+                max_sentence_chars=m.get("max_sentence_chars", 256),
+            )
+    return info
 
 
 def _with(settings: Settings | None, overrides: dict) -> Settings:

@@ -44,19 +44,21 @@ def model(sft_ckpt):
 
 def test_summarize_text_lists_and_presplit(model):
     assert model.mode == "summarize"
-    one = model.summarize("Token 3 is here. Token 16 is here.", max_new_concepts=2, steps=3)
+    one = model.summarize(
+        "Token 3 is here. Token 16 is here.", max_new_concepts=2, num_inference_steps=3
+    )
     assert isinstance(one, str) and one.startswith("Token")
     many = model.summarize(
         ["Token 3 is here.", ["Token 5 is here.", "Token 1 is here."]],
         target_lang="fra_Latn",
         max_new_concepts=2,
-        steps=3,
+        num_inference_steps=3,
     )
     assert isinstance(many, list) and len(many) == 2 and all(m.startswith("Token") for m in many)
 
 
 def test_generation_is_seeded_and_cache_agnostic(model):
-    kw = dict(max_new_concepts=3, steps=3, repeat_threshold=2.0)
+    kw = dict(max_new_concepts=3, num_inference_steps=3, repeat_threshold=2.0)
     a = model.predict_concepts(["Token 3 is here. Token 16 is here."], "eng_Latn", None, **{})
     from lcm.api import Settings
 
@@ -76,7 +78,7 @@ def test_bad_inputs_have_clear_errors(model, sft_ckpt):
         model.summarize("Token 3 is here.", source_lang="fr_Latn")
     with pytest.raises(UnknownLanguageError, match="target_lang"):
         model.summarize("Token 3 is here.", target_lang="xx_Yyyy")
-    with pytest.raises(ValueError, match="empty document"):
+    with pytest.raises(ValueError, match="document 0 is empty"):
         model.summarize("   ")
     with pytest.raises(ValueError, match="no documents"):
         model.summarize([])
@@ -88,6 +90,112 @@ def test_bad_inputs_have_clear_errors(model, sft_ckpt):
 
     with pytest.raises(ValueError, match="16-d but the codec"):
         ConceptModel.load(sft_ckpt, codec=Wide())
+
+
+def test_each_bad_document_and_setting_is_named(model):
+    good = "Token 3 is here."
+    with pytest.raises(TypeError, match="no documents: got None"):
+        model.summarize(None)
+    with pytest.raises(TypeError, match="document 1 is NoneType"):
+        model.summarize([good, None])
+    with pytest.raises(ValueError, match="document 1 is empty"):
+        model.summarize([good, ""])
+    with pytest.raises(TypeError, match="document 0: sentence 1 is int"):
+        model.summarize([["A sentence.", 3]])
+    # the source language is named as the source, even when the target defaults to it
+    with pytest.raises(UnknownLanguageError, match=r"\(source_lang\)"):
+        model.summarize(good, source_lang="xx_Yyyy", target_lang="eng_Latn")
+    with pytest.raises(UnknownLanguageError, match=r"\(source_lang\)"):
+        model.summarize(good, source_lang="xx_Yyyy")
+    with pytest.raises(ValueError, match="max_new_concepts must be >= 1, got -1"):
+        model.summarize(good, max_new_concepts=-1)
+    with pytest.raises(ValueError, match="guidance_rescale must be >= 0.0 and <= 1.0"):
+        model.summarize(good, guidance_rescale=1.5)
+    with pytest.raises(ValueError, match="top_p must be > 0.0 and <= 1.0"):
+        model.summarize(good, top_p=0.0)
+    with pytest.raises(TypeError, match="num_inference_steps must be an integer"):
+        model.summarize(good, num_inference_steps=2.5)
+
+
+def test_a_codec_of_the_same_width_but_another_id_is_refused(sft_ckpt):
+    class Other(HashCodec):
+        codec_id = "test-hash-codec-other"
+
+    with pytest.raises(
+        ValueError, match="was trained with codec 'test-hash-codec-16'.*allow_codec_mismatch"
+    ):
+        ConceptModel.load(sft_ckpt, codec=Other())
+    assert ConceptModel.load(sft_ckpt, codec=Other(), allow_codec_mismatch=True).codec.codec_id == (
+        "test-hash-codec-other"
+    )
+
+
+def test_checkpoint_sampling_settings_reach_the_api_and_the_cli(tmp_path):
+    """A recipe's diffusion sampling settings are the generation defaults (the bug of issue 12:
+    they used to be replaced by the API's own defaults); an explicit setting still wins."""
+    shards = make_shards(tmp_path / "data", n_docs=30, summaries=True)
+    root = tmp_path / "run"
+    run(
+        ["fit", "--config", "configs/trainer/default.yaml", "--config",
+         "configs/two_tower/tiny_sft.yaml", f"--data.data_dir={shards}",
+         f"--trainer.default_root_dir={root}", "--data.val_fraction=0.2", "--trainer.max_steps=3",
+         "--trainer.enable_progress_bar=false", "--trainer.enable_model_summary=false",
+         "--model.init_args.sampling.num_inference_steps=3",
+         "--model.init_args.sampling.guidance_scale=1.5",
+         "--model.init_args.sampling.init_noise_scale=0.9"]
+    )  # fmt: skip
+    ckpt = root / "checkpoints" / "last.ckpt"
+    model = ConceptModel.load(ckpt, codec=HashCodec())
+    from lcm.api import Settings, generation_options
+    from lcm.generation import make_step
+
+    step = make_step(model.module.eval_objective(), **generation_options(Settings()))
+    assert (step.sampling.num_inference_steps, step.sampling.guidance_scale) == (3, 1.5)
+    assert step.sampling.init_noise_scale == 0.9
+    over = make_step(
+        model.module.eval_objective(), **generation_options(Settings(guidance_scale=2))
+    )
+    assert (over.sampling.num_inference_steps, over.sampling.guidance_scale) == (3, 2.0)
+
+    doc, kw = ["Token 3 is here. Token 16 is here."], dict(max_new_concepts=2, seed=4)
+    default = model.predict_concepts(doc, "eng_Latn", **kw).concepts[0]
+    same = model.predict_concepts(
+        doc, "eng_Latn", num_inference_steps=3, guidance_scale=1.5, init_noise_scale=0.9, **kw
+    ).concepts[0]
+    other = model.predict_concepts(doc, "eng_Latn", num_inference_steps=40, **kw).concepts[0]
+    assert torch.equal(default, same)
+    assert not torch.equal(default[:1], other[:1])
+
+    # `lcm summarize` without sampling options writes what the API gives with the recipe's.
+    src, out = tmp_path / "in.jsonl", tmp_path / "out.jsonl"
+    src.write_text(json.dumps({"id": "a", "text": doc[0]}) + "\n")
+    run(["summarize", f"--checkpoint={ckpt}", f"--inputs={src}", f"--output={out}",
+         "--codec=helpers_train.HashCodec", "--settings.max_new_concepts=2", "--settings.seed=4",
+         "--progress=false"])  # fmt: skip
+    row = json.loads(out.read_text())
+    assert row["output"] == model.summarize(doc[0], max_new_concepts=2, seed=4)
+    out2 = tmp_path / "out2.jsonl"
+    run(["summarize", f"--checkpoint={ckpt}", f"--inputs={src}", f"--output={out2}",
+         "--codec=helpers_train.HashCodec", "--settings.max_new_concepts=2", "--settings.seed=4",
+         "--settings.num_inference_steps=3", "--settings.guidance_scale=1.5",
+         "--settings.init_noise_scale=0.9", "--progress=false"])  # fmt: skip
+    assert json.loads(out2.read_text())["output"] == row["output"]
+
+
+def test_checkpoint_loads_from_another_folder_without_its_shards(sft_ckpt, tmp_path, monkeypatch):
+    """The checkpoint carries codec id, end-of-text and mode, and records its shards by absolute
+    path; the training folder is not needed for a non-retrieval codec."""
+    from lcm.train.module import read_checkpoint
+
+    info = read_checkpoint(sft_ckpt)["lcm_data"]
+    assert info["codec"] == HashCodec.codec_id and info["mode"] == "summarize"
+    assert info["target_field"] == "summary" and info["data_dir"].startswith("/")
+    copy = tmp_path / "elsewhere" / "model.ckpt"
+    copy.parent.mkdir()
+    copy.write_bytes(sft_ckpt.read_bytes())
+    monkeypatch.chdir(tmp_path / "elsewhere")
+    model = ConceptModel.load("model.ckpt", codec=HashCodec())
+    assert model.mode == "summarize" and model.summarize("Token 3 is here.", max_new_concepts=1)
 
 
 def test_codec_is_rebuilt_from_the_shard_manifest(tiny_sonar, tiny_codec, tmp_path):
@@ -143,20 +251,33 @@ def test_cli_summarize_jsonl_is_resumable(sft_ckpt, tmp_path):
     out = tmp_path / "out.jsonl"
     args = [
         "summarize", f"--checkpoint={sft_ckpt}", f"--inputs={src}", f"--output={out}",
-        "--codec=helpers_train.HashCodec", "--settings.steps=3", "--settings.max_new_concepts=2",
+        "--codec=helpers_train.HashCodec", "--settings.num_inference_steps=3",
+        "--settings.max_new_concepts=2",
         "--progress=false",
     ]  # fmt: skip
     first = run(args)
     assert first == {"documents": 3, "already_done": 0, "written": 3, "errors": 1}
     src.write_text("".join(json.dumps(r) + "\n" for r in rows))  # one more row arrives
-    second = run(args)
-    assert second == {"documents": 4, "already_done": 3, "written": 1, "errors": 1}
-    got = {r["id"]: r for r in map(json.loads, out.read_text().splitlines())}
-    assert sorted(got) == ["a", "b", "c", "d"]  # each id once
+    second = run(args)  # the failed row c is retried (and fails again), d is new
+    assert second == {"documents": 4, "already_done": 2, "written": 2, "errors": 2}
+    lines = [json.loads(x) for x in out.read_text().splitlines()]
+    got = {r["id"]: r for r in lines}
+    assert sorted(got) == ["a", "b", "c", "d"] and len(lines) == 4  # each id once
     assert got["a"]["output"].startswith("Token") and got["a"]["target_lang"] == "eng_Latn"
     assert got["b"]["target_lang"] == "fra_Latn"
     assert "unknown language code 'de_DE'" in got["c"]["error"]
     assert "empty" in got["d"]["error"]
+    # The user corrects the inputs: the rerun replaces the error rows and keeps the good ones.
+    rows[2]["lang"], rows[3]["text"] = "fra_Latn", "Token 2 is here."
+    src.write_text("".join(json.dumps(r) + "\n" for r in rows))
+    third = run(args)
+    assert third == {"documents": 4, "already_done": 2, "written": 2, "errors": 0}
+    lines = [json.loads(x) for x in out.read_text().splitlines()]
+    assert sorted(r["id"] for r in lines) == ["a", "b", "c", "d"]
+    assert all("output" in r for r in lines)
+    # Other settings never add to a file made with these.
+    with pytest.raises(ValueError, match="made with other settings \\(settings differ"):
+        run([*args[:-1], "--settings.max_new_concepts=1", "--progress=false"])
 
 
 def test_refiner_and_quant_checkpoints_generate_through_the_api(tmp_path):
@@ -183,3 +304,21 @@ def test_refiner_and_quant_checkpoints_generate_through_the_api(tmp_path):
     torch.testing.assert_close(a.concepts[0], raw, atol=1e-5, rtol=1e-5)
     with pytest.raises(TypeError, match="unknown generation settings: temprature"):
         quant.summarize(doc, temprature=0.0)
+
+
+def test_a_sentence_decoded_twice_in_a_row_ends_the_document(model, monkeypatch):
+    """A retrieval decoder can map two different concepts to one bank sentence: the text must
+    not repeat it, and the output says the document stopped on a repetition."""
+    from lcm.generation import GenerationOutput
+
+    out = GenerationOutput(
+        concepts=[torch.randn(3, 16), torch.randn(2, 16)],
+        stop_reasons=["max_length", "max_length"],
+        extras={"exit_step": [torch.tensor([1, 2, 3]), torch.tensor([4, 5])]},
+    )
+    decoded = iter([["A cat.", "A cat.", "A dog."], ["One.", "Two."]])
+    monkeypatch.setattr(model.codec, "decode", lambda vectors, lang: next(decoded))
+    assert model._render(out, "eng_Latn") == ["A cat.", "One. Two."]
+    assert out.stop_reasons == ["repetition", "max_length"]
+    assert len(out.concepts[0]) == 1 and out.extras["exit_step"][0].tolist() == [1]
+    assert len(out.concepts[1]) == 2

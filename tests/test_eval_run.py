@@ -350,6 +350,10 @@ def test_bad_inputs_fail_clearly(tmp_path):
         evaluate(data=[str(tmp_path / "nowhere.jsonl")], **base)
     with pytest.raises(ValueError, match="unknown generation setting 'beam'"):
         evaluate(data=[str(bad_lang)], settings=[{"beam": 4}], **base)
+    with pytest.raises(ValueError, match=r"settings\[1\]: .*max_new_concepts"):
+        evaluate(data=[str(bad_lang)], settings=[{}, {"max_new_concepts": "many"}], **base)
+    with pytest.raises(ValueError, match="guidance_rescale must be >= 0.0 and <= 1.0"):
+        evaluate(data=[str(bad_lang)], settings=[{"guidance_rescale": 2.0}], **base)
     with pytest.raises(ValueError, match="no usable references in deu_Latn"):
         evaluate(data=[str(debian_file("en"))], pairs=["eng_Latn->deu_Latn"], **base)
     with pytest.raises(UnknownLanguageError, match="fra_Latn"):

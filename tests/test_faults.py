@@ -26,8 +26,8 @@ from conftest import HashCodec
 from helpers_train import make_shards
 
 from lcm.data.prepare import prepare
+from lcm.data.progress import Progress
 from lcm.data.shards import ShardError, file_record, verified_shards
-from lcm.progress import Progress
 
 ROOT = Path(__file__).resolve().parents[1]
 TRAINER_YAML = ROOT / "configs" / "trainer" / "default.yaml"
@@ -310,8 +310,8 @@ def _fit(shards: Path, root: Path, steps: int, every: int, *extra: str):
             "--trainer.devices=1",
             f"--trainer.max_steps={steps}",
             f"--checkpoint.every_n_train_steps={every}",
-            "--model.init_args.warmup_steps=2",
-            "--model.init_args.decay_steps=200",
+            "--model.init_args.optim.warmup_steps=2",
+            "--model.init_args.optim.decay_steps=200",
             *extra,
         ]
     )

@@ -1,5 +1,6 @@
-"""Tests of the latent-trajectory inspection (lcm.inspect): classification of constructed
-trajectories, PCA on data with a known spectrum, and the files of a run on a tiny refiner. CPU."""
+"""Tests of the latent-trajectory inspection (experiments.refinement.inspect): classification of
+constructed trajectories, PCA on data with a known spectrum, and the files of a run on a tiny
+refiner. CPU."""
 
 from __future__ import annotations
 
@@ -9,7 +10,7 @@ import math
 import pytest
 import torch
 
-from lcm.inspect import (
+from experiments.refinement.inspect import (
     CLASSES,
     PCA,
     TrajectoryThresholds,
@@ -127,7 +128,9 @@ def tiny_objective(**kw) -> RefinerObjective:
 
 
 def test_inspect_writes_pictures_and_consistent_json(tmp_path):
-    obj = tiny_objective(exit_rule=ExitRule(threshold=1e-3, patience=2, max_iterations=64))
+    obj = tiny_objective(
+        exit_rule=ExitRule(exit_threshold=1e-3, exit_patience=2, max_iterations=64)
+    )
     x = torch.randn(2, 5, D, generator=gen(1))
     mask = torch.ones(2, 5, dtype=torch.bool)
     mask[1, 3:] = False
@@ -161,8 +164,8 @@ def test_inspect_writes_pictures_and_consistent_json(tmp_path):
         num_iterations=6,
         positions=[4, (1, 2)],
         labels=["last of doc 0", "last of doc 1"],
-        threshold=10.0,  # everything counts as settled: exit at patience + 1
-        patience=1,
+        exit_threshold=10.0,  # everything counts as settled: exit at patience + 1
+        exit_patience=1,
         generator=gen(2),
         plots=False,
     )
@@ -178,7 +181,9 @@ def test_inspect_writes_pictures_and_consistent_json(tmp_path):
 def test_a_core_that_ignores_its_state_is_a_fixed_point(tmp_path):
     """With the adapter's state half zeroed, every iteration computes the same s from the
     injection and the context alone: s_1 = s_2 = ..., a fixed point that exits at m + 1."""
-    obj = tiny_objective(exit_rule=ExitRule(threshold=1e-4, patience=2, max_iterations=64))
+    obj = tiny_objective(
+        exit_rule=ExitRule(exit_threshold=1e-4, exit_patience=2, max_iterations=64)
+    )
     d = obj.model.config.d_model
     with torch.no_grad():
         obj.model.adapter.weight[:, :d] = 0.0
@@ -192,11 +197,13 @@ def test_a_core_that_ignores_its_state_is_a_fixed_point(tmp_path):
 
 
 def test_lcm_inspect_on_a_refiner_checkpoint(tmp_path):
-    """`lcm inspect` as a user runs it: a trained refiner checkpoint, raw documents in a jsonl."""
+    """`python -m experiments.refinement.inspect` as a user runs it: a trained refiner
+    checkpoint, raw documents in a jsonl."""
     import json
 
     from helpers_train import make_shards
 
+    from experiments.refinement.inspect import main as inspect_main
     from lcm.cli import run
 
     shards = make_shards(tmp_path / "data", n_docs=30)
@@ -213,8 +220,8 @@ def test_lcm_inspect_on_a_refiner_checkpoint(tmp_path):
             {"text": "Token 5 is here. Token 22 is here."}]  # fmt: skip
     docs.write_text("".join(json.dumps(r) + "\n" for r in rows))
     out = tmp_path / "inspect"
-    result = run(
-        ["inspect", f"--checkpoint={root / 'checkpoints' / 'last.ckpt'}", f"--inputs={docs}",
+    result = inspect_main(
+        [f"--checkpoint={root / 'checkpoints' / 'last.ckpt'}", f"--inputs={docs}",
          f"--out_dir={out}", "--codec=helpers_train.HashCodec", "--num_iterations=6"]
     )  # fmt: skip
     # One trajectory per sentence position: 3 + 2, labelled by the sentence each predicts.
@@ -226,5 +233,5 @@ def test_lcm_inspect_on_a_refiner_checkpoint(tmp_path):
         assert (out / name).read_bytes()[:4] == b"\x89PNG"
     assert json.loads((out / "trajectories.json").read_text())["labels"] == result["labels"]
     with pytest.raises(ValueError, match="no documents"):
-        run(["inspect", f"--checkpoint={root / 'checkpoints' / 'last.ckpt'}",
+        inspect_main([f"--checkpoint={root / 'checkpoints' / 'last.ckpt'}",
              "--codec=helpers_train.HashCodec"])  # fmt: skip

@@ -1,6 +1,7 @@
 """Tests of the refinement evidence pipeline: the difficulty curriculum
-(lcm.tasks.curriculum), Lightning training on tasks (lcm.tasks.train) and the report
-(eval.refinement_report, ``--preset ci``). CPU, well under a minute."""
+(experiments.refinement.tasks.curriculum), Lightning training on tasks
+(experiments.refinement.tasks.train) and the report
+(experiments.refinement.report, ``--preset ci``). CPU, well under a minute."""
 
 from __future__ import annotations
 
@@ -11,10 +12,9 @@ import lightning as L
 import pytest
 import torch
 
-from lcm.objectives.refiner import RefinerObjective
-from lcm.tasks import ChainToRoot, NoisyCleanup
-from lcm.tasks.curriculum import Curriculum, CurriculumConfig
-from lcm.tasks.train import (
+from experiments.refinement.tasks import ChainToRoot, NoisyCleanup
+from experiments.refinement.tasks.curriculum import Curriculum, CurriculumConfig
+from experiments.refinement.tasks.train import (
     CurriculumCallback,
     TargetOnlyRefinerObjective,
     TaskDataModule,
@@ -23,6 +23,7 @@ from lcm.tasks.train import (
     build_objective,
     fit_on_task,
 )
+from lcm.objectives.refiner import RefinerObjective
 
 D = 16
 
@@ -229,7 +230,7 @@ def test_target_only_refiner_loss_equals_the_full_loss():
 
 
 def test_statistics_helpers_by_hand():
-    from eval.refinement_report import average_ranks, pearson, spearman
+    from experiments.refinement.report import average_ranks, pearson, spearman
 
     torch.testing.assert_close(
         average_ranks(torch.tensor([10.0, 20.0, 10.0, 30.0, 20.0])),
@@ -249,7 +250,7 @@ def test_statistics_helpers_by_hand():
 
 
 def test_report_ci_preset_end_to_end(tmp_path):
-    from eval.refinement_report import PRESETS, main
+    from experiments.refinement.report import PRESETS, main
 
     main(["--out_dir", str(tmp_path), "--preset", "ci", "--seed", "3"])
     res = json.loads((tmp_path / "results.json").read_text())
@@ -282,7 +283,7 @@ def test_report_ci_preset_end_to_end(tmp_path):
     assert set(res["verdict"]["extrapolation"]) == {"3"}
     md = (tmp_path / "report.md").read_text()
     assert "| 3 | **extrap.** |" in md and "Spearman" in md
-    assert "`python -m eval.refinement_report --preset ci --seed 3`" in md  # how to rerun it
+    assert "`python -m experiments.refinement.report --preset ci --seed 3`" in md  # how to rerun it
     assert res["config"]["seed"] == 3
 
 
@@ -291,7 +292,7 @@ def test_refiner_extrapolates_in_depth_on_edge_chains():
     """The behaviour the refinement report measures, on a budget of seconds: trained on 1-3 hop
     chains only (edges encoding, no contextualizer layer), the refiner answers 5-hop chains when
     it iterates enough and cannot at r = 1, and its adaptive exit step grows with the hops."""
-    from lcm.tasks.base import score
+    from experiments.refinement.tasks.base import score
 
     task = ChainToRoot(2 * D, n_items=8, max_hops=5, encoding="edges")  # 16-dim node codes
     torch.manual_seed(0)

@@ -1,5 +1,6 @@
-"""Tests of the synthetic reasoning tasks (lcm.tasks): answers are right by construction, an
-oracle that reads only the sequence scores 1.0, random guesses score chance. CPU, seconds."""
+"""Tests of the synthetic reasoning tasks (experiments.refinement.tasks): answers are right by
+construction, an oracle that reads only the sequence scores 1.0, random guesses score chance.
+CPU, seconds."""
 
 from __future__ import annotations
 
@@ -9,9 +10,7 @@ import pytest
 import torch
 import torch.nn.functional as F
 
-from lcm.models.refiner import RefinerConfig
-from lcm.objectives.refiner import RefinerObjective
-from lcm.tasks import (
+from experiments.refinement.tasks import (
     TASKS,
     ChainToRoot,
     NoisyCleanup,
@@ -21,6 +20,8 @@ from lcm.tasks import (
     random_orthogonal,
     score,
 )
+from lcm.models.refiner import RefinerConfig
+from lcm.objectives.refiner import RefinerObjective
 
 D = 16
 

@@ -57,9 +57,9 @@ from lcm.data.documents import (
     iter_rows,
     to_documents,
 )
+from lcm.data.progress import Progress
 from lcm.data.shards import ShardError, check_shard, file_record, table_problems
 from lcm.normalizer import RobustNormalizer
-from lcm.progress import Progress
 from lcm.splitting import SentenceSplitter
 
 log = logging.getLogger(__name__)
@@ -431,7 +431,7 @@ def prepare(
         strategy=strategy,
         logger=False,
         enable_checkpointing=False,
-        enable_progress_bar=False,  # lcm.progress reports documents/s instead
+        enable_progress_bar=False,  # lcm.data.progress reports documents/s instead
         enable_model_summary=False,
         use_distributed_sampler=False,
         callbacks=[writer],

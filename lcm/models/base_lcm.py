@@ -32,7 +32,7 @@ from typing import Any, ClassVar
 import torch
 from torch import Tensor, nn
 
-from lcm.models.common import ConceptModel, TransformerConfig, build
+from lcm.models.common import ConceptNetwork, TransformerConfig, build
 from lcm.nn import KVCache
 
 
@@ -65,7 +65,7 @@ class BaseLCMConfig(TransformerConfig):
         return build(BaseLCM, self, device, dtype)
 
 
-class BaseLCM(ConceptModel):
+class BaseLCM(ConceptNetwork):
     """PreNet -> causal transformer -> PostNet. Output position t predicts concept t+1."""
 
     def __init__(self, config: BaseLCMConfig) -> None:

@@ -34,7 +34,7 @@ import torch
 from torch import Tensor, nn
 
 from lcm.models.base_lcm import BaseLCMConfig
-from lcm.models.common import ConceptModel, TransformerConfig, build
+from lcm.models.common import ConceptNetwork, TransformerConfig, build
 from lcm.nn import KVCache, TimestepEmbedding
 
 
@@ -62,7 +62,7 @@ class OneTowerConfig(TransformerConfig):
         return build(OneTowerLCM, self, device, dtype)
 
 
-class OneTowerLCM(ConceptModel):
+class OneTowerLCM(ConceptNetwork):
     """One causal tower over [x~_0, x_0, x~_1, x_1, ...]; slot 2i predicts the clean x_i."""
 
     def __init__(self, config: OneTowerConfig) -> None:

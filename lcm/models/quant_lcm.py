@@ -33,7 +33,7 @@ from typing import Any, ClassVar
 import torch
 from torch import Tensor, nn
 
-from lcm.models.common import ConceptModel, TransformerConfig, build
+from lcm.models.common import ConceptNetwork, TransformerConfig, build
 from lcm.nn import KVCache
 from lcm.quant import RVQ
 
@@ -84,7 +84,7 @@ class QuantLCMConfig(TransformerConfig):
         return build(QuantLCM, self, device, dtype)
 
 
-class QuantLCM(ConceptModel):
+class QuantLCM(ConceptNetwork):
     """Causal transformer over concepts + depth transformer over the codes of the next one.
 
     The RVQ codebooks are the buffers of the `rvq` submodule: load a fitted RVQ with

@@ -39,7 +39,7 @@ from typing import Any, ClassVar
 import torch
 from torch import Tensor, nn
 
-from lcm.models.common import ConceptModel, TransformerConfig, build
+from lcm.models.common import ConceptNetwork, TransformerConfig, build
 from lcm.nn import KVCache, MultiheadAttention, RMSNorm, SwiGLU
 
 CrossKV = list[tuple[Tensor, Tensor]]
@@ -143,7 +143,7 @@ class CoreBlock(nn.Module):
         return x + self.drop(self.ffn(self.ffn_norm(x)))  # (B, Tq, d)
 
 
-class RecurrentRefinerLCM(ConceptModel):
+class RecurrentRefinerLCM(ConceptNetwork):
     """Contextualizer once per concept + weight-tied core iterated on the next-concept state."""
 
     def __init__(self, config: RefinerConfig) -> None:

@@ -49,7 +49,7 @@ from typing import Any, ClassVar
 import torch
 from torch import Tensor, nn
 
-from lcm.models.common import ConceptModel, TransformerConfig, build
+from lcm.models.common import ConceptNetwork, TransformerConfig, build
 from lcm.nn import DenoiserBlock, KVCache, RMSNorm, TimestepEmbedding
 
 CrossKV = list[tuple[Tensor, Tensor]]
@@ -99,7 +99,7 @@ class TwoTowerConfig(TransformerConfig):
         return build(TwoTowerLCM, self, device, dtype)
 
 
-class TwoTowerLCM(ConceptModel):
+class TwoTowerLCM(ConceptNetwork):
     """Causal contextualizer over clean concepts + AdaLN denoiser cross-attending to it."""
 
     def __init__(self, config: TwoTowerConfig) -> None:

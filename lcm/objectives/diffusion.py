@@ -94,7 +94,8 @@ class DiffusionObjective(Objective):
         return ObjectiveOutput(masked_mse(out, target, weight), out, target, weight)
 
     # ---------------------------------------------------------------------------- sampling
-    def _settings(self, overrides: dict) -> SamplingConfig:
+    def sampling_with(self, **overrides) -> SamplingConfig:
+        """This objective's sampling settings with the given fields replaced (None keeps one)."""
         return replace(self.sampling, **{k: v for k, v in overrides.items() if v is not None})
 
     def _sample(
@@ -105,7 +106,7 @@ class DiffusionObjective(Objective):
         generator: torch.Generator | None,
         overrides: dict,
     ) -> Tensor:
-        s = self._settings(overrides)
+        s = self.sampling_with(**overrides)
         guided = s.guidance_scale != 1.0
         model_fn = fn_factory(2 if guided else 1)
         return ddim_sample(

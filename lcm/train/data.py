@@ -690,6 +690,14 @@ class ConceptDataModule(L.LightningDataModule):
                 store = ConceptStore(folder, self.fields, self.cache_dir, self.verify_shards)
                 self._add_split(name, store, np.arange(len(store), dtype=np.int64))
 
+    def describe(self, split: str, examples: list[int]) -> list[dict[str, Any]]:
+        """Where examples of ``split`` come from: the document ``id`` and the ``start`` position
+        of the example's first concept in the document's main field."""
+        if not self._splits:
+            self.setup()
+        store, ex = self._splits[split]
+        return [{"id": store.ids[int(ex.doc[i])], "start": int(ex.src_start[i])} for i in examples]
+
     def sample_concepts(self, split: str, n: int, seed: int = 0) -> torch.Tensor:
         """Up to ``n`` concepts of ``split``'s documents (every field, the normalizer applied),
         (N, D) float32: whole documents drawn in a seeded random order until ``n`` concepts are

@@ -1,9 +1,10 @@
 """Lightning training on the synthetic tasks: fresh batches streamed forever, a curriculum over
 difficulty, any objective.
 
-    from lcm.tasks import ChainToRoot
-    from lcm.tasks.curriculum import CurriculumConfig
-    from lcm.tasks.train import CurriculumCallback, TaskDataModule, TaskModule, fit_on_task
+    from experiments.refinement.tasks import ChainToRoot
+    from experiments.refinement.tasks.curriculum import CurriculumConfig
+    from experiments.refinement.tasks.train import (
+        CurriculumCallback, TaskDataModule, TaskModule, fit_on_task)
 
     task = ChainToRoot(dim=32, n_items=12, max_hops=6)
     data = TaskDataModule(task, batch_size=64, curriculum=CurriculumConfig(levels=(1, 2, 3)))
@@ -18,7 +19,7 @@ Pieces:
   seeded probes of a deterministic model). The examples are fresh random concepts every time,
   so there are no epochs and nothing to memorize.
 - :class:`TaskDataModule`: the stream, a fixed held-out validation set per level, and the
-  :class:`~lcm.tasks.curriculum.Curriculum` (its state is saved in checkpoints).
+  :class:`~experiments.refinement.tasks.curriculum.Curriculum` (its state is saved in checkpoints).
 - :class:`TaskModule`: a thin LightningModule around any :class:`~lcm.objectives.base.Objective`
   (the refiner's :class:`~lcm.objectives.refiner.RefinerObjective`, or ``MSEObjective`` on a
   Base-LCM network for the fixed-depth baselines): loss on the answer position, retrieval
@@ -44,13 +45,14 @@ import torch
 from torch import Tensor
 from torch.utils.data import DataLoader, IterableDataset
 
+from experiments.refinement.tasks.base import Task, TaskBatch, TaskScores, score
+from experiments.refinement.tasks.curriculum import Curriculum, CurriculumConfig
 from lcm.models import BaseLCMConfig, RefinerConfig
 from lcm.objectives import MSEObjective
 from lcm.objectives.base import Batch, Objective, masked_mse, target_weight
 from lcm.objectives.refiner import RefinerObjective, RefinerOutput
-from lcm.tasks.base import Task, TaskBatch, TaskScores, score
-from lcm.tasks.curriculum import Curriculum, CurriculumConfig
-from lcm.train.module import adamw_warmup_cosine, derive_seed
+from lcm.train.module import derive_seed
+from lcm.train.optim import OptimConfig, adamw_warmup_cosine
 
 Family = Literal["refiner", "base_lcm"]
 
@@ -355,16 +357,16 @@ class TaskModule(L.LightningModule):
 
     def configure_optimizers(self) -> dict[str, Any]:
         h = self.hparams
-        return adamw_warmup_cosine(
-            list(self.parameters()),
+        optim = OptimConfig(
             lr=h.lr,
             betas=tuple(h.betas),
             eps=1e-8,  # torch's AdamW default, which these task runs were tuned with
             weight_decay=h.weight_decay,
             warmup_steps=h.warmup_steps,
-            decay_steps=h.decay_steps or int(self.trainer.estimated_stepping_batches),
             min_lr_ratio=h.min_lr_ratio,
         )
+        decay_steps = h.decay_steps or int(self.trainer.estimated_stepping_batches)
+        return adamw_warmup_cosine(list(self.parameters()), optim, decay_steps)
 
     # ------------------------------------------------------------------------- evaluation
     @torch.no_grad()

@@ -19,7 +19,7 @@ from collections.abc import Sequence
 import torch
 import torch.nn.functional as F
 
-from lcm.tasks.base import Task, TaskBatch, random_units
+from experiments.refinement.tasks.base import Task, TaskBatch, random_units
 
 
 class NoisyCleanup(Task):

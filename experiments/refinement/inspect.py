@@ -1,6 +1,6 @@
 """Latent-trajectory inspection of the recurrent refiner: PCA pictures and a verdict per concept.
 
-    from lcm.inspect import inspect_trajectories
+    from experiments.refinement.inspect import inspect_trajectories
     info = inspect_trajectories(objective, x, mask, "runs/inspect", num_iterations=32)
     info["classes"]        # ["fixed_point", "orbit", ...], one per inspected position
     info["exit_steps"]     # adaptive exit step of each (the objective's exit rule)
@@ -231,8 +231,8 @@ def inspect_trajectories(
     num_iterations: int = 32,
     positions: Sequence[int | Sequence[int]] | None = None,
     labels: Sequence[str] | None = None,
-    threshold: float | None = None,
-    patience: int | None = None,
+    exit_threshold: float | None = None,
+    exit_patience: int | None = None,
     max_iterations: int | None = None,
     generator: torch.Generator | None = None,
     thresholds: TrajectoryThresholds | None = None,
@@ -249,8 +249,8 @@ def inspect_trajectories(
         positions: Which network positions to inspect: ints t (row 0) or pairs (b, t); None =
             every real position. Position t refines the prediction of concept t+1.
         labels: One label per inspected position (default ``"b{b} t{t}"``).
-        threshold: Exit-rule threshold override (default: the objective's rule).
-        patience: Exit-rule patience override.
+        exit_threshold: Exit-rule threshold override (default: the objective's rule).
+        exit_patience: Exit-rule patience override.
         max_iterations: Exit-rule cap override (exit steps are also capped by
             ``num_iterations``).
         generator: Random initial state (``init="random"``).
@@ -268,7 +268,9 @@ def inspect_trajectories(
     if x.ndim != 3:
         raise ValueError(f"x must be (B, T, D), got {tuple(x.shape)}")
     th = thresholds or TrajectoryThresholds()
-    overrides = dict(threshold=threshold, patience=patience, max_iterations=max_iterations)
+    overrides = dict(
+        exit_threshold=exit_threshold, exit_patience=exit_patience, max_iterations=max_iterations
+    )
     rule: ExitRule = replace(
         objective.exit_rule, **{k: v for k, v in overrides.items() if v is not None}
     )
@@ -336,7 +338,7 @@ def inspect_trajectories(
                 result["files"].append(str(path))
     if plots:
         path = out / "movement.png"
-        _plot_movement(move, names, rule.threshold, path)
+        _plot_movement(move, names, rule.exit_threshold, path)
         result["files"].append(str(path))
     json_path = out / "trajectories.json"
     result["files"].append(str(json_path))
@@ -354,14 +356,15 @@ def inspect_checkpoint(
     max_documents: int = 4,
     num_iterations: int = 32,
     add_separator: bool | None = None,
-    threshold: float | None = None,
-    patience: int | None = None,
+    exit_threshold: float | None = None,
+    exit_patience: int | None = None,
     max_iterations: int | None = None,
     seed: int = 0,
     codec: SentenceCodec | None = None,
     device: str = "cpu",
 ) -> dict[str, Any]:
-    """``lcm inspect``: the latent trajectories of a refiner checkpoint on documents.
+    """``python -m experiments.refinement.inspect``: the latent trajectories of a refiner
+    checkpoint on documents.
 
     Every sentence position of every document is refined for ``num_iterations`` iterations,
     projected by PCA and classified (fixed point, orbit, slider); see
@@ -380,8 +383,8 @@ def inspect_checkpoint(
         num_iterations: Iterations to run (>= 3).
         add_separator: Append the summarization separator, so that the last position predicts
             the first summary sentence (default: when the checkpoint is a summarizer).
-        threshold: Exit-rule threshold override (default: the checkpoint's).
-        patience: Exit-rule patience override.
+        exit_threshold: Exit-rule threshold override (default: the checkpoint's).
+        exit_patience: Exit-rule patience override.
         max_iterations: Exit-rule cap override.
         seed: Seed of the random initial states.
         codec: Sentence codec (default: the one the model was trained with).
@@ -409,7 +412,7 @@ def inspect_checkpoint(
     objective = model.module.eval_objective()
     if not isinstance(objective, RefinerObjective):
         raise ValueError(
-            f"{checkpoint} holds a {model.module.family} model; lcm inspect needs a refiner"
+            f"{checkpoint} holds a {model.module.family} model; inspect needs a refiner"
         )
     model.codec.validate_lang(lang, "lang")
     sep = model.mode == "summarize" if add_separator is None else add_separator
@@ -432,8 +435,21 @@ def inspect_checkpoint(
         out_dir,
         num_iterations=num_iterations,
         labels=labels,
-        threshold=threshold,
-        patience=patience,
+        exit_threshold=exit_threshold,
+        exit_patience=exit_patience,
         max_iterations=max_iterations,
         generator=generator,
     )
+
+
+def main(argv: list[str] | None = None) -> dict[str, Any]:
+    """``python -m experiments.refinement.inspect --checkpoint ... --inputs docs.jsonl``."""
+    from jsonargparse import CLI
+
+    result = CLI(inspect_checkpoint, args=argv, as_positional=False)
+    print(json.dumps({k: result[k] for k in ("class_counts", "exit_steps", "files")}))
+    return result
+
+
+if __name__ == "__main__":
+    main()

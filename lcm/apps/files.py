@@ -4,11 +4,14 @@ Each input row becomes one output row ``{id, source_lang, target_lang, output, c
 stop_reason}`` (plus ``exit_steps`` for the refiner); a row that cannot be used gets ``error``
 instead of ``output`` (nothing is skipped silently). Rows are appended and flushed batch by
 batch, so a rerun after an interruption skips the ids already written and finishes the file.
+A rerun retries the rows that failed (their error rows are replaced), and refuses to add to a
+file made with other settings: ``<output>.settings.json`` records them.
 """
 
 from __future__ import annotations
 
 import json
+from dataclasses import asdict
 from pathlib import Path
 from typing import Literal
 
@@ -16,7 +19,7 @@ from tqdm.auto import tqdm
 
 from encoders.base import SentenceCodec
 from encoders.langs import UnknownLanguageError
-from lcm.api import Settings
+from lcm.api import ConceptModel, Settings
 
 
 def generate_file(
@@ -32,6 +35,7 @@ def generate_file(
     batch_size: int = 8,
     settings: Settings | None = None,
     codec: SentenceCodec | None = None,
+    shards: str | None = None,
     device: str = "cpu",
     progress: bool = True,
 ) -> dict:
@@ -51,19 +55,33 @@ def generate_file(
         settings: generation settings, e.g. ``--settings.max_new_concepts 3 --settings.seed 1``
             (diffusion steps and guidance, the refiner's exit rule, Quant-LCM's temperature).
         codec: sentence codec (default: the one the model was trained with).
+        shards: prepared folder whose sentences fill a retrieval codec's bank (default: the
+            training shards the checkpoint records).
         device: ``cpu`` or ``cuda``.
         progress: show a progress bar.
     """
-    from lcm.api import ConceptModel
-
-    model = ConceptModel.load(checkpoint, codec=codec, device=device)
     settings = settings or Settings()
     out_path = Path(output)
-    done: set[str] = set()
+    lines = []
     if out_path.exists():
-        for line in out_path.read_text(encoding="utf-8").splitlines():
-            if line.strip():
-                done.add(json.loads(line)["id"])
+        lines = [x for x in out_path.read_text(encoding="utf-8").splitlines() if x.strip()]
+    kept = [x for x in lines if "error" not in json.loads(x)]  # failed rows are retried
+    _check_settings(
+        out_path,
+        {
+            "checkpoint": str(Path(checkpoint).resolve()),
+            "task": task,
+            "target_lang": target_lang,
+            "settings": asdict(settings),
+        },
+        has_results=bool(kept),
+    )
+    model = ConceptModel.load(checkpoint, codec=codec, device=device, shards=shards)
+    if len(kept) < len(lines):
+        tmp = out_path.with_name(out_path.name + ".tmp")
+        tmp.write_text("".join(x + "\n" for x in kept), encoding="utf-8")
+        tmp.replace(out_path)
+    done = {json.loads(x)["id"] for x in kept}
     rows = []
     with open(inputs, encoding="utf-8") as f:
         for i, line in enumerate(f):
@@ -124,3 +142,23 @@ def generate_file(
             bar.update(len(batch))
         bar.close()
     return counts
+
+
+def _check_settings(out_path: Path, wanted: dict, has_results: bool) -> None:
+    """Record the run's settings beside ``out_path``; refuse to add to a file whose results
+    were made with other settings."""
+    meta = out_path.with_name(out_path.name + ".settings.json")
+    if meta.exists() and has_results:
+        had = json.loads(meta.read_text())
+        differ = sorted(
+            k
+            for k in {*had, *wanted}
+            if json.dumps(had.get(k), sort_keys=True) != json.dumps(wanted.get(k), sort_keys=True)
+        )
+        if differ:
+            raise ValueError(
+                f"{out_path} was made with other settings ({', '.join(differ)} differ; see "
+                f"{meta.name}): write to a new --output, or delete both files to start over"
+            )
+    out_path.parent.mkdir(parents=True, exist_ok=True)
+    meta.write_text(json.dumps(wanted, indent=2, sort_keys=True))

@@ -1,8 +1,8 @@
 """Cost of one generated concept: the recurrent refiner at its exit step against Two-Tower
 diffusion (40 DDIM steps with classifier-free guidance), same contexts, side by side in one run.
 
-    OMP_WAIT_POLICY=PASSIVE python bench/refine_cost.py [--preset tiny] [--device cpu]
-        [--exit_steps 12] [--refiner_state refiner.pt]
+    OMP_WAIT_POLICY=PASSIVE python experiments/refinement/refine_cost.py [--preset tiny]
+        [--device cpu] [--exit_steps 12] [--refiner_state refiner.pt]
 
 Both models generate ``--new`` concepts after the same random prompts through the shared
 generation loop (:func:`lcm.generation.generate` with each family's ``make_step``, KV-cached
@@ -36,7 +36,7 @@ import time
 from pathlib import Path
 
 os.environ.setdefault("OMP_WAIT_POLICY", "PASSIVE")
-sys.path.insert(0, str(Path(__file__).resolve().parents[1]))
+sys.path.insert(0, str(Path(__file__).resolve().parents[2]))
 
 import torch  # noqa: E402
 from torch.utils.flop_counter import FlopCounterMode  # noqa: E402
@@ -88,8 +88,8 @@ def main() -> None:
     ap.add_argument("--new", type=int, default=8, help="concepts generated per document")
     ap.add_argument("--repeats", type=int, default=2)
     ap.add_argument("--exit_steps", type=int, default=None, help="fixed refiner r (no exit)")
-    ap.add_argument("--threshold", type=float, default=ExitRule.threshold, help="exit tau")
-    ap.add_argument("--patience", type=int, default=ExitRule.patience, help="exit m")
+    ap.add_argument("--exit_threshold", type=float, default=ExitRule.exit_threshold, help="tau")
+    ap.add_argument("--exit_patience", type=int, default=ExitRule.exit_patience, help="m")
     ap.add_argument("--max_iterations", type=int, default=ExitRule.max_iterations)
     ap.add_argument("--refiner_state", default=None, help="state_dict of a trained refiner")
     ap.add_argument("--steps", type=int, default=40, help="Two-Tower DDIM steps")
@@ -105,7 +105,7 @@ def main() -> None:
     refiner = rcfg.build(device=dev).eval()
     if args.refiner_state:
         refiner.load_state_dict(torch.load(args.refiner_state, map_location=dev))
-    rule = ExitRule(args.threshold, args.patience, args.max_iterations)
+    rule = ExitRule(args.exit_threshold, args.exit_patience, args.max_iterations)
     objective = RefinerObjective(refiner, exit_rule=rule).eval()
     tcfg = TwoTowerConfig.from_name(args.preset, sonar_dim=D)
     two_tower = tcfg.build(device=dev).eval()
@@ -137,7 +137,7 @@ def main() -> None:
         f"Two-Tower {two_tower.param_count():,} params"
     )
     print(
-        f"refiner exit ({how}, tau={rule.threshold:g}, m={rule.patience}, "
+        f"refiner exit ({how}, tau={rule.exit_threshold:g}, m={rule.exit_patience}, "
         f"cap {rule.max_iterations}): mean {mean_exit:.2f}, min {int(exits.min())}, "
         f"max {int(exits.max())} over {exits.numel()} concepts"
     )

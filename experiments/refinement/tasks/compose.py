@@ -21,7 +21,7 @@ from collections.abc import Sequence
 import torch
 from torch import Tensor
 
-from lcm.tasks.base import Task, TaskBatch, random_units
+from experiments.refinement.tasks.base import Task, TaskBatch, random_units
 
 
 def random_orthogonal(n: int, dim: int, generator: torch.Generator | None = None) -> Tensor:

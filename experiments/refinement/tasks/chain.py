@@ -41,7 +41,7 @@ from typing import Literal
 import torch
 from torch import Tensor
 
-from lcm.tasks.base import Task, TaskBatch, random_units
+from experiments.refinement.tasks.base import Task, TaskBatch, random_units
 
 
 class ChainToRoot(Task):

@@ -14,8 +14,8 @@ A stage ends (the next level is unlocked) when the probe accuracy of its newest 
 batch draws a share ``newest_share`` of its examples from the newest level and spreads the rest
 uniformly over the earlier ones (replay, so the easy levels are not forgotten).
 
-This module is plain Python (no Lightning): :mod:`lcm.tasks.train` feeds it probe accuracies from
-a callback and draws every batch's levels from it.
+This module is plain Python (no Lightning): :mod:`experiments.refinement.tasks.train` feeds it
+probe accuracies from a callback and draws every batch's levels from it.
 """
 
 from __future__ import annotations
