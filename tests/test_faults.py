@@ -435,6 +435,12 @@ def test_minilm_reports_emoji_and_cjk_as_unknown():
     assert ratios[0] == 0.0 and ratios[1] == 1.0 and ratios[2] == pytest.approx(1 / 3)
 
 
+def test_sonar_counts_unknown_pieces_without_language_tag_and_eos(tiny_codec):
+    known, emoji, mixed = tiny_codec.unknown_ratio(["the cat", "🙂🙂🙂", "the 🙂 cat"], "eng_Latn")
+    # SentencePiece merges a run of unknown characters into one piece after the word marker
+    assert known == 0.0 and emoji == 0.5 and 0.0 < mixed < emoji
+
+
 # ------------------------------------------------------------------------------------ progress
 def test_progress_lines_in_a_log_file_repeat_while_a_step_is_slow():
     stream = io.StringIO()
