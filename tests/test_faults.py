@@ -383,6 +383,51 @@ def test_non_finite_gradient_stops_before_the_optimizer_step(
     )
 
 
+def test_checkpoint_refuses_non_finite_weights_and_keeps_the_last_good_one(prepared, tmp_path):
+    import lightning as L
+    from lightning.pytorch.callbacks import Callback
+
+    from lcm.models import BaseLCMConfig
+    from lcm.train import FAMILY_MODULES, ConceptDataModule
+    from lcm.train.callbacks import LCMCheckpoint, NonFiniteError
+    from lcm.train.optim import OptimConfig
+
+    class PoisonAtStep3(Callback):  # corrupts a weight after step 3, before the checkpoint
+        def on_train_batch_end(self, trainer, pl_module, outputs, batch, batch_idx):
+            if trainer.global_step == 3:
+                with torch.no_grad():
+                    next(pl_module.parameters()).view(-1)[0] = float("nan")
+
+    dm = ConceptDataModule(
+        str(prepared),
+        val_fraction=0.0,
+        max_seq_len=8,
+        max_concepts_per_batch=32,
+        cache_dir=str(tmp_path / "c"),
+    )
+    module = FAMILY_MODULES["base_lcm"](
+        arch=BaseLCMConfig.from_name("tiny", sonar_dim=16), optim=OptimConfig(warmup_steps=1)
+    )
+    ckpt_dir = tmp_path / "ckpt"
+    trainer = L.Trainer(
+        max_steps=6,
+        accelerator="cpu",
+        logger=False,
+        enable_progress_bar=False,
+        enable_model_summary=False,
+        callbacks=[
+            PoisonAtStep3(),
+            LCMCheckpoint(dirpath=ckpt_dir, every_n_train_steps=1, save_last=True),
+        ],
+    )
+    with pytest.raises(
+        NonFiniteError,
+        match=r"refusing to write .*step=3.ckpt at global_step 3: parameters \['.+'\] are not fin",
+    ):
+        trainer.fit(module, dm)
+    assert torch.load(ckpt_dir / "last.ckpt", weights_only=False)["global_step"] == 2
+
+
 # ----------------------------------------------------------------------------- unknown tokens
 class UnkCodec(HashCodec):
     """Words with a non-ASCII character are unknown tokens (like emoji for MiniLM)."""
