@@ -242,30 +242,37 @@ class ConceptModel:
             model.fill_bank(bank_dir, fields=[target] if target else None)
         return model
 
-    def fill_bank(self, shard_dir: str | Path, fields: list[str] | None = None) -> int:
+    def fill_bank(
+        self, shard_dir: str | Path, fields: list[str] | None = None, progress: bool = True
+    ) -> int:
         """Add the sentences of the shards' text columns (all, or ``fields``) to the codec's
-        retrieval bank; returns how many were offered."""
-        import pyarrow.parquet as pq
+        retrieval bank; returns how many were offered. Shards are verified on the way
+        (:mod:`lcm.data.shards`), and progress is shown per shard."""
+        import numpy as np
+
+        from lcm.data.shards import iter_shard_tables, recorded_shards
+        from lcm.progress import Progress
 
         n = 0
-        for path in sorted(Path(shard_dir, "shards").glob("*.parquet")):
-            table = pq.read_table(path)
-            langs = table.column("lang").to_pylist()
-            for name in table.column_names:
-                if not name.endswith("_sentences"):
-                    continue
-                if fields is not None and name[: -len("_sentences")] not in fields:
-                    continue
-                emb_name = name[: -len("_sentences")] + "_embeddings"
-                sents = table.column(name).to_pylist()
-                vecs = table.column(emb_name).to_pylist()
-                for lang, s, v in zip(langs, sents, vecs):
-                    keep = [i for i, x in enumerate(s) if x != self.end_of_text]
-                    if keep:
-                        self.codec.bank.add(
-                            [s[i] for i in keep], torch.tensor([v[i] for i in keep]), lang
-                        )
-                        n += len(keep)
+        total = len(recorded_shards(shard_dir))
+        with Progress("bank", total, "shards", progress, prefix="lcm load") as bar:
+            for _, table in iter_shard_tables(shard_dir, level="quick"):
+                langs = table.column("lang").to_pylist()
+                for name in table.column_names:
+                    if not name.endswith("_sentences"):
+                        continue
+                    field = name[: -len("_sentences")]
+                    if fields is not None and field not in fields:
+                        continue
+                    sents = table.column(name).to_pylist()
+                    vecs = table.column(f"{field}_embeddings").to_pylist()
+                    for lang, s, v in zip(langs, sents, vecs):
+                        keep = [i for i, x in enumerate(s) if x != self.end_of_text]
+                        if keep:
+                            x = torch.from_numpy(np.asarray([v[i] for i in keep], np.float32))
+                            self.codec.bank.add([s[i] for i in keep], x, lang)
+                            n += len(keep)
+                bar.update(1)
         return n
 
     # ------------------------------------------------------------------------------------------

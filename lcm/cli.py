@@ -30,12 +30,18 @@ class Command:
             ``lightning`` (the LightningCLI subcommand of the same name) or ``main`` (a
             ``main(argv, prog)`` entry point).
         fixed: Options always passed (``--task=continue`` for ``lcm generate``).
+        positional: Required arguments may be given without their ``--name``.
+        print_result: Print the function's result as JSON (off when it prints its own).
+        ok_key: Exit with status 1 when the result's ``ok_key`` is false (a failed check).
     """
 
     help: str
     target: str
     kind: Literal["function", "lightning", "main"] = "function"
     fixed: tuple[str, ...] = field(default=())
+    positional: bool = False
+    print_result: bool = True
+    ok_key: str | None = None
 
 
 _TRAIN = "lcm.train.cli:cli_main"
@@ -45,12 +51,18 @@ COMMANDS: dict[str, Command] = {
     ),
     "check": Command(
         "verify a shard folder: counts, checksums, finite values, alignment (table)",
-        "lcm.data.check:main",
-        "main",
+        "lcm.data.check:check",
+        positional=True,
+        print_result=False,
+        ok_key="ok",
     ),
     "fetch-debian": Command(
         "real data: Debian package descriptions + synopses (DDTP, many languages)",
         "lcm.corpora.debian:fetch_debian_descriptions",
+    ),
+    "fetch-corpus": Command(
+        "real data: English prose from Debian-packaged docs, split by document",
+        "lcm.corpora.prose:fetch_corpus",
     ),
     "fit-rvq": Command(
         "fit Quant-LCM's residual quantizer on shards (faiss), report held-out error",
@@ -125,10 +137,15 @@ def run(argv: list[str] | None = None) -> object:
     from jsonargparse import CLI
 
     result = CLI(
-        _load(command.target), args=[*rest, *command.fixed], as_positional=False, prog=f"lcm {name}"
+        _load(command.target),
+        args=[*rest, *command.fixed],
+        as_positional=command.positional,
+        prog=f"lcm {name}",
     )
-    if result is not None:
+    if result is not None and command.print_result:
         print(json.dumps(result, indent=2, default=str))
+    if command.ok_key is not None and not result[command.ok_key]:
+        raise SystemExit(1)
     return result
 
 

@@ -26,8 +26,8 @@ from conftest import HashCodec
 from helpers_train import make_shards
 
 from lcm.data.prepare import prepare
-from lcm.data.progress import Progress
 from lcm.data.shards import ShardError, file_record, verified_shards
+from lcm.progress import Progress
 
 ROOT = Path(__file__).resolve().parents[1]
 TRAINER_YAML = ROOT / "configs" / "trainer" / "default.yaml"
@@ -231,7 +231,7 @@ def test_changed_shard_is_rebuilt_on_rerun(prepared):
 def test_nan_in_a_shard_is_named_with_its_document_everywhere(prepared, tmp_path, capsys):
     from helpers_train import HashCodec as TrainCodec
 
-    from eval.run import _read_shards
+    from eval.concept_eval import read_concept_docs
     from lcm.cli import run
     from lcm.train.data import ConceptDataModule
     from lcm.train.rvq import fit_rvq
@@ -246,7 +246,7 @@ def test_nan_in_a_shard_is_named_with_its_document_everywhere(prepared, tmp_path
     with pytest.raises(ShardError, match=message):  # fit-rvq
         fit_rvq(str(prepared), str(tmp_path / "rvq.pt"))
     with pytest.raises(ShardError, match=message):  # eval's concept reading
-        list(_read_shards(prepared, ["text"]))
+        list(read_concept_docs(prepared, ["text"]))
     with pytest.raises(SystemExit):
         run(["check", str(prepared)])
     assert f"document '{doc}'" in capsys.readouterr().out

@@ -94,13 +94,3 @@ def _print_table(rows: list[dict], problems: list[str], folder: Path) -> None:
     print(f"{folder}: {len(rows)} shards, {total} documents, {failed} failed", file=out)
     for p in problems:
         print(f"problem: {p}", file=out)
-
-
-def main(argv: list[str] | None = None, prog: str = "lcm check") -> dict:
-    """``lcm check DIR [--quick true]``: :func:`check`, exiting with status 1 on a failure."""
-    from jsonargparse import CLI
-
-    report = CLI(check, args=argv, as_positional=True, prog=prog)
-    if not report["ok"]:
-        raise SystemExit(1)
-    return report

@@ -18,7 +18,7 @@ Steps:
    ``summary.json``.
 
 Progress (rows or documents per second, ETA) of reading, encoding and the normalizer goes to a
-bar in a terminal, or to plain lines at least every 30 s in a log file (:mod:`lcm.data.progress`).
+bar in a terminal, or to plain lines at least every 30 s in a log file (:mod:`lcm.progress`).
 
 A rerun with the same settings skips finished shards, so a run killed at any point (even
 ``kill -9``) resumes to the same shards: the persistent embedding cache (``cache.sqlite``) returns
@@ -68,9 +68,9 @@ from lcm.data.documents import (
     iter_rows,
     to_documents,
 )
-from lcm.data.progress import Progress
 from lcm.data.shards import ShardError, check_shard, file_record, table_problems
 from lcm.normalizer import RobustNormalizer
+from lcm.progress import Progress
 from lcm.splitting import SentenceSplitter
 
 log = logging.getLogger(__name__)
@@ -280,6 +280,23 @@ class ShardWriter(BasePredictionWriter):
             self.progress.update(len(plan.docs))
 
 
+def default_codec() -> SentenceCodec:
+    """The default codec of ``lcm prepare``: the real SONAR when its weights load (checked now,
+    in a second or two offline); otherwise an error that names the offline codec's flag."""
+    from encoders.sonar import SonarCodec, SonarWeightsUnavailable
+
+    try:
+        return SonarCodec().load()
+    except SonarWeightsUnavailable as ex:
+        reason = str(ex).strip().splitlines()[0]
+        raise SonarWeightsUnavailable(
+            f"the default codec is SONAR, and its weights are not available ({reason}). "
+            "Without them, use the offline codec: --codec encoders.minilm.MiniLMCodec "
+            "(English; decodes by retrieval). To use SONAR offline, see the README "
+            "(download the weights elsewhere and point an asset card at them)"
+        ) from ex
+
+
 def prepare(
     inputs: str | list[str],
     output_dir: str,
@@ -311,7 +328,9 @@ def prepare(
         inputs: a document file or glob pattern, or a list of them (jsonl/json, parquet, csv,
             txt).
         output_dir: folder for shards, rejects, normalizer and summary; rerun to resume.
-        codec: the frozen sentence codec (default: real SONAR, ``encoders.sonar.SonarCodec``).
+        codec: the frozen sentence codec. Default: the real SONAR
+            (``encoders.sonar.SonarCodec``) when its weights load, else an immediate error that
+            names the offline codec (``--codec encoders.minilm.MiniLMCodec``).
         text_field: the document text column.
         target_fields: extra text columns to split and encode too (e.g. ``[summary]``).
         id_field: document id column (missing ids become ``<file>:<row>``); ids must be unique.
@@ -346,14 +365,13 @@ def prepare(
     if max_unknown_ratio is not None and not 0.0 <= max_unknown_ratio <= 1.0:
         raise ValueError(f"max_unknown_ratio must be in [0, 1], got {max_unknown_ratio}")
     out = Path(output_dir).resolve()
+    # Everything that can fail at once fails before the output folder exists, so a corrected
+    # rerun never meets a half-made folder "prepared with other settings".
+    files = expand_inputs([inputs] if isinstance(inputs, str) else inputs)
+    if codec is None:
+        codec = default_codec()
     for sub in ("shards", "stats", "rejects"):
         (out / sub).mkdir(parents=True, exist_ok=True)
-    if codec is None:
-        from encoders.sonar import SonarCodec
-
-        codec = SonarCodec()
-
-    files = expand_inputs([inputs] if isinstance(inputs, str) else inputs)
     settings = {
         "version": MANIFEST_VERSION,
         "inputs": [str(f) for f in files],
@@ -442,7 +460,7 @@ def prepare(
         strategy=strategy,
         logger=False,
         enable_checkpointing=False,
-        enable_progress_bar=False,  # lcm.data.progress reports documents/s instead
+        enable_progress_bar=False,  # lcm.progress reports documents/s instead
         enable_model_summary=False,
         use_distributed_sampler=False,
         callbacks=[writer],
