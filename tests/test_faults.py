@@ -383,6 +383,51 @@ def test_non_finite_gradient_stops_before_the_optimizer_step(
     )
 
 
+def test_checkpoint_refuses_non_finite_weights_and_keeps_the_last_good_one(prepared, tmp_path):
+    import lightning as L
+    from lightning.pytorch.callbacks import Callback
+
+    from lcm.models import BaseLCMConfig
+    from lcm.train import FAMILY_MODULES, ConceptDataModule
+    from lcm.train.callbacks import LCMCheckpoint, NonFiniteError
+    from lcm.train.optim import OptimConfig
+
+    class PoisonAtStep3(Callback):  # corrupts a weight after step 3, before the checkpoint
+        def on_train_batch_end(self, trainer, pl_module, outputs, batch, batch_idx):
+            if trainer.global_step == 3:
+                with torch.no_grad():
+                    next(pl_module.parameters()).view(-1)[0] = float("nan")
+
+    dm = ConceptDataModule(
+        str(prepared),
+        val_fraction=0.0,
+        max_seq_len=8,
+        max_concepts_per_batch=32,
+        cache_dir=str(tmp_path / "c"),
+    )
+    module = FAMILY_MODULES["base_lcm"](
+        arch=BaseLCMConfig.from_name("tiny", sonar_dim=16), optim=OptimConfig(warmup_steps=1)
+    )
+    ckpt_dir = tmp_path / "ckpt"
+    trainer = L.Trainer(
+        max_steps=6,
+        accelerator="cpu",
+        logger=False,
+        enable_progress_bar=False,
+        enable_model_summary=False,
+        callbacks=[
+            PoisonAtStep3(),
+            LCMCheckpoint(dirpath=ckpt_dir, every_n_train_steps=1, save_last=True),
+        ],
+    )
+    with pytest.raises(
+        NonFiniteError,
+        match=r"refusing to write .*step=3.ckpt at global_step 3: parameters \['.+'\] are not fin",
+    ):
+        trainer.fit(module, dm)
+    assert torch.load(ckpt_dir / "last.ckpt", weights_only=False)["global_step"] == 2
+
+
 # ----------------------------------------------------------------------------- unknown tokens
 class UnkCodec(HashCodec):
     """Words with a non-ASCII character are unknown tokens (like emoji for MiniLM)."""
@@ -435,6 +480,12 @@ def test_minilm_reports_emoji_and_cjk_as_unknown():
     assert ratios[0] == 0.0 and ratios[1] == 1.0 and ratios[2] == pytest.approx(1 / 3)
 
 
+def test_sonar_counts_unknown_pieces_without_language_tag_and_eos(tiny_codec):
+    known, emoji, mixed = tiny_codec.unknown_ratio(["the cat", "🙂🙂🙂", "the 🙂 cat"], "eng_Latn")
+    # SentencePiece merges a run of unknown characters into one piece after the word marker
+    assert known == 0.0 and emoji == 0.5 and 0.0 < mixed < emoji
+
+
 # ------------------------------------------------------------------------------------ progress
 def test_progress_lines_in_a_log_file_repeat_while_a_step_is_slow():
     stream = io.StringIO()
@@ -469,6 +520,7 @@ class SlowCodec(HashCodec):
 
 
 def _prepare_in_child(docs: str, out: str) -> None:
+    torch.set_num_threads(1)  # the parent's OpenMP pool does not survive fork()
     prepare(docs, out, codec=SlowCodec(), target_fields=["summary"], shard_size=10, progress=False)
 
 
@@ -507,7 +559,7 @@ def test_kill_at_random_points_then_rerun_gives_identical_shards(kill_corpus, tm
     # A forked child (everything already imported, so the test takes seconds), killed with
     # SIGKILL: no handler, no cleanup, exactly like kill -9.
     proc = multiprocessing.get_context("fork").Process(
-        target=_prepare_in_child, args=(str(docs), str(out))
+        target=_prepare_in_child, args=(str(docs), str(out)), daemon=True
     )
     proc.start()
     # A random point inside the stage: while reading, after a random number of the 12 shards,
@@ -539,3 +591,49 @@ def test_kill_at_random_points_then_rerun_gives_identical_shards(kill_corpus, tm
     for key in ("documents", "sentences", "rejected", "shards", "rows_read"):
         assert resumed[key] == reference[key]
     assert not list((out / "shards").glob(".*.tmp"))  # the killed run's partial file is gone
+
+
+def _slow_fit_in_child(shards: Path, root: Path, steps: int, every: int) -> None:
+    from lcm.train.module import LCMModule
+
+    original = LCMModule.training_step
+
+    def slow_step(self, batch, batch_idx):  # room for a kill between checkpoints
+        time.sleep(0.1)
+        return original(self, batch, batch_idx)
+
+    LCMModule.training_step = slow_step  # only in this forked child
+    torch.set_num_threads(1)  # the parent's OpenMP pool does not survive fork()
+    sys.argv = ["lcm"]
+    _fit(shards, root, steps, every)
+
+
+@pytest.fixture
+def one_thread():
+    threads = torch.get_num_threads()
+    torch.set_num_threads(1)  # the same float reductions in the parent and the forked child
+    yield
+    torch.set_num_threads(threads)
+
+
+def test_kill_fit_then_resume_gives_identical_weights(prepared, tmp_path, _plain_argv, one_thread):
+    straight = torch.load(_fit(prepared, tmp_path / "a", 16, 2), weights_only=False)
+    root = tmp_path / "b"
+    last = root / "checkpoints" / "last.ckpt"
+    proc = multiprocessing.get_context("fork").Process(
+        target=_slow_fit_in_child, args=(prepared, root, 16, 2), daemon=True
+    )
+    proc.start()
+    want = random.Random(0).randint(4, 12)
+    deadline = time.time() + 60
+    while not last.exists() or torch.load(last, weights_only=False)["global_step"] < want:
+        assert proc.is_alive() and time.time() < deadline, f"exit code {proc.exitcode}"
+        time.sleep(0.02)
+    os.kill(proc.pid, signal.SIGKILL)
+    proc.join()
+    assert proc.exitcode == -signal.SIGKILL
+    assert torch.load(last, weights_only=False)["global_step"] < 16  # really cut short
+    resumed = torch.load(_fit(prepared, root, 16, 2, "--ckpt_path=last"), weights_only=False)
+    assert resumed["global_step"] == 16
+    for name, value in straight["state_dict"].items():
+        assert torch.equal(value, resumed["state_dict"][name]), name

@@ -164,6 +164,26 @@ def _jsonl_rows(path: Path) -> Iterator[tuple[str, int, dict | None, str | None]
             return None, f"malformed_json: a JSON {type(value).__name__}, expected an object"
         return value, None
 
+    with open(path, "rb") as fh:
+        head = fh.read(4096).lstrip()
+    if head.startswith(b"["):  # one JSON array, not JSON lines: it parses whole or not at all
+        text, clean = _decode(path.read_bytes())
+        try:
+            records = json.loads(text) if clean else None
+        except json.JSONDecodeError as ex:
+            message = f"line {ex.lineno}: invalid JSON array ({ex.msg.removesuffix(' at')})"
+            yield str(path), 0, None, f"unreadable_file: {message}"
+            return
+        if records is None:
+            yield str(path), 0, None, _NON_UTF8.format(where="file")
+            return
+        for row, record in enumerate(records):
+            if isinstance(record, dict):
+                yield str(path), row, record, None
+            else:
+                kind = type(record).__name__
+                yield str(path), row, None, f"malformed_json: item {row} is a {kind}, not an object"
+        return
     columns: dict[str, None] = {}
     for _, line in lines():  # pass 1: the columns (memory stays bounded on large files)
         record, _ = parse(line)

@@ -2,14 +2,23 @@
 
 Steps:
 1. read every input row with ``datasets``; validate; split fields into sentences
-   (:mod:`lcm.data.documents`). Bad rows go to ``rejects/input.jsonl`` with file, row and reason.
-2. cut the valid documents, in input order, into shards of ``shard_size`` documents.
+   (:mod:`lcm.data.documents`). A file the engine cannot read is re-read row by row, so only its
+   bad rows are lost. Bad rows go to ``rejects/input.jsonl`` with file, row, line and reason.
+2. cut the valid documents, in input order, into shards of ``shard_size`` documents. A shard
+   already on disk counts as done only if it matches its recorded rows, bytes and SHA-256;
+   otherwise (truncated, changed) it is rebuilt.
 3. encode the shards under Lightning ``Trainer.predict``: each rank takes every
    ``world_size``-th pending shard, so ``--devices``/``--num_nodes`` spread the work over GPUs and
-   machines. A shard is written to a temporary file and renamed, so a shard file on disk is
-   always complete. Documents whose vectors are NaN/inf go to ``rejects/shard-XXXXX.jsonl``.
-4. rank 0 fits the robust normalizer on a seeded sample of sentence vectors and writes
+   machines. A shard is written to a temporary file, recorded in ``stats/``, then renamed, so a
+   shard file on disk is always complete. Documents whose vectors are NaN/inf, or (with
+   ``max_unknown_ratio``) with a sentence of mostly unknown tokens, go to
+   ``rejects/shard-XXXXX.jsonl``.
+4. rank 0 fits the robust normalizer on a seeded sample of sentence vectors (a NaN there is an
+   error naming shard and document), records every shard in ``manifest.json`` and writes
    ``summary.json``.
+
+Progress (rows or documents per second, ETA) of reading, encoding and the normalizer goes to a
+bar in a terminal, or to plain lines at least every 30 s in a log file (:mod:`lcm.progress`).
 
 A rerun with the same settings skips finished shards, so a run killed at any point (even
 ``kill -9``) resumes to the same shards: the persistent embedding cache (``cache.sqlite``) returns
@@ -17,13 +26,15 @@ the very vectors the killed run computed.
 
 Output folder::
 
-    manifest.json            settings and input fingerprint (a rerun must match them)
+    manifest.json            settings, input fingerprint (a rerun must match them) and, once
+                             finished, {"shards": {name: {rows, bytes, sha256}}}
     shards/shard-00000.parquet
-    stats/shard-00000.json   per-shard counts (documents, sentences, truncations, rejects)
+    stats/shard-00000.json   per-shard counts (documents, sentences, truncations, unknown-token
+                             sentences, rejects) and the shard's rows, bytes and sha256
     rejects/input.jsonl      rows rejected while reading
-    rejects/shard-00000.jsonl  documents rejected for non-finite vectors
+    rejects/shard-00000.jsonl  documents rejected for non-finite vectors or unknown tokens
     normalizer.pt            RobustNormalizer statistics (load with weights_only=True)
-    summary.json             totals
+    summary.json             totals (rows_read == documents + rejected)
 """
 
 from __future__ import annotations
