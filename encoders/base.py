@@ -43,7 +43,10 @@ class SentenceCodec(ABC):
         self.n_encoded = 0
 
     def validate_lang(self, lang: str, what: str = "") -> str:
-        return validate_lang(lang, self.langs, what)
+        """Return ``lang`` if the codec handles it; else an error naming the codec's languages
+        and the codecs that handle ``lang`` (:func:`encoders.langs.validate_lang`)."""
+        cls = type(self)
+        return validate_lang(lang, self.langs, what, codec=f"{cls.__module__}.{cls.__name__}")
 
     @torch.inference_mode()
     def encode(self, sentences: Sequence[str], lang: str) -> torch.Tensor:

