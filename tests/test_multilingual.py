@@ -1,0 +1,217 @@
+"""The offline multilingual codecs (encoders.multilingual) and language validation."""
+
+from __future__ import annotations
+
+import json
+from pathlib import Path
+
+import pytest
+import torch
+
+from encoders import UnknownLanguageError, validate_lang
+from encoders.langs import E5_LANGS, SONAR_LANGS, USE_LANGS, suggest_langs
+
+ROOT = Path(__file__).resolve().parents[1]
+
+# One sentence per topic, translated (three scripts besides Latin in the Japanese/Russian rows).
+PARALLEL = {
+    "eng_Latn": [
+        "The cat sat on the mat.",
+        "This package provides a library for parsing XML files.",
+        "Heavy rain is expected tomorrow.",
+        "Documentation for the GNU C compiler.",
+    ],
+    "fra_Latn": [
+        "Le chat était assis sur le tapis.",
+        "Ce paquet fournit une bibliothèque pour analyser des fichiers XML.",
+        "De fortes pluies sont attendues demain.",
+        "Documentation pour le compilateur C de GNU.",
+    ],
+    "deu_Latn": [
+        "Die Katze saß auf der Matte.",
+        "Dieses Paket stellt eine Bibliothek zum Parsen von XML-Dateien bereit.",
+        "Für morgen wird starker Regen erwartet.",
+        "Dokumentation für den GNU-C-Compiler.",
+    ],
+    "jpn_Jpan": [
+        "猫がマットの上に座っていた。",
+        "このパッケージはXMLファイルを解析するためのライブラリを提供します。",
+        "明日は大雨が予想されています。",
+        "GNU Cコンパイラのドキュメント。",
+    ],
+    "rus_Cyrl": [
+        "Кошка сидела на коврике.",
+        "Этот пакет предоставляет библиотеку для разбора XML-файлов.",
+        "Завтра ожидается сильный дождь.",
+        "Документация для компилятора GNU C.",
+    ],
+}
+
+
+@pytest.fixture(scope="module")
+def use():
+    from encoders.multilingual import USECodec
+
+    return USECodec()
+
+
+@pytest.fixture(scope="module")
+def e5():
+    from encoders.multilingual import E5Codec
+
+    return E5Codec()
+
+
+@pytest.mark.parametrize("name", ["use", "e5"])
+def test_cross_lingual_nearest_neighbour_is_the_translation(name, request):
+    codec = request.getfixturevalue(name)
+    en = codec.encode(PARALLEL["eng_Latn"], "eng_Latn")
+    assert en.shape == (4, codec.dim) and en.dtype == torch.float32
+    torch.testing.assert_close(en.norm(dim=1), torch.ones(4))
+    for lang in ("fra_Latn", "deu_Latn", "jpn_Jpan", "rus_Cyrl"):
+        codec.add_to_bank(PARALLEL[lang], lang)
+        # English vectors decode into each language as their translations, in order.
+        assert codec.decode(en, lang) == PARALLEL[lang], lang
+    # Bank sentences decode to themselves; a bank language is never mixed with another.
+    fr = codec.encode(PARALLEL["fra_Latn"], "fra_Latn")
+    assert codec.decode(fr, "fra_Latn") == PARALLEL["fra_Latn"]
+    assert codec.decode(fr, "jpn_Jpan") == PARALLEL["jpn_Jpan"]
+    assert codec.bank_langs() == ["deu_Latn", "fra_Latn", "jpn_Jpan", "rus_Cyrl"]
+
+
+def test_batches_and_cache_give_the_same_vectors(tmp_path):
+    from encoders import EmbeddingCache
+    from encoders.multilingual import USECodec
+
+    sents = PARALLEL["deu_Latn"] + PARALLEL["jpn_Jpan"]
+    one = USECodec(batch_size=1).encode(sents, "deu_Latn")
+    cache = EmbeddingCache(tmp_path / "c.sqlite")
+    cached = USECodec(batch_size=3, cache=cache)
+    first = cached.encode(sents, "deu_Latn")
+    again = cached.encode(sents, "deu_Latn")
+    torch.testing.assert_close(one, first, atol=1e-5, rtol=1e-5)
+    assert torch.equal(first, again)
+    assert cached.n_encoded == len(sents) and cache.hits == len(sents)
+
+
+def test_bank_without_the_language_is_a_clear_error(use):
+    from encoders.multilingual import USECodec
+
+    codec = USECodec()
+    codec.add_to_bank(PARALLEL["fra_Latn"], "fra_Latn")
+    vecs = use.encode(PARALLEL["eng_Latn"][:1], "eng_Latn")
+    with pytest.raises(ValueError, match=r"no sentences in 'deu_Latn' \(it has: fra_Latn\)"):
+        codec.decode(vecs, "deu_Latn")
+    with pytest.raises(UnknownLanguageError, match=r"does not support hin_Deva.*E5Codec"):
+        codec.add_to_bank(["नमस्ते"], "hin_Deva")
+    with pytest.raises(ValueError, match=r"\(N, 512\)"):
+        codec.decode(torch.zeros(2, 384), "fra_Latn")
+
+
+def test_unsupported_language_names_the_codecs_that_can(use, e5):
+    with pytest.raises(UnknownLanguageError) as ex:
+        use.encode(["नमस्ते दुनिया"], "hin_Deva")
+    msg = str(ex.value)
+    assert "USECodec does not support hin_Deva" in msg and "unknown" not in msg
+    assert "jpn_Jpan" in msg  # its own languages
+    assert "encoders.sonar.SonarCodec" in msg and "encoders.multilingual.E5Codec" in msg
+    assert e5.encode(["नमस्ते दुनिया"], "hin_Deva").shape == (1, 384)  # e5 does handle Hindi
+
+
+def test_minilm_asked_for_french_says_english_only():
+    from encoders.minilm import MiniLMCodec
+
+    codec = MiniLMCodec()  # validation needs no weights
+    with pytest.raises(UnknownLanguageError) as ex:
+        codec.validate_lang("fra_Latn", "target_lang")
+    msg = str(ex.value)
+    assert "does not support fra_Latn (target_lang)" in msg
+    assert "English only" in msg and "unknown" not in msg
+    assert "encoders.multilingual.USECodec" in msg and "encoders.sonar.SonarCodec" in msg
+    assert "MiniLMCodec (" not in msg.split("codecs that handle")[1]  # not itself
+
+
+@pytest.mark.parametrize(
+    "bad, first",
+    [
+        ("fr_Latn", "fra_Latn"),
+        ("de_DE", "deu_Latn"),
+        ("ja_Jpan", "jpn_Jpan"),
+        ("eng_latn", "eng_Latn"),
+    ],
+)
+def test_suggestions_put_the_same_language_first(bad, first):
+    assert suggest_langs(bad)[0] == first
+    assert suggest_langs(bad, ("eng_Latn",))[0] == first  # even for a codec without it
+    with pytest.raises(UnknownLanguageError, match=f"unknown language code '{bad}'.*{first}"):
+        validate_lang(bad, USE_LANGS)
+
+
+def test_language_tables_are_flores200():
+    assert set(USE_LANGS) <= set(SONAR_LANGS) and len(USE_LANGS) == 16
+    assert set(E5_LANGS) <= set(SONAR_LANGS) and len(E5_LANGS) >= 85
+    validate_lang("deu_Latn", USE_LANGS)  # no error
+
+
+def test_codec_ids_round_trip_through_the_registry():
+    from encoders.multilingual import E5Codec, USECodec
+    from encoders.registry import codec_from_id, codec_kind
+
+    for cls in (USECodec, E5Codec):
+        codec = codec_from_id(cls.codec_id, batch_size=8)
+        assert type(codec) is cls and codec.codec_id == cls.codec_id and codec.batch_size == 8
+    assert codec_kind(USECodec.codec_id) == "usem3"
+
+
+@pytest.mark.slow
+def test_api_summarizes_a_french_document_into_german(tmp_path):
+    """Train a few steps on en/fr/de Debian pairs in USE-m space, then summarize French into
+    German through ConceptModel (codec rebuilt from the checkpoint, German bank from shards)."""
+    from encoders.multilingual import USECodec
+    from lcm.api import ConceptModel
+    from lcm.cli import run
+    from lcm.data.prepare import prepare
+
+    rows = []
+    for lang in ("en", "fr", "de"):
+        path = ROOT / "eval" / "data" / f"debian_{lang}.jsonl"
+        for line in path.read_text(encoding="utf-8").splitlines()[:8]:
+            r = json.loads(line)
+            rows.append({"id": f"{lang}/{r['id']}", "lang": r["lang"], "text": r["text"],
+                         "summary": r["summary"]})  # fmt: skip
+    docs = tmp_path / "docs.jsonl"
+    docs.write_text("\n".join(json.dumps(r, ensure_ascii=False) for r in rows) + "\n")
+    summary = prepare(
+        str(docs),
+        str(tmp_path / "shards"),
+        codec=USECodec(),
+        target_fields=["summary"],
+        end_of_text="End of text.",
+        progress=False,
+    )
+    assert summary["documents"] == len(rows)
+    run(
+        [
+            "fit",
+            "--config", "configs/trainer/default.yaml",
+            "--config", "configs/base_lcm/tiny_sft.yaml",
+            f"--data.data_dir={tmp_path / 'shards'}",
+            f"--trainer.default_root_dir={tmp_path / 'run'}",
+            "--data.val_fraction=0.2",
+            "--trainer.max_steps=3",
+            "--trainer.enable_progress_bar=false",
+            "--trainer.enable_model_summary=false",
+        ]
+    )  # fmt: skip
+    model = ConceptModel.load(tmp_path / "run" / "checkpoints" / "last.ckpt")
+    assert isinstance(model.codec, USECodec)
+    german = {r["summary"].strip() for r in rows if r["lang"] == "deu_Latn"}
+    french_doc = next(r["text"] for r in rows if r["lang"] == "fra_Latn")
+    out = model.summarize(
+        french_doc, source_lang="fra_Latn", target_lang="deu_Latn", max_new_concepts=2
+    )
+    assert isinstance(out, str) and out
+    assert any(s in out for s in german)  # written from the German bank
+    assert not any(r["summary"].strip() in out for r in rows if r["lang"] != "deu_Latn")
+    with pytest.raises(ValueError, match="no sentences in 'jpn_Jpan'"):
+        model.summarize(french_doc, source_lang="fra_Latn", target_lang="jpn_Jpan")
