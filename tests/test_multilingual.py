@@ -215,3 +215,47 @@ def test_api_summarizes_a_french_document_into_german(tmp_path):
     assert not any(r["summary"].strip() in out for r in rows if r["lang"] != "deu_Latn")
     with pytest.raises(ValueError, match="no sentences in 'jpn_Jpan'"):
         model.summarize(french_doc, source_lang="fra_Latn", target_lang="jpn_Jpan")
+
+
+@pytest.mark.slow
+def test_zero_shot_demo_end_to_end_on_a_tiny_slice(tmp_path):
+    """lcm.demo_xling on the shipped en/fr/de slice: English-only training, French and German
+    descriptions summarized into English and into themselves, scores written to results.json."""
+    from lcm.demo_xling import main
+
+    data = tmp_path / "data"
+    data.mkdir()
+    for lang in ("en", "fr", "de"):
+        rows = [json.loads(x) for x in (ROOT / f"eval/data/debian_{lang}.jsonl").open()][:24]
+        for r in rows:
+            r["md5"] = r["id"]
+        for split, part in (("train", rows[:18]), ("test", rows[18:])):
+            (data / f"debian_descriptions.{lang}.{split}.jsonl").write_text(
+                "".join(json.dumps(r, ensure_ascii=False) + "\n" for r in part)
+            )
+    report = tmp_path / "report"
+    got = main(
+        out_dir=str(tmp_path / "out"),
+        data_dir=str(data),
+        langs=["fr", "de"],
+        train_docs=18,
+        train_steps=2,
+        n_eval=4,
+        bank_size=18,
+        report_dir=str(report),
+    )
+    assert json.loads((report / "results.json").read_text()) == json.loads(json.dumps(got))
+    assert (report / "rouge_l.png").stat().st_size > 0
+    res = got["results"]
+    assert set(res) == {"en", "fr", "de"} and set(res["en"]) == {"into_en"}
+    fr_train = (data / "debian_descriptions.fr.train.jsonl").read_text().splitlines()
+    fr_bank = {json.loads(x)["summary"].strip() for x in fr_train}
+    for lang in ("fr", "de"):
+        assert set(res[lang]) == {"into_en", "into_own"}
+        for s in res[lang].values():
+            assert s["documents"] == 4
+            assert all(0 <= s[k] <= 100 for k in ("model", "mean_concept_floor", "ceiling"))
+    assert "lead_1" in res["fr"]["into_own"] and "lead_1" not in res["fr"]["into_en"]
+    # Into French: the generated sentences come from the French bank.
+    generated = [ex["generated"] for ex in res["fr"]["into_own"]["examples"]]
+    assert any(generated) and all(any(s in g for s in fr_bank) for g in generated if g)
