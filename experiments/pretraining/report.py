@@ -635,10 +635,16 @@ def main(argv: list[str] | None = None) -> dict:
     ap.add_argument("--out_dir", default="reports/pretraining")
     ap.add_argument("--steps", type=int, default=None, help="override the preset's steps")
     ap.add_argument("--train_dir", default=None, help="override the preset's training shards")
+    ap.add_argument("--families", default=None, help="comma-separated subset, e.g. base_lcm")
     args = ap.parse_args(argv)
     p = PRESETS[args.preset]
     if args.steps is not None:
         p = replace(p, steps=args.steps)
+    if args.families is not None:
+        unknown = set(args.families.split(",")) - set(FAMILIES)
+        if unknown:
+            raise SystemExit(f"unknown families {sorted(unknown)}; known: {list(FAMILIES)}")
+        p = replace(p, families=tuple(args.families.split(",")))
     if args.train_dir is not None:
         p = replace(p, train_dir=args.train_dir)
     res = run_report(p, args.out_dir, args.preset)
