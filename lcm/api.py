@@ -161,7 +161,7 @@ class ConceptModel:
         mode: str = "pretrain",
         max_sentence_chars: int = 256,
     ) -> None:
-        dim = int(module.hparams.sonar_dim)
+        dim = int(module.arch.sonar_dim)
         codec_dim = getattr(codec, "dim", None)
         if codec_dim is None and hasattr(codec, "load"):
             codec_dim = codec.load().dim
@@ -242,30 +242,37 @@ class ConceptModel:
             model.fill_bank(bank_dir, fields=[target] if target else None)
         return model
 
-    def fill_bank(self, shard_dir: str | Path, fields: list[str] | None = None) -> int:
+    def fill_bank(
+        self, shard_dir: str | Path, fields: list[str] | None = None, progress: bool = True
+    ) -> int:
         """Add the sentences of the shards' text columns (all, or ``fields``) to the codec's
-        retrieval bank; returns how many were offered."""
-        import pyarrow.parquet as pq
+        retrieval bank; returns how many were offered. Shards are verified on the way
+        (:mod:`lcm.data.shards`), and progress is shown per shard."""
+        import numpy as np
+
+        from lcm.data.shards import iter_shard_tables, recorded_shards
+        from lcm.progress import Progress
 
         n = 0
-        for path in sorted(Path(shard_dir, "shards").glob("*.parquet")):
-            table = pq.read_table(path)
-            langs = table.column("lang").to_pylist()
-            for name in table.column_names:
-                if not name.endswith("_sentences"):
-                    continue
-                if fields is not None and name[: -len("_sentences")] not in fields:
-                    continue
-                emb_name = name[: -len("_sentences")] + "_embeddings"
-                sents = table.column(name).to_pylist()
-                vecs = table.column(emb_name).to_pylist()
-                for lang, s, v in zip(langs, sents, vecs):
-                    keep = [i for i, x in enumerate(s) if x != self.end_of_text]
-                    if keep:
-                        self.codec.bank.add(
-                            [s[i] for i in keep], torch.tensor([v[i] for i in keep]), lang
-                        )
-                        n += len(keep)
+        total = len(recorded_shards(shard_dir))
+        with Progress("bank", total, "shards", progress, prefix="lcm load") as bar:
+            for _, table in iter_shard_tables(shard_dir, level="quick"):
+                langs = table.column("lang").to_pylist()
+                for name in table.column_names:
+                    if not name.endswith("_sentences"):
+                        continue
+                    field = name[: -len("_sentences")]
+                    if fields is not None and field not in fields:
+                        continue
+                    sents = table.column(name).to_pylist()
+                    vecs = table.column(f"{field}_embeddings").to_pylist()
+                    for lang, s, v in zip(langs, sents, vecs):
+                        keep = [i for i, x in enumerate(s) if x != self.end_of_text]
+                        if keep:
+                            x = torch.from_numpy(np.asarray([v[i] for i in keep], np.float32))
+                            self.codec.bank.add([s[i] for i in keep], x, lang)
+                            n += len(keep)
+                bar.update(1)
         return n
 
     # ------------------------------------------------------------------------------------------
@@ -328,9 +335,21 @@ class ConceptModel:
         )
 
     def _render(self, out: GenerationOutput, target_lang: str) -> list[str]:
+        """Decode every document's concepts. Two different concepts can decode to the same
+        sentence (a retrieval decoder returns its nearest bank sentence): the second one is a
+        repetition, so the document is cut there and its stop reason says so (``out`` is
+        updated to match the text)."""
         texts = []
-        for concepts in out.concepts:
+        for i, concepts in enumerate(out.concepts):
             sents = self.codec.decode(concepts.cpu(), target_lang) if len(concepts) else []
+            for j in range(1, len(sents)):
+                if sents[j] == sents[j - 1] and sents[j] != self.end_of_text:
+                    sents = sents[:j]
+                    out.concepts[i] = concepts[:j]
+                    for name in out.extras:
+                        out.extras[name][i] = out.extras[name][i][:j]
+                    out.stop_reasons[i] = "repetition"
+                    break
             texts.append(" ".join(x for x in sents if x != self.end_of_text))
         return texts
 
@@ -408,7 +427,9 @@ def generation_options(s: Settings) -> dict[str, Any]:
         use_cache=s.use_cache,
         num_iterations=s.num_iterations,
         exit_overrides=dict(
-            threshold=s.exit_threshold, patience=s.exit_patience, max_iterations=s.max_iterations
+            exit_threshold=s.exit_threshold,
+            exit_patience=s.exit_patience,
+            max_iterations=s.max_iterations,
         ),
         warm_start=s.warm_start,
         temperature=s.temperature,

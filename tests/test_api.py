@@ -140,8 +140,9 @@ def test_checkpoint_sampling_settings_reach_the_api_and_the_cli(tmp_path):
          "configs/two_tower/tiny_sft.yaml", f"--data.data_dir={shards}",
          f"--trainer.default_root_dir={root}", "--data.val_fraction=0.2", "--trainer.max_steps=3",
          "--trainer.enable_progress_bar=false", "--trainer.enable_model_summary=false",
-         "--model.init_args.num_inference_steps=3", "--model.init_args.guidance_scale=1.5",
-         "--model.init_args.init_noise_scale=0.9"]
+         "--model.init_args.sampling.num_inference_steps=3",
+         "--model.init_args.sampling.guidance_scale=1.5",
+         "--model.init_args.sampling.init_noise_scale=0.9"]
     )  # fmt: skip
     ckpt = root / "checkpoints" / "last.ckpt"
     model = ConceptModel.load(ckpt, codec=HashCodec())
@@ -303,3 +304,21 @@ def test_refiner_and_quant_checkpoints_generate_through_the_api(tmp_path):
     torch.testing.assert_close(a.concepts[0], raw, atol=1e-5, rtol=1e-5)
     with pytest.raises(TypeError, match="unknown generation settings: temprature"):
         quant.summarize(doc, temprature=0.0)
+
+
+def test_a_sentence_decoded_twice_in_a_row_ends_the_document(model, monkeypatch):
+    """A retrieval decoder can map two different concepts to one bank sentence: the text must
+    not repeat it, and the output says the document stopped on a repetition."""
+    from lcm.generation import GenerationOutput
+
+    out = GenerationOutput(
+        concepts=[torch.randn(3, 16), torch.randn(2, 16)],
+        stop_reasons=["max_length", "max_length"],
+        extras={"exit_step": [torch.tensor([1, 2, 3]), torch.tensor([4, 5])]},
+    )
+    decoded = iter([["A cat.", "A cat.", "A dog."], ["One.", "Two."]])
+    monkeypatch.setattr(model.codec, "decode", lambda vectors, lang: next(decoded))
+    assert model._render(out, "eng_Latn") == ["A cat.", "One. Two."]
+    assert out.stop_reasons == ["repetition", "max_length"]
+    assert len(out.concepts[0]) == 1 and out.extras["exit_step"][0].tolist() == [1]
+    assert len(out.concepts[1]) == 2

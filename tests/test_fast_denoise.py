@@ -88,7 +88,7 @@ def test_fast_sampler_equals_old_sampler(seed, guidance):
     sampling = SamplingConfig(num_inference_steps=40, guidance_scale=guidance)
     outs = []
     for fast in (False, True):
-        step = make_step(model, DDIMScheduler(), sampling, fast=fast)
+        step = make_step(model, scheduler=DDIMScheduler(), sampling=sampling, fast=fast)
         g = torch.Generator().manual_seed(seed)
         outs.append(
             generate(

@@ -189,7 +189,7 @@ def test_refiner_cached_equals_uncached_and_reports_exit_steps(
             assert (steps == num_iterations).all()
         else:  # the adaptive rule: never before patience + 1, never past the cap
             rule = obj.exit_rule
-            assert ((steps >= rule.patience + 1) & (steps <= rule.max_iterations)).all()
+            assert ((steps >= rule.exit_patience + 1) & (steps <= rule.max_iterations)).all()
 
 
 def test_refiner_first_concept_equals_the_objectives_prediction(normalizer):

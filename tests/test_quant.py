@@ -249,10 +249,8 @@ def test_fit_rvq_command_reports_heldout_error_and_feeds_the_module(tmp_path):
     held_x = dm.sample_concepts("val", 20_000, seed=1)
     assert rvq.reconstruction_error(held_x)["relative"] == pytest.approx(held[2], rel=1e-6)
 
-    module = QuantModule(
-        preset="tiny", sonar_dim=16, rvq_path=str(out),
-        model_overrides={"n_codebooks": 2, "n_units": 16},
-    )  # fmt: skip
+    arch = QuantLCMConfig.from_name("tiny", sonar_dim=16, n_codebooks=2, n_units=16)
+    module = QuantModule(arch=arch, rvq_path=str(out))
     assert torch.equal(module.rvq.codebooks, rvq.codebooks) and bool(module.rvq.fitted)
     with pytest.raises(ValueError, match="do not match"):
-        QuantModule(preset="tiny", sonar_dim=16, rvq_path=str(out))  # 4 x 64 preset
+        QuantModule(arch=QuantLCMConfig.from_name("tiny", sonar_dim=16), rvq_path=str(out))

@@ -37,7 +37,7 @@ from lcm.train.data import (
     split_documents,
     window_starts,
 )
-from lcm.train.module import warmup_cosine
+from lcm.train.optim import OptimConfig, warmup_cosine
 
 REPO = Path(__file__).resolve().parents[1]
 CONFIGS = REPO / "configs"
@@ -342,11 +342,9 @@ def test_diffusion_predict_next_is_padding_invariant_and_matches_predict_all(ind
 # --------------------------------------------------------------------------------------- module
 def test_optimizer_groups_and_warmup_cosine():
     module = TwoTowerModule(
-        preset="tiny",
-        sonar_dim=D,
-        weight_decay=0.1,
+        arch=TwoTowerConfig.from_name("tiny", sonar_dim=D),
+        optim=OptimConfig(weight_decay=0.1, decay_steps=100),
         learn_separator=True,
-        decay_steps=100,
         ema_decay=0.99,
     )
     optimizer = module.configure_optimizers()["optimizer"]
@@ -403,13 +401,16 @@ def test_tiny_preset_fits_a_small_set(family, steps, shards, cache_dir):
         cache_dir=cache_dir,
     )
     dm.setup()
-    extra = {"eval_inference_steps": 5} if family in ("two_tower", "one_tower") else {}
+    extra = {}
     if family == "quant_lcm":
         # The toy corpus has 23 distinct concepts: a first codebook of 64 units would store each
         # exactly, leaving all-zero residuals whose codes are arbitrary ties nobody can predict.
-        extra = {"model_overrides": {"n_codebooks": 2, "n_units": 16}}
-    module = FAMILY_MODULES[family](
-        preset="tiny", sonar_dim=dm.dim, lr=3e-3, warmup_steps=20, weight_decay=0.0, **extra
+        extra = {"n_codebooks": 2, "n_units": 16}
+    cls = FAMILY_MODULES[family]
+    module = cls(
+        arch=cls.arch_cls.from_name("tiny", sonar_dim=dm.dim, **extra),
+        optim=OptimConfig(lr=3e-3, warmup_steps=20, weight_decay=0.0),
+        **({"eval_inference_steps": 5} if family in ("two_tower", "one_tower") else {}),
     )
     module.normalizer.load_state_dict(dm.normalizer.state_dict())
     if family == "quant_lcm":  # fit would fit it at setup; the loss before needs it now
@@ -449,9 +450,19 @@ def test_every_config_parses(path, capsys):
     if path.stem == "compile":
         assert "class_path: lcm.train.compile.CompileModel" in printed
     elif not addon and path != TRAINER_YAML:
-        family = path.parent.name
-        assert f"lcm.train.module.{FAMILY_MODULES[family].__name__}" in printed
-        assert f"preset: {path.stem.removesuffix('_sft')}" in printed
+        import dataclasses
+
+        import yaml
+
+        cls = FAMILY_MODULES[path.parent.name]
+        assert f"lcm.train.module.{cls.__name__}" in printed
+        # Every architecture field is spelled out; a preset recipe holds exactly the preset.
+        arch = yaml.safe_load(printed)["model"]["init_args"]["arch"]
+        fields = {f.name for f in dataclasses.fields(cls.arch_cls)} - {"sonar_dim"}
+        assert fields <= set(arch), fields - set(arch)
+        if not path.stem.endswith("_sft"):
+            preset = dataclasses.asdict(cls.arch_cls.from_name(path.stem))
+            assert {k: arch[k] for k in fields} == {k: preset[k] for k in fields}
 
 
 def _fit_args(shards, cache_dir, root, family="two_tower", recipe="tiny", *extra):
@@ -484,9 +495,9 @@ def test_resume_from_last_equals_an_uninterrupted_run(shards, cache_dir, tmp_pat
                 f"--trainer.max_steps={steps}",
                 "--trainer.val_check_interval=5",
                 "--checkpoint.every_n_train_steps=4",
-                "--model.init_args.decay_steps=16",
+                "--model.init_args.optim.decay_steps=16",
                 "--model.init_args.ema_decay=0.9",
-                "--model.init_args.model_overrides={dropout: 0.1}",
+                "--model.init_args.arch.dropout=0.1",
                 *extra,
             ]
         )
@@ -561,10 +572,27 @@ def test_cli_fit_validate_test_predict(family, shards, cache_dir, tmp_path):
     predict = cli_main(["predict", *args, "--ckpt_path=last"])
     preds = predict.trainer.predict_loop.predictions
     assert preds and preds[0]["pred"].shape[-1] == D and torch.isfinite(preds[0]["pred"]).all()
+    # ... and writes them, with the document id and position of every vector.
+    written = pq.read_table(root / "predictions" / "predictions-rank0.parquet").to_pylist()
+    dm = predict.datamodule
+    assert (
+        len(written) == sum(len(p["index"]) for p in preds) == len(dm.batches("predict").examples)
+    )
+    store = dm._splits["predict"][0]
+    for row in written:
+        assert row["id"] in store.ids and len(row["pred"]) == len(row["is_target"]) >= 1
+        assert len(row["pred"][0]) == D
+    first = preds[0]
+    n = int(first["weight"][0].shape[0])
+    torch.testing.assert_close(
+        torch.tensor(written[0]["pred"]), first["pred"][0, : len(written[0]["pred"])].float()
+    )
+    assert n >= len(written[0]["pred"])
 
     # The checkpoint is self-contained: family, hyper-parameters, normalizer statistics.
     module = load_module(str(ckpt))
-    assert type(module) is type(fit.model) and module.hparams.sonar_dim == D
+    assert type(module) is type(fit.model) and module.arch.sonar_dim == D
+    assert module.arch == fit.model.arch and module.optim == fit.model.optim
     norm = RobustNormalizer.load(shards / "normalizer.pt")
     torch.testing.assert_close(module.normalizer.center, norm.center)
     torch.testing.assert_close(module.normalizer.scale, norm.scale)
@@ -649,7 +677,7 @@ def test_ddp_two_processes_equal_one_process_with_accumulation(shards, cache_dir
             "--trainer.max_steps=6",
             "--trainer.val_check_interval=6",
             "--checkpoint.every_n_train_steps=6",
-            "--model.init_args.warmup_steps=2",
+            "--model.init_args.optim.warmup_steps=2",
             "--data.max_concepts_per_batch=40",
             *extra,
         )
@@ -706,7 +734,9 @@ def test_fit_without_validation_documents(shards, cache_dir):
         max_concepts_per_batch=64,
         cache_dir=cache_dir,
     )
-    module = FAMILY_MODULES["base_lcm"](preset="tiny", sonar_dim=D, warmup_steps=1)
+    module = FAMILY_MODULES["base_lcm"](
+        arch=BaseLCMConfig.from_name("tiny", sonar_dim=D), optim=OptimConfig(warmup_steps=1)
+    )
     trainer = L.Trainer(
         max_steps=3,
         accelerator="cpu",
@@ -719,3 +749,38 @@ def test_fit_without_validation_documents(shards, cache_dir):
     assert trainer.global_step == 3 and "val/loss" not in trainer.callback_metrics
     assert bool(module.normalizer_ready)
     torch.testing.assert_close(module.normalizer.center, dm.normalizer.center)
+
+
+def test_progress_in_a_log_file_and_a_step_bounded_epoch_label(shards, cache_dir):
+    import io
+    from types import SimpleNamespace
+
+    from lcm.train.progress import LogProgress, StepProgressBar
+
+    dm = ConceptDataModule(
+        str(shards), val_fraction=0.2, max_seq_len=8, max_concepts_per_batch=64,
+        cache_dir=cache_dir,
+    )  # fmt: skip
+    module = FAMILY_MODULES["base_lcm"](arch=BaseLCMConfig.from_name("tiny", sonar_dim=D))
+    log = io.StringIO()
+    trainer = L.Trainer(
+        max_steps=4, val_check_interval=4, accelerator="cpu", logger=False,
+        enable_checkpointing=False, enable_progress_bar=False, enable_model_summary=False,
+        callbacks=[LogProgress(interval=0.0, stream=log)],
+    )  # fmt: skip
+    trainer.fit(module, dm)
+    lines = log.getvalue().splitlines()
+    assert lines[0] == "[lcm fit] training from step 0 to 4"
+    steps = [line for line in lines if line.startswith("[lcm fit] step ")]
+    assert [s.split(",")[0] for s in steps] == [
+        f"[lcm fit] step {i}/4 ({25 * i}%)" for i in (1, 2, 3, 4)
+    ]
+    assert all("steps/s" in s and "ETA" in s and "train/loss" in s for s in steps)
+    assert any(line.startswith("[lcm fit] validation at step 4: val/ca ") for line in lines)
+    assert lines[-1].startswith("[lcm fit] done at step 4 in ")
+
+    bar = StepProgressBar()
+    bar._trainer = SimpleNamespace(max_epochs=-1, max_steps=500, global_step=120)
+    assert bar._get_train_description(9).strip() == "Epoch 9 · step 120/500"
+    bar._trainer = SimpleNamespace(max_epochs=3, max_steps=-1, global_step=7)
+    assert bar._get_train_description(1).strip() == "Epoch 1/2"

@@ -1,7 +1,7 @@
 """Generation: one loop for every family (stopping, trimming, batching) and per-family steps."""
 
 from lcm.generation.generator import GenerationOutput, generate, left_pad
-from lcm.generation.steps import NextConceptStep, make_step
+from lcm.generation.steps import NextConceptStep, StepOptions, make_step, register_step
 from lcm.objectives.diffusion import SamplingConfig
 
 __all__ = [
@@ -11,4 +11,6 @@ __all__ = [
     "generate",
     "left_pad",
     "make_step",
+    "register_step",
+    "StepOptions",
 ]

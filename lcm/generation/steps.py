@@ -19,7 +19,8 @@ step; both exist to test and benchmark the fast paths against.
 
 from __future__ import annotations
 
-from dataclasses import replace
+from collections.abc import Callable
+from dataclasses import dataclass, replace
 from typing import Any
 
 import torch
@@ -27,7 +28,15 @@ from torch import Tensor
 
 from diffusion import DDIMScheduler, ddim_sample
 from lcm.models import BaseLCM, OneTowerLCM, QuantLCM, RecurrentRefinerLCM, TwoTowerLCM
-from lcm.objectives import ExitRule, Objective, QuantObjective, RefinerObjective
+from lcm.objectives import (
+    ExitRule,
+    MSEObjective,
+    Objective,
+    OneTowerDiffusion,
+    QuantObjective,
+    RefinerObjective,
+    TwoTowerDiffusion,
+)
 from lcm.objectives.diffusion import SamplingConfig, solver_scheduler
 
 
@@ -311,29 +320,11 @@ class QuantStep(NextConceptStep):
             self.h = self.model.contextualize(y[:, None], None, self.cache)[:, 0]
 
 
-def make_step(
-    model: torch.nn.Module,
-    scheduler: DDIMScheduler | None = None,
-    sampling: SamplingConfig | None = None,
-    use_cache: bool = True,
-    reuse_context: bool = True,
-    *,
-    fast: bool = True,
-    fast_options: dict[str, Any] | None = None,
-    sampling_overrides: dict[str, Any] | None = None,
-    num_iterations: int | None = None,
-    exit_rule: ExitRule | None = None,
-    exit_overrides: dict[str, Any] | None = None,
-    warm_start: bool = False,
-    temperature: float | None = None,
-    top_p: float | None = None,
-) -> NextConceptStep:
-    """The step for ``model``'s family; ``model`` is a network or its objective, whose
-    scheduler, sampling settings, exit rule and temperature are the defaults (the checkpoint's
-    own, for a trained module's objective).
+@dataclass
+class StepOptions:
+    """Every generation option a family's step may read (each family reads its own).
 
-    Args:
-        model: Network or :class:`~lcm.objectives.Objective`.
+    Attributes:
         scheduler: DDIM scheduler of the diffusion families (default: the objective's).
         sampling: Diffusion sampling settings, whole (default: the objective's).
         use_cache: KV-cache the context across generated concepts.
@@ -346,31 +337,114 @@ def make_step(
             (None values keep the default).
         num_iterations: Refiner: a fixed number of iterations instead of the adaptive exit.
         exit_rule: Refiner: the adaptive exit rule, whole (default: the objective's).
-        exit_overrides: Refiner: fields of the default exit rule to replace (``threshold``,
-            ``patience``, ``max_iterations``; None keeps one).
+        exit_overrides: Refiner: fields of the default exit rule to replace (``exit_threshold``,
+            ``exit_patience``, ``max_iterations``; None keeps one).
         warm_start: Refiner: start each concept from the previous concept's exit state.
         temperature: Quant-LCM: code sampling temperature (default: the objective's).
         top_p: Quant-LCM: nucleus mass (default: the objective's).
     """
+
+    scheduler: DDIMScheduler | None = None
+    sampling: SamplingConfig | None = None
+    use_cache: bool = True
+    reuse_context: bool = True
+    fast: bool = True
+    fast_options: dict[str, Any] | None = None
+    sampling_overrides: dict[str, Any] | None = None
+    num_iterations: int | None = None
+    exit_rule: ExitRule | None = None
+    exit_overrides: dict[str, Any] | None = None
+    warm_start: bool = False
+    temperature: float | None = None
+    top_p: float | None = None
+
+
+StepFactory = Callable[[Objective, StepOptions], NextConceptStep]
+_STEPS: dict[type[Objective], StepFactory] = {}
+_NETWORKS: dict[type[torch.nn.Module], type[Objective]] = {}
+
+
+def register_step(
+    objective_cls: type[Objective],
+    factory: StepFactory,
+    network_cls: type[torch.nn.Module] | None = None,
+) -> None:
+    """Plug a family into generation: ``factory(objective, options)`` builds the family's step.
+
+    Args:
+        objective_cls: The family's objective (subclasses inherit the registration).
+        factory: Builds the step from an objective and the :class:`StepOptions`.
+        network_cls: The family's network, so that a bare network can be given to
+            :func:`make_step` (it is wrapped in ``objective_cls(network)``).
+    """
+    _STEPS[objective_cls] = factory
+    if network_cls is not None:
+        _NETWORKS[network_cls] = objective_cls
+
+
+def _lookup(registry: dict[type, Any], cls: type) -> Any:
+    for klass in cls.__mro__:  # the most specific registration wins
+        if klass in registry:
+            return registry[klass]
+    return None
+
+
+def make_step(model: torch.nn.Module, **options: Any) -> NextConceptStep:
+    """The generation step of ``model``'s family; ``model`` is an objective (whose scheduler,
+    sampling settings, exit rule and temperature are the defaults: the checkpoint's own, for a
+    trained module's objective) or a bare network of a registered family.
+
+    Args:
+        model: :class:`~lcm.objectives.Objective` or network.
+        **options: Fields of :class:`StepOptions`.
+    """
+    opts = StepOptions(**options)
     objective = model if isinstance(model, Objective) else None
-    net = objective.model if objective is not None else model
-    if isinstance(net, BaseLCM):
-        return BaseLCMStep(net, use_cache)
-    if isinstance(net, RecurrentRefinerLCM):
-        obj = objective if isinstance(objective, RefinerObjective) else RefinerObjective(net)
-        rule = exit_rule or obj.exit_rule_with(**(exit_overrides or {}))
-        return RefinerStep(obj, rule, num_iterations, warm_start, use_cache)
-    if isinstance(net, QuantLCM):
-        obj = objective if isinstance(objective, QuantObjective) else QuantObjective(net)
-        return QuantStep(obj, temperature, top_p, use_cache)
+    if objective is None:
+        objective_cls = _lookup(_NETWORKS, type(model))
+        if objective_cls is None:
+            raise TypeError(f"no generation step for {type(model).__name__}")
+        objective = objective_cls(model)
+    factory = _lookup(_STEPS, type(objective))
+    if factory is None:
+        raise TypeError(
+            f"no generation step for {type(objective).__name__}: register one with "
+            "lcm.generation.register_step"
+        )
+    return factory(objective, opts)
+
+
+def _diffusion_settings(objective: Objective, o: StepOptions) -> tuple[DDIMScheduler, Any]:
+    sampling = o.sampling
     if sampling is None:
-        keep = {k: v for k, v in (sampling_overrides or {}).items() if v is not None}
-        base = getattr(objective, "sampling", None) or SamplingConfig()
-        sampling = replace(base, **keep)
-    if scheduler is None:
-        scheduler = getattr(objective, "scheduler", None) or DDIMScheduler()
-    if isinstance(net, TwoTowerLCM):
-        return TwoTowerStep(net, scheduler, sampling, use_cache, reuse_context, fast, fast_options)
-    if isinstance(net, OneTowerLCM):
-        return OneTowerStep(net, scheduler, sampling, use_cache)
-    raise TypeError(f"no generation step for {type(net).__name__}")
+        keep = {k: v for k, v in (o.sampling_overrides or {}).items() if v is not None}
+        sampling = replace(getattr(objective, "sampling", None) or SamplingConfig(), **keep)
+    scheduler = o.scheduler or getattr(objective, "scheduler", None) or DDIMScheduler()
+    return scheduler, sampling
+
+
+def _two_tower_step(objective: Objective, o: StepOptions) -> NextConceptStep:
+    scheduler, sampling = _diffusion_settings(objective, o)
+    return TwoTowerStep(
+        objective.model, scheduler, sampling, o.use_cache, o.reuse_context, o.fast, o.fast_options
+    )
+
+
+def _one_tower_step(objective: Objective, o: StepOptions) -> NextConceptStep:
+    scheduler, sampling = _diffusion_settings(objective, o)
+    return OneTowerStep(objective.model, scheduler, sampling, o.use_cache)
+
+
+def _refiner_step(objective: Objective, o: StepOptions) -> NextConceptStep:
+    assert isinstance(objective, RefinerObjective)
+    rule = o.exit_rule or objective.exit_rule_with(**(o.exit_overrides or {}))
+    return RefinerStep(objective, rule, o.num_iterations, o.warm_start, o.use_cache)
+
+
+register_step(MSEObjective, lambda obj, o: BaseLCMStep(obj.model, o.use_cache), BaseLCM)
+register_step(TwoTowerDiffusion, _two_tower_step, TwoTowerLCM)
+register_step(OneTowerDiffusion, _one_tower_step, OneTowerLCM)
+register_step(RefinerObjective, _refiner_step, RecurrentRefinerLCM)
+register_step(
+    QuantObjective, lambda obj, o: QuantStep(obj, o.temperature, o.top_p, o.use_cache), QuantLCM
+)

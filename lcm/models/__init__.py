@@ -8,7 +8,13 @@ Example:
 """
 
 from lcm.models.base_lcm import BaseLCM, BaseLCMConfig
-from lcm.models.common import ConceptNetwork, PresetConfig, build, param_count
+from lcm.models.common import (
+    ConceptNetwork,
+    PresetConfig,
+    TransformerConfig,
+    build,
+    param_count,
+)
 from lcm.models.one_tower import OneTowerConfig, OneTowerLCM
 from lcm.models.quant_lcm import QuantLCM, QuantLCMConfig
 from lcm.models.refiner import RecurrentRefinerLCM, RefinerConfig
@@ -37,6 +43,7 @@ __all__ = [
     "QuantLCMConfig",
     "RecurrentRefinerLCM",
     "RefinerConfig",
+    "TransformerConfig",
     "TwoTowerConfig",
     "TwoTowerLCM",
     "build",

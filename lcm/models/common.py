@@ -20,10 +20,13 @@ def param_count(module: nn.Module, trainable_only: bool = False) -> int:
     return sum(p.numel() for p in module.parameters() if p.requires_grad or not trainable_only)
 
 
+@dataclasses.dataclass
 class PresetConfig:
-    """Mixin for config dataclasses: `Config.from_name("tiny", sonar_dim=16)`.
+    """Base of the config dataclasses: `Config.from_name("tiny", sonar_dim=16)`.
 
     Subclasses set `presets: ClassVar[dict[str, dict]]` mapping a preset name to field values.
+    Every class of a config's MRO is a dataclass, so jsonargparse (the CLI) shows the fields of
+    an `arch: TwoTowerConfig` argument as one group (`--model.arch.d_model`, ...).
     """
 
     presets: ClassVar[dict[str, dict[str, Any]]] = {}

@@ -28,14 +28,13 @@ one device with ``accumulate_grad_batches=w``, therefore draws exactly the same 
 from __future__ import annotations
 
 import contextlib
-import copy
+import dataclasses
 import hashlib
-import math
+import importlib
 import warnings
 from collections.abc import Iterator
-from functools import partial
 from pathlib import Path
-from typing import Any, ClassVar, Literal
+from typing import Any, ClassVar, Literal, TypeVar
 
 import lightning as L
 import torch
@@ -45,9 +44,17 @@ from torchmetrics import MeanMetric
 
 from diffusion import DDIMScheduler, PredictionType, ScheduleName, TimestepSpacing
 from lcm.metrics import sequence_contrastive_accuracy
-from lcm.models import FAMILIES
+from lcm.models import (
+    BaseLCMConfig,
+    OneTowerConfig,
+    QuantLCMConfig,
+    RefinerConfig,
+    TransformerConfig,
+    TwoTowerConfig,
+)
 from lcm.normalizer import RobustNormalizer
 from lcm.objectives import (
+    DiffusionObjective,
     ExitRule,
     MSEObjective,
     Objective,
@@ -60,48 +67,35 @@ from lcm.objectives import (
 )
 from lcm.objectives.base import Batch, ObjectiveOutput
 from lcm.quant import RVQ
+from lcm.train.optim import DEFAULT_OPTIM, EMA, OptimConfig, adamw_warmup_cosine
+
+T = TypeVar("T")
+
+#: Each family's default architecture: its ``tiny`` preset (CPU tests and the quickstart).
+TINY = {
+    "base_lcm": BaseLCMConfig.from_name("tiny"),
+    "two_tower": TwoTowerConfig.from_name("tiny"),
+    "one_tower": OneTowerConfig.from_name("tiny"),
+    "refiner": RefinerConfig.from_name("tiny"),
+    "quant_lcm": QuantLCMConfig.from_name("tiny"),
+}
+#: The paper's inference settings (section 2.3.5), the diffusion families' default.
+PAPER_SAMPLING = SamplingConfig()
+
+
+def typed(cls: type[T], value: T | dict[str, Any] | None) -> T:
+    """``value`` as a ``cls`` config: a checkpoint's hyperparameters hold configs as dicts."""
+    if value is None:
+        return cls()
+    if isinstance(value, dict):
+        return cls(**value)
+    if not isinstance(value, cls):
+        raise TypeError(f"expected a {cls.__name__}, got {type(value).__name__}")
+    return value
+
 
 SEPARATOR_SEED = 20241212  # the LCM paper's arXiv month; any fixed value works
 METRICS = ("loss", "mse", "l2", "ca")
-
-
-def warmup_cosine(step: int, warmup_steps: int, decay_steps: int, min_lr_ratio: float) -> float:
-    """LR multiplier: linear warmup to 1 over ``warmup_steps``, then cosine down to
-    ``min_lr_ratio`` at ``decay_steps`` (total steps, warmup included), constant after."""
-    if step < warmup_steps:
-        return (step + 1) / warmup_steps
-    progress = min(1.0, (step - warmup_steps) / max(1, decay_steps - warmup_steps))
-    return min_lr_ratio + (1.0 - min_lr_ratio) * 0.5 * (1.0 + math.cos(math.pi * progress))
-
-
-def adamw_warmup_cosine(
-    params: list[nn.Parameter],
-    lr: float,
-    betas: tuple[float, float],
-    eps: float,
-    weight_decay: float,
-    warmup_steps: int,
-    decay_steps: int,
-    min_lr_ratio: float,
-) -> dict[str, Any]:
-    """Lightning's ``configure_optimizers`` answer: AdamW where matrices decay and vectors (norm
-    weights, biases, the separator) do not, stepped per optimizer step by :func:`warmup_cosine`.
-    Parameters that do not require grad are left out."""
-    decay = [p for p in params if p.requires_grad and p.ndim >= 2]
-    no_decay = [p for p in params if p.requires_grad and p.ndim < 2]
-    groups = [
-        {"params": decay, "weight_decay": weight_decay},
-        {"params": no_decay, "weight_decay": 0.0},
-    ]
-    optimizer = torch.optim.AdamW(groups, lr=lr, betas=betas, eps=eps)
-    schedule = partial(
-        warmup_cosine,
-        warmup_steps=warmup_steps,
-        decay_steps=decay_steps,
-        min_lr_ratio=min_lr_ratio,
-    )
-    scheduler = torch.optim.lr_scheduler.LambdaLR(optimizer, schedule)
-    return {"optimizer": optimizer, "lr_scheduler": {"scheduler": scheduler, "interval": "step"}}
 
 
 def derive_seed(*parts: int) -> int:
@@ -110,57 +104,22 @@ def derive_seed(*parts: int) -> int:
     return int.from_bytes(digest, "little") & (2**63 - 1)
 
 
-class EMA(nn.Module):
-    """Exponential moving average of a network's weights (``ema <- d * ema + (1 - d) * w``).
-
-    The decay ramps up as ``min(decay, (1 + n) / (10 + n))`` after n updates, so early averages
-    are not dominated by the random initialization. Buffers are copied, not averaged.
-
-    Args:
-        model: The network to track (deep-copied; the copy never requires grad).
-        decay: Target decay d.
-    """
-
-    def __init__(self, model: nn.Module, decay: float) -> None:
-        super().__init__()
-        if not 0.0 < decay < 1.0:
-            raise ValueError(f"ema_decay must be in (0, 1), got {decay}")
-        self.decay = decay
-        self.model = copy.deepcopy(model).requires_grad_(False).eval()
-        self.register_buffer("num_updates", torch.zeros((), dtype=torch.int64))
-
-    @torch.no_grad()
-    def update(self, model: nn.Module) -> None:
-        n = int(self.num_updates)
-        d = min(self.decay, (1 + n) / (10 + n))
-        ema_params = list(self.model.parameters())
-        params = [p.detach().to(e.dtype) for p, e in zip(model.parameters(), ema_params)]
-        torch._foreach_lerp_(ema_params, params, 1.0 - d)
-        for e, b in zip(self.model.buffers(), model.buffers()):
-            e.copy_(b)
-        self.num_updates += 1
-
-    @torch.no_grad()
-    def reset(self, model: nn.Module) -> None:
-        self.model.load_state_dict(model.state_dict())
-        self.num_updates.zero_()
+#: Family name -> its LightningModule. A subclass that sets ``family`` registers itself here
+#: when it is defined; its ``arch_cls`` is the family's config, its objective (set with
+#: :meth:`LCMModule.attach`) the network's loss and sampling, and its generation step is
+#: registered with :func:`lcm.generation.register_step`.
+FAMILY_MODULES: dict[str, type[LCMModule]] = {}
 
 
 class LCMModule(L.LightningModule):
-    """Base LightningModule of every LCM family (use a family subclass).
+    """Base LightningModule of every LCM family (use a family subclass, which builds its
+    network and objective from its typed arguments and calls :meth:`attach`).
 
     Args:
-        preset: Model preset of the family (``tiny``, ``small``, ``1.6B``, ...).
-        model_overrides: Config fields to change on top of the preset, e.g. ``{dropout: 0.0}``.
-        sonar_dim: Concept dimension D (the CLI links it to the data's dimension).
-        lr: Peak learning rate (paper pretraining: 4e-4; fine-tuning: 3e-5).
-        betas: AdamW betas.
-        eps: AdamW epsilon.
-        weight_decay: AdamW weight decay on matrices; norms, biases and other vectors get none.
-        warmup_steps: Linear warmup steps (paper: 10k).
-        decay_steps: Step at which the cosine decay ends (default: the trainer's estimated total
-            steps). Set it when a run will be split and resumed with different ``max_steps``.
-        min_lr_ratio: Final learning rate as a fraction of ``lr``.
+        arch: The network's architecture, a typed config with every field (the family
+            subclass narrows the type; presets: ``<Family>Config.from_name("small")``).
+            ``arch.sonar_dim`` is linked to the data's concept dimension by the CLI.
+        optim: AdamW and its warmup-cosine schedule.
         ema_decay: Keep an exponential moving average of the weights with this decay (e.g.
             0.999); None disables it.
         ema_eval: Evaluate, predict and generate with the EMA weights when they exist.
@@ -171,19 +130,18 @@ class LCMModule(L.LightningModule):
     """
 
     family: ClassVar[str] = ""
+    #: The family's architecture config class.
+    arch_cls: ClassVar[type[TransformerConfig]]
+
+    def __init_subclass__(cls, **kwargs: Any) -> None:
+        super().__init_subclass__(**kwargs)
+        if cls.__dict__.get("family"):
+            FAMILY_MODULES[cls.family] = cls
 
     def __init__(
         self,
-        preset: str = "tiny",
-        model_overrides: dict[str, Any] | None = None,
-        sonar_dim: int = 1024,
-        lr: float = 4e-4,
-        betas: tuple[float, float] = (0.9, 0.95),
-        eps: float = 1e-5,
-        weight_decay: float = 0.1,
-        warmup_steps: int = 10_000,
-        decay_steps: int | None = None,
-        min_lr_ratio: float = 0.0,
+        arch: TransformerConfig,
+        optim: OptimConfig = DEFAULT_OPTIM,
         ema_decay: float | None = None,
         ema_eval: bool = True,
         init_from: str | None = None,
@@ -192,13 +150,21 @@ class LCMModule(L.LightningModule):
     ) -> None:
         super().__init__()
         if not self.family:
-            raise TypeError("use a family subclass: BaseLCMModule, TwoTowerModule, OneTowerModule")
+            raise TypeError("use a family subclass: BaseLCMModule, TwoTowerModule, ...")
         self.save_hyperparameters()
-        config_cls = FAMILIES[self.family]
-        config = config_cls.from_name(preset, sonar_dim=sonar_dim, **(model_overrides or {}))
-        self.objective: Objective = self.build_objective(config.build())
-        self.ema_model = EMA(self.objective.model, ema_decay) if ema_decay is not None else None
+        # Checkpoints hold plain data only (they load with weights_only=True), so typed
+        # configs are stored as dicts and turned back into configs by the constructors.
+        for name, value in list(self.hparams.items()):
+            if dataclasses.is_dataclass(value):
+                self.hparams[name] = dataclasses.asdict(value)
+        self.arch = typed(self.arch_cls, arch)
+        self.optim = typed(OptimConfig, optim)
+        self.ema_decay, self.ema_eval = ema_decay, ema_eval
+        self.init_from, self.seed = init_from, seed
+        self.objective: Objective
+        self.ema_model: EMA | None = None
 
+        sonar_dim = self.arch.sonar_dim
         self.normalizer = RobustNormalizer(sonar_dim)
         # False until the statistics come from data or a checkpoint (see _sync_normalizer).
         self.register_buffer("normalizer_ready", torch.zeros((), dtype=torch.bool))
@@ -218,11 +184,13 @@ class LCMModule(L.LightningModule):
             }
         )
 
-    # ----------------------------------------------------------------------- family hooks
-    def build_objective(self, model: nn.Module) -> Objective:
-        """Wrap the freshly built network in this family's objective."""
-        raise NotImplementedError
+    def attach(self, objective: Objective) -> None:
+        """Install the family's objective (wrapping its freshly built network) and the EMA."""
+        self.objective = objective
+        if self.ema_decay is not None:
+            self.ema_model = EMA(objective.model, self.ema_decay)
 
+    # ----------------------------------------------------------------------- family hooks
     def eval_kwargs(self) -> dict[str, Any]:
         """Extra keyword arguments of ``predict_all`` during validation and test."""
         return {}
@@ -244,7 +212,7 @@ class LCMModule(L.LightningModule):
 
     def eval_objective(self) -> Objective:
         """The objective bound to the EMA weights when ``ema_eval``, else the trained ones."""
-        if self.ema_model is not None and self.hparams.ema_eval:
+        if self.ema_model is not None and self.ema_eval:
             return self.objective.with_model(self.ema_model.model)
         return self.objective
 
@@ -258,7 +226,7 @@ class LCMModule(L.LightningModule):
         return {**batch, "x": torch.where(sep_mask[..., None], sep, x)}
 
     def _batch_seed(self, batch: Batch, salt: int) -> int:
-        return derive_seed(self.hparams.seed, salt, int(batch.get("batch_id", -1)))
+        return derive_seed(self.seed, salt, int(batch.get("batch_id", -1)))
 
     def _generator(self, seed: int) -> torch.Generator:
         return torch.Generator(device=self.device).manual_seed(seed)
@@ -289,18 +257,9 @@ class LCMModule(L.LightningModule):
             self.ema_model.update(self.objective.model)
 
     def configure_optimizers(self) -> dict[str, Any]:
-        h = self.hparams
         params = [p for n, p in self.named_parameters() if not n.startswith("ema_model.")]
-        return adamw_warmup_cosine(
-            params,
-            lr=h.lr,
-            betas=tuple(h.betas),
-            eps=h.eps,
-            weight_decay=h.weight_decay,
-            warmup_steps=h.warmup_steps,
-            decay_steps=h.decay_steps or int(self.trainer.estimated_stepping_batches),
-            min_lr_ratio=h.min_lr_ratio,
-        )
+        decay_steps = self.optim.decay_steps or int(self.trainer.estimated_stepping_batches)
+        return adamw_warmup_cosine(params, self.optim, decay_steps)
 
     # ---------------------------------------------------------------------- evaluation
     def _eval_step(self, batch: Batch, stage: str) -> None:
@@ -407,13 +366,8 @@ class LCMModule(L.LightningModule):
     # ------------------------------------------------------------ normalizer / init / ckpt
     def setup(self, stage: str) -> None:
         trainer = self._trainer
-        if (
-            stage == "fit"
-            and self.hparams.init_from
-            and trainer is not None
-            and trainer.ckpt_path is None
-        ):
-            self.load_init(self.hparams.init_from)
+        if stage == "fit" and self.init_from and trainer is not None and trainer.ckpt_path is None:
+            self.load_init(self.init_from)
         self._sync_normalizer()
         self._record_data_info()
 
@@ -482,6 +436,7 @@ class LCMModule(L.LightningModule):
 
     def on_save_checkpoint(self, checkpoint: dict[str, Any]) -> None:
         checkpoint["lcm_family"] = self.family
+        checkpoint["lcm_module"] = f"{type(self).__module__}:{type(self).__qualname__}"
         if self.data_info:
             checkpoint["lcm_data"] = dict(self.data_info)
 
@@ -511,13 +466,19 @@ class LCMModule(L.LightningModule):
 
 
 class BaseLCMModule(LCMModule):
-    """Base-LCM: next-concept MSE regression (paper section 2.2). Arguments as
-    :class:`LCMModule`."""
+    """Base-LCM: next-concept MSE regression (paper section 2.2).
+
+    Args:
+        arch: Architecture (default: the ``tiny`` preset).
+        **kwargs: The arguments of :class:`LCMModule`.
+    """
 
     family = "base_lcm"
+    arch_cls = BaseLCMConfig
 
-    def build_objective(self, model: nn.Module) -> Objective:
-        return MSEObjective(model)
+    def __init__(self, arch: BaseLCMConfig = TINY["base_lcm"], **kwargs: Any) -> None:
+        super().__init__(arch=arch, **kwargs)
+        self.attach(MSEObjective(self.arch.build()))
 
 
 class DiffusionModule(LCMModule):
@@ -530,68 +491,76 @@ class DiffusionModule(LCMModule):
         rescale_zero_terminal_snr: Rescale the schedule to zero terminal SNR.
         prediction_type: What the denoiser outputs; the paper uses ``sample`` (x0).
         timestep_spacing: Inference timestep spacing (paper: ``trailing``).
-        num_inference_steps: DDIM steps for generation (paper: 40).
-        guidance_scale: Classifier-free guidance weight on epsilon (paper: 3).
-        guidance_rescale: Guidance rescale phi (paper: 0.7).
-        init_noise_scale: Std of the initial noise (paper: 0.6).
+        sampling: Generation defaults (the paper's: 40 DDIM steps, guidance 3, rescale 0.7,
+            initial noise 0.6); what ``ConceptModel`` and ``lcm summarize`` use unless told
+            otherwise.
         eval_inference_steps: DDIM steps for validation/test metrics (default:
-            ``num_inference_steps``).
+            ``sampling.num_inference_steps``).
         **kwargs: The arguments of :class:`LCMModule`.
     """
 
+    objective_cls: ClassVar[type[DiffusionObjective]]
+
     def __init__(
         self,
+        arch: TransformerConfig,
         cfg_dropout: float = 0.15,
         num_train_timesteps: int = 100,
         beta_schedule: ScheduleName = "cosine",
         rescale_zero_terminal_snr: bool = True,
         prediction_type: PredictionType = "sample",
         timestep_spacing: TimestepSpacing = "trailing",
-        num_inference_steps: int = 40,
-        guidance_scale: float = 3.0,
-        guidance_rescale: float = 0.7,
-        init_noise_scale: float = 0.6,
+        sampling: SamplingConfig = PAPER_SAMPLING,
         eval_inference_steps: int | None = None,
         **kwargs: Any,
     ) -> None:
-        super().__init__(**kwargs)
-
-    objective_cls: ClassVar[type[Objective]]
-
-    def build_objective(self, model: nn.Module) -> Objective:
-        h = self.hparams
+        super().__init__(arch=arch, **kwargs)
         scheduler = DDIMScheduler(
-            num_train_timesteps=h.num_train_timesteps,
-            beta_schedule=h.beta_schedule,
-            rescale_zero_terminal_snr=h.rescale_zero_terminal_snr,
-            prediction_type=h.prediction_type,
-            timestep_spacing=h.timestep_spacing,
+            num_train_timesteps=num_train_timesteps,
+            beta_schedule=beta_schedule,
+            rescale_zero_terminal_snr=rescale_zero_terminal_snr,
+            prediction_type=prediction_type,
+            timestep_spacing=timestep_spacing,
         )
-        sampling = SamplingConfig(
-            num_inference_steps=h.num_inference_steps,
-            guidance_scale=h.guidance_scale,
-            guidance_rescale=h.guidance_rescale,
-            init_noise_scale=h.init_noise_scale,
-        )
-        return self.objective_cls(model, scheduler, h.cfg_dropout, sampling)
+        self.eval_inference_steps = eval_inference_steps
+        sampling = typed(SamplingConfig, sampling)
+        self.attach(self.objective_cls(self.arch.build(), scheduler, cfg_dropout, sampling))
 
     def eval_kwargs(self) -> dict[str, Any]:
-        steps = self.hparams.eval_inference_steps
+        steps = self.eval_inference_steps
         return {} if steps is None else {"num_inference_steps": steps}
 
 
 class TwoTowerModule(DiffusionModule):
-    """Two-Tower diffusion LCM (paper section 2.3.4). Arguments as :class:`DiffusionModule`."""
+    """Two-Tower diffusion LCM (paper section 2.3.4).
+
+    Args:
+        arch: Architecture (default: the ``tiny`` preset).
+        **kwargs: The arguments of :class:`DiffusionModule` and :class:`LCMModule`.
+    """
 
     family = "two_tower"
+    arch_cls = TwoTowerConfig
     objective_cls = TwoTowerDiffusion
+
+    def __init__(self, arch: TwoTowerConfig = TINY["two_tower"], **kwargs: Any) -> None:
+        super().__init__(arch=arch, **kwargs)
 
 
 class OneTowerModule(DiffusionModule):
-    """One-Tower diffusion LCM (paper section 2.3.3). Arguments as :class:`DiffusionModule`."""
+    """One-Tower diffusion LCM (paper section 2.3.3).
+
+    Args:
+        arch: Architecture (default: the ``tiny`` preset).
+        **kwargs: The arguments of :class:`DiffusionModule` and :class:`LCMModule`.
+    """
 
     family = "one_tower"
+    arch_cls = OneTowerConfig
     objective_cls = OneTowerDiffusion
+
+    def __init__(self, arch: OneTowerConfig = TINY["one_tower"], **kwargs: Any) -> None:
+        super().__init__(arch=arch, **kwargs)
 
 
 class RefinerModule(LCMModule):
@@ -602,6 +571,7 @@ class RefinerModule(LCMModule):
     exit when it is None; they log the mean exit step as ``exit_step``.
 
     Args:
+        arch: Architecture (default: the ``tiny`` preset).
         mean_iterations: Mean of the training iteration count r (log-normal Poisson draws).
         sigma: Std of the log-normal rate of r.
         backprop_depth: k, the trailing iterations that get gradients (truncated backprop).
@@ -616,10 +586,12 @@ class RefinerModule(LCMModule):
     """
 
     family = "refiner"
+    arch_cls = RefinerConfig
     extra_metrics = ("exit_step",)
 
     def __init__(
         self,
+        arch: RefinerConfig = TINY["refiner"],
         mean_iterations: float = 8.0,
         sigma: float = 0.5,
         backprop_depth: int = 4,
@@ -631,20 +603,18 @@ class RefinerModule(LCMModule):
         eval_iterations: int | None = None,
         **kwargs: Any,
     ) -> None:
-        super().__init__(**kwargs)
-
-    def build_objective(self, model: nn.Module) -> Objective:
-        h = self.hparams
-        rule = ExitRule(h.exit_threshold, h.exit_patience, h.max_iterations)
-        return RefinerObjective(
-            model,
-            mean_iterations=h.mean_iterations,
-            sigma=h.sigma,
-            backprop_depth=h.backprop_depth,
-            max_train_iterations=h.max_train_iterations,
-            init=h.init,
-            exit_rule=rule,
+        super().__init__(arch=arch, **kwargs)
+        self.eval_iterations = eval_iterations
+        objective = RefinerObjective(
+            self.arch.build(),
+            mean_iterations=mean_iterations,
+            sigma=sigma,
+            backprop_depth=backprop_depth,
+            max_train_iterations=max_train_iterations,
+            init=init,
+            exit_rule=ExitRule(exit_threshold, exit_patience, max_iterations),
         )
+        self.attach(objective)
 
     def log_train_output(self, out: ObjectiveOutput, batch: Batch) -> None:
         if isinstance(out, RefinerOutput):
@@ -655,7 +625,7 @@ class RefinerModule(LCMModule):
     ) -> tuple[Tensor, dict[str, Tensor]]:
         assert isinstance(objective, RefinerObjective)
         pred, steps = objective.predict_all_with_exit(
-            batch, generator, num_iterations=self.hparams.eval_iterations
+            batch, generator, num_iterations=self.eval_iterations
         )
         return pred, {"exit_step": steps}
 
@@ -672,6 +642,8 @@ class QuantModule(LCMModule):
     (``model_overrides: {n_codebooks: 64, n_units: 8192}`` for the paper's quantizer).
 
     Args:
+        arch: Architecture (default: the ``tiny`` preset; ``n_codebooks`` and ``n_units`` size
+            the quantizer).
         rvq_path: Fitted quantizer to use.
         rvq_fit_samples: Training concepts to fit the quantizer on when there is none.
         rvq_niter: k-means iterations per codebook when fitting.
@@ -682,10 +654,12 @@ class QuantModule(LCMModule):
     """
 
     family = "quant_lcm"
+    arch_cls = QuantLCMConfig
     extra_metrics = ("code_accuracy",)
 
     def __init__(
         self,
+        arch: QuantLCMConfig = TINY["quant_lcm"],
         rvq_path: str | None = None,
         rvq_fit_samples: int = 100_000,
         rvq_niter: int = 10,
@@ -694,14 +668,14 @@ class QuantModule(LCMModule):
         eval_temperature: float = 0.0,
         **kwargs: Any,
     ) -> None:
-        super().__init__(**kwargs)
+        super().__init__(arch=arch, **kwargs)
         self.rvq_error: dict[str, float] = {}
-
-    def build_objective(self, model: nn.Module) -> Objective:
-        h = self.hparams
-        if h.rvq_path:
-            model.set_quantizer(RVQ.load(h.rvq_path))
-        return QuantObjective(model, temperature=h.temperature, top_p=h.top_p)
+        self.rvq_fit_samples, self.rvq_niter = rvq_fit_samples, rvq_niter
+        self.eval_temperature = eval_temperature
+        model = self.arch.build()
+        if rvq_path:
+            model.set_quantizer(RVQ.load(rvq_path))
+        self.attach(QuantObjective(model, temperature=temperature, top_p=top_p))
 
     @property
     def rvq(self) -> RVQ:
@@ -719,12 +693,12 @@ class QuantModule(LCMModule):
                 "Quant-LCM needs a fitted quantizer: pass rvq_path (lcm fit-rvq) or train with "
                 "a ConceptDataModule to fit one on the training concepts"
             )
-        h = self.hparams
+        n, seed = self.rvq_fit_samples, self.seed
         if trainer is None or trainer.is_global_zero:
-            x = dm.sample_concepts("train", h.rvq_fit_samples, seed=h.seed)
-            self.rvq.fit(x, niter=h.rvq_niter, seed=h.seed)
+            x = dm.sample_concepts("train", n, seed=seed)
+            self.rvq.fit(x, niter=self.rvq_niter, seed=seed)
             self.rvq_error = {"train_relative_error": self.rvq.reconstruction_error(x)["relative"]}
-            held = dm.sample_concepts("val", min(h.rvq_fit_samples, 20_000), seed=h.seed + 1)
+            held = dm.sample_concepts("val", min(n, 20_000), seed=seed + 1)
             if len(held):
                 err = self.rvq.reconstruction_error(held)["relative"]
                 self.rvq_error["rvq_relative_error"] = err
@@ -741,7 +715,7 @@ class QuantModule(LCMModule):
             self.log("val/rvq_relative_error", self.rvq_error["rvq_relative_error"])
 
     def eval_kwargs(self) -> dict[str, Any]:
-        return {"temperature": self.hparams.eval_temperature}
+        return {"temperature": self.eval_temperature}
 
     def eval_predict(
         self, objective: Objective, batch: Batch, generator: torch.Generator
@@ -752,12 +726,6 @@ class QuantModule(LCMModule):
         codes = batch.get("codes")
         codes = codes if codes is not None else self.rvq.encode(batch["x"])  # (B, T, K)
         return pred, {"code_accuracy": (codes == pred_codes).float().mean(dim=-1)}
-
-
-FAMILY_MODULES: dict[str, type[LCMModule]] = {
-    cls.family: cls
-    for cls in (BaseLCMModule, TwoTowerModule, OneTowerModule, RefinerModule, QuantModule)
-}
 
 
 def read_checkpoint(path: str | Path) -> dict[str, Any]:
@@ -771,6 +739,9 @@ def load_module(path: str, map_location: str | torch.device | None = "cpu") -> L
     """Load a checkpoint of any family (the family is recorded in the checkpoint)."""
     checkpoint = read_checkpoint(path)
     family = checkpoint.get("lcm_family")
+    if family not in FAMILY_MODULES and checkpoint.get("lcm_module"):
+        # A plug-in family: importing the module that defines it registers it.
+        importlib.import_module(str(checkpoint["lcm_module"]).split(":")[0])
     if family not in FAMILY_MODULES:
         raise ValueError(f"{path} is not an lcm checkpoint (family {family!r})")
     return FAMILY_MODULES[family].load_from_checkpoint(

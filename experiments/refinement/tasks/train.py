@@ -51,7 +51,8 @@ from lcm.models import BaseLCMConfig, RefinerConfig
 from lcm.objectives import MSEObjective
 from lcm.objectives.base import Batch, Objective, masked_mse, target_weight
 from lcm.objectives.refiner import RefinerObjective, RefinerOutput
-from lcm.train.module import adamw_warmup_cosine, derive_seed
+from lcm.train.module import derive_seed
+from lcm.train.optim import OptimConfig, adamw_warmup_cosine
 
 Family = Literal["refiner", "base_lcm"]
 
@@ -356,16 +357,16 @@ class TaskModule(L.LightningModule):
 
     def configure_optimizers(self) -> dict[str, Any]:
         h = self.hparams
-        return adamw_warmup_cosine(
-            list(self.parameters()),
+        optim = OptimConfig(
             lr=h.lr,
             betas=tuple(h.betas),
             eps=1e-8,  # torch's AdamW default, which these task runs were tuned with
             weight_decay=h.weight_decay,
             warmup_steps=h.warmup_steps,
-            decay_steps=h.decay_steps or int(self.trainer.estimated_stepping_batches),
             min_lr_ratio=h.min_lr_ratio,
         )
+        decay_steps = h.decay_steps or int(self.trainer.estimated_stepping_batches)
+        return adamw_warmup_cosine(list(self.parameters()), optim, decay_steps)
 
     # ------------------------------------------------------------------------- evaluation
     @torch.no_grad()

@@ -1,0 +1,650 @@
+"""The LCM paper's pre-training table (Table 3) at small scale, on CPU (issue #14).
+
+    python -m experiments.pretraining.report --preset full --out_dir reports/pretraining
+    python -m experiments.pretraining.report --preset ci --out_dir /tmp/pt      # seconds
+
+Every family (Base-LCM, One-Tower, Two-Tower, Quant-LCM, refiner) is trained through the
+Lightning CLI (``lcm fit``'s :func:`lcm.train.cli.cli_main`, run in this process) on the same
+training shards, with the same width, steps and seed. Then each is evaluated teacher-forced on
+every evaluation set (the in-domain test split and the held-out source): l2, round-trip l2 (l2-r,
+decoding by nearest neighbour in a bank of the training sentences), PAR and CA (paper section
+2.4.1, neighbours excluded: :mod:`eval.metrics.concepts`), beside the baselines copy-previous,
+context-mean, mean-concept (the training mean) and retrieval (the concept that followed the
+training position whose context is most similar; faiss). Confidence intervals: percentile
+bootstrap over documents (windows of one document are resampled together).
+
+Evaluation layout, stated in the outputs: documents are cut into consecutive windows of
+``window`` concepts (the models' training length); every position but a window's first is
+scored; the CA pool is every concept of the evaluation set. Nothing is capped silently: the
+number of documents, windows and scored positions per set are in ``results.json``.
+
+Outputs in ``out_dir``: ``results.json``, ``table.md``, ``ca.png`` (CA per system with 95%
+intervals), ``val_ca.png`` (validation CA against training steps, from the training logs).
+"""
+
+from __future__ import annotations
+
+import argparse
+import json
+import math
+import platform
+import time
+from dataclasses import asdict, dataclass, field, replace
+from pathlib import Path
+
+import numpy as np
+import torch
+from torch import Tensor
+
+from eval.baselines import constant_mean, context_mean, copy_previous, pad_documents
+from eval.metrics.concepts import l2, paraphrasing, sequence_contrastive_accuracy
+
+FAMILIES = {
+    "base_lcm": "Base-LCM",
+    "one_tower": "One-Tower",
+    "two_tower": "Two-Tower",
+    "quant_lcm": "Quant-LCM",
+    "refiner": "refiner",
+}
+BASELINES = {
+    "copy_previous": "copy-previous",
+    "context_mean": "context-mean",
+    "mean_concept": "mean-concept",
+    "retrieval": "retrieval",
+}
+METRICS = ("l2", "l2_r", "par", "ca")
+
+
+@dataclass(frozen=True)
+class Preset:
+    """What one report run depends on.
+
+    Attributes:
+        train_dir: ``lcm prepare`` output the families train on (``None``: built by ``toy``).
+        eval_dirs: ``{name: prepared folder}`` of the evaluation sets.
+        steps: optimizer steps per family.
+        d_model: model width of every family (``model_overrides`` on the ``tiny`` presets).
+        ffn_dim: feed-forward width.
+        lr: peak learning rate.
+        warmup_steps: linear warmup.
+        window: concepts per training sequence and per evaluation window.
+        max_concepts_per_batch: training batch size in concepts.
+        val_check_interval: validation every this many steps (validation CA vs steps).
+        seed: the seed of every family (data order, noise, initialisation).
+        bootstrap: bootstrap resamples.
+        retrieval_window: concepts of context the retrieval baseline matches on (their mean).
+        families: which families to train.
+        toy: build a synthetic corpus with a hash codec instead (the ``ci`` preset).
+    """
+
+    train_dir: str | None
+    eval_dirs: dict[str, str]
+    steps: int = 400
+    d_model: int = 128
+    ffn_dim: int = 512
+    lr: float = 1e-3
+    warmup_steps: int = 100
+    window: int = 64
+    max_concepts_per_batch: int = 1024
+    val_check_interval: int = 100
+    seed: int = 0
+    bootstrap: int = 1000
+    retrieval_window: int = 2
+    families: tuple[str, ...] = tuple(FAMILIES)
+    toy: bool = False
+
+
+PRESETS: dict[str, Preset] = {
+    "full": Preset(
+        train_dir="/work/data/h4/shards/train32k",
+        eval_dirs={
+            "in-domain test": "/work/data/h4/shards/test",
+            "held-out python-doc": "/work/data/h4/shards/ood",
+        },
+    ),
+    "ci": Preset(
+        train_dir=None,
+        eval_dirs={},
+        steps=6,
+        d_model=16,
+        ffn_dim=32,
+        warmup_steps=2,
+        window=16,
+        max_concepts_per_batch=128,
+        val_check_interval=6,
+        bootstrap=50,
+        toy=True,
+    ),
+}
+
+
+# ---------------------------------------------------------------------------------------------
+# Data
+# ---------------------------------------------------------------------------------------------
+
+
+@dataclass
+class EvalSet:
+    """Windows of an evaluation set: ``x`` (B, T, D) raw concepts, ``mask`` (B, T), ``doc``
+    (B,) the document index of each window, ``doc_ids`` the documents."""
+
+    name: str
+    folder: str
+    x: Tensor
+    mask: Tensor
+    doc: np.ndarray
+    doc_ids: list[str]
+    sentences: list[list[str]] = field(default_factory=list)
+
+
+def read_prepared(folder: str | Path, field_name: str = "text"):
+    """``(id, sentences, (n, D) float32 tensor)`` of every document of an ``lcm prepare``
+    output folder, in shard order."""
+    import pyarrow.parquet as pq
+
+    folder = Path(folder)
+    if not (folder / "summary.json").exists():
+        raise FileNotFoundError(f"{folder}: no summary.json (run `lcm prepare` to the end)")
+    files = sorted((folder / "shards").glob("shard-*.parquet"))
+    if not files:
+        raise FileNotFoundError(f"{folder}: no shards")
+    cols = ["id", f"{field_name}_sentences", f"{field_name}_embeddings"]
+    for path in files:
+        for row in pq.read_table(path, columns=cols).to_pylist():
+            emb = row[f"{field_name}_embeddings"]
+            yield (
+                row["id"],
+                row[f"{field_name}_sentences"],
+                torch.tensor(np.asarray(emb, dtype=np.float32)),
+            )
+
+
+def load_eval_set(name: str, folder: str, window: int) -> EvalSet:
+    """Cut every document into consecutive windows of ``window`` concepts (a last window of a
+    single concept has nothing to score and is left out, and counted)."""
+    wins, sents, doc, ids = [], [], [], []
+    for doc_id, s, v in read_prepared(folder):
+        d = len(ids)
+        ids.append(doc_id)
+        for start in range(0, v.shape[0], window):
+            part = v[start : start + window]
+            if part.shape[0] < 2:
+                continue
+            wins.append(part)
+            sents.append(list(s[start : start + window]))
+            doc.append(d)
+    if not wins:
+        raise ValueError(f"{folder}: no document has 2 or more concepts")
+    x, mask = pad_documents(wins)
+    return EvalSet(name, str(folder), x, mask, np.asarray(doc), ids, sents)
+
+
+def training_arrays(folder: str) -> tuple[Tensor, list[str], np.ndarray]:
+    """All training concepts (N, D), their sentences, and each one's document index."""
+    vecs, sents, doc = [], [], []
+    for i, (_, s, v) in enumerate(read_prepared(folder)):
+        vecs.append(v)
+        sents += list(s)
+        doc += [i] * v.shape[0]
+    return torch.cat(vecs), sents, np.asarray(doc)
+
+
+# ---------------------------------------------------------------------------------------------
+# Baselines that need the training data
+# ---------------------------------------------------------------------------------------------
+
+
+def _context_keys(x: Tensor, doc: np.ndarray, k: int) -> tuple[Tensor, np.ndarray]:
+    """For every position i with a successor in its document: the mean of x[i-k+1..i] within
+    the document (unit length); returns keys (M, D) and the successor rows (M,)."""
+    n = x.shape[0]
+    starts = np.zeros(n, dtype=np.int64)
+    for i in range(1, n):
+        starts[i] = i if doc[i] != doc[i - 1] else starts[i - 1]
+    csum = torch.cat([torch.zeros(1, x.shape[1], dtype=torch.float64), x.double().cumsum(0)])
+    idx = np.arange(n)
+    lo = np.maximum(idx - k + 1, starts)
+    keys = (csum[idx + 1] - csum[lo]) / torch.tensor(idx + 1 - lo, dtype=torch.float64)[:, None]
+    has_next = np.zeros(n, dtype=bool)
+    has_next[:-1] = doc[1:] == doc[:-1]
+    keys = torch.nn.functional.normalize(keys[has_next].float(), dim=-1)
+    return keys, idx[has_next] + 1
+
+
+class RetrievalBaseline:
+    """Predict the concept that followed the training position whose context (the mean of its
+    last ``k`` concepts, cosine similarity) is nearest to the current one (faiss, exact)."""
+
+    def __init__(self, train_x: Tensor, train_doc: np.ndarray, k: int) -> None:
+        import faiss
+
+        self.k = k
+        self.train_x = train_x
+        keys, self.successor = _context_keys(train_x, train_doc, k)
+        self.index = faiss.IndexFlatIP(keys.shape[1])
+        self.index.add(keys.numpy())
+
+    def __call__(self, x: Tensor, mask: Tensor) -> tuple[Tensor, Tensor]:
+        b, t, d = x.shape
+        pred = torch.zeros_like(x)
+        defined = torch.zeros_like(mask)
+        m = mask.to(x.dtype)[..., None]
+        csum = (x * m).cumsum(1)
+        for n in range(1, t):
+            lo = max(0, n - self.k)
+            count = mask[:, lo:n].sum(1, keepdim=True).clamp(min=1)
+            ctx = (csum[:, n - 1] - (csum[:, lo - 1] if lo > 0 else 0)) / count
+            q = torch.nn.functional.normalize(ctx.float(), dim=-1).numpy()
+            _, found = self.index.search(q, 1)
+            pred[:, n] = self.train_x[self.successor[found[:, 0]]]
+            defined[:, n] = mask[:, n] & mask[:, n - 1]
+        return pred, defined
+
+
+class Bank:
+    """Nearest-neighbour decoding into the training sentences (the offline codec's decoder):
+    ``decode`` returns the nearest bank vector, which *is* the codec's encoding of the decoded
+    sentence, so ``||decode(pred) - gold||`` is the round-trip l2 without re-encoding."""
+
+    def __init__(self, train_x: Tensor, sentences: list[str]) -> None:
+        import faiss
+
+        uniq: dict[str, int] = {}
+        for i, s in enumerate(sentences):
+            uniq.setdefault(s, i)
+        rows = list(uniq.values())
+        self.sentences = list(uniq)
+        self.vectors = train_x[rows].float().contiguous()
+        self.size = len(rows)
+        self.index = faiss.IndexFlatL2(self.vectors.shape[1])
+        self.index.add(self.vectors.numpy())
+
+    def decode(self, pred: Tensor) -> Tensor:
+        _, found = self.index.search(pred.float().contiguous().numpy(), 1)
+        return self.vectors[torch.from_numpy(found[:, 0])]
+
+    def decode_text(self, pred: Tensor) -> list[str]:
+        _, found = self.index.search(pred.float().contiguous().numpy(), 1)
+        return [self.sentences[i] for i in found[:, 0]]
+
+
+# ---------------------------------------------------------------------------------------------
+# Metrics and bootstrap
+# ---------------------------------------------------------------------------------------------
+
+
+def position_metrics(
+    pred: Tensor, es: EvalSet, defined: Tensor, bank: Bank | None
+) -> dict[str, Tensor]:
+    """Per-position l2, l2-r, PAR and CA (B, T), NaN where not scored."""
+    weight = es.mask & defined
+    weight[:, 0] = False
+    out = {}
+    d = l2(pred, es.x)
+    out["l2"] = torch.where(weight, d, torch.nan)
+    if bank is not None:
+        r = torch.full(weight.shape, torch.nan)
+        r[weight] = l2(bank.decode(pred[weight]), es.x[weight])
+        out["l2_r"] = r
+    out["par"] = paraphrasing(pred, es.x, es.mask, weight)
+    out["ca"] = sequence_contrastive_accuracy(pred, es.x, weight, es.mask, neighbours=1)
+    return out
+
+
+def per_document(values: Tensor, doc: np.ndarray, n_docs: int) -> tuple[np.ndarray, np.ndarray]:
+    """Sums and counts of the non-NaN values of each document."""
+    v = values.double().numpy()
+    ok = ~np.isnan(v)
+    rows = np.broadcast_to(doc[:, None], v.shape)
+    sums = np.bincount(rows[ok], weights=v[ok], minlength=n_docs)
+    counts = np.bincount(rows[ok], minlength=n_docs).astype(np.float64)
+    return sums, counts
+
+
+def bootstrap(
+    sums: np.ndarray, counts: np.ndarray, draws: np.ndarray, base: tuple | None = None
+) -> dict[str, float]:
+    """Mean over positions and its 95% percentile interval over resampled documents
+    (``draws``: (R, n_docs) document indices). With ``base`` (sums, counts of another system on
+    the same positions), the paired difference instead."""
+
+    def stat(s, c):
+        return s.sum(-1) / np.maximum(c.sum(-1), 1)
+
+    value = stat(sums, counts)
+    boots = stat(sums[draws], counts[draws])
+    if base is not None:
+        value = value - stat(*base)
+        boots = boots - stat(base[0][draws], base[1][draws])
+    lo, hi = np.percentile(boots, [2.5, 97.5])
+    return {"mean": float(value), "lo": float(lo), "hi": float(hi), "n": int(counts.sum())}
+
+
+# ---------------------------------------------------------------------------------------------
+# Training and teacher-forced predictions
+# ---------------------------------------------------------------------------------------------
+
+
+def train_family(family: str, p: Preset, train_dir: str, root: Path, quiet: bool = True) -> Path:
+    """``lcm fit`` one family on ``configs/<family>/tiny.yaml`` with the preset's width
+    (``arch.d_model``, ``arch.ffn_dim``; depth and heads stay ``tiny``'s) and
+    steps; returns the last checkpoint (an existing one is reused)."""
+    from lcm.train.cli import cli_main
+
+    run_dir = root / family
+    ckpt = run_dir / "checkpoints" / "last.ckpt"
+    if ckpt.exists():
+        return ckpt
+    repo = Path(__file__).resolve().parents[2]
+    args = [
+        "fit",
+        "--config", str(repo / "configs/trainer/default.yaml"),
+        "--config", str(repo / f"configs/{family}/tiny.yaml"),
+        "--data.data_dir", train_dir,
+        "--data.max_seq_len", str(p.window),
+        "--data.max_concepts_per_batch", str(p.max_concepts_per_batch),
+        "--model.arch.d_model", str(p.d_model),
+        "--model.arch.ffn_dim", str(p.ffn_dim),
+        "--model.optim.lr", str(p.lr),
+        "--model.optim.warmup_steps", str(p.warmup_steps),
+        "--model.seed", str(p.seed),
+        "--seed_everything", str(p.seed),
+        "--trainer.max_steps", str(p.steps),
+        "--trainer.val_check_interval", str(p.val_check_interval),
+        "--trainer.default_root_dir", str(run_dir),
+        "--trainer.enable_progress_bar", "false",
+        "--trainer.enable_model_summary", "false",
+        "--checkpoint.every_n_train_steps", str(p.steps),
+    ]  # fmt: skip
+    if family == "quant_lcm":
+        args += ["--model.rvq_fit_samples", "20000"]
+    import warnings
+
+    warnings.filterwarnings("ignore", message="LightningCLI's args parameter")
+    if quiet:
+        import logging
+
+        logging.getLogger("lightning.pytorch").setLevel(logging.WARNING)
+    cli_main(args)
+    if not ckpt.exists():
+        raise RuntimeError(f"{family}: training wrote no {ckpt}")
+    return ckpt
+
+
+@torch.inference_mode()
+def model_predictions(ckpt: Path, es: EvalSet, batch_windows: int = 32) -> Tensor:
+    """Teacher-forced predictions (B, T, D) in raw space: ``pred[:, n]`` from ``x[:, :n]``."""
+    from lcm.train.module import load_module
+
+    module = load_module(str(ckpt)).eval()
+    preds = []
+    for i in range(0, es.x.shape[0], batch_windows):
+        x, mask = es.x[i : i + batch_windows], es.mask[i : i + batch_windows]
+        batch = {
+            "x": module.normalizer.normalize(x),
+            "mask": mask,
+            "loss_mask": mask.clone(),
+            "sep_mask": torch.zeros_like(mask),
+            "index": torch.arange(i, i + x.shape[0]),
+        }
+        preds.append(module.predict_step(batch, 0)["pred"].float())
+    return torch.cat(preds)
+
+
+def val_curves(run_dir: Path) -> list[tuple[int, float]]:
+    """``(step, val/ca)`` from the CSV training log."""
+    import csv
+
+    logs = sorted(run_dir.glob("csv/version_*/metrics.csv"))
+    points = []
+    if logs:
+        with open(logs[-1]) as f:
+            for row in csv.DictReader(f):
+                if row.get("val/ca"):
+                    points.append((int(row["step"]), float(row["val/ca"])))
+    return points
+
+
+# ---------------------------------------------------------------------------------------------
+# The run
+# ---------------------------------------------------------------------------------------------
+
+
+def run_report(p: Preset, out_dir: str, preset_name: str) -> dict:
+    """Train every family, evaluate everything, write the outputs; returns the results."""
+    t0 = time.perf_counter()
+    out = Path(out_dir)
+    out.mkdir(parents=True, exist_ok=True)
+    work = out / "work" if p.toy else Path(p.train_dir).parent / "pretraining_runs"
+    train_dir, eval_dirs = p.train_dir, dict(p.eval_dirs)
+    if p.toy:
+        from experiments.pretraining.toy import build_toy
+
+        train_dir, eval_dirs = build_toy(out / "work" / "data")
+    seconds: dict[str, float] = {}
+    runs = f"runs_{preset_name}_steps{p.steps}_d{p.d_model}_seed{p.seed}"
+    ckpts = {}
+    for fam in p.families:
+        t = time.perf_counter()
+        ckpts[fam] = train_family(fam, p, train_dir, work / runs)
+        seconds[f"train {fam}"] = round(time.perf_counter() - t, 1)
+
+    train_x, train_sents, train_doc = training_arrays(train_dir)
+    bank = Bank(train_x, train_sents)
+    mean = train_x.double().mean(0).float()
+    retrieval = RetrievalBaseline(train_x, train_doc, p.retrieval_window)
+    rng = np.random.default_rng(p.seed)
+    results: dict = {"sets": {}, "systems": {**BASELINES, **{f: FAMILIES[f] for f in ckpts}}}
+    for set_name, folder in eval_dirs.items():
+        es = load_eval_set(set_name, folder, p.window)
+        n_docs = len(es.doc_ids)
+        draws = rng.integers(0, n_docs, size=(p.bootstrap, n_docs))
+        preds: dict[str, tuple[Tensor, Tensor]] = {
+            "copy_previous": copy_previous(es.x, es.mask),
+            "context_mean": context_mean(es.x, es.mask),
+            "mean_concept": constant_mean(es.x, mean, es.mask),
+            "retrieval": retrieval(es.x, es.mask),
+        }
+        for fam, ckpt in ckpts.items():
+            t = time.perf_counter()
+            preds[fam] = (model_predictions(ckpt, es), es.mask.clone())
+            seconds[f"predict {fam} {set_name}"] = round(time.perf_counter() - t, 1)
+        # documents by corpus source: the id's prefix before the first "/" (lcm fetch-corpus ids)
+        prefixes = np.array([d.split("/")[0] for d in es.doc_ids])
+        groups = {src: prefixes == src for src in sorted(set(prefixes))}
+        per_doc = {}
+        for name, (pred, defined) in preds.items():
+            pm = position_metrics(pred, es, defined, bank)
+            per_doc[name] = {m: per_document(pm[m], es.doc, n_docs) for m in METRICS}
+        table = {}
+        for name in preds:
+            row = {m: bootstrap(*per_doc[name][m], draws) for m in METRICS}
+            if name != "copy_previous":
+                row["ca_minus_copy_previous"] = bootstrap(
+                    *per_doc[name]["ca"], draws, base=per_doc["copy_previous"]["ca"]
+                )
+            scored = es.mask & preds[name][1]
+            scored[:, 0] = False
+            pred = preds[name][0][scored]
+            row["mean_norm"] = float(pred.norm(dim=-1).mean())
+            row["by_source"] = {
+                src: {
+                    m: float(
+                        per_doc[name][m][0][sel].sum() / max(per_doc[name][m][1][sel].sum(), 1)
+                    )
+                    for m in ("l2", "ca")
+                }
+                for src, sel in groups.items()
+            }
+            table[name] = row
+        # a few teacher-forced predictions decoded into the bank (window 0, positions 1-4)
+        examples = []
+        for n in range(1, min(5, int(es.mask[0].sum()))):
+            examples.append(
+                {
+                    "context_last": es.sentences[0][n - 1],
+                    "gold": es.sentences[0][n],
+                    "decoded": {
+                        name: bank.decode_text(preds[name][0][0, n][None])[0] for name in preds
+                    },
+                }
+            )
+        results["sets"][set_name] = {
+            "examples_doc": es.doc_ids[0],
+            "examples": examples,
+            "folder": folder,
+            "documents": n_docs,
+            "windows": int(es.x.shape[0]),
+            "concepts": int(es.mask.sum()),
+            "gold_mean_norm": float(es.x[es.mask].norm(dim=-1).mean()),
+            "systems": table,
+        }
+    results["val_ca_vs_steps"] = {f: val_curves(work / runs / f) for f in ckpts}
+    results["missing"] = {
+        "mi": "no causal LM is available offline here (the paper scores MI with GPT-2; "
+        "no GPT-2 weights ship in a package we can install)",
+        "guidance": "the diffusion families are evaluated at their checkpoint's default "
+        "guidance only; guidance 1 vs default is not measured",
+    }
+    results["setup"] = {
+        "preset": preset_name,
+        **{k: v for k, v in asdict(p).items() if k not in ("eval_dirs",)},
+        "train_dir": train_dir,
+        "eval_dirs": eval_dirs,
+        "train_concepts": int(train_x.shape[0]),
+        "train_documents": int(train_doc.max() + 1),
+        "bank_sentences": bank.size,
+        "bank": f"{bank.size} unique training sentences (nearest neighbour, l2)",
+        "window_rule": f"documents cut into consecutive windows of {p.window} concepts; "
+        "every position but a window's first is scored; CA pool = every concept of the set",
+        "ci": f"95% percentile bootstrap over documents, {p.bootstrap} resamples",
+        "machine": f"{platform.machine()} CPU, torch threads {torch.get_num_threads()}",
+        "seconds": seconds,
+        "total_seconds": round(time.perf_counter() - t0, 1),
+    }
+    (out / "results.json").write_text(json.dumps(results, indent=2))
+    (out / "table.md").write_text(markdown(results))
+    plots(results, out)
+    return results
+
+
+def fmt(cell: dict, digits: int = 3) -> str:
+    if cell is None or (isinstance(cell["mean"], float) and math.isnan(cell["mean"])):
+        return "n/a"
+    return f"{cell['mean']:.{digits}f} [{cell['lo']:.{digits}f}, {cell['hi']:.{digits}f}]"
+
+
+def markdown(res: dict) -> str:
+    s = res["setup"]
+    lines = [
+        f"# Pre-training table (preset `{s['preset']}`)",
+        "",
+        f"Families trained {s['steps']} steps each, d_model {s['d_model']}, ffn {s['ffn_dim']}, "
+        f"seed {s['seed']}, on {s['train_concepts']} concepts ({s['train_documents']} documents)"
+        f" of `{s['train_dir']}`. {s['window_rule']}. Intervals: {s['ci']}. l2-r decodes into "
+        f"the bank: {s['bank']}. MI: missing ({res['missing']['mi']}).",
+        "",
+    ]
+    for set_name, st in res["sets"].items():
+        lines += [
+            f"## {set_name}: {st['documents']} documents, {st['windows']} windows, "
+            f"{st['concepts']} concepts (gold mean norm {st['gold_mean_norm']:.3f})",
+            "",
+            "| system | l2 | l2-r | PAR | CA | CA - copy-previous | pred norm |",
+            "|---|---|---|---|---|---|---|",
+        ]
+        for name, row in st["systems"].items():
+            lines.append(
+                f"| {res['systems'][name]} | {fmt(row['l2'])} | {fmt(row['l2_r'])} | "
+                f"{fmt(row['par'])} | {fmt(row['ca'])} | "
+                f"{fmt(row.get('ca_minus_copy_previous')) if name != 'copy_previous' else '0'}"
+                f" | {row['mean_norm']:.3f} |"
+            )
+        lines.append("")
+        srcs = list(next(iter(st["systems"].values()))["by_source"])
+        if len(srcs) > 1:
+            lines += [
+                f"CA by source ({set_name}; no intervals):",
+                "",
+                "| system | " + " | ".join(srcs) + " |",
+                "|---|" + "---|" * len(srcs),
+            ]
+            for name, row in st["systems"].items():
+                cells = " | ".join(f"{row['by_source'][x]['ca']:.3f}" for x in srcs)
+                lines.append(f"| {res['systems'][name]} | {cells} |")
+            lines.append("")
+        if st.get("examples"):
+            lines += [
+                f"Teacher-forced predictions decoded into the bank ({set_name}, "
+                f"`{st['examples_doc']}`, first window):",
+                "",
+            ]
+            for k, ex in enumerate(st["examples"], 1):
+                lines.append(f"{k}. after: _{ex['context_last']}_ — gold: _{ex['gold']}_")
+                for name, text in ex["decoded"].items():
+                    lines.append(f"   - {res['systems'][name]}: {text}")
+            lines.append("")
+    lines += ["Seconds: " + ", ".join(f"{k} {v}" for k, v in s["seconds"].items()), ""]
+    return "\n".join(lines)
+
+
+def plots(res: dict, out: Path) -> None:
+    import matplotlib
+
+    matplotlib.use("Agg")
+    import matplotlib.pyplot as plt
+
+    sets = list(res["sets"])
+    names = list(next(iter(res["sets"].values()))["systems"]) if sets else []
+    fig, ax = plt.subplots(figsize=(9, 4))
+    width = 0.8 / max(len(sets), 1)
+    for j, set_name in enumerate(sets):
+        rows = res["sets"][set_name]["systems"]
+        xs = np.arange(len(names)) + j * width
+        means = [rows[n]["ca"]["mean"] for n in names]
+        err = [
+            [rows[n]["ca"]["mean"] - rows[n]["ca"]["lo"] for n in names],
+            [rows[n]["ca"]["hi"] - rows[n]["ca"]["mean"] for n in names],
+        ]
+        ax.bar(xs, means, width, yerr=err, capsize=3, label=set_name)
+    ax.set_xticks(np.arange(len(names)) + width * (len(sets) - 1) / 2)
+    ax.set_xticklabels([res["systems"][n] for n in names], rotation=30, ha="right")
+    ax.set_ylabel("CA (95% bootstrap CI)")
+    ax.set_ylim(0, 1)
+    ax.axhline(0.5, color="grey", lw=0.5)
+    ax.legend()
+    ax.set_title("Contrastive accuracy, teacher-forced")
+    fig.tight_layout()
+    fig.savefig(out / "ca.png", dpi=120)
+    plt.close(fig)
+    fig, ax = plt.subplots(figsize=(6, 4))
+    for fam, pts in res["val_ca_vs_steps"].items():
+        if pts:
+            ax.plot([a for a, _ in pts], [b for _, b in pts], marker="o", label=FAMILIES[fam])
+    ax.set_xlabel("training step")
+    ax.set_ylabel("validation CA (in-domain, training batches' pool)")
+    ax.legend()
+    fig.tight_layout()
+    fig.savefig(out / "val_ca.png", dpi=120)
+    plt.close(fig)
+
+
+def main(argv: list[str] | None = None) -> dict:
+    ap = argparse.ArgumentParser(description=__doc__.split("\n")[0])
+    ap.add_argument("--preset", choices=sorted(PRESETS), default="full")
+    ap.add_argument("--out_dir", default="reports/pretraining")
+    ap.add_argument("--steps", type=int, default=None, help="override the preset's steps")
+    ap.add_argument("--train_dir", default=None, help="override the preset's training shards")
+    args = ap.parse_args(argv)
+    p = PRESETS[args.preset]
+    if args.steps is not None:
+        p = replace(p, steps=args.steps)
+    if args.train_dir is not None:
+        p = replace(p, train_dir=args.train_dir)
+    res = run_report(p, args.out_dir, args.preset)
+    print(markdown(res))
+    return res
+
+
+if __name__ == "__main__":
+    main()

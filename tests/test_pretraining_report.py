@@ -1,0 +1,74 @@
+"""experiments.pretraining.report: the baselines, the bootstrap and the ``ci`` preset."""
+
+from __future__ import annotations
+
+import json
+
+import numpy as np
+import pytest
+import torch
+
+from experiments.pretraining.report import (
+    PRESETS,
+    Bank,
+    RetrievalBaseline,
+    bootstrap,
+    per_document,
+    run_report,
+)
+
+
+def test_retrieval_returns_the_successor_of_the_nearest_context():
+    g = torch.Generator().manual_seed(0)
+    train = torch.randn(6, 8, generator=g)
+    doc = np.array([0, 0, 0, 1, 1, 1])
+    base = RetrievalBaseline(train, doc, k=1)
+    # a window that repeats training doc 1: each next concept is found exactly
+    x = train[3:6][None]
+    pred, defined = base(x, torch.ones(1, 3, dtype=torch.bool))
+    assert defined.tolist() == [[False, True, True]]
+    assert torch.equal(pred[0, 1], train[4]) and torch.equal(pred[0, 2], train[5])
+    # the last concept of a document has no successor: never a key
+    assert 2 not in (base.successor - 1).tolist() and 5 not in (base.successor - 1).tolist()
+
+
+def test_bank_decodes_to_the_nearest_unique_sentence():
+    train = torch.tensor([[0.0, 0.0], [1.0, 0.0], [1.0, 0.0], [0.0, 5.0]])
+    bank = Bank(train, ["a", "b", "b", "c"])
+    assert bank.size == 3
+    assert bank.decode(torch.tensor([[0.9, 0.2], [0.0, 4.0]])).tolist() == [[1, 0], [0, 5]]
+
+
+def test_bootstrap_means_and_paired_difference():
+    values = torch.tensor([[float("nan"), 1.0, 3.0], [float("nan"), 2.0, float("nan")]])
+    sums, counts = per_document(values, np.array([0, 1]), 2)
+    assert sums.tolist() == [4.0, 2.0] and counts.tolist() == [2.0, 1.0]
+    draws = np.random.default_rng(0).integers(0, 2, size=(200, 2))
+    res = bootstrap(sums, counts, draws)
+    assert res["mean"] == pytest.approx(2.0) and res["n"] == 3
+    assert 1.0 <= res["lo"] <= res["mean"] <= res["hi"] <= 2.0
+    same = bootstrap(sums, counts, draws, base=(sums, counts))
+    assert same == {"mean": 0.0, "lo": 0.0, "hi": 0.0, "n": 3}
+
+
+@pytest.mark.slow
+def test_ci_preset_end_to_end(tmp_path):
+    res = run_report(PRESETS["ci"], str(tmp_path), "ci")
+    for name in ("results.json", "table.md", "ca.png", "val_ca.png"):
+        assert (tmp_path / name).stat().st_size > 0
+    assert json.loads((tmp_path / "results.json").read_text())["sets"] == res["sets"]
+    systems = {"copy_previous", "context_mean", "mean_concept", "retrieval"}
+    systems |= {"base_lcm", "one_tower", "two_tower", "quant_lcm", "refiner"}
+    for st in res["sets"].values():
+        assert set(st["systems"]) == systems
+        for row in st["systems"].values():
+            for m in ("l2", "l2_r", "par", "ca"):
+                assert row[m]["lo"] <= row[m]["mean"] <= row[m]["hi"], (m, row[m])
+            assert 0 <= row["ca"]["mean"] <= 1
+    # in domain every toy transition was seen in training: retrieval predicts the gold exactly
+    indomain = res["sets"]["in-domain test"]["systems"]
+    assert indomain["retrieval"]["l2"]["mean"] == pytest.approx(0.0, abs=1e-5)
+    assert indomain["retrieval"]["ca"]["mean"] > 0.9
+    # the mean concept's l2 beats copying the previous concept (random hash vectors)
+    assert indomain["mean_concept"]["l2"]["mean"] < indomain["copy_previous"]["l2"]["mean"]
+    assert res["missing"]["mi"] and res["setup"]["bank_sentences"] == 23
