@@ -257,21 +257,28 @@ class ConceptModel:
         total = len(recorded_shards(shard_dir))
         with Progress("bank", total, "shards", progress, prefix="lcm load") as bar:
             for _, table in iter_shard_tables(shard_dir, level="quick"):
-                langs = table.column("lang").to_pylist()
+                langs = np.asarray(table.column("lang").to_pylist(), dtype=object)
                 for name in table.column_names:
                     if not name.endswith("_sentences"):
                         continue
                     field = name[: -len("_sentences")]
                     if fields is not None and field not in fields:
                         continue
-                    sents = table.column(name).to_pylist()
-                    vecs = table.column(f"{field}_embeddings").to_pylist()
-                    for lang, s, v in zip(langs, sents, vecs):
-                        keep = [i for i, x in enumerate(s) if x != self.end_of_text]
-                        if keep:
-                            x = torch.from_numpy(np.asarray([v[i] for i in keep], np.float32))
-                            self.codec.bank.add([s[i] for i in keep], x, lang)
-                            n += len(keep)
+                    # Flat (sentences, D) arrays straight from Arrow, one bank call per language.
+                    sents_col = table.column(name).combine_chunks()
+                    sents = np.asarray(sents_col.flatten().to_pylist(), dtype=object)
+                    per_doc = np.diff(sents_col.offsets.to_numpy())
+                    vecs_col = table.column(f"{field}_embeddings").combine_chunks()
+                    vecs = vecs_col.flatten().flatten().to_numpy(zero_copy_only=False)
+                    vecs = vecs.astype(np.float32).reshape(len(sents), -1)
+                    lang_of = np.repeat(langs, per_doc)
+                    keep = sents != self.end_of_text
+                    for lang in dict.fromkeys(langs.tolist()):
+                        rows = np.flatnonzero(keep & (lang_of == lang))
+                        if len(rows):
+                            x = torch.from_numpy(vecs[rows])
+                            self.codec.bank.add(sents[rows].tolist(), x, lang)
+                            n += len(rows)
                 bar.update(1)
         return n
 
