@@ -19,7 +19,7 @@ import math
 from collections.abc import Sequence
 from dataclasses import dataclass
 from pathlib import Path
-from typing import Any
+from typing import Any, Literal
 
 import torch
 
@@ -47,6 +47,8 @@ class Settings:
             checkpoint's).
         guidance_rescale: diffusion: guidance rescale phi in [0, 1] (default: the checkpoint's).
         init_noise_scale: diffusion: std of the initial noise (default: the checkpoint's).
+        solver: diffusion: ``ddim`` or ``dpmsolver++`` (DPM-Solver++(2M), fewer steps for the
+            same sample; default: the checkpoint's).
         seed: seeds every random draw (diffusion noise, refiner initial state, code sampling);
             the same seed gives the same output.
         use_cache: KV-cache the context across generated concepts.
@@ -71,6 +73,7 @@ class Settings:
     guidance_scale: float | None = None
     guidance_rescale: float | None = None
     init_noise_scale: float | None = None
+    solver: Literal["ddim", "dpmsolver++"] | None = None
     seed: int = 0
     use_cache: bool = True
     num_iterations: int | None = None
@@ -116,6 +119,8 @@ class Settings:
                 lo = f"> {low}" if open_low else f">= {low}"
                 rng = lo if high is None else f"{lo} and <= {high}"
                 raise ValueError(f"generation setting {name} must be {rng}, got {value!r}")
+        if self.solver not in (None, "ddim", "dpmsolver++"):
+            raise ValueError(f"solver must be 'ddim' or 'dpmsolver++', got {self.solver!r}")
         if self.min_new_concepts > self.max_new_concepts:
             raise ValueError(
                 f"min_new_concepts ({self.min_new_concepts}) exceeds max_new_concepts "
@@ -430,6 +435,7 @@ def generation_options(s: Settings) -> dict[str, Any]:
             guidance_scale=s.guidance_scale,
             guidance_rescale=s.guidance_rescale,
             init_noise_scale=s.init_noise_scale,
+            solver=s.solver,
         ),
         use_cache=s.use_cache,
         num_iterations=s.num_iterations,

@@ -157,6 +157,12 @@ def test_checkpoint_sampling_settings_reach_the_api_and_the_cli(tmp_path):
         model.module.eval_objective(), **generation_options(Settings(guidance_scale=2))
     )
     assert (over.sampling.num_inference_steps, over.sampling.guidance_scale) == (3, 2.0)
+    fast = make_step(
+        model.module.eval_objective(), **generation_options(Settings(solver="dpmsolver++"))
+    )
+    assert fast.sampling.solver == "dpmsolver++" and step.sampling.solver == "ddim"
+    with pytest.raises(ValueError, match="solver must be"):
+        Settings(solver="euler")
 
     doc, kw = ["Token 3 is here. Token 16 is here."], dict(max_new_concepts=2, seed=4)
     default = model.predict_concepts(doc, "eng_Latn", **kw).concepts[0]
