@@ -1,11 +1,21 @@
 """Generation speed per family, fast paths against slow ones, side by side in one run.
 
     OMP_WAIT_POLICY=PASSIVE python bench/generate_throughput.py [--preset tiny] [--device cpu]
+    OMP_WAIT_POLICY=PASSIVE python bench/generate_throughput.py --two_tower_denoiser \
+        --preset small --batch 1 --new 1 --threads 1
 
-For each family: concepts/s and latency per concept with the KV cache against recomputing the
-context for every concept; for Two-Tower also the per-concept cross-attention K/V reuse against
-recomputing it at every denoising step. Diffusion uses the paper's settings (40 steps,
-guidance 3). Untrained weights: speed does not depend on them. Compare ratios, not absolutes.
+Default: for each family, concepts/s and latency per concept with the KV cache against
+recomputing the context for every concept; for Two-Tower also the per-concept cross-attention
+K/V reuse against recomputing it at every denoising step. Diffusion uses the paper's settings
+(40 steps, guidance 3).
+
+``--two_tower_denoiser``: Two-Tower time per concept, the old denoiser path (``fast=False``)
+against the fast one, with each optimization added in turn (timestep/AdaLN table, fused diagonal
+self-attention, (in, out) weight layout), interleaved round by round so load drifts hit all
+variants alike, and the max |difference| of each variant's concepts from the old path's.
+
+Untrained weights: speed does not depend on them (the AdaLN projections are filled with random
+values so that the outputs compared are not trivially equal). Compare ratios, not absolutes.
 """
 
 from __future__ import annotations
@@ -27,19 +37,81 @@ from lcm.models import BaseLCMConfig, OneTowerConfig, TwoTowerConfig  # noqa: E4
 from lcm.normalizer import RobustNormalizer  # noqa: E402
 
 
-def bench(model, prompts, norm, n_new, repeats, **step_kw) -> float:
-    """Median seconds to generate ``n_new`` concepts for every prompt."""
-    times = []
+def bench(model, prompts, norm, n_new, repeats, variants: dict[str, dict]) -> dict[str, float]:
+    """Median seconds to generate ``n_new`` concepts for every prompt, per variant (make_step
+    options). Variants run interleaved, round by round, in alternating order, so that load
+    swings on a shared machine hit them alike (measured in blocks, a 3-8% difference such as
+    One-Tower's KV cache flipped sign from run to run)."""
+    times: dict[str, list[float]] = {k: [] for k in variants}
+    names = list(variants)
     for r in range(repeats + 1):
-        step = make_step(model, sampling=SamplingConfig(), **step_kw)
-        g = torch.Generator(device=prompts[0].device).manual_seed(0)
-        t0 = time.perf_counter()
-        generate(step, prompts, norm, max_new_concepts=n_new, repeat_threshold=2.0, generator=g)
-        if prompts[0].is_cuda:
-            torch.cuda.synchronize()
-        if r:  # the first run is a warm-up
-            times.append(time.perf_counter() - t0)
-    return statistics.median(times)
+        for name in names if r % 2 == 0 else names[::-1]:
+            step = make_step(model, sampling=SamplingConfig(), **variants[name])
+            g = torch.Generator(device=prompts[0].device).manual_seed(0)
+            t0 = time.perf_counter()
+            generate(step, prompts, norm, max_new_concepts=n_new, repeat_threshold=2.0, generator=g)
+            if prompts[0].is_cuda:
+                torch.cuda.synchronize()
+            if r:  # the first round is a warm-up
+                times[name].append(time.perf_counter() - t0)
+    return {k: statistics.median(v) for k, v in times.items()}
+
+
+DENOISER_VARIANTS = {
+    "old path (fast=False)": dict(fast=False),
+    "+ timestep/AdaLN table": dict(fast_options=dict(diagonal=False, transposed=False)),
+    "+ fused diagonal attn": dict(fast_options=dict(diagonal=True, transposed=False)),
+    "+ (in, out) weights": dict(fast_options=dict(diagonal=True, transposed=True)),
+}
+
+
+def bench_denoiser(args, dev: torch.device) -> None:
+    """Old vs fast Two-Tower denoising, each optimization's share, and output differences."""
+    D = args.sonar_dim
+    model = TwoTowerConfig.from_name(args.preset, sonar_dim=D).build(device=dev).eval()
+    with torch.no_grad():  # non-zero AdaLN (zero-initialized) so the outputs differ if wrong
+        for blk in model.den_layers:
+            blk.modulation.proj.weight.normal_(0.0, 0.02)
+    norm = RobustNormalizer(D).to(dev)
+    prompts = [torch.randn(args.context, D, device=dev) for _ in range(args.batch)]
+    sampling = SamplingConfig(num_inference_steps=args.steps, guidance_scale=args.guidance)
+    n = args.batch * args.new
+    t0 = time.perf_counter()
+    for kw in DENOISER_VARIANTS.values():
+        if "fast_options" in kw:
+            model.denoiser_plan(100, **kw["fast_options"])
+    print(f"plans (all variants) built once in {time.perf_counter() - t0:.2f} s")
+    times: dict[str, list[float]] = {k: [] for k in DENOISER_VARIANTS}
+    outs: dict[str, torch.Tensor] = {}
+    for r in range(args.repeats + 1):  # round 0 is a warm-up
+        for name, kw in DENOISER_VARIANTS.items():
+            step = make_step(model, sampling=sampling, **kw)
+            g = torch.Generator(device=dev).manual_seed(0)
+            t0 = time.perf_counter()
+            out = generate(
+                step, prompts, norm, max_new_concepts=args.new, repeat_threshold=2.0, generator=g
+            )
+            if dev.type == "cuda":
+                torch.cuda.synchronize()
+            if r:
+                times[name].append(time.perf_counter() - t0)
+            outs[name] = torch.cat(out.concepts)
+    base_name = next(iter(DENOISER_VARIANTS))
+    base = statistics.median(times[base_name])
+    print(
+        f"Two-Tower {args.preset}, batch {args.batch}, {args.steps} DDIM steps, guidance "
+        f"{args.guidance}, context {args.context}, {args.new} concept(s) per document, "
+        f"{torch.get_num_threads()} thread(s), medians of {args.repeats} rounds"
+    )
+    prev = base
+    for name, ts in times.items():
+        med = statistics.median(ts)
+        diff = (outs[name] - outs[base_name]).abs().max().item()
+        print(
+            f"  {name:24s} {1000 * med / n:9.1f} ms/concept  speed-up vs old {base / med:5.2f}x"
+            f"  step share {prev / med:5.2f}x  max|diff| {diff:.2e}"
+        )
+        prev = med
 
 
 def main() -> None:
@@ -51,9 +123,18 @@ def main() -> None:
     ap.add_argument("--context", type=int, default=32, help="prompt concepts per document")
     ap.add_argument("--new", type=int, default=8, help="concepts generated per document")
     ap.add_argument("--repeats", type=int, default=2)
+    ap.add_argument("--threads", type=int, default=0, help="torch threads (0: torch's default)")
+    ap.add_argument("--two_tower_denoiser", action="store_true", help="old vs fast denoiser")
+    ap.add_argument("--steps", type=int, default=40, help="DDIM steps (--two_tower_denoiser)")
+    ap.add_argument("--guidance", type=float, default=3.0, help="(--two_tower_denoiser)")
     args = ap.parse_args()
+    if args.threads:
+        torch.set_num_threads(args.threads)
     torch.manual_seed(0)
     dev = torch.device(args.device)
+    if args.two_tower_denoiser:
+        bench_denoiser(args, dev)
+        return
     D = args.sonar_dim
     norm = RobustNormalizer(D).to(dev)
     prompts = [torch.randn(args.context, D, device=dev) for _ in range(args.batch)]
@@ -65,16 +146,22 @@ def main() -> None:
     for cfg in (BaseLCMConfig, TwoTowerConfig, OneTowerConfig):
         model = cfg.from_name(args.preset, sonar_dim=D).build(device=dev).eval()
         name = cfg.__name__.replace("Config", "")
-        fast = bench(model, prompts, norm, args.new, args.repeats)
-        slow = bench(model, prompts, norm, args.new, args.repeats, use_cache=False)
+        variants = {"cached": {}, "uncached": dict(use_cache=False)}
+        if cfg is TwoTowerConfig:
+            variants["recompute_kv"] = dict(reuse_context=False, fast=False)
+            variants["cached_general"] = dict(fast=False)
+        t = bench(model, prompts, norm, args.new, args.repeats, variants)
+        fast, slow = t["cached"], t["uncached"]
         line = (
             f"{name:10s} cached {n / fast:8.1f} concepts/s ({1000 * fast / args.new:7.1f} "
             f"ms/concept)  uncached {n / slow:8.1f} concepts/s  KV-cache speed-up "
             f"{slow / fast:5.2f}x"
         )
         if cfg is TwoTowerConfig:
-            recompute = bench(model, prompts, norm, args.new, args.repeats, reuse_context=False)
-            line += f"  context-reuse speed-up {recompute / fast:5.2f}x"
+            line += (
+                f"  context-reuse speed-up {t['recompute_kv'] / t['cached_general']:5.2f}x"
+                f"  fast denoiser speed-up {t['cached_general'] / fast:5.2f}x"
+            )
         print(line)
 
 

@@ -1,6 +1,7 @@
 """Training throughput per family and preset: concepts/s, peak memory, and (GPU) MFU.
 
     OMP_WAIT_POLICY=PASSIVE python bench/train_throughput.py --presets tiny
+    OMP_WAIT_POLICY=PASSIVE python bench/train_throughput.py --families two_tower --compile
     python bench/train_throughput.py --device cuda --presets small,1.6B --precision bf16
 
 One optimizer step = objective loss, backward, AdamW step, on a random batch of ``--batch``
@@ -8,6 +9,11 @@ documents of ``--seq`` concepts (the objectives' own loss code, not a stand-in).
 concept are estimated as 6 x parameters (forward + backward, weights only); MFU divides the
 achieved FLOP/s by ``--peak_tflops`` (H100 SXM dense bf16: 989). Untrained weights; compare
 numbers from one run only.
+
+``--compile``: each family/preset also runs with the network compiled the way training compiles
+it (:func:`lcm.train.compile.compile_network`, ``torch.compile`` through ``nn.Module.compile``),
+after its compilation warm-up, steps alternating with the eager run's, and prints the
+compiled/eager step-time ratio and the largest loss difference over the steps.
 """
 
 from __future__ import annotations
@@ -19,6 +25,7 @@ import statistics
 import sys
 import time
 from pathlib import Path
+from types import SimpleNamespace
 
 os.environ.setdefault("OMP_WAIT_POLICY", "PASSIVE")
 sys.path.insert(0, str(Path(__file__).resolve().parents[1]))
@@ -27,6 +34,7 @@ import torch  # noqa: E402
 
 from lcm.models import FAMILIES  # noqa: E402
 from lcm.objectives import MSEObjective, OneTowerDiffusion, TwoTowerDiffusion  # noqa: E402
+from lcm.train.compile import compile_network  # noqa: E402
 
 OBJECTIVES = {
     "base_lcm": MSEObjective,
@@ -35,45 +43,73 @@ OBJECTIVES = {
 }
 
 
-def run(family: str, preset: str, args) -> str:
-    dev = torch.device(args.device)
-    cfg = FAMILIES[family].from_name(preset, sonar_dim=args.sonar_dim)
-    model = cfg.build(device=dev)
-    objective = OBJECTIVES[family](model).to(dev)
-    opt = torch.optim.AdamW(objective.parameters(), lr=1e-4, fused=dev.type == "cuda")
-    B, T, D = args.batch, args.seq, args.sonar_dim
-    x = torch.randn(B, T, D, device=dev)
-    mask = torch.ones(B, T, dtype=torch.bool, device=dev)
-    batch = {"x": x, "mask": mask, "loss_mask": mask}
-    dtype = torch.bfloat16 if args.precision == "bf16" else None
-    times = []
-    if dev.type == "cuda":
-        torch.cuda.reset_peak_memory_stats()
-    for i in range(args.warmup + args.steps):
+class Runner:
+    """One network, its objective and optimizer; ``step(i)`` times one optimizer step."""
+
+    def __init__(self, family: str, preset: str, args, compiled: bool = False) -> None:
+        self.dev = dev = torch.device(args.device)
+        cfg = FAMILIES[family].from_name(preset, sonar_dim=args.sonar_dim)
+        torch.manual_seed(0)
+        self.model = cfg.build(device=dev)
+        self.objective = OBJECTIVES[family](self.model).to(dev)
+        self.compiled = compiled
+        if compiled:
+            compile_network(SimpleNamespace(objective=self.objective), dynamic=False)
+        self.opt = torch.optim.AdamW(self.objective.parameters(), lr=1e-4, fused=dev.type == "cuda")
+        B, T, D = args.batch, args.seq, args.sonar_dim
+        x = torch.randn(B, T, D, device=dev, generator=torch.Generator().manual_seed(1))
+        mask = torch.ones(B, T, dtype=torch.bool, device=dev)
+        self.batch = {"x": x, "mask": mask, "loss_mask": mask}
+        self.dtype = torch.bfloat16 if args.precision == "bf16" else None
+        self.times: list[float] = []
+        self.losses: list[float] = []
+
+    def step(self, i: int, timed: bool) -> None:
+        dev = self.dev
         t0 = time.perf_counter()
-        with torch.autocast(dev.type, dtype=dtype, enabled=dtype is not None):
-            loss = objective.loss(batch).loss
+        with torch.autocast(dev.type, dtype=self.dtype, enabled=self.dtype is not None):
+            loss = self.objective.loss(self.batch, torch.Generator(dev).manual_seed(i)).loss
+        self.losses.append(loss.item())
         loss.backward()
-        opt.step()
-        opt.zero_grad(set_to_none=True)
+        self.opt.step()
+        self.opt.zero_grad(set_to_none=True)
         if dev.type == "cuda":
             torch.cuda.synchronize()
-        if i >= args.warmup:
-            times.append(time.perf_counter() - t0)
-    step = statistics.median(times)
-    n_params = sum(p.numel() for p in model.parameters())
-    concepts_s = B * T / step
-    if dev.type == "cuda":
-        peak = torch.cuda.max_memory_allocated() / 2**30
-        mfu = 6 * n_params * concepts_s / (args.peak_tflops * 1e12)
-        extra = f"peak GPU mem {peak:6.2f} GiB  MFU {100 * mfu:5.1f}%"
-    else:
-        rss = resource.getrusage(resource.RUSAGE_SELF).ru_maxrss / 2**20  # KiB -> GiB
-        extra = f"peak process RSS {rss:6.2f} GiB"
-    return (
-        f"{family:10s} {preset:6s} {n_params / 1e6:9.2f}M params  {1000 * step:8.1f} ms/step"
-        f"  {concepts_s:9.1f} concepts/s  {extra}"
-    )
+        if timed:
+            self.times.append(time.perf_counter() - t0)
+
+
+def run(family: str, preset: str, args) -> list[tuple[str, Runner]]:
+    """Eager (and, with --compile, compiled) runs of one family/preset; their steps alternate,
+    so load swings on a shared machine hit both alike."""
+    runners = [Runner(family, preset, args)]
+    if args.compile:
+        runners.append(Runner(family, preset, args, compiled=True))
+    if args.device == "cuda":
+        torch.cuda.reset_peak_memory_stats()
+    for i in range(args.warmup + args.steps):
+        for r in runners if i % 2 == 0 else runners[::-1]:
+            r.step(i, timed=i >= args.warmup)
+    out = []
+    B, T = args.batch, args.seq
+    for r in runners:
+        step = statistics.median(r.times)
+        n_params = sum(p.numel() for p in r.model.parameters())
+        concepts_s = B * T / step
+        if r.dev.type == "cuda":
+            peak = torch.cuda.max_memory_allocated() / 2**30
+            mfu = 6 * n_params * concepts_s / (args.peak_tflops * 1e12)
+            extra = f"peak GPU mem {peak:6.2f} GiB  MFU {100 * mfu:5.1f}%"
+        else:
+            rss = resource.getrusage(resource.RUSAGE_SELF).ru_maxrss / 2**20  # KiB -> GiB
+            extra = f"peak process RSS {rss:6.2f} GiB"
+        line = (
+            f"{family:10s} {preset:6s} {'compiled' if r.compiled else 'eager':8s} "
+            f"{n_params / 1e6:9.2f}M params  {1000 * step:8.1f} ms/step"
+            f"  {concepts_s:9.1f} concepts/s  {extra}"
+        )
+        out.append((line, r))
+    return out
 
 
 def main() -> None:
@@ -88,7 +124,11 @@ def main() -> None:
     ap.add_argument("--steps", type=int, default=5)
     ap.add_argument("--warmup", type=int, default=2)
     ap.add_argument("--peak_tflops", type=float, default=989.0)
+    ap.add_argument("--compile", action="store_true", help="also run compiled, print the ratio")
+    ap.add_argument("--threads", type=int, default=0, help="torch threads (0: torch's default)")
     args = ap.parse_args()
+    if args.threads:
+        torch.set_num_threads(args.threads)
     torch.manual_seed(0)
     print(
         f"device {args.device}, {args.precision}, batch {args.batch} x {args.seq} concepts, "
@@ -96,7 +136,18 @@ def main() -> None:
     )
     for preset in args.presets.split(","):
         for family in args.families.split(","):
-            print(run(family, preset, args), flush=True)
+            results = run(family, preset, args)
+            for line, _ in results:
+                print(line, flush=True)
+            if args.compile:
+                (_, eager), (_, comp) = results
+                ratio = statistics.median(eager.times) / statistics.median(comp.times)
+                print(
+                    f"{'':17s} compiled speed-up {ratio:5.2f}x  losses equal to "
+                    f"{max(abs(a - b) for a, b in zip(eager.losses, comp.losses)):.1e} "
+                    f"over {len(eager.losses)} steps",
+                    flush=True,
+                )
 
 
 if __name__ == "__main__":

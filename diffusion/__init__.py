@@ -7,6 +7,8 @@ Pure torch, no Lightning. Example::
     scheduler = DDIMScheduler()  # T=100, cosine, zero terminal SNR, x0-prediction, trailing
     x0 = ddim_sample(model_fn, (B, 1024), scheduler, 40, guidance_scale=3.0,
                      guidance_rescale=0.7, init_noise_scale=0.6)
+    # DPM-Solver++(2M) on the same schedule, through the same loop:
+    x0 = ddim_sample(model_fn, (B, 1024), DPMSolverMultistepScheduler.from_ddim(scheduler), 10)
 """
 
 from diffusion.ddim import (
@@ -16,6 +18,7 @@ from diffusion.ddim import (
     TimestepSpacing,
     spaced_timesteps,
 )
+from diffusion.dpm_solver import DPMSolverMultistepScheduler
 from diffusion.guidance import (
     classifier_free_guidance,
     guide,
@@ -41,6 +44,7 @@ __all__ = [
     "SCHEDULE_NAMES",
     "DDIMScheduler",
     "DDIMStepOutput",
+    "DPMSolverMultistepScheduler",
     "ModelFn",
     "PredictionType",
     "ScheduleName",

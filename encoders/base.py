@@ -83,6 +83,12 @@ class SentenceCodec(ABC):
         """
         return 0
 
+    def unknown_ratio(self, sentences: Sequence[str], lang: str) -> list[float] | None:
+        """Share of each sentence's tokens that the codec's tokenizer maps to its unknown token
+        (1.0 = the encoder sees only unknown tokens, so different sentences collapse to one
+        vector); None when the codec cannot tell (the default)."""
+        return None
+
     def to(self, device: str | torch.device) -> SentenceCodec:
         """Run the encoder on ``device`` (used by the scale-out path to pick each rank's GPU)."""
         self.device = torch.device(device)

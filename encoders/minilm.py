@@ -63,6 +63,12 @@ class MiniLMCodec(SentenceCodec):
         lengths = [len(ids) for ids in tok(list(sentences), add_special_tokens=True)["input_ids"]]
         return sum(n > self.max_seq_len for n in lengths)
 
+    def unknown_ratio(self, sentences: Sequence[str], lang: str) -> list[float]:
+        tok = self.model.tokenizer
+        unk = tok.unk_token_id
+        ids = tok(list(sentences), add_special_tokens=False)["input_ids"]
+        return [sum(t == unk for t in s) / len(s) if s else 0.0 for s in ids]
+
     def _encode(self, sentences: list[str], lang: str) -> torch.Tensor:
         emb = self.model.encode(
             sentences,

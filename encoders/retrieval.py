@@ -21,6 +21,7 @@ class RetrievalBank:
         self.dim = dim
         self._index: dict[str, faiss.IndexFlatIP] = {}
         self._sentences: dict[str, list[str]] = {}
+        self._known: dict[str, set[str]] = {}  # per language, for linear-time de-duplication
 
     def __len__(self) -> int:
         return sum(len(s) for s in self._sentences.values())
@@ -29,7 +30,7 @@ class RetrievalBank:
         """Add ``sentences`` with their ``(N, dim)`` vectors; repeated sentences are kept once."""
         if len(sentences) != vectors.shape[0]:
             raise ValueError(f"{len(sentences)} sentences but {vectors.shape[0]} vectors")
-        known = set(self._sentences.get(lang, []))
+        known = self._known.setdefault(lang, set())
         keep = [i for i, s in enumerate(sentences) if s not in known and not known.add(s)]
         if not keep:
             return

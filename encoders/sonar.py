@@ -218,6 +218,18 @@ class SonarCodec(SentenceCodec):
         token_encoder = self.tokenizer.create_encoder(lang=lang, mode="source")
         return sum(int(token_encoder(s).shape[0] > self.max_seq_len) for s in sentences)
 
+    def unknown_ratio(self, sentences, lang):
+        token_encoder = self.tokenizer.create_encoder(lang=lang, mode="source")
+        unk = self.tokenizer.vocab_info.unk_idx
+        n_pre = len(token_encoder.prefix_indices or [])  # the language tag
+        n_suf = len(token_encoder.suffix_indices or [])  # </s>
+        out = []
+        for s in sentences:
+            ids = token_encoder(s).tolist()
+            ids = ids[n_pre : len(ids) - n_suf]
+            out.append(sum(i == unk for i in ids) / len(ids) if ids else 0.0)
+        return out
+
     # -- encoding --------------------------------------------------------------------------------
     def _encode(self, sentences: list[str], lang: str) -> torch.Tensor:
         from fairseq2.nn.utils.padding import pad_seqs

@@ -9,8 +9,10 @@
 - :mod:`eval.baselines`: lead-k and random-k summaries; copy-previous and mean-concept
   predictors.
 - :mod:`eval.run`: the one-command runner (``lcm-eval``, ``python -m eval``, ``lcm eval``) over
-  checkpoints, language pairs, generation settings and baselines; ``eval/data/`` holds the
-  shipped real evaluation data.
+  checkpoints, language pairs, generation settings and baselines, in parts: reading inputs
+  (:mod:`eval.inputs`), the resumable record store (:mod:`eval.records`), text evaluation
+  (:mod:`eval.text_eval`), concept-space evaluation (:mod:`eval.concept_eval`) and the report
+  with its plots (:mod:`eval.report`); ``eval/data/`` holds the shipped real evaluation data.
 
 Nothing heavy is imported here; import the submodules you need.
 """

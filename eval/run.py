@@ -35,13 +35,10 @@ column, an unknown language code) stop the run with a message naming the file, r
 from __future__ import annotations
 
 import dataclasses
-import hashlib
 import json
-import math
 import os
-import re
 import time
-from collections.abc import Iterable, Sequence
+from collections.abc import Sequence
 from dataclasses import dataclass
 from pathlib import Path
 from typing import Any
@@ -49,560 +46,35 @@ from typing import Any
 import torch
 
 from encoders.base import SentenceCodec
-from encoders.langs import SONAR_LANGS, UnknownLanguageError, validate_lang
-
-#: Per-document summarization metrics; ``length`` gives ``words`` and ``sentences``.
-TEXT_METRICS = ("rouge_l", "ovl3", "rep4", "length")
-#: Model-scored metrics, reported "missing" when their model is not available locally.
-MODEL_METRICS = ("cola", "seahorse-q4", "seahorse-q5")
-#: Teacher-forced next-concept metrics (need ``concept_dir``).
-CONCEPT_METRICS = ("l2", "l2_r", "par", "ca", "mi")
-DEFAULT_BASELINES = ("lead-1", "lead-3", "random-3")
-CONCEPT_BASELINES = ("copy-previous", "context-mean", "mean-concept")
-LABELS = {
-    "rouge_l": "ROUGE-L",
-    "ovl3": "OVL-3",
-    "rep4": "REP-4",
-    "words": "words",
-    "sentences": "sentences",
-    "cola": "CoLA",
-    "seahorse-q4": "SH-4",
-    "seahorse-q5": "SH-5",
-    "l2": "l2",
-    "l2_r": "l2-r",
-    "par": "PAR",
-    "ca": "CA",
-    "mi": "MI",
-    "bleu": "BLEU",
-    "chrf": "chrF",
-}
-#: Metrics drawn in the plots.
-PLOT_METRICS = ("rouge_l", "ovl3", "rep4", "words")
-RECORDS = "documents.jsonl"
-_CODE = re.compile(r"^[a-z]{3}_[A-Z][a-z]{3}$")
-
-
-# ---------------------------------------------------------------------------------------------
-# Inputs
-# ---------------------------------------------------------------------------------------------
-@dataclass(frozen=True)
-class Row:
-    """One usable document in one language."""
-
-    id: str
-    lang: str
-    text: str
-    summary: str
-    where: str  # "<file> row <i>"
-
-
-@dataclass(frozen=True)
-class Pair:
-    src: str
-    tgt: str
-
-    @property
-    def label(self) -> str:
-        return f"{self.src}->{self.tgt}"
-
-
-def parse_pair(entry: str) -> Pair:
-    """``"eng_Latn->fra_Latn"`` (or ``eng_Latn-fra_Latn``; a single code means A->A), validated
-    as FLORES-200 codes."""
-    parts = entry.split("->") if "->" in entry else entry.split("-")
-    if len(parts) == 1:
-        parts = parts * 2
-    if len(parts) != 2:
-        raise ValueError(f"language pair {entry!r}: expected SRC->TGT, e.g. eng_Latn->fra_Latn")
-    src, tgt = (validate_lang(p.strip(), SONAR_LANGS, f"language pair {entry!r}") for p in parts)
-    return Pair(src, tgt)
-
-
-def _split_data_entry(entry: str) -> tuple[str, str | None]:
-    """``path`` or ``LANG=path`` -> (path, LANG or None)."""
-    if "=" in entry and not Path(entry).exists():
-        code, path = entry.split("=", 1)
-        if _CODE.match(code) or "/" not in code:
-            return path, validate_lang(code, SONAR_LANGS, f"data entry {entry!r}")
-    return entry, None
-
-
-def _field_text(value: object) -> str | None:
-    if value is None or (isinstance(value, float) and math.isnan(value)):
-        return None
-    return value if isinstance(value, str) else None
-
-
-def load_rows(
-    data: Sequence[str],
-    text_field: str,
-    summary_field: str,
-    id_field: str | None,
-    lang_field: str | None,
-    work_dir: Path,
-) -> tuple[dict[str, dict[str, Row]], list[dict], list[str]]:
-    """Read every row of ``data``.
-
-    Returns:
-        ``{lang: {id: Row}}`` in file order, the rows that cannot be used (file, row, id, lang,
-        reason), and the files read.
-
-    Raises:
-        FileNotFoundError: a file or glob matches nothing.
-        ValueError: a file cannot be read, or lacks the text, summary, id or language column.
-        UnknownLanguageError: a row's language is not a FLORES-200 code (names file, row, field).
-    """
-    from lcm.data.documents import expand_inputs, iter_rows
-
-    by_lang: dict[str, dict[str, Row]] = {}
-    skipped: list[dict] = []
-    files: list[str] = []
-    for entry in data:
-        pattern, file_lang = _split_data_entry(entry)
-        for path in expand_inputs([pattern]):
-            files.append(str(path))
-            rows = iter_rows([path], work_dir=work_dir / "inputs", cache_dir=str(work_dir / "hf"))
-            checked = False
-            for file, i, record, error in rows:
-                name = Path(file).name
-                if error is not None:
-                    kind, _, message = error.partition(": ")
-                    if kind == "unreadable_file":
-                        raise ValueError(f"{file}: {message}")
-                    skipped.append(_skip(file, i, None, None, message))
-                    continue
-                assert record is not None
-                if not checked:  # datasets gives every row all the file's columns
-                    _check_columns(
-                        file, record, text_field, summary_field, id_field, lang_field, file_lang
-                    )
-                    checked = True
-                where = f"{name} row {i}"
-                if id_field and record.get(id_field) in (None, ""):
-                    raise ValueError(f"{file} row {i}: field {id_field!r} (the id) is empty")
-                doc_id = str(record[id_field]) if id_field else str(i)
-                code = record.get(lang_field) if lang_field else None
-                if code is None:
-                    if file_lang is None:
-                        raise ValueError(
-                            f"{file} row {i}: field {lang_field!r} (the language) is empty; "
-                            f"fill it or give the file's language as LANG={file}"
-                        )
-                    code = file_lang
-                lang = validate_lang(code, SONAR_LANGS, f"{file} row {i} field {lang_field!r}")
-                text = _field_text(record.get(text_field))
-                summary = _field_text(record.get(summary_field))
-                problem = None
-                if text is None or not text.strip():
-                    problem = f"field {text_field!r} (the document) is missing, empty or not text"
-                elif summary is None or not summary.strip():
-                    problem = f"field {summary_field!r} (the summary) is missing, empty or not text"
-                elif doc_id in by_lang.get(lang, {}):
-                    first = by_lang[lang][doc_id].where
-                    problem = f"duplicate id {doc_id!r} in {lang} (first at {first})"
-                if problem:
-                    skipped.append(_skip(file, i, doc_id, lang, problem))
-                    continue
-                by_lang.setdefault(lang, {})[doc_id] = Row(doc_id, lang, text, summary, where)
-    return by_lang, skipped, files
-
-
-def _skip(file: str, row: int | None, doc_id: str | None, lang: str | None, reason: str) -> dict:
-    return {"file": file, "row": row, "id": doc_id, "lang": lang, "reason": reason}
-
-
-def _check_columns(file, record, text_field, summary_field, id_field, lang_field, file_lang):
-    have = sorted(record)
-    needed = [("text_field", text_field), ("summary_field", summary_field)]
-    if id_field:
-        needed.append(("id_field", id_field))
-    if lang_field and file_lang is None:
-        needed.append(("lang_field", lang_field))
-    for option, name in needed:
-        if name not in record:
-            hint = ""
-            if option == "lang_field":
-                hint = f", or give the file's language as LANG={file}"
-            elif option == "id_field":
-                hint = ", or --id_field null to number rows"
-            raise ValueError(
-                f"{file}: no field {name!r} (the rows have {have}); set --{option}{hint}"
-            )
-    if not lang_field and file_lang is None:
-        raise ValueError(f"{file}: no language: set --lang_field or give it as LANG={file}")
-
-
-def parse_settings(settings: Sequence[dict[str, Any]] | None) -> list[tuple[str, Any]]:
-    """``[(label, lcm.api.Settings)]``; the label lists the overridden fields (``default``)."""
-    from lcm.api import Settings
-
-    out: list[tuple[str, Any]] = []
-    for i, overrides in enumerate(settings or [{}]):
-        parsed = Settings.from_mapping(overrides, where=f"settings[{i}]")
-        clean = {k: getattr(parsed, k) for k in overrides}
-        label = ",".join(f"{k}={clean[k]}" for k in sorted(clean)) or "default"
-        if label in [x[0] for x in out]:
-            raise ValueError(f"settings[{i}] repeats the setting {label!r}")
-        out.append((label, parsed))
-    return out
-
-
-def parse_baselines(names: Sequence[str]) -> list[tuple[str, str, int]]:
-    """``lead-K`` / ``random-K`` -> ``[(name, kind, K)]``."""
-    out = []
-    for name in names:
-        m = re.fullmatch(r"(lead|random)-(\d+)", name)
-        if not m or int(m.group(2)) < 1:
-            raise ValueError(f"unknown baseline {name!r}: expected lead-K or random-K, K >= 1")
-        out.append((name, m.group(1), int(m.group(2))))
-    return out
-
-
-def _sha(*parts: Any) -> str:
-    return hashlib.sha256(json.dumps(parts, ensure_ascii=False).encode()).hexdigest()[:16]
-
-
-def checkpoint_fingerprint(path: str | Path) -> str:
-    """Size and the hash of the first and last MiB: changes when the checkpoint is rewritten,
-    costs nothing on multi-GB files."""
-    p = Path(path)
-    size = p.stat().st_size
-    h = hashlib.sha256(str(size).encode())
-    with open(p, "rb") as f:
-        h.update(f.read(1 << 20))
-        f.seek(max(0, size - (1 << 20)))
-        h.update(f.read(1 << 20))
-    return h.hexdigest()[:16]
-
-
-# ---------------------------------------------------------------------------------------------
-# Per-document records (resumable)
-# ---------------------------------------------------------------------------------------------
-class RecordStore:
-    """``documents.jsonl``: one json record per unit of work, keyed by
-    ``(kind, system, pair, setting, unit)``; the last record of a key wins.
-
-    A record is reused only if its ``ctx`` (what produced it: checkpoint, batch, seeds) and
-    ``input`` (the document and reference) hashes match, and it holds every metric asked for.
-    A line cut by a kill is ignored (and counted); its document is computed again.
-    """
-
-    def __init__(self, path: Path) -> None:
-        self.path = path
-        self.records: dict[str, dict] = {}
-        self.partial_lines = 0
-        self.computed = 0
-        self.reused: set[str] = set()
-        if path.exists():
-            for line in path.read_text(encoding="utf-8").splitlines():
-                if not line.strip():
-                    continue
-                try:
-                    rec = json.loads(line)
-                except json.JSONDecodeError:
-                    self.partial_lines += 1
-                    continue
-                self.records[rec["key"]] = rec
-
-    @staticmethod
-    def key(kind: str, system: str, pair: str, setting: str, unit: str) -> str:
-        return json.dumps([kind, system, pair, setting, unit], ensure_ascii=False)
-
-    def get(self, key: str, ctx: str, inp: str, need: Iterable[str] = ()) -> dict | None:
-        rec = self.records.get(key)
-        if rec is None or rec.get("ctx") != ctx or rec.get("input") != inp:
-            return None
-        if "error" not in rec and not set(need) <= set(rec.get("metrics", {})):
-            return None
-        self.reused.add(key)
-        return rec
-
-    def add(self, records: list[dict]) -> None:
-        if not records:
-            return
-        self.path.parent.mkdir(parents=True, exist_ok=True)
-        with open(self.path, "a+", encoding="utf-8") as f:
-            f.seek(0, os.SEEK_END)
-            if f.tell() > 0:  # a killed run may have left half a line: start on a fresh one
-                f.seek(f.tell() - 1)
-                if f.read(1) != "\n":
-                    f.write("\n")
-            for rec in records:
-                f.write(json.dumps(rec, ensure_ascii=False) + "\n")
-            f.flush()
-        for rec in records:
-            self.records[rec["key"]] = rec
-            self.reused.discard(rec["key"])
-        self.computed += len(records)
-
-
-def _finite(x: float) -> float | None:
-    return None if x is None or math.isnan(x) else float(x)
-
-
-# ---------------------------------------------------------------------------------------------
-# Summarization metrics
-# ---------------------------------------------------------------------------------------------
-class ModelMetrics:
-    """The model-scored metrics asked for: loaded once, or "missing" with the reason."""
-
-    def __init__(self, names: Sequence[str], models: dict[str, str], device: str) -> None:
-        from eval.metrics import model_based
-
-        self.available: dict[str, Any] = {}
-        self.missing: dict[str, str] = {}
-        for name in names:
-            metric = model_based.get_model_metric(name, model=models.get(name), device=device)
-            try:
-                metric.load()
-            except model_based.ModelUnavailable as e:
-                self.missing[name] = str(e)
-                continue
-            self.available[name] = metric
-
-    def score(self, hyp_sentences: list[list[str]], sources: list[str]) -> dict[str, list]:
-        """Per-document scores: CoLA is the mean over the summary's sentences (the paper scores
-        sentences), SEAHORSE scores (source, summary)."""
-        out: dict[str, list] = {}
-        for name, metric in self.available.items():
-            if metric.needs_source:
-                out[name] = metric.score([" ".join(s) for s in hyp_sentences], sources)
-            else:
-                flat = [s for sents in hyp_sentences for s in sents]
-                values = metric.score(flat) if flat else []
-                per_doc, k = [], 0
-                for sents in hyp_sentences:
-                    part = values[k : k + len(sents)]
-                    k += len(sents)
-                    per_doc.append(sum(part) / len(part) if part else None)
-                out[name] = per_doc
-        return out
-
-
-def text_metrics(
-    hyp_sentences: list[str], reference: str, source: str, need: Sequence[str]
-) -> dict[str, float | None]:
-    """ROUGE-L F, OVL-3, REP-4, words, sentences of one summary (None = undefined)."""
-    from eval.metrics import text as tm
-
-    hyp = " ".join(hyp_sentences)
-    out: dict[str, float | None] = {}
-    if "rouge_l" in need:
-        out["rouge_l"] = tm.rouge_l([hyp], [reference]).f
-    if "ovl3" in need:
-        out["ovl3"] = _finite(tm.ovl3(hyp, source))
-    if "rep4" in need:
-        out["rep4"] = _finite(tm.rep4(hyp))
-    if "words" in need:
-        stats = tm.length_stats(hyp_sentences)
-        out["words"], out["sentences"] = float(stats.words), float(stats.sentences)
-    return out
-
-
-def _record(key: str, ctx: str, inp: str, **fields: Any) -> dict:
-    """One line of ``documents.jsonl``."""
-    return {"key": key, "ctx": ctx, "input": inp, **fields}
-
-
-def _score_batch(items, text_need, model_metrics: ModelMetrics) -> list[dict]:
-    """items: [(hyp_sentences, reference, source)] -> per-item metric dicts."""
-    scored = [text_metrics(h, r, s, text_need) for h, r, s in items]
-    extra = model_metrics.score([h for h, _, _ in items], [s for _, _, s in items])
-    for name, values in extra.items():
-        for m, v in zip(scored, values):
-            m[name] = None if v is None else float(v)
-    return scored
-
-
-# ---------------------------------------------------------------------------------------------
-# Teacher-forced next-concept metrics
-# ---------------------------------------------------------------------------------------------
-@dataclass
-class ConceptDoc:
-    id: str
-    lang: str
-    src: torch.Tensor  # (n_src, D) raw
-    src_sentences: list[str]
-    tgt: torch.Tensor | None  # (n_tgt, D) raw, summarize mode
-    tgt_sentences: list[str]
-
-
-def _read_shards(folder: Path, fields: Sequence[str], max_documents: int | None = None):
-    """Rows of a prepared folder: dicts with id, lang and ``<f>_sentences``/``_embeddings``."""
-    import pyarrow.parquet as pq
-
-    if not (folder / "manifest.json").exists():
-        raise FileNotFoundError(f"{folder} has no manifest.json; make it with `lcm prepare`")
-    if not (folder / "summary.json").exists():
-        raise RuntimeError(f"{folder}: `lcm prepare` did not finish (no summary.json); rerun it")
-    files = sorted((folder / "shards").glob("shard-*.parquet"))
-    if not files:
-        raise FileNotFoundError(f"no shards in {folder / 'shards'}")
-    columns = ["id", "lang"] + [f"{f}_{s}" for f in fields for s in ("sentences", "embeddings")]
-    for path in files:
-        table = pq.read_table(path)
-        absent = [c for c in columns if c not in table.column_names]
-        if absent:
-            raise ValueError(f"{path}: no column(s) {absent}; columns: {table.column_names}")
-        for row in table.select(columns).to_pylist():
-            yield row
-            max_documents = None if max_documents is None else max_documents - 1
-            if max_documents == 0:
-                return
-
-
-def _training_mean(data_dir: str | None, field: str) -> tuple[torch.Tensor | None, str]:
-    """Mean concept of ``field`` over the model's training shards (the mean-concept predictor:
-    the best constant guess under l2, fitted without the evaluation documents)."""
-    if not data_dir or not Path(data_dir, "manifest.json").exists():
-        return None, f"the training shards ({data_dir or 'not recorded'}) are not available"
-    total, count = None, 0
-    for row in _read_shards(Path(data_dir), [field]):
-        v = torch.tensor(row[f"{field}_embeddings"], dtype=torch.float64)  # (n, D)
-        total = v.sum(0) if total is None else total + v.sum(0)
-        count += v.shape[0]
-    if not count:
-        return None, f"the training shards {data_dir} hold no {field!r} concepts"
-    return (total / count).float(), ""
-
-
-def _pad(seqs: list[torch.Tensor]) -> tuple[torch.Tensor, torch.Tensor]:
-    from eval.baselines import pad_documents
-
-    return pad_documents(seqs)
-
-
-@torch.inference_mode()
-def _teacher_forced(model, docs: list[ConceptDoc], max_seq_len: int):
-    """Model predictions for every scored position, in the metric layout ``[source, target]``
-    (summarize) or ``[document]`` (pretrain): returns x (B, T, D), mask, weight, pred (raw),
-    per-document gold sentences, and the documents that could not be laid out."""
-    module = model.module
-    summarize = model.mode == "summarize"
-    device = module.device
-    norm = module.normalizer
-    model_x, model_loss, model_sep, metric_x, weights, sentences, kept, problems = (
-        [],
-        [],
-        [],
-        [],
-        [],
-        [],
-        [],
-        [],
-    )
-    for d in docs:
-        if summarize:
-            n_tgt = d.tgt.shape[0]
-            keep = min(d.src.shape[0], max_seq_len - 1 - n_tgt)
-            if keep < 1:
-                problems.append(
-                    (d, f"{n_tgt} summary concepts do not fit max_seq_len={max_seq_len}")
-                )
-                continue
-            src = d.src[:keep]
-            zero = torch.zeros(1, src.shape[1])
-            mx = torch.cat(
-                [norm.normalize(src.to(device)).cpu(), zero, norm.normalize(d.tgt.to(device)).cpu()]
-            )
-            loss = torch.zeros(mx.shape[0], dtype=torch.bool)
-            loss[keep + 1 :] = True
-            sep = torch.zeros(mx.shape[0], dtype=torch.bool)
-            sep[keep] = True
-            gold = torch.cat([src, d.tgt])  # (keep + n_tgt, D)
-            w = torch.zeros(gold.shape[0], dtype=torch.bool)
-            w[keep:] = True
-            sents = d.src_sentences[:keep] + d.tgt_sentences
-        else:
-            n = min(d.src.shape[0], max_seq_len)
-            if n < 2:
-                problems.append((d, "fewer than 2 concepts: nothing to predict"))
-                continue
-            gold = d.src[:n]
-            mx = norm.normalize(gold.to(device)).cpu()
-            loss = torch.ones(n, dtype=torch.bool)
-            sep = torch.zeros(n, dtype=torch.bool)
-            w = torch.ones(n, dtype=torch.bool)
-            w[0] = False
-            sents = d.src_sentences[:n]
-        model_x.append(mx)
-        model_loss.append(loss)
-        model_sep.append(sep)
-        metric_x.append(gold)
-        weights.append(w)
-        sentences.append(sents)
-        kept.append(d)
-    if not kept:
-        return None, problems
-    xb, mask = _pad(model_x)
-    loss_b = torch.zeros_like(mask)
-    sep_b = torch.zeros_like(mask)
-    for i, (lo, se) in enumerate(zip(model_loss, model_sep)):
-        loss_b[i, : len(lo)] = lo
-        sep_b[i, : len(se)] = se
-    batch = {
-        "x": xb.to(device),
-        "mask": mask.to(device),
-        "loss_mask": loss_b.to(device),
-        "sep_mask": sep_b.to(device),
-        "index": torch.arange(len(kept), device=device),
-    }
-    out = module.predict_step(batch, 0)
-    pred_model = out["pred"].float().cpu()  # (B, Tm, D) raw
-    x, xmask = _pad(metric_x)
-    weight = torch.zeros_like(xmask)
-    pred = torch.zeros_like(x)
-    for i, (w, sep) in enumerate(zip(weights, model_sep)):
-        weight[i, : len(w)] = w
-        n = len(w)
-        if sep.any():  # drop the separator slot: model position j > sep predicts gold j - 1
-            s = int(sep.nonzero()[0])
-            pred[i, :s] = pred_model[i, :s]
-            pred[i, s:n] = pred_model[i, s + 1 : n + 1]
-        else:
-            pred[i, :n] = pred_model[i, :n]
-    return (x, xmask, weight, pred, sentences, kept), problems
-
-
-def concept_sums(
-    pred: torch.Tensor,
-    x: torch.Tensor,
-    weight: torch.Tensor,
-    mask: torch.Tensor,
-    sentences: list[list[str]],
-    need: Sequence[str],
-    codec: SentenceCodec,
-    lang: str,
-    lm,
-) -> dict[str, list[float]]:
-    """``{metric: [sum, count]}`` over the scored positions of one batch, so that batches pool
-    exactly (MI is weighted by LM tokens, as in
-    :func:`eval.metrics.concepts.mutual_information`)."""
-    from eval.metrics import concepts as cm
-
-    out: dict[str, list[float]] = {}
-
-    def add(name: str, values: torch.Tensor) -> None:
-        v = values[~values.isnan()].double()
-        out[name] = [float(v.sum()), int(v.numel())]
-
-    if "l2" in need:
-        add("l2", cm.l2(pred[weight], x[weight]))
-    if "par" in need:
-        add("par", cm.paraphrasing(pred, x, mask, weight)[weight])
-    if "ca" in need:
-        add("ca", cm.sequence_contrastive_accuracy(pred, x, weight, mask)[weight])
-    if "l2_r" in need or ("mi" in need and lm is not None):
-        rt = cm.round_trip_l2(codec, pred[weight], x[weight], lang)
-        if "l2_r" in need:
-            add("l2_r", rt.l2)
-        if "mi" in need and lm is not None:
-            bi, ni = weight.nonzero(as_tuple=True)
-            ctx = [sentences[b][:n] for b, n in zip(bi.tolist(), ni.tolist())]
-            mi = cm.mutual_information(lm, rt.sentences, ctx)
-            total = sum(c for v, c in zip(mi.per_sentence, mi.n_tokens) if c)
-            out["mi"] = [sum(v * c for v, c in zip(mi.per_sentence, mi.n_tokens) if c), total]
-    return out
+from encoders.langs import UnknownLanguageError
+from eval.concept_eval import (
+    ConceptDoc,
+    concept_sums,
+    read_concept_docs,
+    teacher_forced,
+    training_mean,
+)
+from eval.inputs import (
+    Pair,
+    Row,
+    checkpoint_fingerprint,
+    load_rows,
+    parse_baselines,
+    parse_pair,
+    parse_settings,
+    sha,
+)
+from eval.names import (
+    CONCEPT_BASELINES,
+    CONCEPT_METRICS,
+    DEFAULT_BASELINES,
+    MODEL_METRICS,
+    RECORDS,
+    TEXT_METRICS,
+)
+from eval.records import RecordStore
+from eval.report import aggregate, render_report, write_plots
+from eval.text_eval import ModelMetrics, make_record, score_batch
 
 
 # ---------------------------------------------------------------------------------------------
@@ -918,7 +390,7 @@ class _Scoring:
 
     def score(self, items: list[tuple[list[str], str, str]]) -> list[dict]:
         """items: (summary sentences, reference, source) -> per-item metric dicts."""
-        return _score_batch(items, self.need, self.model_metrics) if items else []
+        return score_batch(items, self.need, self.model_metrics) if items else []
 
 
 def _run_baselines(sc: _Scoring, p: Pair, docs, base_specs, baseline_seed: int) -> None:
@@ -927,11 +399,11 @@ def _run_baselines(sc: _Scoring, p: Pair, docs, base_specs, baseline_seed: int) 
 
     splitter = SentenceSplitter(max_chars=0)  # real sentences: lead-k is not re-split
     for name, kind, k in base_specs:
-        ctx = _sha("baseline", kind, k, baseline_seed if kind == "random" else None)
+        ctx = sha("baseline", kind, k, baseline_seed if kind == "random" else None)
         todo = []
         for row, ref in docs:
             key = sc.store.key("baseline", name, p.label, "-", row.id)
-            if sc.store.get(key, ctx, _sha(row.text, ref), sc.need) is None:
+            if sc.store.get(key, ctx, sha(row.text, ref), sc.need) is None:
                 todo.append((key, row, ref))
         items = []
         for _key, row, ref in todo:
@@ -939,11 +411,11 @@ def _run_baselines(sc: _Scoring, p: Pair, docs, base_specs, baseline_seed: int) 
             if kind == "lead":
                 hyp = bl.lead_k(sents, k)
             else:  # the seed depends on the document alone, so resuming draws the same
-                hyp = bl.random_k(sents, k, int(_sha(baseline_seed, row.id), 16))
+                hyp = bl.random_k(sents, k, int(sha(baseline_seed, row.id), 16))
             items.append((hyp, ref, row.text))
         sc.store.add(
             [
-                _record(key, ctx, _sha(row.text, ref), kind="baseline", system=name,
+                make_record(key, ctx, sha(row.text, ref), kind="baseline", system=name,
                         pair=p.label, setting="-", id=row.id, hypothesis=" ".join(item[0]),
                         reference=ref, metrics=metrics)
                 for (key, row, ref), item, metrics in zip(todo, items, sc.score(items))
@@ -955,11 +427,11 @@ def _run_codec_check(sc: _Scoring, model, name: str, p: Pair, docs, base_ctx) ->
     """Encode each reference summary in the source language, decode it in the target one."""
     from tqdm.auto import tqdm
 
-    ctx = _sha("codec", *base_ctx)
+    ctx = sha("codec", *base_ctx)
     todo = []
     for row, ref in docs:
         key = sc.store.key("codec", name, p.label, "-", row.id)
-        if sc.store.get(key, ctx, _sha(row.summary, ref)) is None:
+        if sc.store.get(key, ctx, sha(row.summary, ref)) is None:
             todo.append((key, row, ref))
     bar = tqdm(total=len(todo), desc=f"codec {name} {p.label}", disable=not sc.progress or not todo)
     for s in range(0, len(todo), 64):
@@ -968,7 +440,7 @@ def _run_codec_check(sc: _Scoring, model, name: str, p: Pair, docs, base_ctx) ->
         hyps = model.codec.decode(vectors, p.tgt)
         sc.store.add(
             [
-                _record(key, ctx, _sha(row.summary, ref), kind="codec", system=name,
+                make_record(key, ctx, sha(row.summary, ref), kind="codec", system=name,
                         pair=p.label, setting="-", id=row.id, hypothesis=h, reference=ref)
                 for (key, row, ref), h in zip(chunk, hyps)
             ]
@@ -986,11 +458,11 @@ def _run_summaries(sc: _Scoring, model, name, p: Pair, docs, label, settings, ba
     for start in range(0, len(docs), batch_size):
         chunk = docs[start : start + batch_size]
         # a document's output depends on its batch (padding, the shared noise generator)
-        ctx = _sha("model", *base_ctx, dataclasses.asdict(settings), [r.id for r, _ in chunk])
+        ctx = sha("model", *base_ctx, dataclasses.asdict(settings), [r.id for r, _ in chunk])
         todo = []
         for j, (row, ref) in enumerate(chunk):
             key = sc.store.key("model", name, p.label, label, row.id)
-            if sc.store.get(key, ctx, _sha(row.text, ref), sc.need) is None:
+            if sc.store.get(key, ctx, sha(row.text, ref), sc.need) is None:
                 todo.append(j)
         if todo:
             sc.store.add(_generate_chunk(sc, model, name, p, label, settings, chunk, todo, ctx))
@@ -1029,11 +501,11 @@ def _generate_chunk(sc: _Scoring, model, name, p: Pair, label, settings, chunk, 
         if j in generated:
             sents, reason, n = generated[j]
             records.append(
-                _record(key, ctx, _sha(row.text, ref), **common, hypothesis=" ".join(sents),
+                make_record(key, ctx, sha(row.text, ref), **common, hypothesis=" ".join(sents),
                         reference=ref, metrics=scored[j], stop_reason=reason, concepts=n)
             )  # fmt: skip
         else:
-            records.append(_record(key, ctx, _sha(row.text, ref), **common, error=error[j]))
+            records.append(make_record(key, ctx, sha(row.text, ref), **common, error=error[j]))
     return records
 
 
@@ -1087,10 +559,10 @@ def _run_concepts(
     train_ids: set[str] = set()
     train_dir = data_hp.get("data_dir")
     if train_dir and Path(train_dir, "manifest.json").exists():
-        train_ids = {r["id"] for r in _read_shards(Path(train_dir), fields)}
-    mean, mean_missing = _training_mean(train_dir, tgt_field or src_field)
+        train_ids = {r["id"] for r in read_concept_docs(Path(train_dir), fields)}
+    mean, mean_missing = training_mean(train_dir, tgt_field or src_field)
     by_lang: dict[str, list[ConceptDoc]] = {}
-    for r in _read_shards(folder, fields):
+    for r in read_concept_docs(folder, fields):
         docs = by_lang.setdefault(r["lang"], [])
         if max_documents is not None and len(docs) >= max_documents:
             continue
@@ -1130,8 +602,8 @@ def _run_concepts(
         bar = tqdm(total=len(docs), desc=f"concepts {name} {lang}", disable=not progress)
         for start in range(0, len(docs), concept_batch_size):
             chunk = docs[start : start + concept_batch_size]
-            unit = _sha([d.id for d in chunk])
-            ctx = _sha("concepts", *base_ctx, manifest.get("input_sha256"), max_seq_len, fields)
+            unit = sha([d.id for d in chunk])
+            ctx = sha("concepts", *base_ctx, manifest.get("input_sha256"), max_seq_len, fields)
             keys = {
                 s: store.key("concepts", s if s == name else f"{name}|{s}", lang, "-", unit)
                 for s in systems
@@ -1147,7 +619,7 @@ def _run_concepts(
                 s for s in systems if s not in got and not (s == "mean-concept" and mean is None)
             ]
             if todo:
-                laid, problems = _teacher_forced(model, chunk, max_seq_len)
+                laid, problems = teacher_forced(model, chunk, max_seq_len)
                 records = []
                 if laid is not None:
                     x, mask, weight, pred, sentences, kept = laid
@@ -1204,362 +676,6 @@ def _run_concepts(
             table.append(row)
         result["languages"][lang] = {"documents": len(docs), "systems": table}
     return result
-
-
-# ---------------------------------------------------------------------------------------------
-# Aggregation and report
-# ---------------------------------------------------------------------------------------------
-def _mean(values: list[float | None]) -> tuple[float | None, int]:
-    finite = [v for v in values if v is not None]
-    return (sum(finite) / len(finite) if finite else None), len(values) - len(finite)
-
-
-def aggregate(
-    store,
-    names,
-    model_info,
-    base_specs,
-    sweep,
-    pair_list,
-    pair_docs,
-    need,
-    model_metrics,
-    wanted,
-    codec_check,
-) -> dict:
-    """Tables from the per-document records of the current configuration."""
-    from eval.metrics.crosslingual import score_translations
-
-    summarization: dict[str, list[dict]] = {}
-    failures: list[dict] = []
-    metric_cols = list(need) + [m for m in model_metrics.missing]
-    for p in pair_list:
-        rows = []
-        docs = pair_docs[p.label]
-        systems = [(n, "model", label) for n in names for label, _ in sweep]
-        systems += [(b[0], "baseline", "-") for b in base_specs]
-        for system, kind, label in systems:
-            recs = [store.records[store.key(kind, system, p.label, label, r.id)] for r, _ in docs]
-            good = [r for r in recs if "error" not in r]
-            for r in recs:
-                if "error" in r:
-                    failures.append({k: r[k] for k in ("system", "pair", "setting", "id", "error")})
-            row: dict[str, Any] = {
-                "system": system,
-                "kind": kind,
-                "setting": label,
-                "documents": len(good),
-                "failed": len(recs) - len(good),
-            }
-            for metric in metric_cols:
-                if metric in model_metrics.missing:
-                    row[metric] = "missing"
-                    continue
-                value, undefined = _mean([r["metrics"].get(metric) for r in good])
-                row[metric] = value
-                if undefined:
-                    row[f"{metric}_undefined"] = undefined
-            if kind == "model":
-                reasons: dict[str, int] = {}
-                for r in good:
-                    reasons[r["stop_reason"]] = reasons.get(r["stop_reason"], 0) + 1
-                row["stop_reasons"] = dict(sorted(reasons.items()))
-            rows.append(row)
-        summarization[p.label] = rows
-    out: dict[str, Any] = {
-        "summarization": summarization,
-        "metric_columns": metric_cols,
-        "missing_metrics": dict(model_metrics.missing),
-        "failures": failures,
-    }
-    if codec_check:
-        table: dict[str, dict] = {}
-        for name in names:
-            table[name] = {"codec": model_info[name]["codec"], "pairs": {}}
-            for p in pair_list:
-                recs = [
-                    store.records[store.key("codec", name, p.label, "-", r.id)]
-                    for r, _ in pair_docs[p.label]
-                ]
-                sc = score_translations(
-                    [r["hypothesis"] for r in recs], [r["reference"] for r in recs], p.tgt
-                )
-                table[name]["pairs"][p.label] = {
-                    "sentences": len(recs),
-                    "bleu": sc.bleu,
-                    "chrf": sc.chrf,
-                    "bleu_label": sc.tokenizer.label,
-                    "note": sc.tokenizer.note,
-                    "bleu_signature": sc.bleu_signature,
-                    "chrf_signature": sc.chrf_signature,
-                }
-        out["codec_check"] = table
-    return out
-
-
-def fmt(value: Any) -> str:
-    """How a number appears in report.md (4 decimals; ``n/a`` = undefined everywhere)."""
-    if value is None:
-        return "n/a"
-    if isinstance(value, str):
-        return value
-    return f"{value:.4f}"
-
-
-def _stops(reasons: dict[str, int] | None) -> str:
-    """``eot 97, max_length 3``: why generation ended (``-`` for baselines)."""
-    return ", ".join(f"{k} {v}" for k, v in reasons.items()) if reasons else "-"
-
-
-def _md_table(header: list[str], rows: list[list[str]]) -> list[str]:
-    lines = ["| " + " | ".join(header) + " |", "|" + "|".join("---" for _ in header) + "|"]
-    lines += ["| " + " | ".join(r) + " |" for r in rows]
-    return lines + [""]
-
-
-def _system_label(row: dict, sweep: bool) -> str:
-    return (
-        f"{row['system']} [{row['setting']}]" if sweep and row["kind"] == "model" else row["system"]
-    )
-
-
-def render_report(results: dict) -> str:
-    """report.md from the results (no timings: a resumed run writes the same file)."""
-    cfg = results["config"]
-    lines = ["# Evaluation report", ""]
-    lines.append(
-        "Scores are fractions in [0, 1] (ROUGE-L F1 against the reference; OVL-3: share of the "
-        "summary's word 3-grams found in the source document; REP-4: share of repeated word "
-        "4-grams); words and sentences are means per summary. `n/a`: undefined for every "
-        "document (too short); `missing`: the metric's model is not available (reasons below)."
-    )
-    lines.append("")
-    lines.append("Models:")
-    for name, info in results["models"].items():
-        lines.append(
-            f"- `{name}`: `{info['checkpoint']}` ({info['family']}, {info['mode']}, codec "
-            f"`{info['codec']}`)"
-        )
-    lines.append(
-        f"\nData: {', '.join(f'`{f}`' for f in cfg['files'])}; documents per language: "
-        + ", ".join(f"{k} {v}" for k, v in results["data"]["documents_per_lang"].items())
-    )
-    lines.append(f"Generation settings: {', '.join(f'`{k}`' for k in cfg['settings'])}.\n")
-    cols = results["metric_columns"]
-    sweep = len(cfg["settings"]) > 1
-    lines.append("## Summarization\n")
-    for pair, rows in results["summarization"].items():
-        n = results["data"]["pair_documents"][pair]
-        lines.append(f"### {pair.replace('->', ' -> ')} ({n} documents)\n")
-        header = ["system", "setting", "docs", "failed", *[LABELS.get(c, c) for c in cols]]
-        header.append("stopped by")
-        body = [
-            [r["system"], r["setting"], str(r["documents"]), str(r["failed"])]
-            + [fmt(r.get(c)) for c in cols]
-            + [_stops(r.get("stop_reasons"))]
-            for r in rows
-        ]
-        lines += _md_table(header, body)
-    pairs = [tuple(p.split("->")) for p in results["summarization"]]
-    if len(pairs) > 1 or any(a != b for a, b in pairs):
-        srcs = sorted({a for a, _ in pairs})
-        tgts = sorted({b for _, b in pairs})
-        lines.append("## Cross-lingual matrices (rows: source language, columns: target)\n")
-        for c in cols:
-            lines.append(f"### {LABELS.get(c, c)}\n")
-            systems = []
-            for rows in results["summarization"].values():
-                for r in rows:
-                    label = _system_label(r, sweep)
-                    if label not in systems:
-                        systems.append(label)
-            for label in systems:
-                cell = {}
-                for pair, rows in results["summarization"].items():
-                    for r in rows:
-                        if _system_label(r, sweep) == label:
-                            cell[tuple(pair.split("->"))] = fmt(r.get(c))
-                lines.append(f"`{label}`\n")
-                body = [[a] + [cell.get((a, b), "-") for b in tgts] for a in srcs]
-                lines += _md_table(["source \\ target", *tgts], body)
-    if "concepts" in results:
-        lines.append("## Teacher-forced next-concept metrics\n")
-        lines.append(
-            "Paper section 2.4.1, in the codec's space, on the held-out shards "
-            f"`{cfg['concept_dir']}`; the CA pool is a batch of {cfg['concept_batch_size']} "
-            "documents. mean-concept predicts the mean training concept.\n"
-        )
-        cmetrics = [m for m in cfg["metrics"] if m in CONCEPT_METRICS]
-        for name, res in results["concepts"].items():
-            for lang, block in res["languages"].items():
-                lines.append(
-                    f"### {name}: {lang} ({block['documents']} documents, {res['mode']})\n"
-                )
-                header = ["system", "positions", *[LABELS[m] for m in cmetrics]]
-                body = [
-                    [r["system"], str(r["positions"])]
-                    + [
-                        "missing" if m in res["missing"] and r.get(m) is None else fmt(r.get(m))
-                        for m in cmetrics
-                    ]
-                    for r in block["systems"]
-                ]
-                lines += _md_table(header, body)
-            for what, why in res["missing"].items():
-                lines.append(f"- {what} missing: {why}")
-            if res["in_training_shards"]:
-                lines.append(
-                    f"- warning: {res['in_training_shards']} of these documents are also in the "
-                    "model's training shards"
-                )
-            for nu in res["not_used"]:
-                lines.append(f"- not used: {nu['id']}: {nu['reason']}")
-            lines.append("")
-    if "codec_check" in results:
-        lines.append("## Codec cross-lingual check\n")
-        lines.append(
-            "The codec alone: encode the reference summary in the source language, decode it in "
-            "the target language, score against the target-language summary (corpus scores, "
-            "0-100).\n"
-        )
-        body = []
-        for name, block in results["codec_check"].items():
-            for pair, s in block["pairs"].items():
-                body.append(
-                    [
-                        name,
-                        f"`{block['codec']}`",
-                        pair,
-                        str(s["sentences"]),
-                        s["bleu_label"],
-                        fmt(s["bleu"]),
-                        fmt(s["chrf"]),
-                    ]
-                )
-        lines += _md_table(
-            ["model", "codec", "pair", "sentences", "BLEU kind", "BLEU", "chrF"], body
-        )
-        if len(pairs) > 1 or any(a != b for a, b in pairs):
-            srcs = sorted({a for a, _ in pairs})
-            tgts = sorted({b for _, b in pairs})
-            for metric in ("bleu", "chrf"):
-                for name, block in results["codec_check"].items():
-                    lines.append(f"### Codec {LABELS[metric]}: `{name}`\n")
-                    cell = {tuple(k.split("->")): fmt(v[metric]) for k, v in block["pairs"].items()}
-                    body = [[a] + [cell.get((a, b), "-") for b in tgts] for a in srcs]
-                    lines += _md_table(["source \\ target", *tgts], body)
-        notes = sorted(
-            {
-                s["note"]
-                for b in results["codec_check"].values()
-                for s in b["pairs"].values()
-                if s["note"]
-            }
-        )
-        lines += [f"- {n}" for n in notes] + ([""] if notes else [])
-    lines.append("## Not evaluated\n")
-    listed = 0
-    for what, why in results["missing_metrics"].items():
-        lines.append(f"- metric {LABELS.get(what, what)} missing: {why}")
-        listed += 1
-    for item in results["data"]["pairs_not_run"]:
-        lines.append(f"- {item['reason']}")
-        listed += 1
-    for row in results["data"]["rows_not_used"]:
-        lines.append(f"- {Path(row['file']).name} row {row['row']} ({row['id']}): {row['reason']}")
-        listed += 1
-    for pair, items in results["data"]["pair_documents_not_used"].items():
-        for item in items:
-            lines.append(f"- {pair} {item['id']}: {item['reason']}")
-            listed += 1
-    for f in results["failures"]:
-        lines.append(f"- {f['system']} {f['pair']} [{f['setting']}] {f['id']}: {f['error']}")
-        listed += 1
-    if not listed:
-        lines.append("Nothing: every document was evaluated.")
-    return "\n".join(lines).rstrip() + "\n"
-
-
-def write_plots(results: dict, out: Path) -> list[str]:
-    """``plot_<metric>_by_pair.png`` and, for a sweep, ``plot_<metric>_by_setting.png``."""
-    import matplotlib
-
-    matplotlib.use("Agg")
-    import matplotlib.pyplot as plt
-
-    written = []
-    cfg = results["config"]
-    sweep = len(cfg["settings"]) > 1
-    pairs = list(results["summarization"])
-    cols = [m for m in PLOT_METRICS if m in results["metric_columns"]]
-    for metric in cols:
-        systems: list[str] = []
-        values: dict[tuple[str, str], float] = {}
-        for pair, rows in results["summarization"].items():
-            for r in rows:
-                label = _system_label(r, sweep)
-                if label not in systems:
-                    systems.append(label)
-                if isinstance(r.get(metric), float):
-                    values[(label, pair)] = r[metric]
-        fig, ax = plt.subplots(figsize=(max(5, 1.2 * len(pairs) * max(1, len(systems)) / 3), 3.5))
-        width = 0.8 / max(1, len(systems))
-        for k, label in enumerate(systems):
-            xs = [i + k * width for i in range(len(pairs))]
-            ax.bar(xs, [values.get((label, p), 0.0) for p in pairs], width, label=label)
-        ax.set_xticks([i + 0.4 - width / 2 for i in range(len(pairs))])
-        ax.set_xticklabels([p.replace("->", "\n-> ") for p in pairs], fontsize=8)
-        ax.set_ylabel(LABELS[metric])
-        ax.set_title(f"{LABELS[metric]} per language pair")
-        ax.legend(fontsize=7, loc="upper left", bbox_to_anchor=(1.01, 1.0))
-        fig.tight_layout()
-        path = out / f"plot_{metric}_by_pair.png"
-        fig.savefig(path, dpi=100, bbox_inches="tight")
-        plt.close(fig)
-        written.append(path.name)
-        if not sweep:
-            continue
-        labels = list(cfg["settings"])
-        varying = [
-            k
-            for k in cfg["settings"][labels[0]]
-            if len({json.dumps(cfg["settings"][lb][k]) for lb in labels}) > 1
-        ]
-        numeric = len(varying) == 1 and all(
-            isinstance(cfg["settings"][lb][varying[0]], int | float) for lb in labels
-        )
-        xs = (
-            [cfg["settings"][lb][varying[0]] for lb in labels]
-            if numeric
-            else list(range(len(labels)))
-        )
-        fig, ax = plt.subplots(figsize=(6, 3.5))
-        for pair, rows in results["summarization"].items():
-            for name in results["models"]:
-                ys = []
-                for lb in labels:
-                    r = next(r for r in rows if r["system"] == name and r["setting"] == lb)
-                    ys.append(r[metric] if isinstance(r.get(metric), float) else float("nan"))
-                ax.plot(xs, ys, marker="o", label=f"{name} {pair}")
-            for r in rows:
-                if r["kind"] == "baseline" and isinstance(r.get(metric), float):
-                    ax.axhline(r[metric], linestyle="--", linewidth=0.8, color="gray")
-                    ax.annotate(
-                        f"{r['system']} {pair}", (xs[0], r[metric]), fontsize=6, color="gray"
-                    )
-        ax.set_xlabel(varying[0] if numeric else "setting")
-        if not numeric:
-            ax.set_xticks(xs)
-            ax.set_xticklabels(labels, fontsize=6, rotation=20)
-        ax.set_ylabel(LABELS[metric])
-        ax.set_title(f"{LABELS[metric]} per generation setting (dashed: baselines)")
-        ax.legend(fontsize=7, loc="upper left", bbox_to_anchor=(1.01, 1.0))
-        fig.tight_layout()
-        path = out / f"plot_{metric}_by_setting.png"
-        fig.savefig(path, dpi=100, bbox_inches="tight")
-        plt.close(fig)
-        written.append(path.name)
-    return written
 
 
 def main(argv: list[str] | None = None, prog: str | None = None) -> dict:

@@ -19,7 +19,7 @@ import math
 from collections.abc import Sequence
 from dataclasses import dataclass
 from pathlib import Path
-from typing import Any
+from typing import Any, Literal
 
 import torch
 
@@ -47,6 +47,8 @@ class Settings:
             checkpoint's).
         guidance_rescale: diffusion: guidance rescale phi in [0, 1] (default: the checkpoint's).
         init_noise_scale: diffusion: std of the initial noise (default: the checkpoint's).
+        solver: diffusion: ``ddim`` or ``dpmsolver++`` (DPM-Solver++(2M), fewer steps for the
+            same sample; default: the checkpoint's).
         seed: seeds every random draw (diffusion noise, refiner initial state, code sampling);
             the same seed gives the same output.
         use_cache: KV-cache the context across generated concepts.
@@ -71,6 +73,7 @@ class Settings:
     guidance_scale: float | None = None
     guidance_rescale: float | None = None
     init_noise_scale: float | None = None
+    solver: Literal["ddim", "dpmsolver++"] | None = None
     seed: int = 0
     use_cache: bool = True
     num_iterations: int | None = None
@@ -116,6 +119,8 @@ class Settings:
                 lo = f"> {low}" if open_low else f">= {low}"
                 rng = lo if high is None else f"{lo} and <= {high}"
                 raise ValueError(f"generation setting {name} must be {rng}, got {value!r}")
+        if self.solver not in (None, "ddim", "dpmsolver++"):
+            raise ValueError(f"solver must be 'ddim' or 'dpmsolver++', got {self.solver!r}")
         if self.min_new_concepts > self.max_new_concepts:
             raise ValueError(
                 f"min_new_concepts ({self.min_new_concepts}) exceeds max_new_concepts "
@@ -242,30 +247,44 @@ class ConceptModel:
             model.fill_bank(bank_dir, fields=[target] if target else None)
         return model
 
-    def fill_bank(self, shard_dir: str | Path, fields: list[str] | None = None) -> int:
+    def fill_bank(
+        self, shard_dir: str | Path, fields: list[str] | None = None, progress: bool = True
+    ) -> int:
         """Add the sentences of the shards' text columns (all, or ``fields``) to the codec's
-        retrieval bank; returns how many were offered."""
-        import pyarrow.parquet as pq
+        retrieval bank; returns how many were offered. Shards are verified on the way
+        (:mod:`lcm.data.shards`), and progress is shown per shard."""
+        import numpy as np
+
+        from lcm.data.shards import iter_shard_tables, recorded_shards
+        from lcm.progress import Progress
 
         n = 0
-        for path in sorted(Path(shard_dir, "shards").glob("*.parquet")):
-            table = pq.read_table(path)
-            langs = table.column("lang").to_pylist()
-            for name in table.column_names:
-                if not name.endswith("_sentences"):
-                    continue
-                if fields is not None and name[: -len("_sentences")] not in fields:
-                    continue
-                emb_name = name[: -len("_sentences")] + "_embeddings"
-                sents = table.column(name).to_pylist()
-                vecs = table.column(emb_name).to_pylist()
-                for lang, s, v in zip(langs, sents, vecs):
-                    keep = [i for i, x in enumerate(s) if x != self.end_of_text]
-                    if keep:
-                        self.codec.bank.add(
-                            [s[i] for i in keep], torch.tensor([v[i] for i in keep]), lang
-                        )
-                        n += len(keep)
+        total = len(recorded_shards(shard_dir))
+        with Progress("bank", total, "shards", progress, prefix="lcm load") as bar:
+            for _, table in iter_shard_tables(shard_dir, level="quick"):
+                langs = np.asarray(table.column("lang").to_pylist(), dtype=object)
+                for name in table.column_names:
+                    if not name.endswith("_sentences"):
+                        continue
+                    field = name[: -len("_sentences")]
+                    if fields is not None and field not in fields:
+                        continue
+                    # Flat (sentences, D) arrays straight from Arrow, one bank call per language.
+                    sents_col = table.column(name).combine_chunks()
+                    sents = np.asarray(sents_col.flatten().to_pylist(), dtype=object)
+                    per_doc = np.diff(sents_col.offsets.to_numpy())
+                    vecs_col = table.column(f"{field}_embeddings").combine_chunks()
+                    vecs = vecs_col.flatten().flatten().to_numpy(zero_copy_only=False)
+                    vecs = vecs.astype(np.float32).reshape(len(sents), -1)
+                    lang_of = np.repeat(langs, per_doc)
+                    keep = sents != self.end_of_text
+                    for lang in dict.fromkeys(langs.tolist()):
+                        rows = np.flatnonzero(keep & (lang_of == lang))
+                        if len(rows):
+                            x = torch.from_numpy(vecs[rows])
+                            self.codec.bank.add(sents[rows].tolist(), x, lang)
+                            n += len(rows)
+                bar.update(1)
         return n
 
     # ------------------------------------------------------------------------------------------
@@ -328,9 +347,21 @@ class ConceptModel:
         )
 
     def _render(self, out: GenerationOutput, target_lang: str) -> list[str]:
+        """Decode every document's concepts. Two different concepts can decode to the same
+        sentence (a retrieval decoder returns its nearest bank sentence): the second one is a
+        repetition, so the document is cut there and its stop reason says so (``out`` is
+        updated to match the text)."""
         texts = []
-        for concepts in out.concepts:
+        for i, concepts in enumerate(out.concepts):
             sents = self.codec.decode(concepts.cpu(), target_lang) if len(concepts) else []
+            for j in range(1, len(sents)):
+                if sents[j] == sents[j - 1] and sents[j] != self.end_of_text:
+                    sents = sents[:j]
+                    out.concepts[i] = concepts[:j]
+                    for name in out.extras:
+                        out.extras[name][i] = out.extras[name][i][:j]
+                    out.stop_reasons[i] = "repetition"
+                    break
             texts.append(" ".join(x for x in sents if x != self.end_of_text))
         return texts
 
@@ -404,11 +435,14 @@ def generation_options(s: Settings) -> dict[str, Any]:
             guidance_scale=s.guidance_scale,
             guidance_rescale=s.guidance_rescale,
             init_noise_scale=s.init_noise_scale,
+            solver=s.solver,
         ),
         use_cache=s.use_cache,
         num_iterations=s.num_iterations,
         exit_overrides=dict(
-            threshold=s.exit_threshold, patience=s.exit_patience, max_iterations=s.max_iterations
+            exit_threshold=s.exit_threshold,
+            exit_patience=s.exit_patience,
+            max_iterations=s.max_iterations,
         ),
         warm_start=s.warm_start,
         temperature=s.temperature,

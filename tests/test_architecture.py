@@ -22,6 +22,7 @@ LAYERS: dict[str, int] = {
     "lcm.splitting": 0,
     "lcm.metrics": 0,
     "lcm.quant": 0,
+    "lcm.progress": 0,
     "lcm.models": 1,
     "lcm.data": 1,
     "lcm.corpora": 1,

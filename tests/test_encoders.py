@@ -152,3 +152,18 @@ def test_truncation_is_counted(tiny_codec):
     before = tiny_codec.n_truncated
     tiny_codec.encode([long + " sun."], "eng_Latn")
     assert tiny_codec.n_truncated == before + 1
+
+
+def test_retrieval_bank_keeps_each_sentence_once_across_calls():
+    import torch
+
+    from encoders.retrieval import RetrievalBank
+
+    bank = RetrievalBank(4)
+    v = torch.eye(4)
+    bank.add(["a", "b"], v[:2], "eng_Latn")
+    bank.add(["b", "c", "c"], v[1:4], "eng_Latn")  # b seen before, c twice in one call
+    bank.add(["a"], v[:1], "fra_Latn")  # the same text in another language is another entry
+    assert len(bank) == 4
+    _, found = bank.search(v[2:3], "eng_Latn", k=3)
+    assert found == [["c", "a", "b"]] or found[0][0] == "c"

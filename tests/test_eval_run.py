@@ -23,8 +23,10 @@ import torch
 
 from encoders import UnknownLanguageError
 from eval.data import debian_file
+from eval.inputs import parse_pair
 from eval.metrics import text as tm
-from eval.run import evaluate, fmt, main, parse_pair
+from eval.report import fmt
+from eval.run import evaluate, main
 from lcm.cli import run
 from lcm.data.prepare import prepare
 from lcm.splitting import SentenceSplitter

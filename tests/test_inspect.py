@@ -128,7 +128,9 @@ def tiny_objective(**kw) -> RefinerObjective:
 
 
 def test_inspect_writes_pictures_and_consistent_json(tmp_path):
-    obj = tiny_objective(exit_rule=ExitRule(threshold=1e-3, patience=2, max_iterations=64))
+    obj = tiny_objective(
+        exit_rule=ExitRule(exit_threshold=1e-3, exit_patience=2, max_iterations=64)
+    )
     x = torch.randn(2, 5, D, generator=gen(1))
     mask = torch.ones(2, 5, dtype=torch.bool)
     mask[1, 3:] = False
@@ -162,8 +164,8 @@ def test_inspect_writes_pictures_and_consistent_json(tmp_path):
         num_iterations=6,
         positions=[4, (1, 2)],
         labels=["last of doc 0", "last of doc 1"],
-        threshold=10.0,  # everything counts as settled: exit at patience + 1
-        patience=1,
+        exit_threshold=10.0,  # everything counts as settled: exit at patience + 1
+        exit_patience=1,
         generator=gen(2),
         plots=False,
     )
@@ -179,7 +181,9 @@ def test_inspect_writes_pictures_and_consistent_json(tmp_path):
 def test_a_core_that_ignores_its_state_is_a_fixed_point(tmp_path):
     """With the adapter's state half zeroed, every iteration computes the same s from the
     injection and the context alone: s_1 = s_2 = ..., a fixed point that exits at m + 1."""
-    obj = tiny_objective(exit_rule=ExitRule(threshold=1e-4, patience=2, max_iterations=64))
+    obj = tiny_objective(
+        exit_rule=ExitRule(exit_threshold=1e-4, exit_patience=2, max_iterations=64)
+    )
     d = obj.model.config.d_model
     with torch.no_grad():
         obj.model.adapter.weight[:, :d] = 0.0

@@ -294,3 +294,32 @@ def test_two_process_ddp_equals_single_process(corpus, tiny_sonar, tiny_codec, t
         np.testing.assert_allclose(np.asarray(x), np.asarray(y), atol=1e-5)
     summary = json.loads((tmp_path / "two" / "summary.json").read_text())
     assert summary["documents"] == single["documents"] == 300
+
+
+def test_default_codec_without_sonar_weights_stops_at_once_and_leaves_nothing(
+    corpus, tmp_path, monkeypatch, capsys
+):
+    """`lcm prepare` without --codec means SONAR; offline it stops before making the output
+    folder, in one line that names the offline codec's flag, so the corrected rerun works."""
+    import encoders.sonar as sonar
+    from lcm.cli import main
+
+    class Unreachable(sonar.SonarCodec):
+        def __init__(self, *args, **kwargs):
+            pass
+
+        def load(self):
+            raise sonar.SonarWeightsUnavailable("cannot download text_sonar_basic_encoder")
+
+    monkeypatch.setattr(sonar, "SonarCodec", Unreachable)
+    out = tmp_path / "shards"
+    with pytest.raises(SystemExit) as ex:
+        main(["prepare", f"--inputs={corpus[0]}", f"--output_dir={out}"])
+    assert ex.value.code == 1
+    err = capsys.readouterr().err.strip().splitlines()
+    assert len(err) == 1 and "--codec encoders.minilm.MiniLMCodec" in err[0]
+    assert "cannot download text_sonar_basic_encoder" in err[0]
+    assert not out.exists()
+    with pytest.raises(FileNotFoundError):  # a wrong input path leaves nothing either
+        prepare(str(tmp_path / "missing.jsonl"), str(out), codec=Unreachable())
+    assert not out.exists()

@@ -282,12 +282,12 @@ PATTERNS = {
 def test_exit_rule_on_constructed_trajectories(name):
     steps, patience, expected = PATTERNS[name]
     traj = circle_trajectory(steps)
-    rule = ExitRule(threshold=1e-3, patience=patience, max_iterations=64)
+    rule = ExitRule(exit_threshold=1e-3, exit_patience=patience, max_iterations=64)
     assert int(rule.exit_steps(traj[:, None])) == min(expected, len(traj))
     # Never before `patience` consecutive hits: the exit is at least patience + 1 ...
     assert int(rule.exit_steps(traj[:, None])) >= patience + 1
     # ... and a cap below the natural exit wins.
-    capped = ExitRule(threshold=1e-3, patience=patience, max_iterations=expected - 1)
+    capped = ExitRule(exit_threshold=1e-3, exit_patience=patience, max_iterations=expected - 1)
     assert int(capped.exit_steps(traj[:, None])) == expected - 1
 
 
@@ -320,13 +320,13 @@ def test_online_exit_matches_constructed_trajectories():
     table = torch.stack([circle_trajectory(PATTERNS[k][0]) for k in names], dim=1)  # (n, B, 2)
     B = len(names)
     for patience, r_max in [(2, 64), (3, 64), (1, 64), (2, 4)]:
-        rule = ExitRule(threshold=1e-3, patience=patience, max_iterations=r_max)
+        rule = ExitRule(exit_threshold=1e-3, exit_patience=patience, max_iterations=r_max)
         obj = RefinerObjective(ScriptedCore(table), exit_rule=rule)
         state = torch.stack((torch.zeros(B), torch.arange(B).float()), dim=-1)[:, None]
         inject = torch.zeros(B, 1, 1)
         kv = [(torch.zeros(B, 1, 1, 1), torch.zeros(B, 1, 1, 1))]
         if r_max > n:  # the script has n iterates: cap at n
-            rule = ExitRule(threshold=1e-3, patience=patience, max_iterations=n)
+            rule = ExitRule(exit_threshold=1e-3, exit_patience=patience, max_iterations=n)
         pred, steps = obj.refine(inject, kv, None, state=state, rule=rule)
         want = rule.exit_steps(table)  # (B,) offline rule
         assert steps[:, 0].tolist() == want.tolist()

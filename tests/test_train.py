@@ -437,6 +437,9 @@ def test_tiny_preset_fits_a_small_set(family, steps, shards, cache_dir):
 )
 def test_every_config_parses(path, capsys):
     args = ["fit", "--config", str(TRAINER_YAML)]
+    addon = path.parent.name == "trainer" and path != TRAINER_YAML  # e.g. trainer/compile.yaml
+    if addon:
+        args += ["--config", str(CONFIGS / "two_tower" / "tiny.yaml")]
     if path != TRAINER_YAML:
         args += ["--config", str(path)]
     with pytest.raises(SystemExit) as exit_info:
@@ -444,7 +447,9 @@ def test_every_config_parses(path, capsys):
     assert exit_info.value.code in (0, None)
     printed = capsys.readouterr().out
     assert "trainer:" in printed and "checkpoint:" in printed
-    if path != TRAINER_YAML:
+    if path.stem == "compile":
+        assert "class_path: lcm.train.compile.CompileModel" in printed
+    elif not addon and path != TRAINER_YAML:
         import dataclasses
 
         import yaml
@@ -567,6 +572,22 @@ def test_cli_fit_validate_test_predict(family, shards, cache_dir, tmp_path):
     predict = cli_main(["predict", *args, "--ckpt_path=last"])
     preds = predict.trainer.predict_loop.predictions
     assert preds and preds[0]["pred"].shape[-1] == D and torch.isfinite(preds[0]["pred"]).all()
+    # ... and writes them, with the document id and position of every vector.
+    written = pq.read_table(root / "predictions" / "predictions-rank0.parquet").to_pylist()
+    dm = predict.datamodule
+    assert (
+        len(written) == sum(len(p["index"]) for p in preds) == len(dm.batches("predict").examples)
+    )
+    store = dm._splits["predict"][0]
+    for row in written:
+        assert row["id"] in store.ids and len(row["pred"]) == len(row["is_target"]) >= 1
+        assert len(row["pred"][0]) == D
+    first = preds[0]
+    n = int(first["weight"][0].shape[0])
+    torch.testing.assert_close(
+        torch.tensor(written[0]["pred"]), first["pred"][0, : len(written[0]["pred"])].float()
+    )
+    assert n >= len(written[0]["pred"])
 
     # The checkpoint is self-contained: family, hyper-parameters, normalizer statistics.
     module = load_module(str(ckpt))
@@ -728,3 +749,38 @@ def test_fit_without_validation_documents(shards, cache_dir):
     assert trainer.global_step == 3 and "val/loss" not in trainer.callback_metrics
     assert bool(module.normalizer_ready)
     torch.testing.assert_close(module.normalizer.center, dm.normalizer.center)
+
+
+def test_progress_in_a_log_file_and_a_step_bounded_epoch_label(shards, cache_dir):
+    import io
+    from types import SimpleNamespace
+
+    from lcm.train.progress import LogProgress, StepProgressBar
+
+    dm = ConceptDataModule(
+        str(shards), val_fraction=0.2, max_seq_len=8, max_concepts_per_batch=64,
+        cache_dir=cache_dir,
+    )  # fmt: skip
+    module = FAMILY_MODULES["base_lcm"](arch=BaseLCMConfig.from_name("tiny", sonar_dim=D))
+    log = io.StringIO()
+    trainer = L.Trainer(
+        max_steps=4, val_check_interval=4, accelerator="cpu", logger=False,
+        enable_checkpointing=False, enable_progress_bar=False, enable_model_summary=False,
+        callbacks=[LogProgress(interval=0.0, stream=log)],
+    )  # fmt: skip
+    trainer.fit(module, dm)
+    lines = log.getvalue().splitlines()
+    assert lines[0] == "[lcm fit] training from step 0 to 4"
+    steps = [line for line in lines if line.startswith("[lcm fit] step ")]
+    assert [s.split(",")[0] for s in steps] == [
+        f"[lcm fit] step {i}/4 ({25 * i}%)" for i in (1, 2, 3, 4)
+    ]
+    assert all("steps/s" in s and "ETA" in s and "train/loss" in s for s in steps)
+    assert any(line.startswith("[lcm fit] validation at step 4: val/ca ") for line in lines)
+    assert lines[-1].startswith("[lcm fit] done at step 4 in ")
+
+    bar = StepProgressBar()
+    bar._trainer = SimpleNamespace(max_epochs=-1, max_steps=500, global_step=120)
+    assert bar._get_train_description(9).strip() == "Epoch 9 · step 120/500"
+    bar._trainer = SimpleNamespace(max_epochs=3, max_steps=-1, global_step=7)
+    assert bar._get_train_description(1).strip() == "Epoch 1/2"

@@ -231,8 +231,8 @@ def inspect_trajectories(
     num_iterations: int = 32,
     positions: Sequence[int | Sequence[int]] | None = None,
     labels: Sequence[str] | None = None,
-    threshold: float | None = None,
-    patience: int | None = None,
+    exit_threshold: float | None = None,
+    exit_patience: int | None = None,
     max_iterations: int | None = None,
     generator: torch.Generator | None = None,
     thresholds: TrajectoryThresholds | None = None,
@@ -249,8 +249,8 @@ def inspect_trajectories(
         positions: Which network positions to inspect: ints t (row 0) or pairs (b, t); None =
             every real position. Position t refines the prediction of concept t+1.
         labels: One label per inspected position (default ``"b{b} t{t}"``).
-        threshold: Exit-rule threshold override (default: the objective's rule).
-        patience: Exit-rule patience override.
+        exit_threshold: Exit-rule threshold override (default: the objective's rule).
+        exit_patience: Exit-rule patience override.
         max_iterations: Exit-rule cap override (exit steps are also capped by
             ``num_iterations``).
         generator: Random initial state (``init="random"``).
@@ -268,7 +268,9 @@ def inspect_trajectories(
     if x.ndim != 3:
         raise ValueError(f"x must be (B, T, D), got {tuple(x.shape)}")
     th = thresholds or TrajectoryThresholds()
-    overrides = dict(threshold=threshold, patience=patience, max_iterations=max_iterations)
+    overrides = dict(
+        exit_threshold=exit_threshold, exit_patience=exit_patience, max_iterations=max_iterations
+    )
     rule: ExitRule = replace(
         objective.exit_rule, **{k: v for k, v in overrides.items() if v is not None}
     )
@@ -336,7 +338,7 @@ def inspect_trajectories(
                 result["files"].append(str(path))
     if plots:
         path = out / "movement.png"
-        _plot_movement(move, names, rule.threshold, path)
+        _plot_movement(move, names, rule.exit_threshold, path)
         result["files"].append(str(path))
     json_path = out / "trajectories.json"
     result["files"].append(str(json_path))
@@ -354,8 +356,8 @@ def inspect_checkpoint(
     max_documents: int = 4,
     num_iterations: int = 32,
     add_separator: bool | None = None,
-    threshold: float | None = None,
-    patience: int | None = None,
+    exit_threshold: float | None = None,
+    exit_patience: int | None = None,
     max_iterations: int | None = None,
     seed: int = 0,
     codec: SentenceCodec | None = None,
@@ -381,8 +383,8 @@ def inspect_checkpoint(
         num_iterations: Iterations to run (>= 3).
         add_separator: Append the summarization separator, so that the last position predicts
             the first summary sentence (default: when the checkpoint is a summarizer).
-        threshold: Exit-rule threshold override (default: the checkpoint's).
-        patience: Exit-rule patience override.
+        exit_threshold: Exit-rule threshold override (default: the checkpoint's).
+        exit_patience: Exit-rule patience override.
         max_iterations: Exit-rule cap override.
         seed: Seed of the random initial states.
         codec: Sentence codec (default: the one the model was trained with).
@@ -433,8 +435,8 @@ def inspect_checkpoint(
         out_dir,
         num_iterations=num_iterations,
         labels=labels,
-        threshold=threshold,
-        patience=patience,
+        exit_threshold=exit_threshold,
+        exit_patience=exit_patience,
         max_iterations=max_iterations,
         generator=generator,
     )

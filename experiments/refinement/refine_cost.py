@@ -88,8 +88,8 @@ def main() -> None:
     ap.add_argument("--new", type=int, default=8, help="concepts generated per document")
     ap.add_argument("--repeats", type=int, default=2)
     ap.add_argument("--exit_steps", type=int, default=None, help="fixed refiner r (no exit)")
-    ap.add_argument("--threshold", type=float, default=ExitRule.threshold, help="exit tau")
-    ap.add_argument("--patience", type=int, default=ExitRule.patience, help="exit m")
+    ap.add_argument("--exit_threshold", type=float, default=ExitRule.exit_threshold, help="tau")
+    ap.add_argument("--exit_patience", type=int, default=ExitRule.exit_patience, help="m")
     ap.add_argument("--max_iterations", type=int, default=ExitRule.max_iterations)
     ap.add_argument("--refiner_state", default=None, help="state_dict of a trained refiner")
     ap.add_argument("--steps", type=int, default=40, help="Two-Tower DDIM steps")
@@ -105,7 +105,7 @@ def main() -> None:
     refiner = rcfg.build(device=dev).eval()
     if args.refiner_state:
         refiner.load_state_dict(torch.load(args.refiner_state, map_location=dev))
-    rule = ExitRule(args.threshold, args.patience, args.max_iterations)
+    rule = ExitRule(args.exit_threshold, args.exit_patience, args.max_iterations)
     objective = RefinerObjective(refiner, exit_rule=rule).eval()
     tcfg = TwoTowerConfig.from_name(args.preset, sonar_dim=D)
     two_tower = tcfg.build(device=dev).eval()
@@ -137,7 +137,7 @@ def main() -> None:
         f"Two-Tower {two_tower.param_count():,} params"
     )
     print(
-        f"refiner exit ({how}, tau={rule.threshold:g}, m={rule.patience}, "
+        f"refiner exit ({how}, tau={rule.exit_threshold:g}, m={rule.exit_patience}, "
         f"cap {rule.max_iterations}): mean {mean_exit:.2f}, min {int(exits.min())}, "
         f"max {int(exits.max())} over {exits.numel()} concepts"
     )

@@ -5,16 +5,23 @@ Inputs are jsonl/json, parquet, csv or plain-text files. Each row becomes either
 the row and the reason. Nothing is dropped silently: ``len(documents) + len(rejects)`` equals the
 number of input rows.
 
-Bytes that are not UTF-8 would make Arrow's readers fail the whole file; we find them first and
-turn only the affected rows (jsonl/txt lines) or file (csv) into rejects.
+Arrow's readers (through ``datasets``) read every file that they can; a file they fail on (one
+malformed JSON line, bytes that are not UTF-8, a ragged csv row, a parquet row group that does
+not decode) is read again row by row, so that only its bad rows are rejected, each with its file,
+row, line and reason.
 """
 
 from __future__ import annotations
 
+import codecs
+import csv
 import glob
 import hashlib
+import io
 import json
+import logging
 import math
+import re
 from collections.abc import Iterator, Sequence
 from dataclasses import asdict, dataclass, field
 from pathlib import Path
@@ -31,7 +38,7 @@ _SUFFIX_FORMAT = {
     ".csv": "csv",
     ".txt": "txt",
 }
-_BAD_UTF8 = "__lcm_non_utf8__"
+log = logging.getLogger(__name__)
 
 
 @dataclass
@@ -47,6 +54,9 @@ class Document:
 
 REJECT_KINDS = (
     "unreadable_file",
+    "unreadable_row_group",
+    "malformed_json",
+    "malformed_row",
     "non_utf8",
     "duplicate_id",
     "unknown_lang",
@@ -56,6 +66,7 @@ REJECT_KINDS = (
     "no_sentences",
     "non_finite",
     "length_mismatch",
+    "unknown_tokens",
 )
 
 
@@ -68,6 +79,7 @@ class Reject:
     kind: str  # short category, one of REJECT_KINDS
     reason: str  # the full message
     id: str | None = None
+    line: int | None = None  # 1-based line in the file, where the reader knows it
 
     def as_dict(self) -> dict:
         return asdict(self)
@@ -112,37 +124,190 @@ def fingerprint(files: Sequence[Path]) -> str:
     return h.hexdigest()
 
 
-def _utf8_clean_copy(path: Path, fmt: str, work_dir: Path) -> tuple[Path, list[int]]:
-    """Return a readable copy of ``path`` and the rows whose bytes were not UTF-8.
+_SURROGATE = re.compile("[\udc80-\udcff]")  # bytes that were not UTF-8 (surrogateescape)
+_LINE = re.compile(r"lines? (\d+)")
+_NON_UTF8 = "non_utf8: {where} is not valid UTF-8 (bytes that do not decode)"
 
-    jsonl and line-sampled txt: a bad line is replaced by a marker row (row numbers are kept).
-    csv and document txt: quoting can span lines, so a file with bad bytes is rejected as a whole
-    (signalled by row -1).
-    """
-    data = path.read_bytes()
+
+def _decode(data: bytes) -> tuple[str, bool]:
+    """Text of ``data`` (bad bytes kept as lone surrogates) and whether all of it was UTF-8."""
     try:
-        data.decode("utf-8")
-        return path, []
+        return data.decode("utf-8"), True
     except UnicodeDecodeError:
-        pass
-    if fmt not in ("jsonl", "txt_line"):
-        return path, [-1]
-    bad: list[int] = []
-    lines = data.split(b"\n")
-    out = []
-    for i, line in enumerate(lines):
+        return data.decode("utf-8", errors="surrogateescape"), False
+
+
+def _jsonl_rows(path: Path) -> Iterator[tuple[str, int, dict | None, str | None]]:
+    """Per-line jsonl reader for a file the Arrow engine could not read.
+
+    Rows are the non-blank lines, numbered from 0 as the engine numbers them; a line that is not
+    UTF-8, not JSON or not an object becomes one error that names its line (1-based). Like the
+    engine, every good row gets every column of the file (missing ones as None).
+    """
+
+    def lines() -> Iterator[tuple[int, bytes]]:
+        with open(path, "rb") as fh:
+            for n, line in enumerate(fh, start=1):
+                if line.strip():
+                    yield n, line
+
+    def parse(line: bytes) -> tuple[dict | None, str | None]:
+        text, clean = _decode(line.rstrip(b"\r\n"))
+        if not clean:
+            return None, _NON_UTF8.format(where="row")
         try:
-            line.decode("utf-8")
-            out.append(line)
-        except UnicodeDecodeError:
-            bad.append(i)
-            marker = {_BAD_UTF8: True} if fmt == "jsonl" else _BAD_UTF8
-            out.append(json.dumps(marker).encode() if fmt == "jsonl" else marker.encode())
-    work_dir.mkdir(parents=True, exist_ok=True)
-    digest = hashlib.sha1(str(path).encode()).hexdigest()[:12]
-    clean = work_dir / f"{digest}-{path.name}"
-    clean.write_bytes(b"\n".join(out))
-    return clean, bad
+            value = json.loads(text)
+        except json.JSONDecodeError as ex:
+            msg = ex.msg.removesuffix(" at")
+            return None, f"malformed_json: invalid JSON ({msg}, column {ex.colno})"
+        if not isinstance(value, dict):
+            return None, f"malformed_json: a JSON {type(value).__name__}, expected an object"
+        return value, None
+
+    with open(path, "rb") as fh:
+        head = fh.read(4096).lstrip()
+    if head.startswith(b"["):  # one JSON array, not JSON lines: it parses whole or not at all
+        text, clean = _decode(path.read_bytes())
+        try:
+            records = json.loads(text) if clean else None
+        except json.JSONDecodeError as ex:
+            message = f"line {ex.lineno}: invalid JSON array ({ex.msg.removesuffix(' at')})"
+            yield str(path), 0, None, f"unreadable_file: {message}"
+            return
+        if records is None:
+            yield str(path), 0, None, _NON_UTF8.format(where="file")
+            return
+        for row, record in enumerate(records):
+            if isinstance(record, dict):
+                yield str(path), row, record, None
+            else:
+                kind = type(record).__name__
+                yield str(path), row, None, f"malformed_json: item {row} is a {kind}, not an object"
+        return
+    columns: dict[str, None] = {}
+    for _, line in lines():  # pass 1: the columns (memory stays bounded on large files)
+        record, _ = parse(line)
+        if record is not None:
+            columns.update(dict.fromkeys(record))
+    for row, (n, line) in enumerate(lines()):
+        record, error = parse(line)
+        if error is not None:
+            kind, _, message = error.partition(": ")
+            yield str(path), row, None, f"{kind}: line {n}: {message}"
+        else:
+            yield str(path), row, {**dict.fromkeys(columns), **record}, None
+
+
+def _csv_rows(path: Path) -> Iterator[tuple[str, int, dict | None, str | None]]:
+    """Per-row csv reader for a file the Arrow engine could not read (bad bytes, ragged rows).
+
+    Quoted fields may span lines; each error names the lines of its record. Empty cells read as
+    None, as in the engine.
+    """
+    text, _ = _decode(path.read_bytes())
+    reader = csv.reader(io.StringIO(text, newline=""))
+    header: list[str] | None = None
+    row, last_line = 0, 0
+    while True:
+        try:
+            cells = next(reader)
+        except StopIteration:
+            return
+        except csv.Error as ex:  # e.g. a NUL byte or an unterminated quote at the end
+            yield str(path), row, None, f"malformed_row: line {last_line + 1}: {ex}"
+            return
+        first, last_line = last_line + 1, reader.line_num
+        if not cells:  # blank line, skipped as the engine does
+            continue
+        where = f"line {first}" if first == last_line else f"lines {first}-{last_line}"
+        if header is None:
+            if any(_SURROGATE.search(c) for c in cells):
+                yield str(path), 0, None, f"unreadable_file: {where} (the header) is not UTF-8"
+                return
+            header = cells
+            continue
+        if any(_SURROGATE.search(c) for c in cells):
+            yield str(path), row, None, f"non_utf8: {where}: row is not valid UTF-8"
+        elif len(cells) != len(header):
+            message = f"{where}: {len(cells)} fields, the header has {len(header)}"
+            yield str(path), row, None, f"malformed_row: {message}"
+        else:
+            yield str(path), row, {k: (v if v != "" else None) for k, v in zip(header, cells)}, None
+        row += 1
+
+
+def _txt_rows(path: Path, sample_by: str) -> Iterator[tuple[str, int, dict | None, str | None]]:
+    """Plain-text reader for a file with bytes that are not UTF-8: rows are cut exactly as the
+    ``datasets`` text builder cuts them, and only the rows holding bad bytes are rejected."""
+    text, _ = _decode(path.read_bytes())
+    text = text.replace("\r\n", "\n").replace("\r", "\n")  # universal newlines, as open()
+    if sample_by == "line":
+        items = [line.rstrip("\n") for line in io.StringIO(text).readlines()]
+    elif sample_by == "paragraph":
+        items = [p for p in text.split("\n\n") if p]
+    else:
+        items = [text]
+    for row, item in enumerate(items):
+        if _SURROGATE.search(item):
+            what = "file" if sample_by == "document" else sample_by
+            yield str(path), row, None, _NON_UTF8.format(where=f"{what} {row}")
+        else:
+            yield str(path), row, {"text": item}, None
+
+
+def _parquet_rows(path: Path) -> Iterator[tuple[str, int, dict | None, str | None]]:
+    """Per-row-group parquet reader: a row group that fails to decode rejects its row range."""
+    import pyarrow.parquet as pq
+
+    try:
+        pf = pq.ParquetFile(path)
+    except Exception as ex:  # noqa: BLE001 - pyarrow raises several error types
+        yield str(path), 0, None, f"unreadable_file: cannot read parquet footer: {ex}"
+        return
+    start = 0
+    for g in range(pf.metadata.num_row_groups):
+        n = pf.metadata.row_group(g).num_rows
+        try:
+            records = pf.read_row_group(g).to_pylist()
+        except Exception as ex:  # noqa: BLE001
+            message = f"row group {g} (rows {start}-{start + n - 1}) cannot be decoded: {ex}"
+            for row in range(start, start + n):
+                yield str(path), row, None, f"unreadable_row_group: {message}"
+        else:
+            for row, record in enumerate(records, start=start):
+                yield str(path), row, record, None
+        start += n
+
+
+def _fallback_rows(path: Path, kind: str, txt_sample_by: str):
+    if kind == "jsonl":
+        return _jsonl_rows(path)
+    if kind == "csv":
+        return _csv_rows(path)
+    if kind == "txt":
+        return _txt_rows(path, txt_sample_by)
+    return _parquet_rows(path)
+
+
+def count_rows(files: Sequence[Path], fmt: InputFormat = "auto") -> int:
+    """A cheap estimate of the input rows (lines, parquet metadata), for progress ETAs."""
+    import pyarrow.parquet as pq
+
+    total = 0
+    for path in files:
+        kind = file_format(path, fmt)
+        try:
+            if kind == "parquet":
+                total += pq.ParquetFile(path).metadata.num_rows
+            elif kind == "txt":
+                total += 1
+            else:
+                with open(path, "rb") as fh:
+                    blocks = iter(lambda: fh.read(1 << 20), b"")
+                    total += sum(block.count(b"\n") for block in blocks)
+        except Exception:  # noqa: BLE001 - an estimate only; the reader reports the real error
+            total += 1
+    return total
 
 
 def iter_rows(
@@ -152,47 +317,61 @@ def iter_rows(
     work_dir: Path | None = None,
     cache_dir: str | None = None,
 ) -> Iterator[tuple[str, int, dict | None, str | None]]:
-    """Yield ``(file, row, record, error)`` for every row of every file, in order."""
+    """Yield ``(file, row, record, error)`` for every row of every file, in order.
+
+    ``error`` is ``"<kind>: <message>"`` (kind one of :data:`REJECT_KINDS`); the message starts
+    with ``line N:`` where the reader knows the row's line. Files are read by ``datasets``; a file
+    that the engine cannot read (a malformed line, bytes that are not UTF-8, a ragged csv row, a
+    parquet row group that does not decode) is read again row by row, so only its bad rows are
+    lost. ``work_dir`` is unused (kept for callers).
+    """
     import datasets
 
-    work_dir = work_dir or Path(".lcm_inputs")
     for path in files:
         kind = file_format(path, fmt)
-        if kind == "txt":
-            line_based = txt_sample_by == "line"
-            clean, bad = _utf8_clean_copy(path, "txt_line" if line_based else "txt", work_dir)
-        elif kind in ("jsonl", "csv"):
-            clean, bad = _utf8_clean_copy(path, kind, work_dir)
+        if kind in ("jsonl", "csv", "txt"):
+            clean = _utf8_file(path)
         else:
-            clean, bad = path, []
-        if bad == [-1]:
-            yield str(path), 0, None, "non_utf8: file is not valid UTF-8 (bytes that do not decode)"
+            clean = True
+        if not clean:
+            yield from _fallback_rows(path, kind, txt_sample_by)
             continue
         builder = {"jsonl": "json", "txt": "text"}.get(kind, kind)
         kwargs = {"sample_by": txt_sample_by} if kind == "txt" else {}
         try:
-            ds = datasets.load_dataset(
-                builder,
-                data_files=[str(clean)],
-                split="train",
-                cache_dir=cache_dir,
-                **kwargs,
-            )
+            ds = _quiet_load(datasets, builder, str(path), cache_dir, kwargs)
         except Exception as ex:  # noqa: BLE001 - datasets/pyarrow raise many parse errors
-            msg = f"unreadable_file: cannot read file as {kind}: {type(ex).__name__}: {ex}"
-            yield str(path), 0, None, msg
+            log.info("%s: the %s engine failed (%s); reading it row by row", path, builder, ex)
+            yield from _fallback_rows(path, kind, txt_sample_by)
             continue
-        bad_rows = set(bad)
         for i, record in enumerate(ds):
-            if i in bad_rows or record.get(_BAD_UTF8) or record.get("text") == _BAD_UTF8:
-                yield (
-                    str(path),
-                    i,
-                    None,
-                    "non_utf8: row is not valid UTF-8 (bytes that do not decode)",
-                )
-            else:
-                yield str(path), i, record, None
+            yield str(path), i, record, None
+
+
+def _utf8_file(path: Path) -> bool:
+    """Whether every byte of ``path`` decodes as UTF-8 (read incrementally)."""
+    decoder = codecs.getincrementaldecoder("utf-8")()
+    try:
+        with open(path, "rb") as fh:
+            for block in iter(lambda: fh.read(1 << 20), b""):
+                decoder.decode(block)
+        decoder.decode(b"", final=True)
+    except UnicodeDecodeError:
+        return False
+    return True
+
+
+def _quiet_load(datasets, builder: str, path: str, cache_dir: str | None, kwargs: dict):
+    """``load_dataset`` without its error log lines (a failure is handled by the caller)."""
+    ds_log = logging.getLogger("datasets")
+    level = ds_log.level
+    ds_log.setLevel(logging.CRITICAL)
+    try:
+        return datasets.load_dataset(
+            builder, data_files=[path], split="train", cache_dir=cache_dir, **kwargs
+        )
+    finally:
+        ds_log.setLevel(level)
 
 
 def _text(value: object) -> str | None:
@@ -221,7 +400,8 @@ def to_documents(
         where = f"{Path(file).name} row {row}"
         if error is not None:
             kind, _, message = error.partition(": ")
-            rejects.append(Reject(file, row, kind, message))
+            at = _LINE.match(message)
+            rejects.append(Reject(file, row, kind, message, line=int(at[1]) if at else None))
             continue
         assert record is not None
         doc_id = None

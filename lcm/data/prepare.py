@@ -2,14 +2,23 @@
 
 Steps:
 1. read every input row with ``datasets``; validate; split fields into sentences
-   (:mod:`lcm.data.documents`). Bad rows go to ``rejects/input.jsonl`` with file, row and reason.
-2. cut the valid documents, in input order, into shards of ``shard_size`` documents.
+   (:mod:`lcm.data.documents`). A file the engine cannot read is re-read row by row, so only its
+   bad rows are lost. Bad rows go to ``rejects/input.jsonl`` with file, row, line and reason.
+2. cut the valid documents, in input order, into shards of ``shard_size`` documents. A shard
+   already on disk counts as done only if it matches its recorded rows, bytes and SHA-256;
+   otherwise (truncated, changed) it is rebuilt.
 3. encode the shards under Lightning ``Trainer.predict``: each rank takes every
    ``world_size``-th pending shard, so ``--devices``/``--num_nodes`` spread the work over GPUs and
-   machines. A shard is written to a temporary file and renamed, so a shard file on disk is
-   always complete. Documents whose vectors are NaN/inf go to ``rejects/shard-XXXXX.jsonl``.
-4. rank 0 fits the robust normalizer on a seeded sample of sentence vectors and writes
+   machines. A shard is written to a temporary file, recorded in ``stats/``, then renamed, so a
+   shard file on disk is always complete. Documents whose vectors are NaN/inf, or (with
+   ``max_unknown_ratio``) with a sentence of mostly unknown tokens, go to
+   ``rejects/shard-XXXXX.jsonl``.
+4. rank 0 fits the robust normalizer on a seeded sample of sentence vectors (a NaN there is an
+   error naming shard and document), records every shard in ``manifest.json`` and writes
    ``summary.json``.
+
+Progress (rows or documents per second, ETA) of reading, encoding and the normalizer goes to a
+bar in a terminal, or to plain lines at least every 30 s in a log file (:mod:`lcm.progress`).
 
 A rerun with the same settings skips finished shards, so a run killed at any point (even
 ``kill -9``) resumes to the same shards: the persistent embedding cache (``cache.sqlite``) returns
@@ -17,13 +26,15 @@ the very vectors the killed run computed.
 
 Output folder::
 
-    manifest.json            settings and input fingerprint (a rerun must match them)
+    manifest.json            settings, input fingerprint (a rerun must match them) and, once
+                             finished, {"shards": {name: {rows, bytes, sha256}}}
     shards/shard-00000.parquet
-    stats/shard-00000.json   per-shard counts (documents, sentences, truncations, rejects)
+    stats/shard-00000.json   per-shard counts (documents, sentences, truncations, unknown-token
+                             sentences, rejects) and the shard's rows, bytes and sha256
     rejects/input.jsonl      rows rejected while reading
-    rejects/shard-00000.jsonl  documents rejected for non-finite vectors
+    rejects/shard-00000.jsonl  documents rejected for non-finite vectors or unknown tokens
     normalizer.pt            RobustNormalizer statistics (load with weights_only=True)
-    summary.json             totals
+    summary.json             totals (rows_read == documents + rejected)
 """
 
 from __future__ import annotations
@@ -43,6 +54,7 @@ import lightning as L
 import numpy as np
 import torch
 from lightning.pytorch.callbacks import BasePredictionWriter
+from lightning.pytorch.utilities.rank_zero import rank_zero_only
 
 from encoders.base import SentenceCodec
 from encoders.cache import EmbeddingCache
@@ -50,17 +62,23 @@ from lcm.data.documents import (
     Document,
     InputFormat,
     Reject,
+    count_rows,
     expand_inputs,
     fingerprint,
     iter_rows,
     to_documents,
 )
+from lcm.data.shards import ShardError, check_shard, file_record, table_problems
 from lcm.normalizer import RobustNormalizer
+from lcm.progress import Progress
 from lcm.splitting import SentenceSplitter
 
 log = logging.getLogger(__name__)
 
 MANIFEST_VERSION = 1
+#: A sentence counts as "mostly unknown" when more than this share of its tokens are unknown to
+#: the codec's tokenizer (e.g. emoji and many CJK characters for the English MiniLM codec).
+MOSTLY_UNKNOWN = 0.5
 
 
 def _atomic_write(path: Path, data: bytes | str) -> None:
@@ -110,6 +128,8 @@ class ShardEncoder(L.LightningModule):
         start = time.perf_counter()
         truncated = 0
         vectors: dict[tuple[int, str], torch.Tensor] = {}
+        # (doc, field) -> share of unknown tokens per sentence; None when the codec cannot tell
+        unknown: dict[tuple[int, str], list[float]] | None = {}
         # One encode call per (field, language) over the whole shard: the codec sorts all its
         # sentences by length, so batches are full and padding is small.
         for name in self.fields:
@@ -119,15 +139,21 @@ class ShardEncoder(L.LightningModule):
             for lang, members in by_lang.items():
                 flat = [s for d in members for s in plan.docs[d].sentences[name]]
                 truncated += self.codec.count_truncated(flat, lang)
+                ratios = self.codec.unknown_ratio(flat, lang)
+                if ratios is None:
+                    unknown = None
                 emb = self.codec.encode(flat, lang)  # (n_sentences, dim)
                 offset = 0
                 for d in members:
                     n = len(plan.docs[d].sentences[name])
                     vectors[(d, name)] = emb[offset : offset + n]
+                    if unknown is not None:
+                        unknown[(d, name)] = list(ratios[offset : offset + n])
                     offset += n
         return {
             "plan": plan,
             "vectors": vectors,
+            "unknown": unknown,
             "truncated": truncated,
             "seconds": time.perf_counter() - start,
         }
@@ -136,12 +162,22 @@ class ShardEncoder(L.LightningModule):
 class ShardWriter(BasePredictionWriter):
     """Writes each encoded shard to parquet (atomically) with its stats and rejects."""
 
-    def __init__(self, output_dir: Path, text_field: str, target_fields: Sequence[str], dtype: str):
+    def __init__(
+        self,
+        output_dir: Path,
+        text_field: str,
+        target_fields: Sequence[str],
+        dtype: str,
+        max_unknown_ratio: float | None = None,
+        progress: Progress | None = None,
+    ):
         super().__init__(write_interval="batch")
         self.output_dir = output_dir
         self.text_field = text_field
         self.target_fields = list(target_fields)
         self.dtype = np.float16 if dtype == "float16" else np.float32
+        self.max_unknown_ratio = max_unknown_ratio
+        self.progress = progress
 
     def write_on_batch_end(
         self, trainer, pl_module, prediction, batch_indices, batch, batch_idx, dataloader_idx=0
@@ -151,6 +187,8 @@ class ShardWriter(BasePredictionWriter):
 
         plan: ShardPlan = prediction["plan"]
         vectors = prediction["vectors"]
+        unknown = prediction["unknown"]
+        n_unknown = None if unknown is None else 0
         fields = [self.text_field, *self.target_fields]
         columns: dict[str, list] = {"id": [], "lang": [], "source": []}
         for name in fields:
@@ -162,6 +200,9 @@ class ShardWriter(BasePredictionWriter):
         n_sentences = 0
         for d, doc in enumerate(plan.docs):
             bad = None
+            if unknown is not None:
+                for name in fields:
+                    n_unknown += sum(r > MOSTLY_UNKNOWN for r in unknown[(d, name)])
             for name in fields:
                 emb = vectors[(d, name)]
                 if emb.shape[0] != len(doc.sentences[name]):  # never silently misalign
@@ -170,6 +211,20 @@ class ShardWriter(BasePredictionWriter):
                 elif not torch.isfinite(emb).all():
                     row = int((~torch.isfinite(emb)).any(dim=1).nonzero()[0])
                     bad = ("non_finite", f"NaN/inf embedding in field {name!r} sentence {row}")
+                elif unknown is not None and self.max_unknown_ratio is not None:
+                    over = [
+                        (i, r)
+                        for i, r in enumerate(unknown[(d, name)])
+                        if r > self.max_unknown_ratio
+                    ]
+                    if over:
+                        i, r = over[0]
+                        bad = (
+                            "unknown_tokens",
+                            f"field {name!r} sentence {i} is {r:.0%} tokens unknown to the codec "
+                            f"(max_unknown_ratio={self.max_unknown_ratio}; {len(over)} such "
+                            "sentences)",
+                        )
                 if bad:
                     break
             if bad:
@@ -208,6 +263,7 @@ class ShardWriter(BasePredictionWriter):
             "documents": len(columns["id"]),
             "sentences": n_sentences,
             "truncated": prediction["truncated"],
+            "unknown_sentences": n_unknown,
             "rejected": len(rejects),
             "encode_seconds": round(prediction["seconds"], 3),
         }
@@ -215,10 +271,30 @@ class ShardWriter(BasePredictionWriter):
         _atomic_write(
             out / "rejects" / f"{name}.jsonl", "".join(json.dumps(r) + "\n" for r in rejects)
         )
-        _atomic_write(out / "stats" / f"{name}.json", json.dumps(stats))
         tmp = out / "shards" / f".{name}.{os.getpid()}.tmp"
         pq.write_table(table, tmp)
+        stats.update(file_record(tmp))  # rows, bytes, sha256: what a rerun and readers verify
+        _atomic_write(out / "stats" / f"{name}.json", json.dumps(stats))
         os.replace(tmp, out / "shards" / f"{name}.parquet")  # the shard exists => it is complete
+        if self.progress is not None:
+            self.progress.update(len(plan.docs))
+
+
+def default_codec() -> SentenceCodec:
+    """The default codec of ``lcm prepare``: the real SONAR when its weights load (checked now,
+    in a second or two offline); otherwise an error that names the offline codec's flag."""
+    from encoders.sonar import SonarCodec, SonarWeightsUnavailable
+
+    try:
+        return SonarCodec().load()
+    except SonarWeightsUnavailable as ex:
+        reason = str(ex).strip().splitlines()[0]
+        raise SonarWeightsUnavailable(
+            f"the default codec is SONAR, and its weights are not available ({reason}). "
+            "Without them, use the offline codec: --codec encoders.minilm.MiniLMCodec "
+            "(English; decodes by retrieval). To use SONAR offline, see the README "
+            "(download the weights elsewhere and point an asset card at them)"
+        ) from ex
 
 
 def prepare(
@@ -238,6 +314,7 @@ def prepare(
     embedding_dtype: Literal["float16", "float32"] = "float32",
     normalizer_sample: int = 100_000,
     seed: int = 0,
+    max_unknown_ratio: float | None = None,
     cache: bool = True,
     accelerator: str = "cpu",
     devices: int | str = 1,
@@ -251,7 +328,9 @@ def prepare(
         inputs: a document file or glob pattern, or a list of them (jsonl/json, parquet, csv,
             txt).
         output_dir: folder for shards, rejects, normalizer and summary; rerun to resume.
-        codec: the frozen sentence codec (default: real SONAR, ``encoders.sonar.SonarCodec``).
+        codec: the frozen sentence codec. Default: the real SONAR
+            (``encoders.sonar.SonarCodec``) when its weights load, else an immediate error that
+            names the offline codec (``--codec encoders.minilm.MiniLMCodec``).
         text_field: the document text column.
         target_fields: extra text columns to split and encode too (e.g. ``[summary]``).
         id_field: document id column (missing ids become ``<file>:<row>``); ids must be unique.
@@ -266,27 +345,33 @@ def prepare(
         embedding_dtype: storage dtype of the vectors.
         normalizer_sample: most sentence vectors the normalizer is fitted on (seeded sample).
         seed: seed of the normalizer sample.
+        max_unknown_ratio: reject documents with a sentence whose share of tokens unknown to the
+            codec (e.g. emoji for MiniLM) is above this, in [0, 1]; None only counts sentences
+            that are mostly (> 50%) unknown (``unknown_token_sentences`` in the summary).
         cache: keep a persistent embedding cache in ``output_dir/cache.sqlite``.
         accelerator: Lightning accelerator for encoding (``cpu``, ``gpu``, ``auto``).
         devices: devices per node for encoding.
         num_nodes: machines for encoding.
         strategy: Lightning strategy (``auto``, ``ddp``, ...).
-        progress: show progress bars.
+        progress: show progress (documents/s and ETA) for reading, encoding and the
+            normalizer: a bar in a terminal, plain lines at least every 30 s in a log file
+            (``LCM_PROGRESS_INTERVAL`` sets the seconds).
 
     Returns:
         The summary that is also written to ``output_dir/summary.json``.
     """
     t0 = time.perf_counter()
     target_fields = list(target_fields or [])
+    if max_unknown_ratio is not None and not 0.0 <= max_unknown_ratio <= 1.0:
+        raise ValueError(f"max_unknown_ratio must be in [0, 1], got {max_unknown_ratio}")
     out = Path(output_dir).resolve()
+    # Everything that can fail at once fails before the output folder exists, so a corrected
+    # rerun never meets a half-made folder "prepared with other settings".
+    files = expand_inputs([inputs] if isinstance(inputs, str) else inputs)
+    if codec is None:
+        codec = default_codec()
     for sub in ("shards", "stats", "rejects"):
         (out / sub).mkdir(parents=True, exist_ok=True)
-    if codec is None:
-        from encoders.sonar import SonarCodec
-
-        codec = SonarCodec()
-
-    files = expand_inputs([inputs] if isinstance(inputs, str) else inputs)
     settings = {
         "version": MANIFEST_VERSION,
         "inputs": [str(f) for f in files],
@@ -305,6 +390,7 @@ def prepare(
         "embedding_dtype": embedding_dtype,
         "normalizer_sample": normalizer_sample,
         "seed": seed,
+        "max_unknown_ratio": max_unknown_ratio,
     }
     manifest = out / "manifest.json"
     if manifest.exists():
@@ -317,13 +403,23 @@ def prepare(
             )
     else:
         _atomic_write(manifest, json.dumps(settings, indent=2))
+    show = progress and rank_zero_only.rank == 0
 
     # 1) read, validate, split (deterministic: every rank computes the same plan)
     splitter = SentenceSplitter(max_sentence_chars)
     rows = iter_rows(files, input_format, txt_sample_by, out / ".inputs", str(out / ".hf_cache"))
-    docs, rejects = to_documents(
-        rows, splitter, text_field, target_fields, id_field, lang_field, default_lang, codec.langs
-    )
+    with Progress("read+split", count_rows(files, input_format), "rows", show) as bar:
+        docs, rejects = to_documents(
+            _counted(rows, bar),
+            splitter,
+            text_field,
+            target_fields,
+            id_field,
+            lang_field,
+            default_lang,
+            codec.langs,
+        )
+    rows_read = len(docs) + len(rejects)
     if end_of_text:
         for doc in docs:
             for sentences in doc.sentences.values():
@@ -332,12 +428,22 @@ def prepare(
         out / "rejects" / "input.jsonl", "".join(json.dumps(r.as_dict()) + "\n" for r in rejects)
     )
 
-    # 2) shard plan; skip shards already on disk
+    # 2) shard plan; skip shards already on disk that verify against their recorded size and
+    # checksum (a truncated or changed shard is rebuilt, never trusted because it exists)
     plans = [
         ShardPlan(i, docs[start : start + shard_size])
         for i, start in enumerate(range(0, len(docs), shard_size))
     ]
-    done = {p.index for p in plans if (out / "shards" / f"{shard_name(p.index)}.parquet").exists()}
+    _remove_stale_tmp(out / "shards")
+    done, rebuilt = set(), {}
+    for p in plans:
+        problem = _shard_problem(out, p.index)
+        if problem is None:
+            done.add(p.index)
+        elif problem != "missing":
+            rebuilt[shard_name(p.index)] = problem
+    for name, problem in rebuilt.items():
+        log.warning("rebuilding %s: %s", name, problem)
     pending = [p for p in plans if p.index not in done]
     log.info("%d documents in %d shards, %d already done", len(docs), len(plans), len(done))
 
@@ -346,6 +452,7 @@ def prepare(
     own_cache = cache and codec.cache is None
     if own_cache:
         codec.cache = EmbeddingCache(out / "cache.sqlite")
+    writer = ShardWriter(out, text_field, target_fields, embedding_dtype, max_unknown_ratio)
     trainer = L.Trainer(
         accelerator=accelerator,
         devices=devices,
@@ -353,19 +460,22 @@ def prepare(
         strategy=strategy,
         logger=False,
         enable_checkpointing=False,
-        enable_progress_bar=progress,
+        enable_progress_bar=False,  # lcm.progress reports documents/s instead
         enable_model_summary=False,
         use_distributed_sampler=False,
-        callbacks=[ShardWriter(out, text_field, target_fields, embedding_dtype)],
+        callbacks=[writer],
     )
     # Shards are written by ShardWriter from the prediction itself; batch indices are not needed.
     warnings.filterwarnings("ignore", message="Couldn't infer the batch indices")
+    mine = sum(len(p.docs) for p in pending[trainer.global_rank :: trainer.world_size])
+    writer.progress = Progress("encode", mine, "documents", show and bool(pending))
     try:
         if pending:
             module = ShardEncoder(codec, pending, [text_field, *target_fields])
             trainer.predict(module, return_predictions=False)
             trainer.strategy.barrier()
     finally:
+        writer.progress.close()
         if own_cache:
             codec.cache.close()
             codec.cache = None
@@ -373,13 +483,68 @@ def prepare(
         return {}
 
     # 4) normalizer and summary (rank 0)
-    summary = _finalize(out, plans, rejects, splitter, text_field, normalizer_sample, seed)
+    summary = _finalize(out, plans, rejects, splitter, text_field, normalizer_sample, seed, show)
+    summary["rows_read"] = rows_read
+    summary["rebuilt_shards"] = sorted(rebuilt)
     summary["seconds"] = round(time.perf_counter() - t0, 2)
+    stats = [json.loads((out / "stats" / f"{shard_name(p.index)}.json").read_text()) for p in plans]
+    settings["shards"] = {
+        f"{shard_name(p.index)}.parquet": {k: s[k] for k in ("rows", "bytes", "sha256")}
+        for p, s in zip(plans, stats)
+    }
+    _atomic_write(manifest, json.dumps(settings, indent=2))
     _atomic_write(out / "summary.json", json.dumps(summary, indent=2))
     return summary
 
 
-def _finalize(out, plans, input_rejects, splitter, text_field, normalizer_sample, seed) -> dict:
+def _counted(rows, bar: Progress):
+    for row in rows:
+        yield row
+        bar.update()
+
+
+def _remove_stale_tmp(folder: Path) -> None:
+    """Delete temporary shard files of processes that no longer run (a killed run's leftovers)."""
+    for tmp in folder.glob(".shard-*.tmp"):
+        pid = tmp.name.split(".")[-2]
+        try:
+            os.kill(int(pid), 0)
+        except (ProcessLookupError, ValueError):
+            tmp.unlink(missing_ok=True)
+        except PermissionError:
+            pass  # a live process of another user
+
+
+def _shard_problem(out: Path, index: int) -> str | None:
+    """Why shard ``index`` must be (re)built, or None if it verifies against its stats."""
+    name = shard_name(index)
+    path = out / "shards" / f"{name}.parquet"
+    if not path.exists():
+        return "missing"
+    stats_path = out / "stats" / f"{name}.json"
+    if not stats_path.exists():
+        return "no stats file"
+    stats = json.loads(stats_path.read_text())
+    if not stats.get("sha256"):  # a folder from before checksums: decode and check the values
+        check = check_shard(path, {}, "full")
+        if check.problems:
+            return "; ".join(check.problems)
+        stats.update(file_record(path))
+        _atomic_write(stats_path, json.dumps(stats))
+        return None
+    try:
+        now = file_record(path)
+    except Exception as ex:  # noqa: BLE001 - an unreadable footer (truncated file)
+        return f"not a readable parquet file ({type(ex).__name__}: {ex})"
+    wrong = [k for k in ("rows", "bytes", "sha256") if stats.get(k) != now[k]]
+    if wrong:
+        return f"{', '.join(wrong)} differ from the recorded ones (truncated or changed)"
+    return None
+
+
+def _finalize(
+    out, plans, input_rejects, splitter, text_field, normalizer_sample, seed, show=False
+) -> dict:
     import pyarrow.parquet as pq
 
     missing = [
@@ -401,23 +566,35 @@ def _finalize(out, plans, input_rejects, splitter, text_field, normalizer_sample
         k = min(normalizer_sample, n_sentences)
         chosen = np.sort(rng.choice(n_sentences, size=k, replace=False))
         picked, offset = [], 0
-        for p, s in zip(plans, stats):
-            lo, hi = np.searchsorted(chosen, [offset, offset + s["sentences"]])
-            if hi > lo:
-                col = pq.read_table(
-                    out / "shards" / f"{shard_name(p.index)}.parquet",
-                    columns=[f"{text_field}_embeddings"],
-                ).column(0)
-                flat = col.combine_chunks().flatten().flatten().to_numpy(zero_copy_only=False)
-                mat = flat.reshape(s["sentences"], -1)
-                picked.append(mat[chosen[lo:hi] - offset])
-            offset += s["sentences"]
-        sample = torch.from_numpy(np.concatenate(picked).astype(np.float32))
-        RobustNormalizer.fit(sample).save(out / "normalizer.pt")
+        total_docs = sum(s["documents"] for s in stats)
+        with Progress("normalizer", total_docs, "documents", show) as bar:
+            for p, s in zip(plans, stats):
+                lo, hi = np.searchsorted(chosen, [offset, offset + s["sentences"]])
+                if hi > lo:
+                    path = out / "shards" / f"{shard_name(p.index)}.parquet"
+                    columns = ["id", f"{text_field}_embeddings"]
+                    table = pq.read_table(path, columns=columns)
+                    # a NaN here would make the fit fail without saying where: name it
+                    problems = table_problems(table, path.name, [text_field], alignment=False)
+                    if problems:
+                        raise ShardError(
+                            f"{out}: cannot fit the normalizer: "
+                            + "; ".join(problems)
+                            + f". Delete {path} and rerun `lcm prepare` to rebuild it"
+                        )
+                    col = table.column(1)
+                    flat = col.combine_chunks().flatten().flatten().to_numpy(zero_copy_only=False)
+                    mat = flat.reshape(s["sentences"], -1)
+                    picked.append(mat[chosen[lo:hi] - offset])
+                offset += s["sentences"]
+                bar.update(s["documents"])
+            sample = torch.from_numpy(np.concatenate(picked).astype(np.float32))
+            RobustNormalizer.fit(sample).save(out / "normalizer.pt")
         normalizer_fitted_on = int(sample.shape[0])
 
     all_rejects = [*(r.as_dict() for r in input_rejects), *shard_rejects]
     reasons = Counter(r["kind"] for r in all_rejects)
+    unknown = [s.get("unknown_sentences") for s in stats]
     return {
         "documents": sum(s["documents"] for s in stats),
         "sentences": n_sentences,
@@ -425,6 +602,9 @@ def _finalize(out, plans, input_rejects, splitter, text_field, normalizer_sample
         "rejected": len(input_rejects) + len(shard_rejects),
         "rejected_by_reason": dict(sorted(reasons.items())),
         "truncated_sentences": sum(s["truncated"] for s in stats),
+        # sentences (every field, end-of-text included) whose tokens are mostly unknown to the
+        # codec; None when the codec cannot tell
+        "unknown_token_sentences": None if None in unknown else sum(unknown),
         "long_sentences_resplit": splitter.stats.long_resplit,
         "normalizer_fitted_on": normalizer_fitted_on,
         "encode_seconds": round(sum(s["encode_seconds"] for s in stats), 2),

@@ -18,7 +18,7 @@ from lcm.models.common import (
 from lcm.models.one_tower import OneTowerConfig, OneTowerLCM
 from lcm.models.quant_lcm import QuantLCM, QuantLCMConfig
 from lcm.models.refiner import RecurrentRefinerLCM, RefinerConfig
-from lcm.models.two_tower import CrossKV, TwoTowerConfig, TwoTowerLCM
+from lcm.models.two_tower import CrossKV, DenoiserPlan, TwoTowerConfig, TwoTowerLCM
 
 FAMILIES: dict[str, type[PresetConfig]] = {
     "base_lcm": BaseLCMConfig,
@@ -35,6 +35,7 @@ __all__ = [
     "BaseLCMConfig",
     "ConceptNetwork",
     "CrossKV",
+    "DenoiserPlan",
     "OneTowerConfig",
     "OneTowerLCM",
     "PresetConfig",

@@ -43,6 +43,7 @@ docstring to be stale (see also `lcm.models.base_lcm`).
 
 from __future__ import annotations
 
+import weakref
 from dataclasses import dataclass
 from typing import Any, ClassVar
 
@@ -50,10 +51,46 @@ import torch
 from torch import Tensor, nn
 
 from lcm.models.common import ConceptNetwork, TransformerConfig, build
-from lcm.nn import DenoiserBlock, KVCache, RMSNorm, TimestepEmbedding
+from lcm.nn import (
+    DenoiserBlock,
+    KVCache,
+    PreparedDenoiserBlock,
+    PreparedLinear,
+    RMSNorm,
+    TimestepEmbedding,
+)
 
 CrossKV = list[tuple[Tensor, Tensor]]
 """Per denoiser layer: keys and values (B, H, S, hd) of the shifted context."""
+
+
+@dataclass
+class DenoiserPlan:
+    """What a denoising step needs that depends only on the weights and the timestep.
+
+    Built once by :meth:`TwoTowerLCM.denoiser_plan` and reused across denoising steps, concepts,
+    documents and step counts (it covers every training timestep).
+
+    Attributes:
+        modulation: (L, T_train, 9, d) every denoiser layer's AdaLN parameters for every
+            timestep (:meth:`~lcm.nn.DenoiserBlock.modulation_table`): the timestep embedding
+            and L AdaLN projections are never run while sampling.
+        blocks: per layer, inference copies of the weights (diagonal self-attention fused).
+        prenet: denoiser PreNet.
+        postnet: denoiser PostNet.
+    """
+
+    modulation: Tensor
+    blocks: list[PreparedDenoiserBlock]
+    prenet: PreparedLinear
+    postnet: PreparedLinear
+
+
+# model -> {(T_train, transposed, diagonal, device, dtype): (weights signature, plan)}. Weak keys:
+# the plans die with the model; nothing is added to the module (state_dict, hparams untouched).
+_PLANS: weakref.WeakKeyDictionary[nn.Module, dict[tuple, tuple[tuple, DenoiserPlan]]] = (
+    weakref.WeakKeyDictionary()
+)
 
 
 @dataclass
@@ -213,6 +250,95 @@ class TwoTowerLCM(ConceptNetwork):
         for blk, kv in zip(self.den_layers, cross_kv, strict=True):
             h = blk(h, temb, kv, cross_mask)  # (B, Tq, d)
         return self.den_postnet(self.den_norm(h))  # (B, Tq, D)
+
+    # ---- denoiser inference fast path -----------------------------------------------------------
+
+    def _denoiser_signature(self) -> tuple:
+        """Identity and in-place version of every weight a plan copies: an optimizer step or a
+        `load_state_dict` bumps a version, which invalidates the cached plans."""
+        mods = (self.time_embed, self.den_prenet, self.den_postnet, self.den_layers)
+        return tuple((p.data_ptr(), p._version) for m in mods for p in m.parameters())
+
+    @torch.no_grad()
+    def denoiser_plan(
+        self, num_train_timesteps: int, *, transposed: bool | None = None, diagonal: bool = True
+    ) -> DenoiserPlan:
+        """The :class:`DenoiserPlan` for timesteps 0..num_train_timesteps-1, cached per model.
+
+        Args:
+            num_train_timesteps: the scheduler's T (the table covers every timestep, so any
+                inference step count reuses it).
+            transposed: store weights as (in, out) for few-row products
+                (:class:`~lcm.nn.PreparedLinear`); None = on CPU for d_model >= 512 only (a
+                second copy of the denoiser's weights).
+            diagonal: compute the diagonal self-attention as one fused map W_o W_v (no Q/K
+                projections, no attention kernel); False keeps the general attention path.
+        """
+        w = self.den_prenet.weight
+        if transposed is None:
+            # measured (bench/RESULTS.md): 1.03-1.5x at d=1024, 0.72-0.76x at d=32, where the
+            # extra reshapes cost more than the layout saves
+            transposed = w.device.type == "cpu" and self.config.d_model >= 512
+        key = (num_train_timesteps, transposed, diagonal, w.device, w.dtype)
+        sig = self._denoiser_signature()
+        cached = _PLANS.setdefault(self, {}).get(key)
+        if cached is not None and cached[0] == sig:
+            return cached[1]
+        t = torch.arange(num_train_timesteps, device=w.device)  # (T,)
+        temb = self.time_embed(t)  # (T, d)
+        plan = DenoiserPlan(
+            modulation=torch.stack([blk.modulation_table(temb) for blk in self.den_layers]),
+            blocks=[blk.prepare(transposed, diagonal) for blk in self.den_layers],
+            prenet=PreparedLinear.of(w, self.den_prenet.bias, transposed),
+            postnet=PreparedLinear.of(self.den_postnet.weight, self.den_postnet.bias, transposed),
+        )  # modulation: (L, T, 9, d)
+        _PLANS[self] = {k: v for k, v in _PLANS[self].items() if v[0] == sig}  # drop stale
+        _PLANS[self][key] = (sig, plan)
+        return plan
+
+    def cross_mask(
+        self,
+        batch: int,
+        n_query: int,
+        n_slots: int,
+        mask: Tensor | None = None,
+        drop_context: Tensor | None = None,
+    ) -> Tensor | None:
+        """The denoiser's cross-attention mask (see `denoise`), to build once per concept for
+        :meth:`denoise_planned`."""
+        device = self.den_prenet.weight.device
+        return self._cross_mask(batch, n_query, n_slots, mask, drop_context, device)
+
+    def denoise_planned(
+        self,
+        x_t: Tensor,
+        t: Tensor,
+        plan: DenoiserPlan,
+        cross_kv: CrossKV,
+        cross_mask: Tensor | None,
+    ) -> Tensor:
+        """:meth:`denoise` in eval mode from a :class:`DenoiserPlan`: equal up to rounding.
+
+        Args:
+            x_t: (B, Tq, D) noisy concepts.
+            t: (B, Tq) or (B,) integer timesteps in [0, T_train).
+            plan: :meth:`denoiser_plan` of this model (built after the last weight update).
+            cross_kv: :meth:`precompute_cross_kv` of the shifted context.
+            cross_mask: :meth:`cross_mask` for these rows (B, Tq, S slots).
+
+        Returns:
+            (B, Tq, D) x0 predictions.
+        """
+        B, Tq, _ = x_t.shape
+        L, _, n_mod, d = plan.modulation.shape
+        if t.dim() == 1:  # one timestep per row: gather per row, broadcast over positions
+            mod = plan.modulation[:, t].view(L, B, 1, n_mod, d)  # (L, B, 1, 9, d)
+        else:
+            mod = plan.modulation[:, t.reshape(-1)].view(L, B, Tq, n_mod, d)  # (L, B, Tq, 9, d)
+        h = plan.prenet(x_t)  # (B, Tq, d)
+        for blk, prep, m, kv in zip(self.den_layers, plan.blocks, mod, cross_kv, strict=True):
+            h = blk.forward_prepared(h, m, prep, kv, cross_mask)  # (B, Tq, d)
+        return plan.postnet(self.den_norm(h))  # (B, Tq, D)
 
     def forward(
         self,

@@ -3,6 +3,7 @@
 from lcm.nn.attention import KVCache, LayerKVCache, MultiheadAttention
 from lcm.nn.layers import (
     AdaLNModulation,
+    PreparedLinear,
     RMSNorm,
     RotaryEmbedding,
     SwiGLU,
@@ -11,7 +12,12 @@ from lcm.nn.layers import (
     sinusoidal_embedding,
     swiglu_hidden_dim,
 )
-from lcm.nn.transformer import CausalTransformer, DenoiserBlock, TransformerBlock
+from lcm.nn.transformer import (
+    CausalTransformer,
+    DenoiserBlock,
+    PreparedDenoiserBlock,
+    TransformerBlock,
+)
 
 __all__ = [
     "AdaLNModulation",
@@ -20,6 +26,8 @@ __all__ = [
     "KVCache",
     "LayerKVCache",
     "MultiheadAttention",
+    "PreparedDenoiserBlock",
+    "PreparedLinear",
     "RMSNorm",
     "RotaryEmbedding",
     "SwiGLU",

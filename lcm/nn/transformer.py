@@ -7,11 +7,14 @@ SwiGLU FFN, residual dropout, and a final RMSNorm after the last layer.
 
 from __future__ import annotations
 
+from typing import NamedTuple
+
 import torch
+import torch.nn.functional as F
 from torch import Tensor, nn
 
 from lcm.nn.attention import KVCache, LayerKVCache, MultiheadAttention
-from lcm.nn.layers import AdaLNModulation, RMSNorm, SwiGLU, modulate
+from lcm.nn.layers import AdaLNModulation, PreparedLinear, RMSNorm, SwiGLU, modulate
 
 
 class TransformerBlock(nn.Module):
@@ -176,6 +179,28 @@ class CausalTransformer(nn.Module):
         return self.norm(x)  # (B, T, d)
 
 
+class PreparedDenoiserBlock(NamedTuple):
+    """Inference copies of one :class:`DenoiserBlock`'s weights (see `DenoiserBlock.prepare`).
+
+    Attributes:
+        self_ov: the diagonal self-attention as one map, W_o W_v h + (W_o b_v + b_o); None runs
+            the general attention module instead (Q/K projections and SDPA with a diagonal mask).
+        cross_q: cross-attention query projection.
+        cross_out: cross-attention output projection.
+        ffn_gate: SwiGLU gate projection; with ``ffn_up=None``, the gate and up projections
+            stacked into one map d -> 2 * hidden (one product instead of two; a copy).
+        ffn_up: SwiGLU up projection, or None (stacked into ``ffn_gate``).
+        ffn_down: SwiGLU down projection.
+    """
+
+    self_ov: PreparedLinear | None
+    cross_q: PreparedLinear
+    cross_out: PreparedLinear
+    ffn_gate: PreparedLinear
+    ffn_up: PreparedLinear | None
+    ffn_down: PreparedLinear
+
+
 class DenoiserBlock(nn.Module):
     """Two-Tower denoiser layer: AdaLN-modulated diagonal self-attention, cross-attention, SwiGLU.
 
@@ -242,3 +267,101 @@ class DenoiserBlock(nn.Module):
         x = x + g_ca * self.drop(self.cross_attn(h, kv=cross_kv, attn_mask=cross_mask))
         h = modulate(self.ffn_norm(x), sh_ff, sc_ff)
         return x + g_ff * self.drop(self.ffn(h))  # (B, T, d)
+
+    # ---- inference fast path -------------------------------------------------------------------
+
+    @torch.no_grad()
+    def prepare(self, transposed: bool = False, diagonal: bool = True) -> PreparedDenoiserBlock:
+        """Copies of this block's weights for :meth:`forward_prepared` (inference only).
+
+        Args:
+            transposed: store weights as (in, out) for few-row CPU products
+                (:class:`~lcm.nn.PreparedLinear`; a copy of the block's weights). False: the
+                parameters themselves, plus the fused W_ov (d x d).
+            diagonal: fuse the diagonal self-attention into one map W_o W_v (the product is
+                taken in float64, then rounded once); False keeps the general attention path.
+        """
+        sa, ca, ffn = self.self_attn, self.cross_attn, self.ffn
+        ov = None
+        if diagonal:
+            wv, wo = sa.v_proj.weight.double(), sa.out_proj.weight.double()  # (d, d) each
+            w_ov = (wo @ wv).to(sa.v_proj.weight.dtype)  # (d, d)
+            b_ov = None
+            if sa.out_proj.bias is not None or sa.v_proj.bias is not None:
+                b = torch.zeros_like(wo[:, 0])  # (d,) float64
+                if sa.v_proj.bias is not None:
+                    b = b + wo @ sa.v_proj.bias.double()
+                if sa.out_proj.bias is not None:
+                    b = b + sa.out_proj.bias.double()
+                b_ov = b.to(w_ov.dtype)
+            ov = PreparedLinear.of(w_ov, b_ov, transposed)
+        gate, up = ffn.gate_proj, ffn.up_proj
+        if transposed:  # a copy anyway: stack gate and up into one product
+            gu_bias = None if gate.bias is None else torch.cat((gate.bias, up.bias))  # (2h,)
+            ffn_gate = PreparedLinear.of(torch.cat((gate.weight, up.weight)), gu_bias, True)
+            ffn_up = None
+        else:  # no copies of the big FFN weights (GPU memory)
+            ffn_gate = PreparedLinear.of(gate.weight, gate.bias, False)
+            ffn_up = PreparedLinear.of(up.weight, up.bias, False)
+        return PreparedDenoiserBlock(
+            self_ov=ov,
+            cross_q=PreparedLinear.of(ca.q_proj.weight, ca.q_proj.bias, transposed),
+            cross_out=PreparedLinear.of(ca.out_proj.weight, ca.out_proj.bias, transposed),
+            ffn_gate=ffn_gate,
+            ffn_up=ffn_up,
+            ffn_down=PreparedLinear.of(ffn.down_proj.weight, ffn.down_proj.bias, transposed),
+        )
+
+    def modulation_table(self, temb: Tensor) -> Tensor:
+        """AdaLN parameters for timestep embeddings (N, d_cond) -> (N, 9, d), rows
+        [shift, 1 + scale, gate] x [self-attn, cross-attn, FFN]; the form `forward_prepared`
+        takes (the "1 +" is added here once instead of at every call)."""
+        params = self.modulation.proj(self.modulation.act(temb))  # (N, 9d)
+        table = params.unflatten(-1, (9, -1)).clone()  # (N, 9, d)
+        table[:, 1::3] += 1
+        return table
+
+    def forward_prepared(
+        self,
+        x: Tensor,
+        mod: Tensor,
+        prep: PreparedDenoiserBlock,
+        cross_kv: tuple[Tensor, Tensor],
+        cross_mask: Tensor | None,
+    ) -> Tensor:
+        """:meth:`forward` in eval mode, from precomputed modulation and prepared weights.
+
+        Args:
+            x: (B, T, d) noisy-concept hidden states.
+            mod: (B, T, 9, d) rows of :meth:`modulation_table` for each position's timestep.
+            prep: :meth:`prepare` output.
+            cross_kv: keys, values (B, H, S, hd) of the shifted context.
+            cross_mask: bool broadcastable to (B, H, T, S), True = may attend.
+
+        Returns:
+            (B, T, d), equal to ``forward`` up to float rounding (tested).
+        """
+        if self.training:
+            raise RuntimeError("forward_prepared is an inference path; call .eval() first")
+        m = mod.unbind(-2)  # 9 x (B, T, d)
+        h = torch.addcmul(m[0], self.self_attn_norm(x), m[1])  # norm(x) * (1 + scale) + shift
+        if prep.self_ov is None:
+            diag = torch.eye(x.size(1), dtype=torch.bool, device=x.device)  # (T, T)
+            sa = self.self_attn(h, attn_mask=diag)
+        else:
+            sa = prep.self_ov(h)  # softmax over one key is 1: out_proj(v_proj(h))
+        x = torch.addcmul(x, m[2], sa)  # (B, T, d)
+
+        h = torch.addcmul(m[3], self.cross_attn_norm(x), m[4])
+        attn = self.cross_attn
+        q = prep.cross_q(h).unflatten(-1, (attn.n_heads, attn.head_dim)).transpose(1, 2)
+        k, v = cross_kv  # (B, H, S, hd)
+        y = F.scaled_dot_product_attention(q, k, v, attn_mask=cross_mask)  # (B, H, T, hd)
+        x = torch.addcmul(x, m[5], prep.cross_out(y.transpose(1, 2).flatten(2)))
+
+        h = torch.addcmul(m[6], self.ffn_norm(x), m[7])
+        if prep.ffn_up is None:
+            gate, up = prep.ffn_gate(h).chunk(2, dim=-1)  # (B, T, hidden) each
+        else:
+            gate, up = prep.ffn_gate(h), prep.ffn_up(h)  # (B, T, hidden) each
+        return torch.addcmul(x, m[8], prep.ffn_down(F.silu(gate) * up))  # (B, T, d)

@@ -19,13 +19,16 @@ from __future__ import annotations
 
 from abc import abstractmethod
 from dataclasses import dataclass, replace
+from typing import Literal, get_args
 
 import torch
 from torch import Tensor, nn
 
-from diffusion import DDIMScheduler, ModelFn, ddim_sample
+from diffusion import DDIMScheduler, DPMSolverMultistepScheduler, ModelFn, ddim_sample
 from diffusion.utils import randn_tensor
 from lcm.objectives.base import Batch, Objective, ObjectiveOutput, masked_mse, target_weight
+
+Solver = Literal["ddim", "dpmsolver++"]
 
 
 @dataclass(frozen=True)
@@ -37,12 +40,26 @@ class SamplingConfig:
         guidance_scale: CFG weight on epsilon; 1 disables guidance (one pass per step).
         guidance_rescale: Guidance rescale phi of Lin et al. in [0, 1].
         init_noise_scale: Std of the initial noise.
+        solver: ODE solver for the reverse process, on the objective's noise schedule:
+            ``"ddim"`` (the paper's, first order) or ``"dpmsolver++"`` (DPM-Solver++(2M),
+            second-order multistep, same number of model calls per step; meant for fewer
+            steps, e.g. 10-20).
     """
 
     num_inference_steps: int = 40
     guidance_scale: float = 3.0
     guidance_rescale: float = 0.7
     init_noise_scale: float = 0.6
+    solver: Solver = "ddim"
+
+
+def solver_scheduler(scheduler: DDIMScheduler, solver: str) -> DDIMScheduler:
+    """The scheduler that samples with ``solver`` on ``scheduler``'s noise schedule."""
+    if solver == "ddim":
+        return scheduler
+    if solver == "dpmsolver++":
+        return DPMSolverMultistepScheduler.from_ddim(scheduler)
+    raise ValueError(f"unknown solver {solver!r}; known: {list(get_args(Solver))}")
 
 
 def _repeat_batch(t: Tensor, times: int) -> Tensor:
@@ -112,7 +129,7 @@ class DiffusionObjective(Objective):
         return ddim_sample(
             model_fn,
             shape,
-            self.scheduler,
+            solver_scheduler(self.scheduler, s.solver),
             s.num_inference_steps,
             guidance_scale=s.guidance_scale,
             guidance_rescale=s.guidance_rescale,
@@ -132,6 +149,7 @@ class DiffusionObjective(Objective):
         guidance_scale: float | None = None,
         guidance_rescale: float | None = None,
         init_noise_scale: float | None = None,
+        solver: Solver | None = None,
     ) -> Tensor:
         """(B, T, D): every concept sampled from its gold prefix, all positions in one DDIM loop
         (denoising positions never see each other, so this equals T separate generations)."""
@@ -141,6 +159,7 @@ class DiffusionObjective(Objective):
             guidance_scale=guidance_scale,
             guidance_rescale=guidance_rescale,
             init_noise_scale=init_noise_scale,
+            solver=solver,
         )
         return self._sample(
             lambda n: self._teacher_forced_fn(x, mask, n), tuple(x.shape), x, generator, overrides
@@ -157,6 +176,7 @@ class DiffusionObjective(Objective):
         guidance_scale: float | None = None,
         guidance_rescale: float | None = None,
         init_noise_scale: float | None = None,
+        solver: Solver | None = None,
     ) -> Tensor:
         """(B, D): sample the concept after each right-padded sequence ``x`` (B, T, D)."""
         if mask is None:
@@ -166,6 +186,7 @@ class DiffusionObjective(Objective):
             guidance_scale=guidance_scale,
             guidance_rescale=guidance_rescale,
             init_noise_scale=init_noise_scale,
+            solver=solver,
         )
         shape = (x.shape[0], 1, x.shape[2])
         out = self._sample(lambda n: self._next_fn(x, mask, n), shape, x, generator, overrides)
@@ -184,14 +205,33 @@ class DiffusionObjective(Objective):
 
 class TwoTowerDiffusion(DiffusionObjective):
     """Two-Tower: the contextualizer runs once; its cross-attention keys/values are computed once
-    per call and reused by every denoising step."""
+    per call and reused by every denoising step. In eval mode the denoiser runs from its
+    :class:`~lcm.models.DenoiserPlan` (timestep/AdaLN table, fused diagonal self-attention),
+    equal to the general path to float rounding; ``fast_sampling = False`` turns that off."""
+
+    fast_sampling: bool = True
 
     def _fn(self, x: Tensor, mask: Tensor, copies: int, include_last: bool) -> ModelFn:
         model = self.model
         ctx = model.contextualize(x, mask)  # (B, T, d)
-        kv = model.precompute_cross_kv(model.shift_context(ctx, include_last=include_last))
+        shifted = model.shift_context(ctx, include_last=include_last)  # (B, S, d)
+        kv = model.precompute_cross_kv(shifted)
         kv = [(_repeat_batch(k, copies), _repeat_batch(v, copies)) for k, v in kv]
         mask = _repeat_batch(mask, copies)  # (copies*B, T)
+        if self.fast_sampling and not model.training:
+            plan = model.denoiser_plan(self.scheduler.num_train_timesteps)
+            B, T = x.shape[:2]
+            n_query = 1 if include_last else T  # predict_next: one query; predict_all: T
+            # ddim_sample's rows: [conditional] * B (+ [unconditional] * B under guidance).
+            drop = (torch.arange(copies * B, device=x.device) >= B)[:, None]  # (M, 1)
+            cmask = model.cross_mask(
+                copies * B, n_query, shifted.size(1), mask, drop.expand(-1, n_query)
+            )
+
+            def fast_fn(x_t: Tensor, t: Tensor, drop_context: Tensor) -> Tensor:
+                return model.denoise_planned(x_t, t, plan, kv, cmask)
+
+            return fast_fn
 
         def model_fn(x_t: Tensor, t: Tensor, drop_context: Tensor) -> Tensor:
             drop = drop_context[:, None].expand(x_t.shape[:2])  # (M, Tq)

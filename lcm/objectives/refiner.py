@@ -81,29 +81,29 @@ def movement(y: Tensor, y_prev: Tensor) -> Tensor:
 
 @dataclass(frozen=True)
 class ExitRule:
-    """Adaptive exit: stop when the prediction has moved less than `threshold` (1 - cos) for
-    `patience` consecutive iterations, else at `max_iterations`.
+    """Adaptive exit: stop when the prediction has moved less than `exit_threshold` (1 - cos)
+    for `exit_patience` consecutive iterations, else at `max_iterations`.
 
-    The earliest possible exit is step patience + 1 (the first movement is measured at step 2).
+    The earliest possible exit is step exit_patience + 1 (the first movement is measured at step 2).
 
     Attributes:
-        threshold: tau, bound on 1 - cos(y_i, y_{i-1}) (ours: 1e-3, about 2.6 degrees).
-        patience: m, consecutive iterations under the threshold.
+        exit_threshold: tau, bound on 1 - cos(y_i, y_{i-1}) (ours: 1e-3, about 2.6 degrees).
+        exit_patience: m, consecutive iterations under the threshold.
         max_iterations: r_max, the cap.
     """
 
-    threshold: float = 1e-3
-    patience: int = 2
+    exit_threshold: float = 1e-3
+    exit_patience: int = 2
     max_iterations: int = 64
 
     def __post_init__(self) -> None:
-        if self.patience < 1 or self.max_iterations < 1 or self.threshold < 0:
+        if self.exit_patience < 1 or self.max_iterations < 1 or self.exit_threshold < 0:
             raise ValueError(f"invalid exit rule {self}")
 
     def update(self, hits: Tensor, y: Tensor, y_prev: Tensor) -> Tensor:
         """Consecutive-hit counter after one more iterate: +1 where it moved less than the
         threshold, reset to 0 elsewhere. hits (...) long; y, y_prev (..., D)."""
-        settled = movement(y, y_prev) < self.threshold  # (...)
+        settled = movement(y, y_prev) < self.exit_threshold  # (...)
         return torch.where(settled, hits + 1, torch.zeros_like(hits))
 
     def exit_steps(self, preds: Tensor) -> Tensor:
@@ -115,7 +115,7 @@ class ExitRule:
         hits = torch.zeros_like(steps)
         for i in range(1, n):  # iterate i + 1 compared with iterate i
             hits = self.update(hits, preds[i], preds[i - 1])
-            newly = ~done & (hits >= self.patience)
+            newly = ~done & (hits >= self.exit_patience)
             steps = torch.where(newly, i + 1, steps)
             done |= newly
         return steps
@@ -183,12 +183,16 @@ class RefinerObjective(Objective):
 
     def exit_rule_with(
         self,
-        threshold: float | None = None,
-        patience: int | None = None,
+        exit_threshold: float | None = None,
+        exit_patience: int | None = None,
         max_iterations: int | None = None,
     ) -> ExitRule:
         """The default exit rule with the given fields replaced (None keeps a field)."""
-        overrides = dict(threshold=threshold, patience=patience, max_iterations=max_iterations)
+        overrides = dict(
+            exit_threshold=exit_threshold,
+            exit_patience=exit_patience,
+            max_iterations=max_iterations,
+        )
         return replace(self.exit_rule, **{k: v for k, v in overrides.items() if v is not None})
 
     # ---------------------------------------------------------------------------- training
@@ -283,7 +287,11 @@ class RefinerObjective(Objective):
                 out = y.new_zeros(B, Tq, y.shape[-1])
             if y_prev is not None:
                 hits = rule.update(hits, y, y_prev)  # (b, Tq)
-            stop = hits >= rule.patience if i < rule.max_iterations else torch.ones_like(done[rows])
+            stop = (
+                hits >= rule.exit_patience
+                if i < rule.max_iterations
+                else torch.ones_like(done[rows])
+            )
             newly = stop & ~done[rows]  # (b, Tq)
             r_idx, t_idx = newly.nonzero(as_tuple=True)
             out[rows[r_idx], t_idx] = y[r_idx, t_idx]
@@ -330,13 +338,13 @@ class RefinerObjective(Objective):
         generator: torch.Generator | None = None,
         *,
         num_iterations: int | None = None,
-        threshold: float | None = None,
-        patience: int | None = None,
+        exit_threshold: float | None = None,
+        exit_patience: int | None = None,
         max_iterations: int | None = None,
     ) -> tuple[Tensor, Tensor]:
         """Teacher-forced predictions (B, T, D) aligned to targets and their exit steps (B, T)
         (0 at position 0, which nothing predicts). Every position exits on its own."""
-        rule = self.exit_rule_with(threshold, patience, max_iterations)
+        rule = self.exit_rule_with(exit_threshold, exit_patience, max_iterations)
         return self._teacher_forced(batch, generator, num_iterations, rule)
 
     @torch.no_grad()
@@ -346,8 +354,8 @@ class RefinerObjective(Objective):
         generator: torch.Generator | None = None,
         *,
         num_iterations: int | None = None,
-        threshold: float | None = None,
-        patience: int | None = None,
+        exit_threshold: float | None = None,
+        exit_patience: int | None = None,
         max_iterations: int | None = None,
     ) -> Tensor:
         """(B, T, D) teacher-forced predictions: fixed r if `num_iterations`, else adaptive."""
@@ -355,8 +363,8 @@ class RefinerObjective(Objective):
             batch,
             generator,
             num_iterations=num_iterations,
-            threshold=threshold,
-            patience=patience,
+            exit_threshold=exit_threshold,
+            exit_patience=exit_patience,
             max_iterations=max_iterations,
         )[0]
 
@@ -368,8 +376,8 @@ class RefinerObjective(Objective):
         generator: torch.Generator | None = None,
         *,
         num_iterations: int | None = None,
-        threshold: float | None = None,
-        patience: int | None = None,
+        exit_threshold: float | None = None,
+        exit_patience: int | None = None,
         max_iterations: int | None = None,
     ) -> tuple[Tensor, Tensor]:
         """The concept after each right-padded sequence x (B, T, D): (B, D), and the exit step
@@ -379,7 +387,7 @@ class RefinerObjective(Objective):
         cross_kv = model.precompute_cross_kv(ctx)
         query = last_valid(inject, mask)[:, None]  # (B, 1, d)
         cmask = None if mask is None else mask[:, None, None, :]  # (B, 1, 1, T): all valid keys
-        rule = self.exit_rule_with(threshold, patience, max_iterations)
+        rule = self.exit_rule_with(exit_threshold, exit_patience, max_iterations)
         y, steps = self.refine(
             query, cross_kv, cmask, generator, num_iterations=num_iterations, rule=rule
         )
@@ -393,8 +401,8 @@ class RefinerObjective(Objective):
         generator: torch.Generator | None = None,
         *,
         num_iterations: int | None = None,
-        threshold: float | None = None,
-        patience: int | None = None,
+        exit_threshold: float | None = None,
+        exit_patience: int | None = None,
         max_iterations: int | None = None,
     ) -> Tensor:
         """(B, D): the concept after each right-padded sequence (adaptive exit by default)."""
@@ -403,8 +411,8 @@ class RefinerObjective(Objective):
             mask,
             generator,
             num_iterations=num_iterations,
-            threshold=threshold,
-            patience=patience,
+            exit_threshold=exit_threshold,
+            exit_patience=exit_patience,
             max_iterations=max_iterations,
         )[0]
 

@@ -9,9 +9,12 @@
 What this adds to plain LightningCLI, and why:
 - ``--model`` takes any :class:`~lcm.train.module.LCMModule` subclass (``class_path:
   TwoTowerModule``); ``model.init_args.arch.sonar_dim`` is linked to the data's concept dimension.
-- A ModelCheckpoint (``--checkpoint.*``) whose ``dirpath`` is always
-  ``<trainer.default_root_dir>/checkpoints``, never a logger's fresh ``version_N`` folder, so
-  ``--ckpt_path last`` finds the previous run's ``last.ckpt``.
+- A ModelCheckpoint (``--checkpoint.*``, :class:`~lcm.train.callbacks.LCMCheckpoint`) whose
+  ``dirpath`` is always ``<trainer.default_root_dir>/checkpoints``, never a logger's fresh
+  ``version_N`` folder, so ``--ckpt_path last`` finds the previous run's ``last.ckpt``; the end of
+  ``fit`` always writes ``last.ckpt`` at the final step, and non-finite weights are never saved.
+- A :class:`~lcm.train.callbacks.NonFiniteGuard` (``--nonfinite_guard.*``): a NaN/inf loss or
+  gradient stops the run before the weights change, naming the step and the documents.
 - Default loggers: TensorBoard and CSV under ``default_root_dir`` (same version number), plus a
   LearningRateMonitor whenever there is a logger. ``--trainer.logger false`` turns them off.
 - ``--optimizer``/``--lr_scheduler`` are not offered: they would silently replace the module's
@@ -19,19 +22,28 @@ What this adds to plain LightningCLI, and why:
 - ``config.yaml`` is saved in the log dir and may be overwritten (a rerun without loggers writes
   to the same folder, which SaveConfigCallback otherwise refuses).
 - ``seed_everything`` defaults to 0 instead of a random seed.
+- Progress: a rich bar labelled ``Epoch e · step s/max_steps`` in a terminal; in a log file
+  (stderr not a terminal) plain lines every 30 s with steps/s, ETA and the loss
+  (:mod:`lcm.train.progress`).
+- ``lcm predict`` writes its predictions (with document ids and positions) to
+  ``<trainer.default_root_dir>/predictions/`` (:mod:`lcm.train.predictions`).
 """
 
 from __future__ import annotations
 
 import os
+import sys
 from typing import Any
 
-from lightning.pytorch.callbacks import LearningRateMonitor, ModelCheckpoint
+from lightning.pytorch.callbacks import LearningRateMonitor
 from lightning.pytorch.cli import LightningArgumentParser, LightningCLI
 from lightning.pytorch.loggers import CSVLogger, TensorBoardLogger
 
+from lcm.train.callbacks import LCMCheckpoint, NonFiniteGuard
 from lcm.train.data import ConceptDataModule
 from lcm.train.module import LCMModule
+from lcm.train.predictions import ConceptPredictionWriter, predictions_dir
+from lcm.train.progress import LogProgress, StepProgressBar
 
 SUBCOMMANDS = ("fit", "validate", "test", "predict")
 
@@ -45,8 +57,13 @@ class LCMCLI(LightningCLI):
     """LightningCLI with the LCM defaults described in the module docstring."""
 
     def add_arguments_to_parser(self, parser: LightningArgumentParser) -> None:
-        parser.add_lightning_class_args(ModelCheckpoint, "checkpoint")
+        parser.add_lightning_class_args(LCMCheckpoint, "checkpoint")
+        parser.add_lightning_class_args(ConceptPredictionWriter, "prediction_writer")
+        parser.link_arguments(
+            "trainer.default_root_dir", "prediction_writer.output_dir", predictions_dir
+        )
         parser.set_defaults({"checkpoint.save_last": True})
+        parser.add_lightning_class_args(NonFiniteGuard, "nonfinite_guard")
         parser.link_arguments("trainer.default_root_dir", "checkpoint.dirpath", checkpoint_dir)
         parser.link_arguments("data.dim", "model.init_args.arch.sonar_dim", apply_on="instantiate")
 
@@ -64,6 +81,12 @@ class LCMCLI(LightningCLI):
             ]
         if config.get("logger") not in (False, []):
             extra.append(LearningRateMonitor(logging_interval="step"))
+        if config.get("enable_progress_bar") is not False:
+            if sys.stderr.isatty():
+                extra.append(StepProgressBar())
+            else:  # a log file: plain lines, at least one per minute
+                config["enable_progress_bar"] = False
+                extra.append(LogProgress())
         return self._instantiate_trainer(config, extra)
 
 

@@ -59,6 +59,7 @@ import torch
 from lightning.pytorch.utilities import rank_zero_info
 from torch.utils.data import DataLoader, IterableDataset, get_worker_info
 
+from lcm.data.shards import Level, verified_shards
 from lcm.normalizer import RobustNormalizer
 
 log = logging.getLogger(__name__)
@@ -70,17 +71,9 @@ warnings.filterwarnings("ignore", message="Your `IterableDataset` has `__len__` 
 
 
 # ---------------------------------------------------------------------------------------- shards
-def _shard_files(data_dir: Path) -> list[Path]:
-    if not (data_dir / "manifest.json").exists():
-        raise FileNotFoundError(f"{data_dir} has no manifest.json; make it with `lcm prepare`")
-    if not (data_dir / "summary.json").exists():
-        raise RuntimeError(
-            f"{data_dir} has no summary.json: `lcm prepare` did not finish; rerun it to resume"
-        )
-    files = sorted((data_dir / "shards").glob("shard-*.parquet"))
-    if not files:
-        raise FileNotFoundError(f"no shards in {data_dir / 'shards'}")
-    return files
+def _shard_files(data_dir: Path, level: Level = "quick") -> list[Path]:
+    """The folder's shards, verified by the shared reader (:mod:`lcm.data.shards`)."""
+    return verified_shards(data_dir, level)
 
 
 def read_manifest(data_dir: str | Path) -> dict[str, Any]:
@@ -108,13 +101,21 @@ class ConceptStore:
         data_dir: The ``lcm prepare`` output folder.
         fields: Text fields whose ``<field>_embeddings`` columns are needed.
         cache_dir: Where ``datasets`` keeps its Arrow copy (default: the Hugging Face cache).
+        verify: How the shards are checked before use (:mod:`lcm.data.shards`): ``full`` (size,
+            checksum, rows, finite values, sentence/vector alignment) or ``quick`` (size and rows).
     """
 
-    def __init__(self, data_dir: str | Path, fields: list[str], cache_dir: str | None = None):
+    def __init__(
+        self,
+        data_dir: str | Path,
+        fields: list[str],
+        cache_dir: str | None = None,
+        verify: Level = "full",
+    ):
         self.data_dir = Path(data_dir)
         self.fields = list(dict.fromkeys(fields))
         self.cache_dir = cache_dir
-        self.files = _shard_files(self.data_dir)
+        self.files = _shard_files(self.data_dir, verify)
         self._ds = self._load()
         self.ids: list[str] = self._ds.data.table.column("id").to_pylist()
         self.dim = shard_dim(self.data_dir, self.fields[0])
@@ -560,6 +561,10 @@ class ConceptDataModule(L.LightningDataModule):
         pin_memory: Pin batches in page-locked memory (GPU training).
         cache_dir: Where ``datasets`` writes its memory-mapped Arrow copy of the shards
             (default: the Hugging Face cache).
+        verify_shards: Check of every shard before use: ``full`` (recorded size, checksum and
+            rows, finite values, sentence/vector alignment; reads each shard once) or ``quick``
+            (size and rows only, for very large corpora). A failing shard stops with an error
+            naming it (and the document, for a NaN).
     """
 
     def __init__(
@@ -582,6 +587,7 @@ class ConceptDataModule(L.LightningDataModule):
         num_workers: int = 0,
         pin_memory: bool = False,
         cache_dir: str | None = None,
+        verify_shards: Level = "full",
     ) -> None:
         super().__init__()
         self.save_hyperparameters()
@@ -622,6 +628,7 @@ class ConceptDataModule(L.LightningDataModule):
         self.num_workers = num_workers
         self.pin_memory = pin_memory
         self.cache_dir = cache_dir
+        self.verify_shards = verify_shards
         #: Concept dimension D, read from the shards (the CLI links it to the model's sonar_dim).
         self.dim = shard_dim(self.data_dir, self.text_field)
         self.normalizer: RobustNormalizer | None = None
@@ -637,7 +644,7 @@ class ConceptDataModule(L.LightningDataModule):
     def prepare_data(self) -> None:
         # Local rank 0 builds the datasets Arrow caches first; the other ranks then reuse them.
         for folder in {self.data_dir, self.val_dir, self.test_dir, self.predict_dir} - {None}:
-            ConceptStore(folder, self.fields, self.cache_dir)
+            ConceptStore(folder, self.fields, self.cache_dir, self.verify_shards)
 
     def _examples(self, store: ConceptStore, docs: np.ndarray) -> Examples:
         src = store.lengths(self.text_field)
@@ -666,11 +673,11 @@ class ConceptDataModule(L.LightningDataModule):
             self.normalizer = RobustNormalizer.load(path)
             if self.normalizer.center.shape[0] != self.dim:
                 raise ValueError(f"normalizer {path} has dim {self.normalizer.center.shape[0]}")
-        main = ConceptStore(self.data_dir, self.fields, self.cache_dir)
+        main = ConceptStore(self.data_dir, self.fields, self.cache_dir, self.verify_shards)
         all_docs = np.arange(len(main), dtype=np.int64)
         if self.val_dir is not None:
             train_docs, val_docs = all_docs, None
-            val_store = ConceptStore(self.val_dir, self.fields, self.cache_dir)
+            val_store = ConceptStore(self.val_dir, self.fields, self.cache_dir, self.verify_shards)
             self._add_split("val", val_store, np.arange(len(val_store), dtype=np.int64))
         else:
             train_docs, val_docs = split_documents(main.ids, self.val_fraction, self.split_seed)
@@ -680,8 +687,16 @@ class ConceptDataModule(L.LightningDataModule):
             if folder is None:
                 self._splits[name] = self._splits["val"]
             else:
-                store = ConceptStore(folder, self.fields, self.cache_dir)
+                store = ConceptStore(folder, self.fields, self.cache_dir, self.verify_shards)
                 self._add_split(name, store, np.arange(len(store), dtype=np.int64))
+
+    def describe(self, split: str, examples: list[int]) -> list[dict[str, Any]]:
+        """Where examples of ``split`` come from: the document ``id`` and the ``start`` position
+        of the example's first concept in the document's main field."""
+        if not self._splits:
+            self.setup()
+        store, ex = self._splits[split]
+        return [{"id": store.ids[int(ex.doc[i])], "start": int(ex.src_start[i])} for i in examples]
 
     def sample_concepts(self, split: str, n: int, seed: int = 0) -> torch.Tensor:
         """Up to ``n`` concepts of ``split``'s documents (every field, the normalizer applied),
@@ -706,6 +721,15 @@ class ConceptDataModule(L.LightningDataModule):
         if self.normalize and self.normalizer is not None:
             x = self.normalizer.normalize(x)
         return x
+
+    def document_ids(self, split: str, index: torch.Tensor | np.ndarray) -> list[str]:
+        """Ids of the documents behind example indices ``index`` of ``split`` (a batch's
+        ``index``; padding rows, -1, are skipped), in batch order without repeats."""
+        if not self._splits:
+            self.setup()
+        store, ex = self._splits[split]
+        idx = np.asarray(index.cpu() if isinstance(index, torch.Tensor) else index).reshape(-1)
+        return list(dict.fromkeys(store.ids[int(ex.doc[i])] for i in idx if i >= 0))
 
     def set_normalizer(self, normalizer: RobustNormalizer) -> None:
         """Use ``normalizer`` (e.g. the one a fine-tuned model was pretrained with)."""

@@ -1,0 +1,365 @@
+"""Aggregation of the records into tables, the markdown report and the plots."""
+
+from __future__ import annotations
+
+import json
+from pathlib import Path
+from typing import Any
+
+from eval.names import CONCEPT_METRICS, LABELS, PLOT_METRICS
+
+
+# ---------------------------------------------------------------------------------------------
+# Aggregation and report
+# ---------------------------------------------------------------------------------------------
+def _mean(values: list[float | None]) -> tuple[float | None, int]:
+    finite = [v for v in values if v is not None]
+    return (sum(finite) / len(finite) if finite else None), len(values) - len(finite)
+
+
+def aggregate(
+    store,
+    names,
+    model_info,
+    base_specs,
+    sweep,
+    pair_list,
+    pair_docs,
+    need,
+    model_metrics,
+    wanted,
+    codec_check,
+) -> dict:
+    """Tables from the per-document records of the current configuration."""
+    from eval.metrics.crosslingual import score_translations
+
+    summarization: dict[str, list[dict]] = {}
+    failures: list[dict] = []
+    metric_cols = list(need) + [m for m in model_metrics.missing]
+    for p in pair_list:
+        rows = []
+        docs = pair_docs[p.label]
+        systems = [(n, "model", label) for n in names for label, _ in sweep]
+        systems += [(b[0], "baseline", "-") for b in base_specs]
+        for system, kind, label in systems:
+            recs = [store.records[store.key(kind, system, p.label, label, r.id)] for r, _ in docs]
+            good = [r for r in recs if "error" not in r]
+            for r in recs:
+                if "error" in r:
+                    failures.append({k: r[k] for k in ("system", "pair", "setting", "id", "error")})
+            row: dict[str, Any] = {
+                "system": system,
+                "kind": kind,
+                "setting": label,
+                "documents": len(good),
+                "failed": len(recs) - len(good),
+            }
+            for metric in metric_cols:
+                if metric in model_metrics.missing:
+                    row[metric] = "missing"
+                    continue
+                value, undefined = _mean([r["metrics"].get(metric) for r in good])
+                row[metric] = value
+                if undefined:
+                    row[f"{metric}_undefined"] = undefined
+            if kind == "model":
+                reasons: dict[str, int] = {}
+                for r in good:
+                    reasons[r["stop_reason"]] = reasons.get(r["stop_reason"], 0) + 1
+                row["stop_reasons"] = dict(sorted(reasons.items()))
+            rows.append(row)
+        summarization[p.label] = rows
+    out: dict[str, Any] = {
+        "summarization": summarization,
+        "metric_columns": metric_cols,
+        "missing_metrics": dict(model_metrics.missing),
+        "failures": failures,
+    }
+    if codec_check:
+        table: dict[str, dict] = {}
+        for name in names:
+            table[name] = {"codec": model_info[name]["codec"], "pairs": {}}
+            for p in pair_list:
+                recs = [
+                    store.records[store.key("codec", name, p.label, "-", r.id)]
+                    for r, _ in pair_docs[p.label]
+                ]
+                sc = score_translations(
+                    [r["hypothesis"] for r in recs], [r["reference"] for r in recs], p.tgt
+                )
+                table[name]["pairs"][p.label] = {
+                    "sentences": len(recs),
+                    "bleu": sc.bleu,
+                    "chrf": sc.chrf,
+                    "bleu_label": sc.tokenizer.label,
+                    "note": sc.tokenizer.note,
+                    "bleu_signature": sc.bleu_signature,
+                    "chrf_signature": sc.chrf_signature,
+                }
+        out["codec_check"] = table
+    return out
+
+
+def fmt(value: Any) -> str:
+    """How a number appears in report.md (4 decimals; ``n/a`` = undefined everywhere)."""
+    if value is None:
+        return "n/a"
+    if isinstance(value, str):
+        return value
+    return f"{value:.4f}"
+
+
+def _stops(reasons: dict[str, int] | None) -> str:
+    """``eot 97, max_length 3``: why generation ended (``-`` for baselines)."""
+    return ", ".join(f"{k} {v}" for k, v in reasons.items()) if reasons else "-"
+
+
+def _md_table(header: list[str], rows: list[list[str]]) -> list[str]:
+    lines = ["| " + " | ".join(header) + " |", "|" + "|".join("---" for _ in header) + "|"]
+    lines += ["| " + " | ".join(r) + " |" for r in rows]
+    return lines + [""]
+
+
+def _system_label(row: dict, sweep: bool) -> str:
+    return (
+        f"{row['system']} [{row['setting']}]" if sweep and row["kind"] == "model" else row["system"]
+    )
+
+
+def render_report(results: dict) -> str:
+    """report.md from the results (no timings: a resumed run writes the same file)."""
+    cfg = results["config"]
+    lines = ["# Evaluation report", ""]
+    lines.append(
+        "Scores are fractions in [0, 1] (ROUGE-L F1 against the reference; OVL-3: share of the "
+        "summary's word 3-grams found in the source document; REP-4: share of repeated word "
+        "4-grams); words and sentences are means per summary. `n/a`: undefined for every "
+        "document (too short); `missing`: the metric's model is not available (reasons below)."
+    )
+    lines.append("")
+    lines.append("Models:")
+    for name, info in results["models"].items():
+        lines.append(
+            f"- `{name}`: `{info['checkpoint']}` ({info['family']}, {info['mode']}, codec "
+            f"`{info['codec']}`)"
+        )
+    lines.append(
+        f"\nData: {', '.join(f'`{f}`' for f in cfg['files'])}; documents per language: "
+        + ", ".join(f"{k} {v}" for k, v in results["data"]["documents_per_lang"].items())
+    )
+    lines.append(f"Generation settings: {', '.join(f'`{k}`' for k in cfg['settings'])}.\n")
+    cols = results["metric_columns"]
+    sweep = len(cfg["settings"]) > 1
+    lines.append("## Summarization\n")
+    for pair, rows in results["summarization"].items():
+        n = results["data"]["pair_documents"][pair]
+        lines.append(f"### {pair.replace('->', ' -> ')} ({n} documents)\n")
+        header = ["system", "setting", "docs", "failed", *[LABELS.get(c, c) for c in cols]]
+        header.append("stopped by")
+        body = [
+            [r["system"], r["setting"], str(r["documents"]), str(r["failed"])]
+            + [fmt(r.get(c)) for c in cols]
+            + [_stops(r.get("stop_reasons"))]
+            for r in rows
+        ]
+        lines += _md_table(header, body)
+    pairs = [tuple(p.split("->")) for p in results["summarization"]]
+    if len(pairs) > 1 or any(a != b for a, b in pairs):
+        srcs = sorted({a for a, _ in pairs})
+        tgts = sorted({b for _, b in pairs})
+        lines.append("## Cross-lingual matrices (rows: source language, columns: target)\n")
+        for c in cols:
+            lines.append(f"### {LABELS.get(c, c)}\n")
+            systems = []
+            for rows in results["summarization"].values():
+                for r in rows:
+                    label = _system_label(r, sweep)
+                    if label not in systems:
+                        systems.append(label)
+            for label in systems:
+                cell = {}
+                for pair, rows in results["summarization"].items():
+                    for r in rows:
+                        if _system_label(r, sweep) == label:
+                            cell[tuple(pair.split("->"))] = fmt(r.get(c))
+                lines.append(f"`{label}`\n")
+                body = [[a] + [cell.get((a, b), "-") for b in tgts] for a in srcs]
+                lines += _md_table(["source \\ target", *tgts], body)
+    if "concepts" in results:
+        lines.append("## Teacher-forced next-concept metrics\n")
+        lines.append(
+            "Paper section 2.4.1, in the codec's space, on the held-out shards "
+            f"`{cfg['concept_dir']}`; the CA pool is a batch of {cfg['concept_batch_size']} "
+            "documents. mean-concept predicts the mean training concept.\n"
+        )
+        cmetrics = [m for m in cfg["metrics"] if m in CONCEPT_METRICS]
+        for name, res in results["concepts"].items():
+            for lang, block in res["languages"].items():
+                lines.append(
+                    f"### {name}: {lang} ({block['documents']} documents, {res['mode']})\n"
+                )
+                header = ["system", "positions", *[LABELS[m] for m in cmetrics]]
+                body = [
+                    [r["system"], str(r["positions"])]
+                    + [
+                        "missing" if m in res["missing"] and r.get(m) is None else fmt(r.get(m))
+                        for m in cmetrics
+                    ]
+                    for r in block["systems"]
+                ]
+                lines += _md_table(header, body)
+            for what, why in res["missing"].items():
+                lines.append(f"- {what} missing: {why}")
+            if res["in_training_shards"]:
+                lines.append(
+                    f"- warning: {res['in_training_shards']} of these documents are also in the "
+                    "model's training shards"
+                )
+            for nu in res["not_used"]:
+                lines.append(f"- not used: {nu['id']}: {nu['reason']}")
+            lines.append("")
+    if "codec_check" in results:
+        lines.append("## Codec cross-lingual check\n")
+        lines.append(
+            "The codec alone: encode the reference summary in the source language, decode it in "
+            "the target language, score against the target-language summary (corpus scores, "
+            "0-100).\n"
+        )
+        body = []
+        for name, block in results["codec_check"].items():
+            for pair, s in block["pairs"].items():
+                body.append(
+                    [
+                        name,
+                        f"`{block['codec']}`",
+                        pair,
+                        str(s["sentences"]),
+                        s["bleu_label"],
+                        fmt(s["bleu"]),
+                        fmt(s["chrf"]),
+                    ]
+                )
+        lines += _md_table(
+            ["model", "codec", "pair", "sentences", "BLEU kind", "BLEU", "chrF"], body
+        )
+        if len(pairs) > 1 or any(a != b for a, b in pairs):
+            srcs = sorted({a for a, _ in pairs})
+            tgts = sorted({b for _, b in pairs})
+            for metric in ("bleu", "chrf"):
+                for name, block in results["codec_check"].items():
+                    lines.append(f"### Codec {LABELS[metric]}: `{name}`\n")
+                    cell = {tuple(k.split("->")): fmt(v[metric]) for k, v in block["pairs"].items()}
+                    body = [[a] + [cell.get((a, b), "-") for b in tgts] for a in srcs]
+                    lines += _md_table(["source \\ target", *tgts], body)
+        notes = sorted(
+            {
+                s["note"]
+                for b in results["codec_check"].values()
+                for s in b["pairs"].values()
+                if s["note"]
+            }
+        )
+        lines += [f"- {n}" for n in notes] + ([""] if notes else [])
+    lines.append("## Not evaluated\n")
+    listed = 0
+    for what, why in results["missing_metrics"].items():
+        lines.append(f"- metric {LABELS.get(what, what)} missing: {why}")
+        listed += 1
+    for item in results["data"]["pairs_not_run"]:
+        lines.append(f"- {item['reason']}")
+        listed += 1
+    for row in results["data"]["rows_not_used"]:
+        lines.append(f"- {Path(row['file']).name} row {row['row']} ({row['id']}): {row['reason']}")
+        listed += 1
+    for pair, items in results["data"]["pair_documents_not_used"].items():
+        for item in items:
+            lines.append(f"- {pair} {item['id']}: {item['reason']}")
+            listed += 1
+    for f in results["failures"]:
+        lines.append(f"- {f['system']} {f['pair']} [{f['setting']}] {f['id']}: {f['error']}")
+        listed += 1
+    if not listed:
+        lines.append("Nothing: every document was evaluated.")
+    return "\n".join(lines).rstrip() + "\n"
+
+
+def write_plots(results: dict, out: Path) -> list[str]:
+    """``plot_<metric>_by_pair.png`` and, for a sweep, ``plot_<metric>_by_setting.png``."""
+    import matplotlib
+
+    matplotlib.use("Agg")
+    import matplotlib.pyplot as plt
+
+    written = []
+    cfg = results["config"]
+    sweep = len(cfg["settings"]) > 1
+    pairs = list(results["summarization"])
+    cols = [m for m in PLOT_METRICS if m in results["metric_columns"]]
+    for metric in cols:
+        systems: list[str] = []
+        values: dict[tuple[str, str], float] = {}
+        for pair, rows in results["summarization"].items():
+            for r in rows:
+                label = _system_label(r, sweep)
+                if label not in systems:
+                    systems.append(label)
+                if isinstance(r.get(metric), float):
+                    values[(label, pair)] = r[metric]
+        fig, ax = plt.subplots(figsize=(max(5, 1.2 * len(pairs) * max(1, len(systems)) / 3), 3.5))
+        width = 0.8 / max(1, len(systems))
+        for k, label in enumerate(systems):
+            xs = [i + k * width for i in range(len(pairs))]
+            ax.bar(xs, [values.get((label, p), 0.0) for p in pairs], width, label=label)
+        ax.set_xticks([i + 0.4 - width / 2 for i in range(len(pairs))])
+        ax.set_xticklabels([p.replace("->", "\n-> ") for p in pairs], fontsize=8)
+        ax.set_ylabel(LABELS[metric])
+        ax.set_title(f"{LABELS[metric]} per language pair")
+        ax.legend(fontsize=7, loc="upper left", bbox_to_anchor=(1.01, 1.0))
+        fig.tight_layout()
+        path = out / f"plot_{metric}_by_pair.png"
+        fig.savefig(path, dpi=100, bbox_inches="tight")
+        plt.close(fig)
+        written.append(path.name)
+        if not sweep:
+            continue
+        labels = list(cfg["settings"])
+        varying = [
+            k
+            for k in cfg["settings"][labels[0]]
+            if len({json.dumps(cfg["settings"][lb][k]) for lb in labels}) > 1
+        ]
+        numeric = len(varying) == 1 and all(
+            isinstance(cfg["settings"][lb][varying[0]], int | float) for lb in labels
+        )
+        xs = (
+            [cfg["settings"][lb][varying[0]] for lb in labels]
+            if numeric
+            else list(range(len(labels)))
+        )
+        fig, ax = plt.subplots(figsize=(6, 3.5))
+        for pair, rows in results["summarization"].items():
+            for name in results["models"]:
+                ys = []
+                for lb in labels:
+                    r = next(r for r in rows if r["system"] == name and r["setting"] == lb)
+                    ys.append(r[metric] if isinstance(r.get(metric), float) else float("nan"))
+                ax.plot(xs, ys, marker="o", label=f"{name} {pair}")
+            for r in rows:
+                if r["kind"] == "baseline" and isinstance(r.get(metric), float):
+                    ax.axhline(r[metric], linestyle="--", linewidth=0.8, color="gray")
+                    ax.annotate(
+                        f"{r['system']} {pair}", (xs[0], r[metric]), fontsize=6, color="gray"
+                    )
+        ax.set_xlabel(varying[0] if numeric else "setting")
+        if not numeric:
+            ax.set_xticks(xs)
+            ax.set_xticklabels(labels, fontsize=6, rotation=20)
+        ax.set_ylabel(LABELS[metric])
+        ax.set_title(f"{LABELS[metric]} per generation setting (dashed: baselines)")
+        ax.legend(fontsize=7, loc="upper left", bbox_to_anchor=(1.01, 1.0))
+        fig.tight_layout()
+        path = out / f"plot_{metric}_by_setting.png"
+        fig.savefig(path, dpi=100, bbox_inches="tight")
+        plt.close(fig)
+        written.append(path.name)
+    return written

@@ -1,0 +1,91 @@
+"""``torch.compile`` for training, as a Lightning callback (no change to module signatures).
+
+From YAML (or ``--trainer.callbacks``)::
+
+    trainer:
+      callbacks:
+        - class_path: lcm.train.compile.CompileModel
+          init_args: {compile: true, mode: null}
+
+The network ``module.objective.model`` is compiled in place with ``nn.Module.compile``: its
+parameters, ``state_dict`` keys and checkpoints stay exactly those of the eager module, and only
+its ``forward`` (what the training loss calls) runs through the compiler. Sampling methods
+(``contextualize``, ``denoise``, ...) stay eager.
+"""
+
+from __future__ import annotations
+
+from typing import Any, Literal
+
+import lightning as L
+from torch import nn
+
+CompileMode = Literal["default", "reduce-overhead", "max-autotune", "max-autotune-no-cudagraphs"]
+
+
+def compile_network(
+    module: Any,
+    *,
+    mode: CompileMode | None = None,
+    dynamic: bool | None = None,
+    fullgraph: bool = False,
+    backend: str = "inductor",
+) -> nn.Module:
+    """Compile ``module.objective.model`` in place (``nn.Module.compile``) and return it.
+
+    Args:
+        module: an object with ``.objective.model`` (an :class:`~lcm.train.module.LCMModule`).
+        mode: ``torch.compile`` mode (None: the default).
+        dynamic: ``torch.compile``'s dynamic-shape setting (None: decide on recompilation).
+        fullgraph: fail on graph breaks instead of falling back to eager around them.
+        backend: ``torch.compile`` backend.
+    """
+    network = module.objective.model
+    if not isinstance(network, nn.Module):
+        raise TypeError(f"module.objective.model is a {type(network).__name__}, not a Module")
+    network.compile(mode=mode, dynamic=dynamic, fullgraph=fullgraph, backend=backend)
+    return network
+
+
+class CompileModel(L.Callback):
+    """Compile the trained network with ``torch.compile`` when training sets up.
+
+    Args:
+        compile: compile (True) or leave eager (False; lets a config switch it off).
+        mode: ``torch.compile`` mode, e.g. ``"max-autotune"`` (None: the default).
+        dynamic: dynamic shapes (None: torch decides after a recompilation).
+        fullgraph: require one graph (error on graph breaks).
+        backend: ``torch.compile`` backend.
+    """
+
+    def __init__(
+        self,
+        compile: bool = True,
+        mode: CompileMode | None = None,
+        dynamic: bool | None = None,
+        fullgraph: bool = False,
+        backend: str = "inductor",
+    ) -> None:
+        super().__init__()
+        self.compile, self.mode, self.dynamic = compile, mode, dynamic
+        self.fullgraph, self.backend = fullgraph, backend
+
+    def setup(self, trainer: L.Trainer, pl_module: L.LightningModule, stage: str) -> None:
+        if self.compile and stage == "fit":
+            compile_network(
+                pl_module,
+                mode=self.mode,
+                dynamic=self.dynamic,
+                fullgraph=self.fullgraph,
+                backend=self.backend,
+            )
+
+
+def compiler_available() -> bool:
+    """Whether inductor can build CPU kernels here (a C++ compiler is found)."""
+    try:
+        from torch._inductor import cpp_builder
+
+        return bool(cpp_builder.get_cpp_compiler())
+    except Exception:  # noqa: BLE001 - any failure means: no toolchain
+        return False

@@ -1,0 +1,142 @@
+"""Two-Tower denoising fast path (timestep/AdaLN table, fused diagonal self-attention, prepared
+weights) against the general path: the same outputs to 1e-5 in fp32."""
+
+from __future__ import annotations
+
+import pytest
+import torch
+
+from diffusion import DDIMScheduler
+from lcm.generation import SamplingConfig, generate, make_step
+from lcm.models import TwoTowerConfig
+from lcm.nn import DenoiserBlock
+from lcm.normalizer import RobustNormalizer
+
+D = 16
+
+
+def _model(seed: int):
+    """A tiny Two-Tower with *every* weight random: the zero-initialized AdaLN would otherwise
+    make each denoiser block the identity and hide any error in the modulation."""
+    torch.manual_seed(seed)
+    model = TwoTowerConfig.from_name("tiny", sonar_dim=D).build().eval()
+    with torch.no_grad():
+        for p in model.parameters():
+            p.normal_(0.0, 0.3 if p.dim() > 1 else 0.1)
+    return model
+
+
+def test_diagonal_self_attention_is_out_v():
+    torch.manual_seed(0)
+    blk = DenoiserBlock(d_model=32, n_heads=4, ffn_dim=64, ffn_multiple_of=16).eval()
+    h = torch.randn(3, 5, 32)
+    diag = torch.eye(5, dtype=torch.bool)
+    general = blk.self_attn(h, attn_mask=diag)  # Q/K projections + SDPA, as in training
+    sa = blk.self_attn
+    direct = sa.out_proj(sa.v_proj(h))
+    fused = blk.prepare(transposed=False).self_ov(h)
+    fused_t = blk.prepare(transposed=True).self_ov(h)
+    torch.testing.assert_close(direct, general, atol=1e-6, rtol=1e-5)
+    torch.testing.assert_close(fused, general, atol=1e-5, rtol=1e-5)
+    torch.testing.assert_close(fused_t, general, atol=1e-5, rtol=1e-5)
+
+
+@pytest.mark.parametrize("transposed", [False, True])
+@pytest.mark.parametrize("diagonal", [False, True])
+def test_denoise_planned_equals_denoise(transposed, diagonal):
+    model = _model(0)
+    B, T = 3, 5
+    x = torch.randn(B, T, D)
+    mask = torch.ones(B, T, dtype=torch.bool)
+    mask[0, :2] = False  # padding
+    x_t = torch.randn(B, 1, D)
+    t = torch.tensor([99, 40, 0])  # per-row timesteps
+    drop = torch.tensor([[False], [True], [False]])
+    with torch.no_grad():
+        ctx = model.contextualize(x, mask)
+        kv = model.precompute_cross_kv(model.shift_context(ctx, include_last=True))
+        ref = model.denoise(x_t, t, mask=mask, drop_context=drop, cross_kv=kv)
+        plan = model.denoiser_plan(100, transposed=transposed, diagonal=diagonal)
+        cmask = model.cross_mask(B, 1, T + 1, mask, drop)
+        got = model.denoise_planned(x_t, t, plan, kv, cmask)
+    assert ref.abs().max() > 0.1  # the random AdaLN makes the blocks non-trivial
+    torch.testing.assert_close(got, ref, atol=1e-5, rtol=1e-5)
+
+
+def test_plan_is_cached_and_refreshed_when_weights_change():
+    model = _model(1)
+    a = model.denoiser_plan(100)
+    assert model.denoiser_plan(100) is a  # reused across concepts, documents and calls
+    with torch.no_grad():
+        model.den_layers[0].modulation.proj.weight.add_(1.0)  # in place, like an optimizer step
+    b = model.denoiser_plan(100)
+    assert b is not a
+    assert not torch.equal(a.modulation[0], b.modulation[0])
+    model.train()
+    with pytest.raises(RuntimeError, match="inference"):
+        model.den_layers[0].forward_prepared(
+            torch.zeros(1, 1, 32), b.modulation[0, :1, None], b.blocks[0], (None, None), None
+        )
+
+
+@pytest.mark.parametrize("seed", [0, 1, 2])
+@pytest.mark.parametrize("guidance", [1.0, 3.0])
+def test_fast_sampler_equals_old_sampler(seed, guidance):
+    model = _model(seed)
+    normalizer = RobustNormalizer.fit(torch.randn(200, D) * 2 + 1)
+    prompts = [torch.randn(3, D), torch.randn(6, D)]  # left padding in the batch
+    sampling = SamplingConfig(num_inference_steps=40, guidance_scale=guidance)
+    outs = []
+    for fast in (False, True):
+        step = make_step(model, scheduler=DDIMScheduler(), sampling=sampling, fast=fast)
+        g = torch.Generator().manual_seed(seed)
+        outs.append(
+            generate(
+                step, prompts, normalizer, max_new_concepts=3, repeat_threshold=2.0, generator=g
+            )
+        )
+    for old, new in zip(outs[0].concepts, outs[1].concepts):
+        assert old.shape == (3, D)
+        assert (new - old).abs().max() <= 1e-5 * max(1.0, old.abs().max().item())
+
+
+def test_kv_cache_query_without_update_uses_spare_room():
+    from lcm.nn import LayerKVCache
+
+    cache = LayerKVCache()
+    k = torch.randn(2, 3, 5, 4)
+    cache.extend(k, k + 1)
+    q1 = torch.randn(2, 3, 1, 4)
+    ks, vs = cache.extend(q1, q1 + 1, update=False)
+    assert cache.length == 5 and ks.shape == (2, 3, 6, 4)
+    torch.testing.assert_close(ks, torch.cat((k, q1), 2), atol=0, rtol=0)
+    torch.testing.assert_close(vs, torch.cat((k + 1, q1 + 1), 2), atol=0, rtol=0)
+    new = torch.randn(2, 3, 1, 4)
+    ks, _ = cache.extend(new, new)  # overwrites the query slot
+    torch.testing.assert_close(ks, torch.cat((k, new), 2), atol=0, rtol=0)
+    full = LayerKVCache()
+    full.extend(torch.randn(1, 1, 16, 2), torch.randn(1, 1, 16, 2))  # capacity exactly used?
+    ks, _ = full.extend(torch.ones(1, 1, 1, 2), torch.ones(1, 1, 1, 2), update=False)
+    assert ks.shape == (1, 1, 17, 2) and full.length == 16
+
+
+@pytest.mark.parametrize("guidance", [1.0, 3.0])
+def test_objective_sampling_fast_equals_general(guidance):
+    from lcm.objectives import TwoTowerDiffusion
+
+    model = _model(3)
+    obj = TwoTowerDiffusion(model)
+    x = torch.randn(2, 5, D)
+    mask = torch.ones(2, 5, dtype=torch.bool)
+    mask[1, 3:] = False  # right padding, as in training batches
+    batch = {"x": x, "mask": mask}
+    kw = dict(guidance_scale=guidance, num_inference_steps=10)
+    outs = {}
+    for fast in (False, True):
+        obj.fast_sampling = fast
+        outs[fast] = (
+            obj.predict_all(batch, torch.Generator().manual_seed(0), **kw),
+            obj.predict_next(x, mask, torch.Generator().manual_seed(0), **kw),
+        )
+    for a, b in zip(outs[False], outs[True]):
+        torch.testing.assert_close(b, a, atol=1e-5, rtol=1e-5)
