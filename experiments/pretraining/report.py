@@ -371,7 +371,7 @@ def train_family(family: str, p: Preset, train_dir: str, root: Path, quiet: bool
     return ckpt
 
 
-@torch.inference_mode()
+@torch.no_grad()  # not inference_mode: Two-Tower's denoiser plan reads parameter versions
 def model_predictions(ckpt: Path, es: EvalSet, batch_windows: int = 32) -> Tensor:
     """Teacher-forced predictions (B, T, D) in raw space: ``pred[:, n]`` from ``x[:, :n]``."""
     from lcm.train.module import load_module
