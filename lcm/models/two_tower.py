@@ -255,9 +255,15 @@ class TwoTowerLCM(ConceptNetwork):
 
     def _denoiser_signature(self) -> tuple:
         """Identity and in-place version of every weight a plan copies: an optimizer step or a
-        `load_state_dict` bumps a version, which invalidates the cached plans."""
+        `load_state_dict` bumps a version, which invalidates the cached plans. Weights made
+        under `torch.inference_mode` have no version counter and cannot change in place
+        afterwards, so their identity alone is their signature."""
         mods = (self.time_embed, self.den_prenet, self.den_postnet, self.den_layers)
-        return tuple((p.data_ptr(), p._version) for m in mods for p in m.parameters())
+        return tuple(
+            (p.data_ptr(), -1 if p.is_inference() else p._version)
+            for m in mods
+            for p in m.parameters()
+        )
 
     @torch.no_grad()
     def denoiser_plan(
