@@ -12,7 +12,8 @@ numbers from one run only.
 
 ``--compile``: each family/preset also runs with the network compiled the way training compiles
 it (:func:`lcm.train.compile.compile_network`, ``torch.compile`` through ``nn.Module.compile``),
-after its compilation warm-up, and prints the compiled/eager step-time ratio and the two losses.
+after its compilation warm-up, steps alternating with the eager run's, and prints the
+compiled/eager step-time ratio and the largest loss difference over the steps.
 """
 
 from __future__ import annotations
@@ -42,52 +43,73 @@ OBJECTIVES = {
 }
 
 
-def run(family: str, preset: str, args, compiled: bool = False) -> tuple[str, float, float]:
-    """(report line, median step seconds, first measured loss)."""
-    dev = torch.device(args.device)
-    cfg = FAMILIES[family].from_name(preset, sonar_dim=args.sonar_dim)
-    torch.manual_seed(0)
-    model = cfg.build(device=dev)
-    objective = OBJECTIVES[family](model).to(dev)
-    if compiled:
-        compile_network(SimpleNamespace(objective=objective), dynamic=False)
-    opt = torch.optim.AdamW(objective.parameters(), lr=1e-4, fused=dev.type == "cuda")
-    B, T, D = args.batch, args.seq, args.sonar_dim
-    x = torch.randn(B, T, D, device=dev, generator=torch.Generator().manual_seed(1))
-    mask = torch.ones(B, T, dtype=torch.bool, device=dev)
-    batch = {"x": x, "mask": mask, "loss_mask": mask}
-    dtype = torch.bfloat16 if args.precision == "bf16" else None
-    times, losses = [], []
-    if dev.type == "cuda":
-        torch.cuda.reset_peak_memory_stats()
-    for i in range(args.warmup + args.steps):
+class Runner:
+    """One network, its objective and optimizer; ``step(i)`` times one optimizer step."""
+
+    def __init__(self, family: str, preset: str, args, compiled: bool = False) -> None:
+        self.dev = dev = torch.device(args.device)
+        cfg = FAMILIES[family].from_name(preset, sonar_dim=args.sonar_dim)
+        torch.manual_seed(0)
+        self.model = cfg.build(device=dev)
+        self.objective = OBJECTIVES[family](self.model).to(dev)
+        self.compiled = compiled
+        if compiled:
+            compile_network(SimpleNamespace(objective=self.objective), dynamic=False)
+        self.opt = torch.optim.AdamW(self.objective.parameters(), lr=1e-4, fused=dev.type == "cuda")
+        B, T, D = args.batch, args.seq, args.sonar_dim
+        x = torch.randn(B, T, D, device=dev, generator=torch.Generator().manual_seed(1))
+        mask = torch.ones(B, T, dtype=torch.bool, device=dev)
+        self.batch = {"x": x, "mask": mask, "loss_mask": mask}
+        self.dtype = torch.bfloat16 if args.precision == "bf16" else None
+        self.times: list[float] = []
+        self.losses: list[float] = []
+
+    def step(self, i: int, timed: bool) -> None:
+        dev = self.dev
         t0 = time.perf_counter()
-        with torch.autocast(dev.type, dtype=dtype, enabled=dtype is not None):
-            loss = objective.loss(batch, torch.Generator(dev).manual_seed(i)).loss
-        losses.append(loss.item())
+        with torch.autocast(dev.type, dtype=self.dtype, enabled=self.dtype is not None):
+            loss = self.objective.loss(self.batch, torch.Generator(dev).manual_seed(i)).loss
+        self.losses.append(loss.item())
         loss.backward()
-        opt.step()
-        opt.zero_grad(set_to_none=True)
+        self.opt.step()
+        self.opt.zero_grad(set_to_none=True)
         if dev.type == "cuda":
             torch.cuda.synchronize()
-        if i >= args.warmup:
-            times.append(time.perf_counter() - t0)
-    step = statistics.median(times)
-    n_params = sum(p.numel() for p in model.parameters())
-    concepts_s = B * T / step
-    if dev.type == "cuda":
-        peak = torch.cuda.max_memory_allocated() / 2**30
-        mfu = 6 * n_params * concepts_s / (args.peak_tflops * 1e12)
-        extra = f"peak GPU mem {peak:6.2f} GiB  MFU {100 * mfu:5.1f}%"
-    else:
-        rss = resource.getrusage(resource.RUSAGE_SELF).ru_maxrss / 2**20  # KiB -> GiB
-        extra = f"peak process RSS {rss:6.2f} GiB"
-    line = (
-        f"{family:10s} {preset:6s} {'compiled' if compiled else 'eager':8s} "
-        f"{n_params / 1e6:9.2f}M params  {1000 * step:8.1f} ms/step"
-        f"  {concepts_s:9.1f} concepts/s  {extra}"
-    )
-    return line, step, losses[0]
+        if timed:
+            self.times.append(time.perf_counter() - t0)
+
+
+def run(family: str, preset: str, args) -> list[tuple[str, Runner]]:
+    """Eager (and, with --compile, compiled) runs of one family/preset; their steps alternate,
+    so load swings on a shared machine hit both alike."""
+    runners = [Runner(family, preset, args)]
+    if args.compile:
+        runners.append(Runner(family, preset, args, compiled=True))
+    if args.device == "cuda":
+        torch.cuda.reset_peak_memory_stats()
+    for i in range(args.warmup + args.steps):
+        for r in runners if i % 2 == 0 else runners[::-1]:
+            r.step(i, timed=i >= args.warmup)
+    out = []
+    B, T = args.batch, args.seq
+    for r in runners:
+        step = statistics.median(r.times)
+        n_params = sum(p.numel() for p in r.model.parameters())
+        concepts_s = B * T / step
+        if r.dev.type == "cuda":
+            peak = torch.cuda.max_memory_allocated() / 2**30
+            mfu = 6 * n_params * concepts_s / (args.peak_tflops * 1e12)
+            extra = f"peak GPU mem {peak:6.2f} GiB  MFU {100 * mfu:5.1f}%"
+        else:
+            rss = resource.getrusage(resource.RUSAGE_SELF).ru_maxrss / 2**20  # KiB -> GiB
+            extra = f"peak process RSS {rss:6.2f} GiB"
+        line = (
+            f"{family:10s} {preset:6s} {'compiled' if r.compiled else 'eager':8s} "
+            f"{n_params / 1e6:9.2f}M params  {1000 * step:8.1f} ms/step"
+            f"  {concepts_s:9.1f} concepts/s  {extra}"
+        )
+        out.append((line, r))
+    return out
 
 
 def main() -> None:
@@ -114,14 +136,16 @@ def main() -> None:
     )
     for preset in args.presets.split(","):
         for family in args.families.split(","):
-            line, eager, loss = run(family, preset, args)
-            print(line, flush=True)
-            if args.compile:
-                line, comp, loss_c = run(family, preset, args, compiled=True)
+            results = run(family, preset, args)
+            for line, _ in results:
                 print(line, flush=True)
+            if args.compile:
+                (_, eager), (_, comp) = results
+                ratio = statistics.median(eager.times) / statistics.median(comp.times)
                 print(
-                    f"{'':17s} compiled speed-up {eager / comp:5.2f}x  first loss eager "
-                    f"{loss:.6f} compiled {loss_c:.6f}",
+                    f"{'':17s} compiled speed-up {ratio:5.2f}x  losses equal to "
+                    f"{max(abs(a - b) for a, b in zip(eager.losses, comp.losses)):.1e} "
+                    f"over {len(eager.losses)} steps",
                     flush=True,
                 )
 

@@ -19,7 +19,7 @@ import math
 from collections.abc import Sequence
 from dataclasses import dataclass
 from pathlib import Path
-from typing import Any
+from typing import Any, Literal
 
 import torch
 
@@ -47,6 +47,8 @@ class Settings:
             checkpoint's).
         guidance_rescale: diffusion: guidance rescale phi in [0, 1] (default: the checkpoint's).
         init_noise_scale: diffusion: std of the initial noise (default: the checkpoint's).
+        solver: diffusion: ``ddim`` or ``dpmsolver++`` (DPM-Solver++(2M), fewer steps for the
+            same sample; default: the checkpoint's).
         seed: seeds every random draw (diffusion noise, refiner initial state, code sampling);
             the same seed gives the same output.
         use_cache: KV-cache the context across generated concepts.
@@ -71,6 +73,7 @@ class Settings:
     guidance_scale: float | None = None
     guidance_rescale: float | None = None
     init_noise_scale: float | None = None
+    solver: Literal["ddim", "dpmsolver++"] | None = None
     seed: int = 0
     use_cache: bool = True
     num_iterations: int | None = None
@@ -116,6 +119,8 @@ class Settings:
                 lo = f"> {low}" if open_low else f">= {low}"
                 rng = lo if high is None else f"{lo} and <= {high}"
                 raise ValueError(f"generation setting {name} must be {rng}, got {value!r}")
+        if self.solver not in (None, "ddim", "dpmsolver++"):
+            raise ValueError(f"solver must be 'ddim' or 'dpmsolver++', got {self.solver!r}")
         if self.min_new_concepts > self.max_new_concepts:
             raise ValueError(
                 f"min_new_concepts ({self.min_new_concepts}) exceeds max_new_concepts "
@@ -257,21 +262,28 @@ class ConceptModel:
         total = len(recorded_shards(shard_dir))
         with Progress("bank", total, "shards", progress, prefix="lcm load") as bar:
             for _, table in iter_shard_tables(shard_dir, level="quick"):
-                langs = table.column("lang").to_pylist()
+                langs = np.asarray(table.column("lang").to_pylist(), dtype=object)
                 for name in table.column_names:
                     if not name.endswith("_sentences"):
                         continue
                     field = name[: -len("_sentences")]
                     if fields is not None and field not in fields:
                         continue
-                    sents = table.column(name).to_pylist()
-                    vecs = table.column(f"{field}_embeddings").to_pylist()
-                    for lang, s, v in zip(langs, sents, vecs):
-                        keep = [i for i, x in enumerate(s) if x != self.end_of_text]
-                        if keep:
-                            x = torch.from_numpy(np.asarray([v[i] for i in keep], np.float32))
-                            self.codec.bank.add([s[i] for i in keep], x, lang)
-                            n += len(keep)
+                    # Flat (sentences, D) arrays straight from Arrow, one bank call per language.
+                    sents_col = table.column(name).combine_chunks()
+                    sents = np.asarray(sents_col.flatten().to_pylist(), dtype=object)
+                    per_doc = np.diff(sents_col.offsets.to_numpy())
+                    vecs_col = table.column(f"{field}_embeddings").combine_chunks()
+                    vecs = vecs_col.flatten().flatten().to_numpy(zero_copy_only=False)
+                    vecs = vecs.astype(np.float32).reshape(len(sents), -1)
+                    lang_of = np.repeat(langs, per_doc)
+                    keep = sents != self.end_of_text
+                    for lang in dict.fromkeys(langs.tolist()):
+                        rows = np.flatnonzero(keep & (lang_of == lang))
+                        if len(rows):
+                            x = torch.from_numpy(vecs[rows])
+                            self.codec.bank.add(sents[rows].tolist(), x, lang)
+                            n += len(rows)
                 bar.update(1)
         return n
 
@@ -423,6 +435,7 @@ def generation_options(s: Settings) -> dict[str, Any]:
             guidance_scale=s.guidance_scale,
             guidance_rescale=s.guidance_rescale,
             init_noise_scale=s.init_noise_scale,
+            solver=s.solver,
         ),
         use_cache=s.use_cache,
         num_iterations=s.num_iterations,

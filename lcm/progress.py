@@ -26,7 +26,8 @@ from typing import TextIO
 DEFAULT_INTERVAL = 30.0
 
 
-def _clock(seconds: float) -> str:
+def clock(seconds: float) -> str:
+    """``H:MM:SS`` of a duration (negative counts as 0)."""
     return str(timedelta(seconds=int(max(seconds, 0))))
 
 
@@ -90,11 +91,11 @@ class Progress:
         count = f"{self.n}/{self.total}" if self.total is not None else f"{self.n}"
         text = (
             f"{self.prefix} {self.stage}: {count} {self.unit}, {rate:.1f} {self.unit}/s, "
-            f"elapsed {_clock(elapsed)}"
+            f"elapsed {clock(elapsed)}"
         )
         if self.total is not None:
             eta = (self.total - self.n) / rate if rate > 0 else None
-            text += f", ETA {_clock(eta) if eta is not None else '?'}"
+            text += f", ETA {clock(eta) if eta is not None else '?'}"
         return text
 
     def _emit(self) -> None:

@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import json
+from pathlib import Path
 
 import pytest
 import torch
@@ -156,6 +157,12 @@ def test_checkpoint_sampling_settings_reach_the_api_and_the_cli(tmp_path):
         model.module.eval_objective(), **generation_options(Settings(guidance_scale=2))
     )
     assert (over.sampling.num_inference_steps, over.sampling.guidance_scale) == (3, 2.0)
+    fast = make_step(
+        model.module.eval_objective(), **generation_options(Settings(solver="dpmsolver++"))
+    )
+    assert fast.sampling.solver == "dpmsolver++" and step.sampling.solver == "ddim"
+    with pytest.raises(ValueError, match="solver must be"):
+        Settings(solver="euler")
 
     doc, kw = ["Token 3 is here. Token 16 is here."], dict(max_new_concepts=2, seed=4)
     default = model.predict_concepts(doc, "eng_Latn", **kw).concepts[0]
@@ -322,3 +329,35 @@ def test_a_sentence_decoded_twice_in_a_row_ends_the_document(model, monkeypatch)
     assert out.stop_reasons == ["repetition", "max_length"]
     assert len(out.concepts[0]) == 1 and out.extras["exit_step"][0].tolist() == [1]
     assert len(out.concepts[1]) == 2
+
+
+def test_the_retrieval_bank_holds_every_target_sentence_once(sft_ckpt):
+    """Loading a summarizer with a retrieval codec fills its bank from the training shards'
+    summary field: every distinct summary sentence once, in its document's language."""
+    import pyarrow.parquet as pq
+
+    from encoders.retrieval import RetrievalBank
+    from lcm.train.module import read_checkpoint
+
+    class Retrieving(HashCodec):
+        def __init__(self):
+            super().__init__()
+            self.bank = RetrievalBank(self.dim)
+
+        def decode(self, vectors, lang):
+            return [found[0] for found in self.bank.search(vectors, lang)[1]]
+
+    model = ConceptModel.load(sft_ckpt, codec=Retrieving())
+    shards = read_checkpoint(sft_ckpt)["lcm_data"]["data_dir"]
+    want: dict[str, set[str]] = {}
+    for path in sorted((Path(shards) / "shards").glob("*.parquet")):
+        for row in pq.read_table(path).to_pylist():
+            want.setdefault(row["lang"], set()).update(
+                s for s in row["summary_sentences"] if s != model.end_of_text
+            )
+    bank = model.codec.bank
+    assert {k: set(v) for k, v in bank._sentences.items()} == want
+    assert len(bank) == sum(len(v) for v in want.values())
+    lang, sents = next(iter(want.items()))
+    s = sorted(sents)[0]
+    assert model.codec.decode(HashCodec().encode([s], lang), lang) == [s]

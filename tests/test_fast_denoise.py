@@ -140,3 +140,20 @@ def test_objective_sampling_fast_equals_general(guidance):
         )
     for a, b in zip(outs[False], outs[True]):
         torch.testing.assert_close(b, a, atol=1e-5, rtol=1e-5)
+
+
+def test_a_model_built_under_inference_mode_samples_with_the_fast_path():
+    """Weights created under torch.inference_mode have no version counter; the plan cache
+    must still work (it keys on their identity)."""
+    from lcm.models import TwoTowerConfig
+    from lcm.objectives import TwoTowerDiffusion
+
+    torch.manual_seed(0)
+    with torch.inference_mode():
+        obj = TwoTowerDiffusion(TwoTowerConfig.from_name("tiny", sonar_dim=16).build()).eval()
+        x, mask = torch.randn(2, 5, 16), torch.ones(2, 5, dtype=torch.bool)
+        g = torch.Generator().manual_seed(1)
+        a = obj.predict_all({"x": x, "mask": mask}, g, num_inference_steps=3)
+        b = obj.predict_all({"x": x, "mask": mask}, torch.Generator().manual_seed(1),
+                            num_inference_steps=3)  # fmt: skip
+    assert a.shape == (2, 5, 16) and torch.equal(a, b)

@@ -371,7 +371,7 @@ def train_family(family: str, p: Preset, train_dir: str, root: Path, quiet: bool
     return ckpt
 
 
-@torch.inference_mode()
+@torch.no_grad()  # not inference_mode: Two-Tower's denoiser plan reads parameter versions
 def model_predictions(ckpt: Path, es: EvalSet, batch_windows: int = 32) -> Tensor:
     """Teacher-forced predictions (B, T, D) in raw space: ``pred[:, n]`` from ``x[:, :n]``."""
     from lcm.train.module import load_module
@@ -635,10 +635,16 @@ def main(argv: list[str] | None = None) -> dict:
     ap.add_argument("--out_dir", default="reports/pretraining")
     ap.add_argument("--steps", type=int, default=None, help="override the preset's steps")
     ap.add_argument("--train_dir", default=None, help="override the preset's training shards")
+    ap.add_argument("--families", default=None, help="comma-separated subset, e.g. base_lcm")
     args = ap.parse_args(argv)
     p = PRESETS[args.preset]
     if args.steps is not None:
         p = replace(p, steps=args.steps)
+    if args.families is not None:
+        unknown = set(args.families.split(",")) - set(FAMILIES)
+        if unknown:
+            raise SystemExit(f"unknown families {sorted(unknown)}; known: {list(FAMILIES)}")
+        p = replace(p, families=tuple(args.families.split(",")))
     if args.train_dir is not None:
         p = replace(p, train_dir=args.train_dir)
     res = run_report(p, args.out_dir, args.preset)

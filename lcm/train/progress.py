@@ -15,12 +15,7 @@ from typing import Any
 import lightning as L
 from lightning.pytorch.callbacks import Callback, RichProgressBar
 
-
-def _duration(seconds: float) -> str:
-    seconds = int(max(0, seconds))
-    h, rest = divmod(seconds, 3600)
-    m, s = divmod(rest, 60)
-    return f"{h}h{m:02d}m" if h else f"{m}m{s:02d}s"
+from lcm.progress import clock
 
 
 class StepProgressBar(RichProgressBar):
@@ -71,7 +66,7 @@ class LogProgress(Callback):
         parts = [f"[lcm fit] step {step}"]
         if total and total > 0:
             parts[0] += f"/{total} ({100 * step / total:.0f}%)"
-            parts.append(f"ETA {_duration((total - step) / rate) if rate > 0 else '?'}")
+            parts.append(f"ETA {clock((total - step) / rate) if rate > 0 else '?'}")
         parts.insert(1, f"{rate:.2f} steps/s")
         loss = trainer.callback_metrics.get("train/loss")
         if loss is not None:
@@ -87,4 +82,4 @@ class LogProgress(Callback):
 
     def on_train_end(self, trainer: L.Trainer, pl_module: L.LightningModule) -> None:
         elapsed = time.monotonic() - self._start
-        self._write(f"[lcm fit] done at step {trainer.global_step} in {_duration(elapsed)}")
+        self._write(f"[lcm fit] done at step {trainer.global_step} in {clock(elapsed)}")
