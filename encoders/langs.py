@@ -251,9 +251,9 @@ E5_LANGS: tuple[str, ...] = tuple(
             "mkd_Cyrl", "mal_Mlym", "khk_Cyrl", "mar_Deva", "zsm_Latn", "mya_Mymr", "npi_Deva",
             "nld_Latn", "nob_Latn", "gaz_Latn", "ory_Orya", "pan_Guru", "pol_Latn", "pbt_Arab",
             "por_Latn", "ron_Latn", "rus_Cyrl", "san_Deva", "snd_Arab", "sin_Sinh", "slk_Latn",
-            "slv_Latn", "som_Latn", "spa_Latn", "srp_Cyrl", "sun_Latn", "swe_Latn", "swh_Latn", "tam_Taml",
-            "tel_Telu", "tha_Thai", "tgl_Latn", "tur_Latn", "uig_Arab", "ukr_Cyrl", "urd_Arab",
-            "uzn_Latn", "vie_Latn", "xho_Latn", "ydd_Hebr", "zho_Hans", "zho_Hant",
+            "slv_Latn", "som_Latn", "spa_Latn", "srp_Cyrl", "sun_Latn", "swe_Latn", "swh_Latn",
+            "tam_Taml", "tel_Telu", "tha_Thai", "tgl_Latn", "tur_Latn", "uig_Arab", "ukr_Cyrl",
+            "urd_Arab", "uzn_Latn", "vie_Latn", "xho_Latn", "ydd_Hebr", "zho_Hans", "zho_Hant",
         }
     )
 )  # fmt: skip
