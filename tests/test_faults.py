@@ -593,13 +593,15 @@ def test_kill_at_random_points_then_rerun_gives_identical_shards(kill_corpus, tm
     assert not list((out / "shards").glob(".*.tmp"))  # the killed run's partial file is gone
 
 
-def _slow_fit_in_child(shards: Path, root: Path, steps: int, every: int) -> None:
+def _slow_fit_in_child(shards: Path, root: Path, steps: int, every: int, hold: int) -> None:
     from lcm.train.module import LCMModule
 
     original = LCMModule.training_step
 
     def slow_step(self, batch, batch_idx):  # room for a kill between checkpoints
-        time.sleep(0.1)
+        # Once the checkpoint of step `hold` is written, wait for the kill: the parent's
+        # polling can never be outrun by a fast machine.
+        time.sleep(60 if self.trainer.global_step >= hold else 0.1)
         return original(self, batch, batch_idx)
 
     LCMModule.training_step = slow_step  # only in this forked child
@@ -620,11 +622,12 @@ def test_kill_fit_then_resume_gives_identical_weights(prepared, tmp_path, _plain
     straight = torch.load(_fit(prepared, tmp_path / "a", 16, 2), weights_only=False)
     root = tmp_path / "b"
     last = root / "checkpoints" / "last.ckpt"
+    want = random.Random(0).randint(4, 12)
+    hold = -(-want // 2) * 2  # the first checkpoint (every 2 steps) at or after `want`
     proc = multiprocessing.get_context("fork").Process(
-        target=_slow_fit_in_child, args=(prepared, root, 16, 2), daemon=True
+        target=_slow_fit_in_child, args=(prepared, root, 16, 2, hold), daemon=True
     )
     proc.start()
-    want = random.Random(0).randint(4, 12)
     deadline = time.time() + 60
     while not last.exists() or torch.load(last, weights_only=False)["global_step"] < want:
         assert proc.is_alive() and time.time() < deadline, f"exit code {proc.exitcode}"
