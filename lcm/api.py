@@ -397,8 +397,9 @@ class ConceptModel:
         target_lang = target_lang or source_lang
         self.codec.validate_lang(target_lang, "target_lang")
         single = isinstance(text, str)
-        docs = [text] if single else _documents(text)
-        out = self.predict_concepts(docs, source_lang, _with(settings, overrides), separator)
+        # predict_concepts checks every document (with its index) and the settings
+        out = self.predict_concepts([text] if single else text, source_lang, settings, separator,
+                                    **overrides)  # fmt: skip
         texts = self._render(out, target_lang)
         return texts[0] if single else texts
 

@@ -45,6 +45,7 @@ from torchmetrics import MeanMetric
 from diffusion import DDIMScheduler, PredictionType, ScheduleName, TimestepSpacing
 from lcm.metrics import sequence_contrastive_accuracy
 from lcm.models import (
+    FAMILIES,
     BaseLCMConfig,
     OneTowerConfig,
     QuantLCMConfig,
@@ -72,13 +73,7 @@ from lcm.train.optim import DEFAULT_OPTIM, EMA, OptimConfig, adamw_warmup_cosine
 T = TypeVar("T")
 
 #: Each family's default architecture: its ``tiny`` preset (CPU tests and the quickstart).
-TINY = {
-    "base_lcm": BaseLCMConfig.from_name("tiny"),
-    "two_tower": TwoTowerConfig.from_name("tiny"),
-    "one_tower": OneTowerConfig.from_name("tiny"),
-    "refiner": RefinerConfig.from_name("tiny"),
-    "quant_lcm": QuantLCMConfig.from_name("tiny"),
-}
+TINY = {name: config_cls.from_name("tiny") for name, config_cls in FAMILIES.items()}
 #: The paper's inference settings (section 2.3.5), the diffusion families' default.
 PAPER_SAMPLING = SamplingConfig()
 
