@@ -13,7 +13,6 @@ from pathlib import Path
 from typing import Any
 
 from encoders.langs import SONAR_LANGS, validate_lang
-from eval.names import FLORES_CODE
 
 
 # ---------------------------------------------------------------------------------------------
@@ -28,6 +27,9 @@ class Row:
     text: str
     summary: str
     where: str  # "<file> row <i>"
+
+
+_FLORES_CODE = re.compile(r"^[a-z]{3}_[A-Z][a-z]{3}$")
 
 
 @dataclass(frozen=True)
@@ -56,7 +58,7 @@ def _split_data_entry(entry: str) -> tuple[str, str | None]:
     """``path`` or ``LANG=path`` -> (path, LANG or None)."""
     if "=" in entry and not Path(entry).exists():
         code, path = entry.split("=", 1)
-        if FLORES_CODE.match(code) or "/" not in code:
+        if _FLORES_CODE.match(code) or "/" not in code:
             return path, validate_lang(code, SONAR_LANGS, f"data entry {entry!r}")
     return entry, None
 

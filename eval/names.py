@@ -2,8 +2,6 @@
 
 from __future__ import annotations
 
-import re
-
 #: Per-document summarization metrics; ``length`` gives ``words`` and ``sentences``.
 TEXT_METRICS = ("rouge_l", "ovl3", "rep4", "length")
 #: Model-scored metrics, reported "missing" when their model is not available locally.
@@ -32,4 +30,3 @@ LABELS = {
 #: Metrics drawn in the plots.
 PLOT_METRICS = ("rouge_l", "ovl3", "rep4", "words")
 RECORDS = "documents.jsonl"
-FLORES_CODE = re.compile(r"^[a-z]{3}_[A-Z][a-z]{3}$")
