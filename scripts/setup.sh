@@ -15,6 +15,9 @@ if [ ! -f "$STAMP" ] || [ "$(cat "$STAMP")" != "$WANT" ]; then
   # One pip run resolves the whole pinned set (torch 2.9.1 + fairseq2n 0.8.1 must match).
   "$VENV/bin/python" -m pip install --quiet --disable-pip-version-check -e "$ROOT[dev]"
   echo "$WANT" > "$STAMP"
+  # `lcm <command> --help` then answers from a cache instead of importing torch/Lightning.
+  "$VENV/bin/lcm" --build-help-cache >/dev/null \
+    || echo "[setup] help cache not built; lcm <command> --help builds it on first use" >&2
   echo "[setup] done in $(( $(date +%s) - start ))s" >&2
 fi
 
