@@ -62,6 +62,7 @@ DENOISER_VARIANTS = {
     "+ timestep/AdaLN table": dict(fast_options=dict(diagonal=False, transposed=False)),
     "+ fused diagonal attn": dict(fast_options=dict(diagonal=True, transposed=False)),
     "+ (in, out) weights": dict(fast_options=dict(diagonal=True, transposed=True)),
+    "+ torch.compile": dict(fast_options=dict(diagonal=True, transposed=True), compile=True),
 }
 
 
@@ -81,10 +82,18 @@ def bench_denoiser(args, dev: torch.device) -> None:
         if "fast_options" in kw:
             model.denoiser_plan(100, **kw["fast_options"])
     print(f"plans (all variants) built once in {time.perf_counter() - t0:.2f} s")
-    times: dict[str, list[float]] = {k: [] for k in DENOISER_VARIANTS}
+    variants = dict(DENOISER_VARIANTS)
+    if not args.compile:
+        variants.pop("+ torch.compile")
+    else:  # compile outside the timed rounds (the first call compiles)
+        t0 = time.perf_counter()
+        step = make_step(model, sampling=sampling, **variants["+ torch.compile"])
+        generate(step, prompts, norm, max_new_concepts=args.new, repeat_threshold=2.0)
+        print(f"torch.compile of the fast denoiser: {time.perf_counter() - t0:.1f} s")
+    times: dict[str, list[float]] = {k: [] for k in variants}
     outs: dict[str, torch.Tensor] = {}
     for r in range(args.repeats + 1):  # round 0 is a warm-up
-        for name, kw in DENOISER_VARIANTS.items():
+        for name, kw in variants.items():
             step = make_step(model, sampling=sampling, **kw)
             g = torch.Generator(device=dev).manual_seed(0)
             t0 = time.perf_counter()
@@ -96,7 +105,7 @@ def bench_denoiser(args, dev: torch.device) -> None:
             if r:
                 times[name].append(time.perf_counter() - t0)
             outs[name] = torch.cat(out.concepts)
-    base_name = next(iter(DENOISER_VARIANTS))
+    base_name = next(iter(variants))
     base = statistics.median(times[base_name])
     print(
         f"Two-Tower {args.preset}, batch {args.batch}, {args.steps} DDIM steps, guidance "
@@ -124,6 +133,7 @@ def main(
     repeats: int = 2,
     threads: int = 0,
     two_tower_denoiser: bool = False,
+    compile: bool = False,
     steps: int = 40,
     guidance: float = 3.0,
 ) -> None:
@@ -140,6 +150,8 @@ def main(
         threads: torch threads (0: torch's default).
         two_tower_denoiser: instead, time the Two-Tower denoiser's old path against each
             addition of the fast path, cumulatively.
+        compile: with ``two_tower_denoiser``, also time the fast path through
+            ``torch.compile`` (compiled before the timed rounds).
         steps: DDIM steps (``two_tower_denoiser``).
         guidance: classifier-free guidance scale (``two_tower_denoiser``).
     """
