@@ -17,6 +17,12 @@ Data: jsonl/json, parquet or csv files with a document, a summary, an id and a l
 (names configurable; a file without a language field is given one as ``LANG=path``). A pair
 ``A->B`` takes the documents in A and the references in B with the same id, so a cross-lingual
 pair needs parallel files (the shipped :mod:`eval.data` Debian slice is parallel in en, fr, de).
+``pairs=["all"]`` asks for every source x target of the data.
+
+Codecs that decode by retrieval (USE-m, e5, MiniLM) write language B from a bank of B sentences:
+``banks=["fra_Latn=fr.jsonl", ...]`` adds one per target language (:mod:`eval.banks`: language
+checked, evaluated references left out and counted); a pair whose target has no bank stops the
+run (or is listed as not run for the default pairs). Each model also gets the ``doc-mean`` floor.
 
 Outputs in ``out_dir``:
 
