@@ -580,7 +580,7 @@ def _run_summaries(sc: _Scoring, model, name, p: Pair, docs, label, settings, ba
     bar = tqdm(total=len(docs), desc=f"{name} {p.label} {label}", disable=not sc.progress)
     for start in range(0, len(docs), batch_size):
         chunk = docs[start : start + batch_size]
-        # a document's output depends on its batch (padding, the shared noise generator)
+        # a batch is the unit of work and of reuse (its padding can move the last float bits)
         ctx = sha("model", *base_ctx, dataclasses.asdict(settings), [r.id for r, _ in chunk])
         todo = []
         for j, (row, ref) in enumerate(chunk):
