@@ -83,6 +83,7 @@ from eval.names import (
 from eval.records import RecordStore
 from eval.report import aggregate, render_report, write_plots
 from eval.text_eval import ModelMetrics, make_record, score_batch
+from lcm.progress import Progress
 
 
 # ---------------------------------------------------------------------------------------------
@@ -540,15 +541,13 @@ def _run_baselines(sc: _Scoring, p: Pair, docs, base_specs, baseline_seed: int) 
 
 def _run_codec_check(sc: _Scoring, model, name: str, p: Pair, docs, base_ctx) -> None:
     """Encode each reference summary in the source language, decode it in the target one."""
-    from tqdm.auto import tqdm
-
     ctx = sha("codec", *base_ctx)
     todo = []
     for row, ref in docs:
         key = sc.store.key("codec", name, p.label, "-", row.id)
         if sc.store.get(key, ctx, sha(row.summary, ref)) is None:
             todo.append((key, row, ref))
-    bar = tqdm(total=len(todo), desc=f"codec {name} {p.label}", disable=not sc.progress or not todo)
+    bar = _bar(f"codec {name} {p.label}", len(todo), sc.progress and bool(todo))
     for s in range(0, len(todo), 64):
         chunk = todo[s : s + 64]
         vectors = model.codec.encode([row.summary for _, row, _ in chunk], p.src)  # (b, D)
@@ -566,15 +565,13 @@ def _run_codec_check(sc: _Scoring, model, name: str, p: Pair, docs, base_ctx) ->
 
 def _run_doc_mean(sc: _Scoring, model, system: str, p: Pair, docs, batch_size, base_ctx) -> None:
     """The floor ``doc-mean``: each document's mean concept, decoded in the target language."""
-    from tqdm.auto import tqdm
-
     ctx = sha("doc-mean", *base_ctx)
     todo = []
     for row, ref in docs:
         key = sc.store.key("floor", system, p.label, "-", row.id)
         if sc.store.get(key, ctx, sha(row.text, ref), sc.need) is None:
             todo.append((key, row, ref))
-    bar = tqdm(total=len(todo), desc=f"{system} {p.label}", disable=not sc.progress or not todo)
+    bar = _bar(f"{system} {p.label}", len(todo), sc.progress and bool(todo))
     for s in range(0, len(todo), batch_size):
         chunk = todo[s : s + batch_size]
         sents = [model.splitter.split(row.text, p.src) for _, row, _ in chunk]
@@ -612,9 +609,7 @@ def _run_doc_mean(sc: _Scoring, model, system: str, p: Pair, docs, batch_size, b
 def _run_summaries(sc: _Scoring, model, name, p: Pair, docs, label, settings, batch_size,
                    base_ctx) -> None:  # fmt: skip
     """Summarize ``docs`` in fixed batches; a batch is generated when any member is missing."""
-    from tqdm.auto import tqdm
-
-    bar = tqdm(total=len(docs), desc=f"{name} {p.label} {label}", disable=not sc.progress)
+    bar = _bar(f"{name} {p.label} {label}", len(docs), sc.progress)
     for start in range(0, len(docs), batch_size):
         chunk = docs[start : start + batch_size]
         # a batch is the unit of work and of reuse (its padding can move the last float bits)
@@ -688,8 +683,6 @@ def _run_concepts(
 ) -> dict:
     """Teacher-forced metrics of one model and its concept baselines, per group of documents
     (``group_by``: a shard column, optionally cut by ``group_pattern``)."""
-    from tqdm.auto import tqdm
-
     from eval import baselines as bl
     from lcm.train.module import read_checkpoint
 
@@ -777,7 +770,7 @@ def _run_concepts(
     for group, group_docs in sorted(by_group.items()):
         sums: dict[str, dict[str, list[float]]] = {s: {} for s in systems}
         cut = _cut_stats(group_docs, max_seq_len, model.mode == "summarize")
-        bar = tqdm(total=len(group_docs), desc=f"concepts {name} {group}", disable=not progress)
+        bar = _bar(f"concepts {name} {group}", len(group_docs), progress)
         chunks = []  # batches of one language each (round-trip decoding is per language)
         for lang in sorted({d.lang for d in group_docs}):
             docs = [d for d in group_docs if d.lang == lang]
@@ -871,6 +864,11 @@ def _run_concepts(
             "systems": table,
         }
     return result
+
+
+def _bar(stage: str, total: int, enabled: bool) -> Progress:
+    """Documents/s and ETA of one stage: a bar in a terminal, plain lines in a log file."""
+    return Progress(stage, total, "documents", enabled, prefix="lcm eval")
 
 
 def _shard_columns(folder: Path) -> list[str]:
