@@ -117,6 +117,8 @@ def test_a_changed_shard_or_another_codec_rebuilds_the_bank(shards, tmp_path):
     assert {lang: set(bank._sentences[lang]) for lang in bank.langs()} == _shard_sentences(shards)
     assert _load(shards)[1] == "opened"
     assert not [p for p in (shards / "bank").iterdir() if p.name.startswith(".")]  # no leftovers
+    (folder / "0.faiss").unlink()  # damaged by hand: rebuilt, not an error
+    assert _load(shards)[1] == "built" and _load(shards)[1] == "opened"
 
 
 def test_a_read_only_data_folder_builds_in_memory_with_one_warning(shards, caplog):

@@ -184,7 +184,10 @@ def load_bank(
     folder = bank_dir(data_dir, codec_id, fields, end_of_text)
     reason = stale_reason(folder, data_dir, codec_id, dim, fields, end_of_text) if saved else "-"
     if reason is None:
-        return RetrievalBank.open(folder), "opened"
+        try:
+            return RetrievalBank.open(folder), "opened"
+        except (OSError, ValueError, RuntimeError) as ex:  # a file removed or damaged by hand
+            reason = f"the saved bank cannot be opened ({type(ex).__name__}: {ex})"
     recorded = recorded_shards(data_dir)
     states = _shard_states(data_dir, recorded)
     bank = RetrievalBank(dim)
