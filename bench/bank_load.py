@@ -2,6 +2,7 @@
 the second (opens the saved bank, memory-mapped), at growing numbers of documents.
 
     OMP_WAIT_POLICY=PASSIVE python bench/bank_load.py --sizes '[2000, 10000, 40000]' --repeats 3
+    python bench/bank_load.py --checkpoint minilm.ckpt --shards prepared/ --repeats 3  # real codec
 
 Per size: synthetic documents (4-8 sentences each) are prepared with a hash codec of MiniLM's
 width (384-d; a sentence's vector is a seeded hash of its text, so there is no encoding cost and
@@ -80,9 +81,16 @@ def _peak_mb() -> float:
     return resource.getrusage(resource.RUSAGE_SELF).ru_maxrss / 1024  # Linux: KiB
 
 
-def stage(name: str, work: str, n: int) -> dict:
-    """One measurement in this process; prints a JSON line."""
+def stage(
+    name: str, work: str, n: int, checkpoint: str | None = None, shards: str | None = None
+) -> dict:
+    """One measurement in this process; prints a JSON line. ``checkpoint`` and ``shards``: load
+    that checkpoint with the bank of that prepared folder instead of the synthetic size ``n``."""
     root = Path(work) / f"n{n}"
+    ckpt, data_dir = root / "last.ckpt", root / "shards"
+    if checkpoint:
+        ckpt, data_dir = Path(checkpoint), Path(shards)
+        n = json.loads((data_dir / "summary.json").read_text())["documents"]
     t0 = time.perf_counter()
     out: dict = {}
     if name == "setup":
@@ -115,9 +123,10 @@ def stage(name: str, work: str, n: int) -> dict:
         shutil.rmtree(root / "hf-cache", ignore_errors=True)
     else:
         if name == "first":
-            shutil.rmtree(root / "shards" / "bank", ignore_errors=True)
+            shutil.rmtree(data_dir / "bank", ignore_errors=True)
         from lcm.api import ConceptModel
         from lcm.data import bank as banks
+        from lcm.train.module import load_module  # noqa: F401 - Lightning's import, timed here
 
         import_seconds = time.perf_counter() - t0
 
@@ -134,12 +143,12 @@ def stage(name: str, work: str, n: int) -> dict:
             return result
 
         banks.load_bank = timed
-        model = ConceptModel.load(str(root / "last.ckpt"))
+        model = ConceptModel.load(str(ckpt), shards=data_dir)
         out = {"seconds": time.perf_counter() - t0, "import_seconds": import_seconds, **timing}
         out["bank_sentences"] = len(model.codec.bank)
         # the decoded text goes through the bank: touch it once (pages of an opened bank load)
         t = time.perf_counter()
-        model.codec.decode(torch.randn(8, WideHashCodec.dim), "eng_Latn")
+        model.codec.decode(torch.randn(8, model.codec.bank.dim), "eng_Latn")
         out["decode_8_seconds"] = time.perf_counter() - t
     out.update(stage=name, documents=n, peak_rss_mb=_peak_mb())
     print(json.dumps(out), flush=True)
@@ -153,6 +162,8 @@ def main(
     reuse: bool = False,
     stage_name: Literal["all", "setup", "first", "second", "memory"] = "all",
     documents: int = 0,
+    checkpoint: str | None = None,
+    shards: str | None = None,
 ) -> dict:
     """Prepare, fit and load at every size, each step in its own process, and print the medians.
 
@@ -163,15 +174,23 @@ def main(
         reuse: Keep the shards and checkpoint of an earlier run at that size (no setup).
         stage_name: Internal: run one stage in this process.
         documents: Internal: the size of that stage.
+        checkpoint: Instead of synthetic corpora, load this retrieval checkpoint (a real codec)
+        shards: with the bank of this prepared folder (its ``bank/`` is deleted before each first
+            load).
     """
+    if checkpoint:
+        if not shards:
+            raise ValueError("--checkpoint needs --shards (the folder whose bank is measured)")
+        sizes = [json.loads((Path(shards) / "summary.json").read_text())["documents"]]
     if stage_name != "all":
-        return stage(stage_name, work_dir, documents)
+        return stage(stage_name, work_dir, documents, checkpoint, shards)
+    extra = [f"--checkpoint={checkpoint}", f"--shards={shards}"] if checkpoint else []
     rows = []
     for n in sizes:
-        ready = reuse and (Path(work_dir) / f"n{n}" / "last.ckpt").exists()
+        ready = checkpoint or reuse and (Path(work_dir) / f"n{n}" / "last.ckpt").exists()
         for name in ([] if ready else ["setup"]) + ["first", "second", "memory"] * repeats:
             cmd = [sys.executable, __file__, f"--work_dir={work_dir}", f"--stage_name={name}",
-                   f"--documents={n}"]  # fmt: skip
+                   f"--documents={n}"] + extra  # fmt: skip
             res = subprocess.run(cmd, capture_output=True, text=True)
             if res.returncode != 0:
                 raise RuntimeError(f"{name} at {n} documents failed:\n{res.stderr[-3000:]}")
