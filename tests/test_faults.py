@@ -339,6 +339,24 @@ def test_last_checkpoint_holds_the_final_step_and_resumes_exactly(prepared, tmp_
         assert torch.equal(value, resumed["state_dict"][name]), name
 
 
+def test_with_a_monitor_last_holds_the_final_step_and_the_best_is_kept(
+    prepared, tmp_path, _plain_argv
+):
+    """A monitored run (top-k on val/loss) whose last step is not a checkpoint step: last.ckpt
+    still holds the final step, and the best checkpoint is the one with the lowest val/loss."""
+    last = _fit(
+        prepared, tmp_path, 7, 3, "--data.val_fraction=0.3", "--trainer.val_check_interval=3",
+        "--checkpoint.monitor=val/loss", "--checkpoint.mode=min", "--checkpoint.save_top_k=1",
+    )  # fmt: skip
+    final = torch.load(last, weights_only=True)
+    assert final["global_step"] == 7
+    (best,) = [p for p in last.parent.glob("*.ckpt") if p.name != "last.ckpt"]
+    state = next(v for k, v in final["callbacks"].items() if "LCMCheckpoint" in k)
+    assert Path(state["best_model_path"]) == best
+    assert torch.isfinite(torch.as_tensor(state["best_model_score"]))
+    assert torch.load(best, weights_only=True)["global_step"] in (3, 6)
+
+
 def test_nan_batch_stops_training_naming_step_and_documents(prepared, tmp_path, _plain_argv):
     from lcm.train.callbacks import NonFiniteError
 
