@@ -221,3 +221,46 @@ def test_fit_streaming_resumes_bit_for_bit(shards, val_shards, tmp_path):
     name = "objective.model.den_postnet.weight"
     assert not torch.equal(diverged["state_dict"][name], straight["state_dict"][name])
     assert np.isfinite(resumed["state_dict"][name].numpy()).all()
+
+
+@pytest.mark.slow
+def test_ddp_ranks_with_unequal_documents_run_the_same_steps(shards, val_shards, tmp_path):
+    """Two CPU processes (gloo): the 4 shards hold 13, 13, 13 and 1 documents, so the ranks'
+    streams differ in length; the run crosses epoch boundaries without hanging."""
+    import os
+    import subprocess
+
+    args = [
+        "fit",
+        "--config",
+        str(CONFIGS / "trainer" / "default.yaml"),
+        "--config",
+        str(CONFIGS / "base_lcm" / "tiny.yaml"),
+        f"--data.data_dir={shards}",
+        f"--data.val_dir={val_shards}",
+        f"--data.cache_dir={tmp_path / 'cache'}",
+        "--data.streaming=true",
+        "--data.shuffle_buffer=5",
+        "--data.max_seq_len=8",
+        "--data.max_concepts_per_batch=64",
+        f"--trainer.default_root_dir={tmp_path / 'ddp'}",
+        "--trainer.max_steps=20",
+        "--trainer.val_check_interval=20",
+        "--trainer.enable_progress_bar=false",
+        "--trainer.strategy=ddp",
+        "--trainer.devices=2",
+        "--trainer.accelerator=cpu",
+    ]
+    env = {**os.environ, "OMP_NUM_THREADS": "1", "PYTHONPATH": str(REPO)}
+    proc = subprocess.run(
+        [sys.executable, "-m", "lcm.train.cli", *args],
+        cwd=REPO,
+        env=env,
+        capture_output=True,
+        text=True,
+        timeout=300,
+    )
+    assert proc.returncode == 0, proc.stderr[-4000:]
+    ck = torch.load(tmp_path / "ddp" / "checkpoints" / "last.ckpt", weights_only=True)
+    assert ck["global_step"] == 20
+    assert ck["loops"]["fit_loop"]["epoch_progress"]["current"]["completed"] >= 2
