@@ -10,8 +10,9 @@ document, 32-d float32 vectors. Each measurement runs in a fresh process (its ow
 on CPU; it reports the seconds from building the data module to the start of the first training
 step and the process's peak RSS (``getrusage``). Variants: ``memory`` (the default: Arrow copy,
 per-document index, ``verify_shards=full``), ``memory-quick`` (the same with
-``verify_shards=quick``) and ``streaming``. The result is the ratio between the two sizes per
-variant: start-up that grows with the corpus shows a full copy.
+``verify_shards=quick``) and ``streaming``. The table shows medians over ``repeats``
+interleaved rounds and the size of the Arrow cache each run wrote; the result is the ratio
+between the two sizes per variant: start-up that grows with the corpus shows a full copy.
 """
 
 from __future__ import annotations
@@ -19,6 +20,8 @@ from __future__ import annotations
 import json
 import os
 import resource
+import shutil
+import statistics
 import subprocess
 import sys
 import time
@@ -110,12 +113,15 @@ def measure(folder: str, variant: str) -> dict:
         callbacks=[first], limit_val_batches=0,
     )  # fmt: skip
     trainer.fit(module, dm)
+    cache = run / "hf-cache"
     out = {
         "variant": variant,
         "documents": json.loads((Path(folder) / "summary.json").read_text())["documents"],
         "seconds_to_first_step": first.at - t0,
         "peak_rss_mb": _peak_mb(),
+        "arrow_cache_mb": sum(f.stat().st_size for f in cache.rglob("*") if f.is_file()) / 2**20,
     }
+    shutil.rmtree(run, ignore_errors=True)
     print(json.dumps(out), flush=True)
     return out
 
@@ -124,6 +130,7 @@ def main(
     sizes: list[int] = [2_000, 50_000],  # noqa: B006
     work_dir: str = "runs/bench_stream",
     variants: list[str] = list(VARIANTS),  # noqa: B006
+    repeats: int = 3,
     measure_folder: str | None = None,
     measure_variant: Literal["memory", "memory-quick", "streaming"] = "streaming",
 ) -> dict:
@@ -133,32 +140,43 @@ def main(
         sizes: Numbers of synthetic documents (the first is the reference).
         work_dir: Where the folders go (kept between runs).
         variants: Which of ``memory``, ``memory-quick``, ``streaming`` to measure.
+        repeats: Rounds; each round measures every variant and size once (interleaved), and the
+            table shows medians (the machine is shared, so single runs swing).
         measure_folder: Internal: measure this folder in this process.
         measure_variant: Internal: the variant to measure.
     """
     if measure_folder is not None:
         return measure(measure_folder, measure_variant)
+    folders = {n: make_folder(Path(work_dir) / f"n{n}", n) for n in sizes}
+    runs = []
+    for _ in range(repeats):
+        for n in sizes:
+            for variant in variants:
+                cmd = [sys.executable, __file__, f"--measure_folder={folders[n]}",
+                       f"--measure_variant={variant}"]  # fmt: skip
+                res = subprocess.run(cmd, capture_output=True, text=True)
+                if res.returncode != 0:
+                    raise RuntimeError(f"{variant} at {n} documents failed:\n{res.stderr[-3000:]}")
+                runs.append(json.loads(res.stdout.strip().splitlines()[-1]))
+                print(json.dumps(runs[-1]), flush=True)
     rows = []
     for n in sizes:
-        folder = make_folder(Path(work_dir) / f"n{n}", n)
         for variant in variants:
-            cmd = [sys.executable, __file__, f"--measure_folder={folder}",
-                   f"--measure_variant={variant}"]  # fmt: skip
-            res = subprocess.run(cmd, capture_output=True, text=True)
-            if res.returncode != 0:
-                raise RuntimeError(f"{variant} at {n} documents failed:\n{res.stderr[-3000:]}")
-            rows.append(json.loads(res.stdout.strip().splitlines()[-1]))
-            print(json.dumps(rows[-1]), flush=True)
+            mine = [r for r in runs if r["documents"] == n and r["variant"] == variant]
+            rows.append({"variant": variant, "documents": n, **{
+                k: statistics.median(r[k] for r in mine)
+                for k in ("seconds_to_first_step", "peak_rss_mb", "arrow_cache_mb")}})  # fmt: skip
     base = {r["variant"]: r for r in rows if r["documents"] == sizes[0]}
     print(f"\n{'variant':<13} {'documents':>10} {'s to 1st step':>14} {'x smallest':>11} "
-          f"{'peak RSS MB':>12} {'x smallest':>11}")  # fmt: skip
+          f"{'peak RSS MB':>12} {'x smallest':>11} {'Arrow cache MB':>15}")  # fmt: skip
     for r in rows:
         b = base[r["variant"]]
         print(f"{r['variant']:<13} {r['documents']:>10} {r['seconds_to_first_step']:>14.2f} "
               f"{r['seconds_to_first_step'] / b['seconds_to_first_step']:>11.2f} "
               f"{r['peak_rss_mb']:>12.0f} "
-              f"{r['peak_rss_mb'] / b['peak_rss_mb']:>11.2f}")  # fmt: skip
-    return {"rows": rows}
+              f"{r['peak_rss_mb'] / b['peak_rss_mb']:>11.2f} "
+              f"{r['arrow_cache_mb']:>15.1f}")  # fmt: skip
+    return {"rows": rows, "runs": runs}
 
 
 if __name__ == "__main__":
