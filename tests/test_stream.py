@@ -264,3 +264,17 @@ def test_ddp_ranks_with_unequal_documents_run_the_same_steps(shards, val_shards,
     ck = torch.load(tmp_path / "ddp" / "checkpoints" / "last.ckpt", weights_only=True)
     assert ck["global_step"] == 20
     assert ck["loops"]["fit_loop"]["epoch_progress"]["current"]["completed"] >= 2
+
+
+def test_sample_concepts_streams_the_same_documents_on_every_rank(shards):
+    dm = _dm(shards, True)
+    memory = _dm(shards, False)
+    x = dm.sample_concepts("train", 50, seed=3)
+    assert x.shape == (50, 16) and torch.isfinite(x).all()
+    assert torch.equal(x, dm.sample_concepts("train", 50, seed=3))
+    assert not torch.equal(x, dm.sample_concepts("train", 50, seed=4))
+    dm._stream.rank, dm._stream.world_size = 1, 2
+    assert torch.equal(x, dm.sample_concepts("train", 50, seed=3))
+    # Normalized with the folder's normalizer: the rows are rows of the in-memory data.
+    pool = memory.sample_concepts("train", 10_000, seed=0)
+    assert all((pool == row).all(dim=1).any() for row in x)

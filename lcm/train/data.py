@@ -2,7 +2,9 @@
 
 Reads the folder written by ``lcm prepare`` (``manifest.json``, ``shards/*.parquet``,
 ``normalizer.pt``) through ``datasets``, whose Arrow cache is memory-mapped, so the vectors are
-never all loaded into RAM; each batch copies only its own rows.
+never all loaded into RAM; each batch copies only its own rows. With ``streaming=True`` the
+training split is streamed instead (:mod:`lcm.train.stream`: no Arrow copy, no per-document
+index); validation, test and predict keep this in-memory store (small folders).
 
 Examples
     ``pretrain``: one document = one sequence of concepts. A document longer than ``max_seq_len``
@@ -818,7 +820,8 @@ class ConceptDataModule(L.LightningDataModule):
         a seeded order, shuffled inside blocks, until ``n`` concepts are reached."""
         stream = self._stream
         parts, total = [], 0
-        ds = stream.stream(0, files=stream.file_order(seed + 7919))  # any seeded order
+        # The same documents on every rank (e.g. to fit one quantizer), in a seeded order.
+        ds = stream.stream(0, files=stream.file_order(seed + 7919), by_rank=False)
         rng = np.random.default_rng(seed)
         for table in ds.iter(batch_size=stream.block_docs):
             stream.check(table)

@@ -3,8 +3,9 @@
 The in-memory path (:class:`lcm.train.data.ConceptStore`) copies every shard into a per-node
 Arrow cache and keeps a per-document index before the first step. This path reads the shards
 as a stream through Hugging Face ``datasets`` (``load_dataset("parquet", streaming=True)``, local
-paths or fsspec URLs such as ``s3://``), so start-up costs the same at 2k and at 50M documents
-and memory holds one block of documents at a time.
+paths; the engine also reads fsspec URLs such as ``s3://``, but the folder checks of
+:mod:`lcm.data.shards` take local paths today), so start-up does not grow with the number of
+documents and memory holds one block of documents at a time.
 
 Order (deterministic, the same on every run):
     1. Epoch ``e`` permutes the shard files with ``seed + e``;
@@ -194,8 +195,9 @@ class StreamingBatches(IterableDataset):
         order = np.random.default_rng(_seed(self.seed, epoch)).permutation(len(self.files))
         return [self.files[i] for i in order]
 
-    def stream(self, epoch: int, files: list[str] | None = None):
-        """This rank's ``datasets`` stream of epoch ``epoch`` (Arrow tables)."""
+    def stream(self, epoch: int, files: list[str] | None = None, by_rank: bool = True):
+        """This rank's ``datasets`` stream of epoch ``epoch`` (Arrow tables); with ``files``,
+        those files in that order; with ``by_rank=False``, every rank's documents."""
         import datasets
         from datasets.distributed import split_dataset_by_node
         from datasets.utils import are_progress_bars_disabled, disable_progress_bars
@@ -209,7 +211,7 @@ class StreamingBatches(IterableDataset):
             streaming=True,
             columns=self.columns(),
         )
-        if self.world_size > 1:
+        if by_rank and self.world_size > 1:
             ds = split_dataset_by_node(ds, rank=self.rank, world_size=self.world_size)
         return ds.with_format("arrow")
 
