@@ -204,9 +204,15 @@ class StreamingBatches(IterableDataset):
 
         if not are_progress_bars_disabled():
             disable_progress_bars()
+        from datasets.data_files import DataFilesList
+
+        files = files or self.file_order(epoch)
+        # A ready DataFilesList skips datasets' per-file pattern resolution (O(shards) globs and
+        # stats); the files were checked against the manifest already.
+        data_files = {"train": DataFilesList(files, [(f,) for f in files])}
         ds = datasets.load_dataset(
             "parquet",
-            data_files=files or self.file_order(epoch),
+            data_files=data_files,
             split="train",
             streaming=True,
             columns=self.columns(),
