@@ -11,15 +11,15 @@ file made with other settings: ``<output>.settings.json`` records them.
 from __future__ import annotations
 
 import json
+import sys
 from dataclasses import asdict
 from pathlib import Path
 from typing import Literal
 
-from tqdm.auto import tqdm
-
 from encoders.base import SentenceCodec
 from encoders.langs import UnknownLanguageError
 from lcm.api import ConceptModel, Settings
+from lcm.progress import Progress
 
 
 def generate_file(
@@ -58,13 +58,12 @@ def generate_file(
         shards: prepared folder whose sentences fill a retrieval codec's bank (default: the
             training shards the checkpoint records).
         device: ``cpu`` or ``cuda``.
-        progress: show a progress bar.
+        progress: show progress (documents/s, ETA): a bar in a terminal, plain lines at least
+            every 30 s in a log file (``LCM_PROGRESS_INTERVAL`` sets the seconds).
     """
     settings = settings or Settings()
     out_path = Path(output)
-    lines = []
-    if out_path.exists():
-        lines = [x for x in out_path.read_text(encoding="utf-8").splitlines() if x.strip()]
+    lines, torn = _read_results(out_path)
     kept = [x for x in lines if "error" not in json.loads(x)]  # failed rows are retried
     _check_settings(
         out_path,
@@ -77,7 +76,7 @@ def generate_file(
         has_results=bool(kept),
     )
     model = ConceptModel.load(checkpoint, codec=codec, device=device, shards=shards)
-    if len(kept) < len(lines):
+    if torn or len(kept) < len(lines):
         tmp = out_path.with_name(out_path.name + ".tmp")
         tmp.write_text("".join(x + "\n" for x in kept), encoding="utf-8")
         tmp.replace(out_path)
@@ -99,7 +98,7 @@ def generate_file(
     }
     out_path.parent.mkdir(parents=True, exist_ok=True)
     with open(out_path, "a", encoding="utf-8") as out:
-        bar = tqdm(total=len(todo), disable=not progress, desc=task)
+        bar = Progress("generate", len(todo), "documents", progress, prefix=f"lcm {task}")
         for start in range(0, len(todo), batch_size):
             batch = todo[start : start + batch_size]
             ok, results = [], []
@@ -142,6 +141,41 @@ def generate_file(
             bar.update(len(batch))
         bar.close()
     return counts
+
+
+def _read_results(out_path: Path) -> tuple[list[str], bool]:
+    """The result lines already in ``out_path`` and whether its last line was cut short.
+
+    A run killed while writing can leave its last line without its end (``kill -9``, a full
+    disk): that line is dropped and its document generated again. Any other line that is not
+    JSON is an error naming it (the file was changed by something else; nothing is dropped)."""
+    if not out_path.exists():
+        return [], False
+    text = out_path.read_text(encoding="utf-8")
+    lines = text.split("\n")  # a complete file ends with "\n": the last item is ""
+    kept, torn = [], False
+    for number, line in enumerate(lines, 1):
+        if not line.strip():
+            continue
+        try:
+            row = json.loads(line)
+            if not isinstance(row, dict) or "id" not in row:
+                raise ValueError("not a result row (a JSON object with an id)")
+        except ValueError as ex:
+            if number == len(lines):  # the unfinished last line of an interrupted write
+                print(
+                    f"{out_path}: line {number} was cut short by an interrupted run; "
+                    "its document is generated again",
+                    file=sys.stderr,
+                )
+                torn = True
+                continue
+            raise ValueError(
+                f"{out_path}, line {number}: {ex}. The file holds something other than this "
+                "command's results: write to a new --output"
+            ) from ex
+        kept.append(line)
+    return kept, torn
 
 
 def _check_settings(out_path: Path, wanted: dict, has_results: bool) -> None:
