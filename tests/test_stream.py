@@ -223,47 +223,41 @@ def test_fit_streaming_resumes_bit_for_bit(shards, val_shards, tmp_path):
     assert np.isfinite(resumed["state_dict"][name].numpy()).all()
 
 
-@pytest.mark.slow
-def test_ddp_ranks_with_unequal_documents_run_the_same_steps(shards, val_shards, tmp_path):
-    """Two CPU processes (gloo): the 4 shards hold 13, 13, 13 and 1 documents, so the ranks'
-    streams differ in length; the run crosses epoch boundaries without hanging."""
-    import os
-    import subprocess
+def _rank_epoch(rank: int, world: int, port: int, files: list[str], out: str) -> None:
+    """One process of a gloo group: stream epoch 0 with the default (all-reduce) sync."""
+    import torch.distributed as dist
 
-    args = [
-        "fit",
-        "--config",
-        str(CONFIGS / "trainer" / "default.yaml"),
-        "--config",
-        str(CONFIGS / "base_lcm" / "tiny.yaml"),
-        f"--data.data_dir={shards}",
-        f"--data.val_dir={val_shards}",
-        f"--data.cache_dir={tmp_path / 'cache'}",
-        "--data.streaming=true",
-        "--data.shuffle_buffer=5",
-        "--data.max_seq_len=8",
-        "--data.max_concepts_per_batch=64",
-        f"--trainer.default_root_dir={tmp_path / 'ddp'}",
-        "--trainer.max_steps=20",
-        "--trainer.val_check_interval=20",
-        "--trainer.enable_progress_bar=false",
-        "--trainer.strategy=ddp",
-        "--trainer.devices=2",
-        "--trainer.accelerator=cpu",
-    ]
-    env = {**os.environ, "OMP_NUM_THREADS": "1", "PYTHONPATH": str(REPO)}
-    proc = subprocess.run(
-        [sys.executable, "-m", "lcm.train.cli", *args],
-        cwd=REPO,
-        env=env,
-        capture_output=True,
-        text=True,
-        timeout=300,
-    )
-    assert proc.returncode == 0, proc.stderr[-4000:]
-    ck = torch.load(tmp_path / "ddp" / "checkpoints" / "last.ckpt", weights_only=True)
-    assert ck["global_step"] == 20
-    assert ck["loops"]["fit_loop"]["epoch_progress"]["current"]["completed"] >= 2
+    dist.init_process_group("gloo", init_method=f"tcp://127.0.0.1:{port}", rank=rank,
+                            world_size=world)  # fmt: skip
+    try:
+        s = StreamingBatches(files, ["text"], "pretrain", 16, 8, None, 64, seed=0,
+                             block_docs=5, rank=rank, world_size=world)  # fmt: skip
+        ids = [int(b["batch_id"]) for b in s]
+        Path(out, f"rank{rank}.json").write_text(json.dumps(ids))
+    finally:
+        dist.destroy_process_group()
+
+
+@pytest.mark.slow  # two spawned processes import torch and the toolkit (~45 s here)
+def test_ranks_with_unequal_streams_yield_the_same_number_of_batches(shards, tmp_path):
+    """Two gloo processes; the 4 shards hold 13, 13, 13 and 1 documents, so one rank's stream
+    is shorter: it pads (batch id -1) until the other is done, and both stop together."""
+    import socket
+
+    import torch.multiprocessing as mp
+
+    with socket.socket() as sock:
+        sock.bind(("127.0.0.1", 0))
+        port = sock.getsockname()[1]
+    files = [str(f) for f in sorted((shards / "shards").glob("*.parquet"))]
+    mp.spawn(_rank_epoch, args=(2, port, files, str(tmp_path)), nprocs=2, join=True)
+    ids = [json.loads((tmp_path / f"rank{r}.json").read_text()) for r in range(2)]
+    assert len(ids[0]) == len(ids[1])
+    real = [[i for i in part if i >= 0] for part in ids]
+    assert len(real[0]) != len(real[1])  # the streams differ; the shorter one was padded
+    short = min(real, key=len)
+    assert ids[real.index(short)][len(short) :] == [-1] * (len(ids[0]) - len(short))
+    assert sorted(real[0] + real[1]) == sorted(set(real[0] + real[1]))  # unique batch ids
 
 
 def test_sample_concepts_streams_the_same_documents_on_every_rank(shards):
