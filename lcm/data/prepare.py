@@ -468,14 +468,21 @@ def prepare(
         max_sentence_chars: long-sentence cap; longer sentences are re-split (0 disables).
         end_of_text: a sentence appended to every field (the paper uses "End of text."), so
             models learn to emit it and generation can stop on it; None appends nothing.
-        shard_size: documents per shard (the unit of resumption and of work per rank).
+        shard_size: documents per shard (the unit of resumption and of work per rank; memory
+            holds at most about three shards' documents, whatever the corpus size).
         embedding_dtype: storage dtype of the vectors.
         normalizer_sample: most sentence vectors the normalizer is fitted on (seeded sample).
         seed: seed of the normalizer sample.
         max_unknown_ratio: reject documents with a sentence whose share of tokens unknown to the
             codec (e.g. emoji for MiniLM) is above this, in [0, 1]; None only counts sentences
             that are mostly (> 50%) unknown (``unknown_token_sentences`` in the summary).
-        cache: keep a persistent embedding cache in ``output_dir/cache.sqlite``.
+        cache: keep a persistent embedding cache in ``output_dir/cache.sqlite``, so a rerun
+            reads back the vectors a killed run computed instead of encoding them again. It
+            grows by a float32 vector per distinct sentence (70-80% of the shards' size): large
+            runs should turn it off (``--cache false``; a deterministic codec still resumes to
+            identical shards, as each shard is encoded whole, in the same batches). Local disk
+            only: the ranks of one machine share the file safely (SQLite write-ahead log), but
+            not over a network filesystem or across nodes.
         accelerator: Lightning accelerator for encoding (``cpu``, ``gpu``, ``auto``).
         devices: devices per node for encoding.
         num_nodes: machines for encoding.
