@@ -346,8 +346,24 @@ def iter_rows(
             log.info("%s: the %s engine failed (%s); reading it row by row", path, builder, ex)
             yield from _fallback_rows(path, kind, txt_sample_by)
             continue
-        for i, record in enumerate(ds):
-            yield str(path), i, record, None
+        yield from ((str(path), i, record, None) for i, record in enumerate(_records(ds)))
+
+
+def _records(ds) -> Iterator[dict]:
+    """The rows of a ``datasets.Dataset``, read from its Arrow files one record batch at a time
+    through plain reads: iterating the dataset itself would touch its memory-mapped file, and
+    every page touched stays in this process's resident memory, which then grows with the
+    corpus (by the size of its Arrow copy)."""
+    import pyarrow as pa
+
+    files = [f["filename"] for f in ds.cache_files]
+    if not files or ds._indices is not None:  # in memory, or a selection: nothing to stream
+        yield from ds
+        return
+    for name in files:
+        with pa.OSFile(name) as fh:
+            for batch in pa.ipc.open_stream(fh):
+                yield from batch.to_pylist()
 
 
 def _utf8_file(path: Path) -> bool:
