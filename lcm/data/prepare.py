@@ -1,7 +1,8 @@
 """``lcm prepare``: documents -> sentences -> concepts -> parquet shards (+ normalizer).
 
-Everything streams: memory holds the documents of at most two shards at a time (the one being
-encoded and the next one, read ahead), whatever the size of the corpus.
+Everything streams: memory holds the documents of at most three shards at a time (the one being
+encoded, the one Lightning's loader has read ahead, and the one being cut), whatever the size of
+the corpus; only the id hashes of the duplicate check (16 bytes per document) grow with it.
 
 Steps:
 1. read the input rows one at a time with ``datasets``; validate; split fields into sentences
@@ -718,17 +719,20 @@ def _finalize(
                 lo, hi = np.searchsorted(chosen, [offset, offset + n_sent])
                 if hi > lo:
                     path = out / "shards" / f"{n}.parquet"
-                    columns = ["id", f"{text_field}_embeddings"]
-                    table = pq.read_table(path, columns=columns)
-                    # a NaN here would make the fit fail without saying where: name it
+                    table = pq.read_table(path, columns=[f"{text_field}_embeddings"])
+                    # a NaN here would make the fit fail without saying where: name it (the ids
+                    # are read only then)
                     problems = table_problems(table, path.name, [text_field], alignment=False)
                     if problems:
+                        columns = ["id", f"{text_field}_embeddings"]
+                        table = pq.read_table(path, columns=columns)
+                        problems = table_problems(table, path.name, [text_field], alignment=False)
                         raise ShardError(
                             f"{out}: cannot fit the normalizer: "
                             + "; ".join(problems)
                             + f". Delete {path} and rerun `lcm prepare` to rebuild it"
                         )
-                    col = table.column(1)
+                    col = table.column(f"{text_field}_embeddings")
                     flat = col.combine_chunks().flatten().flatten().to_numpy(zero_copy_only=False)
                     mat = flat.reshape(n_sent, -1)
                     if sample is None:
