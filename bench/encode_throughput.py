@@ -2,7 +2,7 @@
 sonar-space pipeline called once per document, measured side by side in one run.
 
     python bench/encode_throughput.py                 # tiny SONAR on CPU (always available)
-    python bench/encode_throughput.py --real --device cuda   # real SONAR, if its weights exist
+    python bench/encode_throughput.py --real true --device cuda   # real SONAR, if its weights exist
 
 Prints sentences/s for each and the ratio (goal: >= 3x). Absolute numbers swing with machine
 load; compare the ratio only.
@@ -10,7 +10,6 @@ load; compare the ratio only.
 
 from __future__ import annotations
 
-import argparse
 import os
 import random
 import statistics
@@ -18,6 +17,7 @@ import sys
 import tempfile
 import time
 from pathlib import Path
+from types import SimpleNamespace
 
 os.environ.setdefault("OMP_WAIT_POLICY", "PASSIVE")
 sys.path.insert(0, str(Path(__file__).resolve().parents[1]))
@@ -49,19 +49,25 @@ def timed(fn, repeats: int) -> float:
     return statistics.median(times)
 
 
-def main() -> None:
-    ap = argparse.ArgumentParser(description=__doc__.splitlines()[0])
-    ap.add_argument("--real", action="store_true", help="use text_sonar_basic_encoder")
-    ap.add_argument("--device", default="cpu")
-    ap.add_argument("--docs", type=int, default=200)
-    ap.add_argument("--repeats", type=int, default=3)
-    ap.add_argument("--batch_max_tokens", type=int, default=8192)
-    ap.add_argument(
-        "--sizes",
-        default="64x2,256x4",
-        help="tiny SONAR sizes as WIDTHxLAYERS, comma-separated (ignored with --real)",
-    )
-    args = ap.parse_args()
+def main(
+    real: bool = False,
+    device: str = "cpu",
+    docs: int = 200,
+    repeats: int = 3,
+    batch_max_tokens: int = 8192,
+    sizes: str = "64x2,256x4",
+) -> None:
+    """Encoding throughput: SonarCodec against the stock pipeline called per document.
+
+    Args:
+        real: use the real ``text_sonar_basic_encoder`` (its weights must be available).
+        device: torch device.
+        docs: documents encoded.
+        repeats: timed repeats (the median is reported).
+        batch_max_tokens: token budget of one encoder batch.
+        sizes: tiny SONAR sizes as WIDTHxLAYERS, comma-separated (ignored with ``real``).
+    """
+    args = SimpleNamespace(**locals())
 
     if args.real:
         run(args, "text_sonar_basic_encoder")
@@ -112,4 +118,6 @@ def run(args, encoder: str) -> None:
 
 
 if __name__ == "__main__":
-    main()
+    from jsonargparse import CLI
+
+    CLI(main, as_positional=False)

@@ -1,7 +1,7 @@
 """Generation speed per family, fast paths against slow ones, side by side in one run.
 
     OMP_WAIT_POLICY=PASSIVE python bench/generate_throughput.py [--preset tiny] [--device cpu]
-    OMP_WAIT_POLICY=PASSIVE python bench/generate_throughput.py --two_tower_denoiser \
+    OMP_WAIT_POLICY=PASSIVE python bench/generate_throughput.py --two_tower_denoiser true \
         --preset small --batch 1 --new 1 --threads 1
 
 Default: for each family, concepts/s and latency per concept with the KV cache against
@@ -20,12 +20,12 @@ values so that the outputs compared are not trivially equal). Compare ratios, no
 
 from __future__ import annotations
 
-import argparse
 import os
 import statistics
 import sys
 import time
 from pathlib import Path
+from types import SimpleNamespace
 
 os.environ.setdefault("OMP_WAIT_POLICY", "PASSIVE")
 sys.path.insert(0, str(Path(__file__).resolve().parents[1]))
@@ -62,6 +62,7 @@ DENOISER_VARIANTS = {
     "+ timestep/AdaLN table": dict(fast_options=dict(diagonal=False, transposed=False)),
     "+ fused diagonal attn": dict(fast_options=dict(diagonal=True, transposed=False)),
     "+ (in, out) weights": dict(fast_options=dict(diagonal=True, transposed=True)),
+    "+ torch.compile": dict(fast_options=dict(diagonal=True, transposed=True), compile=True),
 }
 
 
@@ -81,10 +82,18 @@ def bench_denoiser(args, dev: torch.device) -> None:
         if "fast_options" in kw:
             model.denoiser_plan(100, **kw["fast_options"])
     print(f"plans (all variants) built once in {time.perf_counter() - t0:.2f} s")
-    times: dict[str, list[float]] = {k: [] for k in DENOISER_VARIANTS}
+    variants = dict(DENOISER_VARIANTS)
+    if not args.compile:
+        variants.pop("+ torch.compile")
+    else:  # compile outside the timed rounds (the first call compiles)
+        t0 = time.perf_counter()
+        step = make_step(model, sampling=sampling, **variants["+ torch.compile"])
+        generate(step, prompts, norm, max_new_concepts=args.new, repeat_threshold=2.0)
+        print(f"torch.compile of the fast denoiser: {time.perf_counter() - t0:.1f} s")
+    times: dict[str, list[float]] = {k: [] for k in variants}
     outs: dict[str, torch.Tensor] = {}
     for r in range(args.repeats + 1):  # round 0 is a warm-up
-        for name, kw in DENOISER_VARIANTS.items():
+        for name, kw in variants.items():
             step = make_step(model, sampling=sampling, **kw)
             g = torch.Generator(device=dev).manual_seed(0)
             t0 = time.perf_counter()
@@ -96,7 +105,7 @@ def bench_denoiser(args, dev: torch.device) -> None:
             if r:
                 times[name].append(time.perf_counter() - t0)
             outs[name] = torch.cat(out.concepts)
-    base_name = next(iter(DENOISER_VARIANTS))
+    base_name = next(iter(variants))
     base = statistics.median(times[base_name])
     print(
         f"Two-Tower {args.preset}, batch {args.batch}, {args.steps} DDIM steps, guidance "
@@ -114,20 +123,39 @@ def bench_denoiser(args, dev: torch.device) -> None:
         prev = med
 
 
-def main() -> None:
-    ap = argparse.ArgumentParser(description=__doc__.splitlines()[0])
-    ap.add_argument("--preset", default="tiny")
-    ap.add_argument("--sonar_dim", type=int, default=1024)
-    ap.add_argument("--device", default="cpu")
-    ap.add_argument("--batch", type=int, default=4)
-    ap.add_argument("--context", type=int, default=32, help="prompt concepts per document")
-    ap.add_argument("--new", type=int, default=8, help="concepts generated per document")
-    ap.add_argument("--repeats", type=int, default=2)
-    ap.add_argument("--threads", type=int, default=0, help="torch threads (0: torch's default)")
-    ap.add_argument("--two_tower_denoiser", action="store_true", help="old vs fast denoiser")
-    ap.add_argument("--steps", type=int, default=40, help="DDIM steps (--two_tower_denoiser)")
-    ap.add_argument("--guidance", type=float, default=3.0, help="(--two_tower_denoiser)")
-    args = ap.parse_args()
+def main(
+    preset: str = "tiny",
+    sonar_dim: int = 1024,
+    device: str = "cpu",
+    batch: int = 4,
+    context: int = 32,
+    new: int = 8,
+    repeats: int = 2,
+    threads: int = 0,
+    two_tower_denoiser: bool = False,
+    compile: bool = False,
+    steps: int = 40,
+    guidance: float = 3.0,
+) -> None:
+    """Generation throughput per family: KV cache, Two-Tower context reuse, fast denoiser.
+
+    Args:
+        preset: model preset of every family (``tiny``, ``small``, ...).
+        sonar_dim: concept width.
+        device: torch device.
+        batch: documents generated together.
+        context: prompt concepts per document.
+        new: concepts generated per document.
+        repeats: timed repeats (the median is reported).
+        threads: torch threads (0: torch's default).
+        two_tower_denoiser: instead, time the Two-Tower denoiser's old path against each
+            addition of the fast path, cumulatively.
+        compile: with ``two_tower_denoiser``, also time the fast path through
+            ``torch.compile`` (compiled before the timed rounds).
+        steps: DDIM steps (``two_tower_denoiser``).
+        guidance: classifier-free guidance scale (``two_tower_denoiser``).
+    """
+    args = SimpleNamespace(**locals())
     if args.threads:
         torch.set_num_threads(args.threads)
     torch.manual_seed(0)
@@ -166,4 +194,6 @@ def main() -> None:
 
 
 if __name__ == "__main__":
-    main()
+    from jsonargparse import CLI
+
+    CLI(main, as_positional=False)

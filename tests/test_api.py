@@ -74,6 +74,21 @@ def test_generation_is_seeded_and_cache_agnostic(model):
     assert a.stop_reasons[0] in ("eot", "repetition", "max_length")
 
 
+def test_a_documents_output_does_not_depend_on_its_batch(model):
+    from lcm.api import Settings
+
+    s = Settings(seed=3, max_new_concepts=3, num_inference_steps=3, repeat_threshold=2.0)
+    doc = "Token 3 is here. Token 16 is here."
+    alone = model.predict_concepts([doc], "eng_Latn", s).concepts[0]
+    batch = ["Token 5 is here.", doc, "Token 1 is here. Token 10 is here. Token 14 is here."]
+    inside = model.predict_concepts(batch, "eng_Latn", s)
+    torch.testing.assert_close(inside.concepts[1], alone, atol=1e-5, rtol=1e-5)
+    # the seed still matters, and so does the document
+    other = model.predict_concepts([doc], "eng_Latn", Settings(**{**s.__dict__, "seed": 4}))
+    assert not torch.allclose(other.concepts[0], alone)
+    assert not torch.allclose(inside.concepts[0][:1], inside.concepts[2][:1])
+
+
 def test_bad_inputs_have_clear_errors(model, sft_ckpt):
     with pytest.raises(UnknownLanguageError, match="fra_Latn"):
         model.summarize("Token 3 is here.", source_lang="fr_Latn")

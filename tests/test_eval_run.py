@@ -143,6 +143,7 @@ def test_minilm_outputs_are_consistent(minilm_eval):
     assert [(r["system"], r["setting"]) for r in rows] == [
         ("run/last", "max_new_concepts=1"),
         ("run/last", "max_new_concepts=2"),
+        ("doc-mean", "-"),
         ("lead-1", "-"),
         ("lead-3", "-"),
         ("random-3", "-"),

@@ -268,3 +268,29 @@ def test_extras_are_trimmed_with_the_stopping_concept(normalizer):
     )  # fmt: skip
     assert out.stop_reasons == ["eot"]
     assert out.concepts[0].shape[0] == 1 and out.extras["exit_step"][0].tolist() == [2]
+
+
+def test_one_generator_per_row_draws_each_row_alone():
+    """Every random draw of generation takes one generator per document: row i equals what
+    generator i draws for that row alone (diffusion noise, refiner state, code sampling)."""
+    from diffusion.utils import randn_tensor
+    from lcm.models.refiner import RecurrentRefinerLCM, RefinerConfig
+    from lcm.objectives.quant import sample_logits
+
+    def gens(*seeds):
+        return [torch.Generator().manual_seed(s) for s in seeds]
+
+    both = randn_tensor((2, 5), gens(1, 2))
+    assert torch.equal(both[1], randn_tensor((1, 5), gens(2))[0])
+    assert not torch.equal(both[0], both[1])
+    with pytest.raises(ValueError, match="3 generators for 2 rows"):
+        randn_tensor((2, 5), gens(1, 2, 3))
+
+    net = RecurrentRefinerLCM(RefinerConfig.from_name("tiny", sonar_dim=8))
+    states = net.init_state((2, 1), gens(1, 2))
+    assert states.shape == (2, 1, net.config.d_model)
+    assert torch.equal(states[1], net.init_state((1, 1), gens(2))[0])
+
+    logits = torch.randn(3, 7)
+    codes = sample_logits(logits, 1.0, 1.0, gens(5, 6, 7))
+    assert codes[2] == sample_logits(logits[2:], 1.0, 1.0, gens(7))[0]

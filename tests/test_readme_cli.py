@@ -50,8 +50,8 @@ def cli_commands(section: str = "CLI") -> list[list[str]]:
                 line = line.replace(old, new)
             args = shlex.split(line, comments=True)
             if args:
-                assert args[0] == "lcm", f"not an lcm command: {line}"
-                commands.append(args[1:])
+                assert args[0] in ("lcm", "lcm-eval"), f"not an lcm command: {line}"
+                commands.append(["eval", *args[1:]] if args[0] == "lcm-eval" else args[1:])
     return commands
 
 
@@ -87,6 +87,9 @@ def test_the_cli_block_runs_as_written(tmp_path, monkeypatch, capsys):
         "--help", "fetch-debian", "fetch-corpus", "prepare", "check", "fit", "fit", "validate",
         "predict", "summarize", "fit-rvq", "eval",
     ]  # fmt: skip
+    evaluation = cli_commands("Evaluation")  # continues in the same folder
+    assert [c[0] for c in evaluation] == ["eval", "prepare", "eval"]
+    commands += evaluation
     monkeypatch.setattr(deb, "_run_apt_update", lambda *a, **k: pytest.fail("no apt here"))
     monkeypatch.setattr(prose, "_apt_download", lambda *a, **k: pytest.fail("no apt here"))
     register_codec(HashCodec.codec_id, lambda codec_id, **kw: HashCodec())
@@ -125,3 +128,8 @@ def test_the_cli_block_runs_as_written(tmp_path, monkeypatch, capsys):
     assert Path("rvq.pt").exists()
     report = (Path("runs/eval") / "report.md").read_text()
     assert "ROUGE" in report.upper() and "eng_Latn" in report
+    results = json.loads((Path("runs/eval_pairs") / "results.json").read_text())
+    assert sorted(results["summarization"]) == ["eng_Latn->eng_Latn", "eng_Latn->fra_Latn"]
+    assert results["failures"] == [] and len(results["config"]["settings"]) == 2
+    assert "two_tower_tiny_sft/last" in results["concepts"]  # --concept_dir: teacher-forced
+    assert "eng_Latn->fra_Latn" in (Path("runs/eval_pairs") / "report.md").read_text()

@@ -447,8 +447,13 @@ def test_every_config_parses(path, capsys):
     assert exit_info.value.code in (0, None)
     printed = capsys.readouterr().out
     assert "trainer:" in printed and "checkpoint:" in printed
-    if path.stem == "compile":
-        assert "class_path: lcm.train.compile.CompileModel" in printed
+    addons = {
+        "compile": "lcm.train.compile.CompileModel",
+        "fsdp": "lcm.train.scale.LCMFSDPStrategy",
+        "one_gpu": "lcm.train.scale.ActivationCheckpointing",
+    }
+    if addon:
+        assert f"class_path: {addons[path.stem]}" in printed
     elif not addon and path != TRAINER_YAML:
         import dataclasses
 

@@ -33,7 +33,8 @@ def build(
     work_dir: str = "/tmp/lcm-debian-eval",
     out_dir: str = str(HERE),
     langs: list[str] | None = None,
-    per_lang: int = 100,
+    per_lang: int | None = 100,
+    splits: list[str] | None = None,
     min_sentences: int = 3,
     max_sentences: int = 6,
     max_chars: int = 700,
@@ -44,7 +45,10 @@ def build(
         work_dir: where apt's index files and the full fetched jsonl files go (not shipped).
         out_dir: where ``debian_<lang>.jsonl`` and ``debian_slice.json`` are written.
         langs: DDTP language codes (default ``[en, fr, de]``); ``en`` must be one of them.
-        per_lang: packages kept (the same packages in every language).
+        per_lang: packages kept (the same packages in every language); None: every package
+            that qualifies.
+        splits: the fetcher's splits to draw from (default ``[test]``; ``[test, valid]`` for a
+            larger set that a model trained on the ``train`` split has not seen).
         min_sentences: fewest sentences of a kept description, in every language.
         max_sentences: most sentences of a kept description, in every language.
         max_chars: longest kept description, in characters, in every language.
@@ -56,6 +60,7 @@ def build(
     from lcm.splitting import SentenceSplitter
 
     langs = list(langs or ["en", "fr", "de"])
+    splits = list(splits or ["test"])
     if "en" not in langs:
         raise ValueError("langs must include 'en' (the md5 that aligns translations is English)")
     fetched = fetch_debian_descriptions(work_dir, langs=langs, min_sentences=2)
@@ -63,7 +68,7 @@ def build(
     for lang in langs:
         path = Path(fetched["files"][lang])
         with open(path, encoding="utf-8") as f:
-            rows[lang] = {r["id"]: r for r in map(json.loads, f) if r["split"] == "test"}
+            rows[lang] = {r["id"]: r for r in map(json.loads, f) if r["split"] in splits}
     splitter = SentenceSplitter(max_chars=0)
 
     def fits(row: dict, lang: str) -> bool:
@@ -84,7 +89,7 @@ def build(
         :per_lang
     ]
     chosen.sort()
-    if len(chosen) < per_lang:
+    if per_lang is not None and len(chosen) < per_lang:
         raise RuntimeError(f"only {len(chosen)} packages qualify; relax the filters")
 
     out = Path(out_dir)
@@ -106,7 +111,7 @@ def build(
         "apt_index_files": indexes,
         "settings": {
             "langs": langs,
-            "split": "test",
+            "split": splits[0] if len(splits) == 1 else splits,
             "per_lang": per_lang,
             "min_sentences": min_sentences,
             "max_sentences": max_sentences,

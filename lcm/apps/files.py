@@ -11,6 +11,7 @@ file made with other settings: ``<output>.settings.json`` records them.
 from __future__ import annotations
 
 import json
+import sys
 from dataclasses import asdict
 from pathlib import Path
 from typing import Literal
@@ -62,9 +63,7 @@ def generate_file(
     """
     settings = settings or Settings()
     out_path = Path(output)
-    lines = []
-    if out_path.exists():
-        lines = [x for x in out_path.read_text(encoding="utf-8").splitlines() if x.strip()]
+    lines, torn = _read_results(out_path)
     kept = [x for x in lines if "error" not in json.loads(x)]  # failed rows are retried
     _check_settings(
         out_path,
@@ -77,7 +76,7 @@ def generate_file(
         has_results=bool(kept),
     )
     model = ConceptModel.load(checkpoint, codec=codec, device=device, shards=shards)
-    if len(kept) < len(lines):
+    if torn or len(kept) < len(lines):
         tmp = out_path.with_name(out_path.name + ".tmp")
         tmp.write_text("".join(x + "\n" for x in kept), encoding="utf-8")
         tmp.replace(out_path)
@@ -142,6 +141,41 @@ def generate_file(
             bar.update(len(batch))
         bar.close()
     return counts
+
+
+def _read_results(out_path: Path) -> tuple[list[str], bool]:
+    """The result lines already in ``out_path`` and whether its last line was cut short.
+
+    A run killed while writing can leave its last line without its end (``kill -9``, a full
+    disk): that line is dropped and its document generated again. Any other line that is not
+    JSON is an error naming it (the file was changed by something else; nothing is dropped)."""
+    if not out_path.exists():
+        return [], False
+    text = out_path.read_text(encoding="utf-8")
+    lines = text.split("\n")  # a complete file ends with "\n": the last item is ""
+    kept, torn = [], False
+    for number, line in enumerate(lines, 1):
+        if not line.strip():
+            continue
+        try:
+            row = json.loads(line)
+            if not isinstance(row, dict) or "id" not in row:
+                raise ValueError("not a result row (a JSON object with an id)")
+        except ValueError as ex:
+            if number == len(lines):  # the unfinished last line of an interrupted write
+                print(
+                    f"{out_path}: line {number} was cut short by an interrupted run; "
+                    "its document is generated again",
+                    file=sys.stderr,
+                )
+                torn = True
+                continue
+            raise ValueError(
+                f"{out_path}, line {number}: {ex}. The file holds something other than this "
+                "command's results: write to a new --output"
+            ) from ex
+        kept.append(line)
+    return kept, torn
 
 
 def _check_settings(out_path: Path, wanted: dict, has_results: bool) -> None:

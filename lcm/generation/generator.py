@@ -10,14 +10,25 @@ in, and it entered ROUGE).
 
 from __future__ import annotations
 
+import hashlib
+import json
+from collections.abc import Sequence
 from dataclasses import dataclass, field
 
 import torch
 import torch.nn.functional as F
 from torch import Tensor
 
+from diffusion.utils import Generators
 from lcm.generation.steps import NextConceptStep
 from lcm.normalizer import RobustNormalizer
+
+
+def document_seed(seed: int, lang: str, sentences: Sequence[str]) -> int:
+    """The seed of one document's generator: a hash of the run's seed, the language and the
+    sentences, so a document draws the same numbers whatever it is batched with."""
+    key = json.dumps([seed, lang, list(sentences)], ensure_ascii=False).encode()
+    return int.from_bytes(hashlib.blake2b(key, digest_size=8).digest(), "little") >> 1
 
 
 @dataclass
@@ -58,7 +69,7 @@ def generate(
     eot_threshold: float = 0.9,
     repeat_threshold: float = 0.9,
     min_new_concepts: int = 0,
-    generator: torch.Generator | None = None,
+    generator: Generators = None,
 ) -> GenerationOutput:
     """Continue each prompt (raw concepts, ``(T_i, D)``) with new concepts.
 
@@ -71,7 +82,9 @@ def generate(
         eot_threshold: cosine at or above which a concept counts as the stop sentence.
         repeat_threshold: cosine to the previous concept at or above which generation stops.
         min_new_concepts: stop rules are ignored before this many concepts.
-        generator: seeds every random draw (diffusion noise); fixed seed, same output.
+        generator: seeds every random draw (diffusion noise, the refiner's initial state, code
+            sampling): one generator for the batch, or one per document (then a document's
+            output does not depend on the others in the batch).
     """
     x, mask = left_pad([normalizer.normalize(p) for p in prompts])
     B = x.shape[0]

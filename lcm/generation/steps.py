@@ -19,6 +19,7 @@ step; both exist to test and benchmark the fast paths against.
 
 from __future__ import annotations
 
+import weakref
 from collections.abc import Callable
 from dataclasses import dataclass, replace
 from typing import Any
@@ -130,12 +131,14 @@ class TwoTowerStep(NextConceptStep):
         reuse_context: bool = True,
         fast: bool = True,
         fast_options: dict[str, Any] | None = None,
+        compile: bool = False,
     ) -> None:
         super().__init__(use_cache)
         self.model, self.scheduler, self.sampling = model, scheduler, sampling
         self.reuse_context = reuse_context
         self.fast = fast and reuse_context and not model.training
         self.fast_options = fast_options or {}
+        self.compile = compile and self.fast
 
     def start(self, x: Tensor, mask: Tensor) -> None:
         self.x, self.mask = x, mask
@@ -163,8 +166,16 @@ class TwoTowerStep(NextConceptStep):
             drop = torch.arange(reps * B, device=ctx.device) >= B  # (M,)
             cmask = model.cross_mask(reps * B, 1, shifted.size(1), mask, drop[:, None])
 
-            def fast_fn(x_t: Tensor, t: Tensor, drop_context: Tensor) -> Tensor:
-                return model.denoise_planned(x_t, t, plan, cross_kv, cmask)
+            if self.compile:
+                denoise = compiled_denoiser(model, plan)
+
+                def fast_fn(x_t: Tensor, t: Tensor, drop_context: Tensor) -> Tensor:
+                    return denoise(x_t, t, cross_kv, cmask)
+
+            else:
+
+                def fast_fn(x_t: Tensor, t: Tensor, drop_context: Tensor) -> Tensor:
+                    return model.denoise_planned(x_t, t, plan, cross_kv, cmask)
 
             return self._ddim(fast_fn, B, model.config.sonar_dim, generator, ctx)
 
@@ -181,6 +192,24 @@ class TwoTowerStep(NextConceptStep):
         if self.use_cache:
             new = self.model.contextualize(y[:, None], None, self.cache)  # (B, 1, d)
             self.ctx = torch.cat((self.ctx, new), dim=1)
+
+
+_COMPILED: weakref.WeakKeyDictionary = weakref.WeakKeyDictionary()
+
+
+def compiled_denoiser(model: TwoTowerLCM, plan: Any):
+    """``model.denoise_planned`` with ``plan`` fixed, through ``torch.compile`` (dynamic shapes:
+    the context grows by one concept per generated concept), compiled once per model and plan and
+    shared by their steps. It computes the same values as the eager one (tested to 1e-5)."""
+    per_model = _COMPILED.setdefault(model, {})
+    fn = per_model.get(id(plan))
+    if fn is None or fn[0] is not plan:
+
+        def denoise(x_t: Tensor, t: Tensor, cross_kv: Any, cmask: Tensor) -> Tensor:
+            return model.denoise_planned(x_t, t, plan, cross_kv, cmask)
+
+        fn = per_model[id(plan)] = (plan, torch.compile(denoise, dynamic=True))
+    return fn[1]
 
 
 class OneTowerStep(NextConceptStep):
@@ -333,6 +362,8 @@ class StepOptions:
             self-attention (:class:`TwoTowerStep`); False runs the general denoiser.
         fast_options: Two-Tower: options of ``TwoTowerLCM.denoiser_plan`` (``transposed``,
             ``diagonal``).
+        compile: Two-Tower: run the fast denoiser through ``torch.compile`` (compiled on first
+            use, once per model: seconds to a minute; worth it for long generation runs).
         sampling_overrides: Diffusion: fields of the default sampling settings to replace
             (None values keep the default).
         num_iterations: Refiner: a fixed number of iterations instead of the adaptive exit.
@@ -350,6 +381,7 @@ class StepOptions:
     reuse_context: bool = True
     fast: bool = True
     fast_options: dict[str, Any] | None = None
+    compile: bool = False
     sampling_overrides: dict[str, Any] | None = None
     num_iterations: int | None = None
     exit_rule: ExitRule | None = None
@@ -426,7 +458,14 @@ def _diffusion_settings(objective: Objective, o: StepOptions) -> tuple[DDIMSched
 def _two_tower_step(objective: Objective, o: StepOptions) -> NextConceptStep:
     scheduler, sampling = _diffusion_settings(objective, o)
     return TwoTowerStep(
-        objective.model, scheduler, sampling, o.use_cache, o.reuse_context, o.fast, o.fast_options
+        objective.model,
+        scheduler,
+        sampling,
+        o.use_cache,
+        o.reuse_context,
+        o.fast,
+        o.fast_options,
+        o.compile,
     )
 
 

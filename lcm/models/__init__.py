@@ -17,8 +17,13 @@ from lcm.models.common import (
 )
 from lcm.models.one_tower import OneTowerConfig, OneTowerLCM
 from lcm.models.quant_lcm import QuantLCM, QuantLCMConfig
-from lcm.models.refiner import RecurrentRefinerLCM, RefinerConfig
+from lcm.models.refiner import CoreBlock, RecurrentRefinerLCM, RefinerConfig
 from lcm.models.two_tower import CrossKV, DenoiserPlan, TwoTowerConfig, TwoTowerLCM
+from lcm.nn.transformer import DenoiserBlock, TransformerBlock
+
+TRANSFORMER_LAYERS: tuple[type, ...] = (TransformerBlock, DenoiserBlock, CoreBlock)
+"""The layer classes of every family: the unit of FSDP sharding and activation checkpointing
+(every attention of every network sits inside one of them; tests/test_scale.py checks it)."""
 
 FAMILIES: dict[str, type[PresetConfig]] = {
     "base_lcm": BaseLCMConfig,
@@ -43,6 +48,7 @@ __all__ = [
     "QuantLCMConfig",
     "RecurrentRefinerLCM",
     "RefinerConfig",
+    "TRANSFORMER_LAYERS",
     "TransformerConfig",
     "TwoTowerConfig",
     "TwoTowerLCM",

@@ -39,6 +39,7 @@ from typing import Any, ClassVar
 import torch
 from torch import Tensor, nn
 
+from diffusion.utils import Generators, per_row
 from lcm.models.common import ConceptNetwork, TransformerConfig, build
 from lcm.nn import KVCache, MultiheadAttention, RMSNorm, SwiGLU
 
@@ -210,7 +211,7 @@ class RecurrentRefinerLCM(ConceptNetwork):
     def init_state(
         self,
         shape: tuple[int, ...],
-        generator: torch.Generator | None = None,
+        generator: Generators = None,
         *,
         warm: Tensor | None = None,
         device: torch.device | str | None = None,
@@ -219,7 +220,8 @@ class RecurrentRefinerLCM(ConceptNetwork):
         """Initial state s_0 of shape `shape` + (d,).
 
         Random: truncated normal, std `config.init_std`, cut at +-3 std, drawn on the generator's
-        device (same numbers on CPU and GPU for a CPU generator) then moved. Warm: a copy of
+        device (same numbers on CPU and GPU for a CPU generator) then moved; with one generator
+        per row of `shape`, row i comes from generator i. Warm: a copy of
         `warm` (e.g. the previous concept's final state, or its embedding).
         """
         full = (*shape, self.config.d_model)
@@ -231,6 +233,11 @@ class RecurrentRefinerLCM(ConceptNetwork):
                 raise ValueError(f"warm state has shape {tuple(warm.shape)}, expected {full}")
             return warm.to(device, dtype).clone()
         std = self.config.init_std
+        rows = per_row(generator, full[0])
+        if rows is not None:  # one generator per document: row i drawn from generator i
+            return torch.stack(
+                [self.init_state(full[1:-1], g, device=device, dtype=dtype) for g in rows]
+            )
         draw_device = generator.device if generator is not None else device
         s = torch.empty(full, device=draw_device, dtype=torch.float32)
         nn.init.trunc_normal_(s, 0.0, std, -3 * std, 3 * std, generator=generator)

@@ -13,7 +13,7 @@ compared one to one:
 from __future__ import annotations
 
 import math
-from typing import NamedTuple
+from dataclasses import dataclass
 
 import torch
 import torch.nn.functional as F
@@ -165,7 +165,8 @@ class AdaLNModulation(nn.Module):
         return [tuple(p.chunk(3, dim=-1)) for p in params.chunk(self.n_sub, dim=-1)]  # type: ignore[misc]
 
 
-class PreparedLinear(NamedTuple):
+@dataclass(frozen=True)
+class PreparedLinear:
     """An inference-only copy of a linear map ``y = x W^T + b``, laid out for few-row inputs.
 
     ``transposed=True`` stores ``W^T`` contiguous, (in, out), and computes ``addmm(b, x, W^T)``.

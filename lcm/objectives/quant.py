@@ -19,6 +19,7 @@ import torch
 import torch.nn.functional as F
 from torch import Tensor
 
+from diffusion.utils import Generators, per_row
 from lcm.models.quant_lcm import QuantLCM
 from lcm.objectives.base import Batch, Objective, ObjectiveOutput, last_valid, target_weight
 
@@ -27,9 +28,10 @@ def sample_logits(
     logits: Tensor,
     temperature: float = 1.0,
     top_p: float = 1.0,
-    generator: torch.Generator | None = None,
+    generator: Generators = None,
 ) -> Tensor:
-    """One draw per row of logits (N, U) -> (N,) int64.
+    """One draw per row of logits (N, U) -> (N,) int64 (row i from generator i when given one
+    generator per row).
 
     temperature = 0 takes the argmax. Otherwise the probabilities softmax(logits / temperature)
     are cut to the smallest set of most likely units whose mass reaches top_p (the most likely
@@ -45,6 +47,13 @@ def sample_logits(
         mass_before = sorted_p.cumsum(dim=-1) - sorted_p  # mass of the strictly likelier units
         sorted_p = sorted_p.masked_fill(mass_before >= top_p, 0.0)
         probs = torch.zeros_like(probs).scatter(-1, order, sorted_p)
+    rows = per_row(generator, probs.shape[0])
+    if rows is not None:
+        draws = [
+            torch.multinomial(row[None].to(g.device), 1, generator=g)[0]
+            for row, g in zip(probs, rows)
+        ]
+        return torch.cat(draws).to(logits.device)
     device = generator.device if generator is not None else probs.device
     draw = torch.multinomial(probs.to(device), 1, generator=generator)[:, 0]  # (N,)
     return draw.to(logits.device)
@@ -102,7 +111,7 @@ class QuantObjective(Objective):
     def sample_codes(
         self,
         h: Tensor,
-        generator: torch.Generator | None = None,
+        generator: Generators = None,
         *,
         temperature: float | None = None,
         top_p: float | None = None,

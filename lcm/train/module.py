@@ -416,6 +416,14 @@ class LCMModule(L.LightningModule):
             rank_zero_info("lcm: the data is normalized with the model's own normalizer")
             dm.set_normalizer(self.normalizer)
 
+    def configure_model(self) -> None:
+        """Shard the network when the strategy shards (``lcm.train.scale.LCMFSDPStrategy``);
+        nothing otherwise. Lightning calls this once the processes exist."""
+        shard = getattr(self.trainer.strategy, "shard_module", None) if self._trainer else None
+        if shard is not None and not getattr(self, "_lcm_sharded", False):
+            shard(self, self.objective.model)
+            self._lcm_sharded = True
+
     def on_load_checkpoint(self, checkpoint: dict[str, Any]) -> None:
         # Runs before the weights are loaded: push the checkpoint's normalizer into the data
         # module now, so that resumed runs and `validate --ckpt_path` read data the same way.

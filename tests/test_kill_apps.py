@@ -1,0 +1,189 @@
+"""kill -9 during ``lcm summarize`` and ``lcm eval``, then a rerun: the result equals an
+uninterrupted run's (issue 11). The killed process is a forked child (everything already
+imported, so each test takes seconds), killed with SIGKILL: no handler, no cleanup."""
+
+from __future__ import annotations
+
+import json
+import multiprocessing
+import os
+import random
+import signal
+import time
+from pathlib import Path
+
+import pytest
+import torch
+from helpers_train import HashCodec, P, make_shards, sentence
+
+from lcm.api import ConceptModel, Settings
+from lcm.apps.files import generate_file
+from lcm.cli import run
+
+SETTINGS = Settings(max_new_concepts=2, num_inference_steps=3, seed=7)
+
+
+class FixedHashCodec(HashCodec):
+    """HashCodec decoding among a fixed set of sentences (HashCodec's own decode depends on what
+    the instance encoded before, which would make two runs differ for the codec's sake)."""
+
+    def __init__(self) -> None:
+        super().__init__()
+        self.encode([sentence(k) for k in range(P)], "eng_Latn")
+        self.fixed = dict(self.seen)
+
+    def decode(self, vectors, lang):
+        names = list(self.fixed)
+        table = torch.stack([self.fixed[n] for n in names])
+        return [names[int(i)] for i in torch.cdist(vectors.float(), table).argmin(dim=1)]
+
+
+@pytest.fixture(scope="module")
+def two_tower(tmp_path_factory) -> Path:
+    """A summarization Two-Tower (diffusion: every output depends on its noise draws)."""
+    root = tmp_path_factory.mktemp("kill-apps")
+    shards = make_shards(root / "data", n_docs=30, summaries=True)
+    run(
+        ["fit", "--config", "configs/trainer/default.yaml", "--config",
+         "configs/two_tower/tiny_sft.yaml", f"--data.data_dir={shards}",
+         f"--trainer.default_root_dir={root / 'run'}", "--data.val_fraction=0.2",
+         "--trainer.max_steps=3", "--trainer.enable_progress_bar=false",
+         "--trainer.enable_model_summary=false", "--trainer.logger=false"]
+    )  # fmt: skip
+    return root / "run" / "checkpoints" / "last.ckpt"
+
+
+@pytest.fixture(scope="module")
+def documents(tmp_path_factory) -> Path:
+    rng = random.Random(0)
+    path = tmp_path_factory.mktemp("kill-docs") / "docs.jsonl"
+    rows = [
+        {"id": f"d{i}", "text": " ".join(sentence(rng.randrange(23)) for _ in range(1 + i % 4))}
+        for i in range(24)
+    ]
+    path.write_text("".join(json.dumps(r) + "\n" for r in rows))
+    return path
+
+
+@pytest.fixture
+def one_thread():
+    threads = torch.get_num_threads()
+    torch.set_num_threads(1)  # the same float reductions in the parent and the forked child
+    yield
+    torch.set_num_threads(threads)
+
+
+def _slowly(target, *args, **kwargs) -> None:
+    """Run ``target`` in this forked child with every generation call slowed down."""
+    original = ConceptModel.predict_concepts
+
+    def slow(self, *a, **k):
+        time.sleep(0.15)
+        return original(self, *a, **k)
+
+    ConceptModel.predict_concepts = slow  # only in this child
+    torch.set_num_threads(1)  # the parent's OpenMP pool does not survive fork()
+    target(*args, **kwargs)
+
+
+def _kill_when(proc, ready, timeout: float = 90.0) -> None:
+    deadline = time.time() + timeout
+    while not ready():
+        assert proc.is_alive() and time.time() < deadline, f"exit code {proc.exitcode}"
+        time.sleep(0.01)
+    os.kill(proc.pid, signal.SIGKILL)
+    proc.join()
+    assert proc.exitcode == -signal.SIGKILL
+
+
+def _lines(path: Path) -> int:
+    return path.read_text().count("\n") if path.exists() else 0
+
+
+def test_kill_summarize_then_rerun_writes_the_uninterrupted_file(
+    two_tower, documents, tmp_path, one_thread
+):
+    kw = dict(settings=SETTINGS, codec=FixedHashCodec(), progress=False)
+    straight = tmp_path / "straight.jsonl"
+    generate_file(str(two_tower), str(documents), str(straight), batch_size=4, **kw)
+
+    killed = tmp_path / "killed.jsonl"
+    want = random.Random(1).randint(4, 19)  # rows written before the kill
+    proc = multiprocessing.get_context("fork").Process(
+        target=_slowly,
+        args=(generate_file, str(two_tower), str(documents), str(killed)),
+        kwargs=dict(batch_size=4, **kw),
+        daemon=True,
+    )
+    proc.start()
+    _kill_when(proc, lambda: _lines(killed) >= want)
+    before = _lines(killed)  # complete lines only: a line cut by the kill has no end
+    assert 0 < before < 24  # really cut short
+    # Another batch size on the rerun: a document's output does not depend on its batch.
+    counts = generate_file(str(two_tower), str(documents), str(killed), batch_size=3, **kw)
+    assert counts == {"documents": 24, "already_done": before, "written": 24 - before, "errors": 0}
+    assert killed.read_text() == straight.read_text()
+
+
+def test_a_line_cut_by_a_kill_is_generated_again_and_other_garbage_is_an_error(
+    two_tower, documents, tmp_path, capsys
+):
+    kw = dict(settings=SETTINGS, codec=FixedHashCodec(), progress=False, batch_size=5)
+    straight = tmp_path / "straight.jsonl"
+    generate_file(str(two_tower), str(documents), str(straight), **kw)
+    lines = straight.read_text().splitlines(keepends=True)
+    cut = tmp_path / "cut.jsonl"
+    cut.write_text("".join(lines[:9]) + lines[9][:17])  # a kill in the middle of line 10
+    (tmp_path / "cut.jsonl.settings.json").write_bytes(
+        (tmp_path / "straight.jsonl.settings.json").read_bytes()
+    )
+    counts = generate_file(str(two_tower), str(documents), str(cut), **kw)
+    assert counts == {"documents": 24, "already_done": 9, "written": 15, "errors": 0}
+    assert "line 10 was cut short" in capsys.readouterr().err
+    assert cut.read_text() == straight.read_text()
+
+    bad = tmp_path / "bad.jsonl"
+    bad.write_text(lines[0] + "not json\n" + lines[1])
+    with pytest.raises(ValueError, match=r"bad.jsonl, line 2: .*new --output"):
+        generate_file(str(two_tower), str(documents), str(bad), **kw)
+    assert bad.read_text() == lines[0] + "not json\n" + lines[1]  # nothing dropped
+
+
+def _strip(result: dict) -> dict:
+    result = {k: v for k, v in result.items() if k != "run"}
+    return {**result, "config": {k: v for k, v in result["config"].items() if k != "out_dir"}}
+
+
+def test_kill_eval_then_rerun_gives_the_uninterrupted_results(two_tower, tmp_path, one_thread):
+    from encoders.registry import register_codec
+    from eval.run import evaluate
+
+    register_codec(HashCodec.codec_id, lambda codec_id, **kw: FixedHashCodec())
+    docs = tmp_path / "eval.jsonl"
+    rows = [
+        {"id": f"e{i}", "text": f"{sentence(i % 23)} {sentence((i * 5) % 23)}",
+         "summary": sentence((3 * i + 7) % 23), "lang": "eng_Latn"}
+        for i in range(12)
+    ]  # fmt: skip
+    docs.write_text("".join(json.dumps(r) + "\n" for r in rows))
+    kw = dict(
+        checkpoints=[str(two_tower)],
+        data=[str(docs)],
+        settings=[{"max_new_concepts": 2, "num_inference_steps": 3}],
+        batch_size=2,
+        progress=False,
+    )
+    straight = evaluate(out_dir=str(tmp_path / "a"), **kw)
+    out = tmp_path / "b"
+    store = out / "documents.jsonl"
+    proc = multiprocessing.get_context("fork").Process(
+        target=_slowly, args=(evaluate,), kwargs=dict(out_dir=str(out), **kw), daemon=True
+    )
+    proc.start()
+    # baselines are written first; kill once some model records are there too
+    _kill_when(proc, lambda: store.exists() and '"kind": "model"' in store.read_text())
+    assert not (out / "results.json").exists()  # really cut short
+    resumed = evaluate(out_dir=str(out), **kw)
+    assert resumed["run"]["computed"] > 0
+    assert _strip(resumed) == _strip(straight)
+    assert (out / "report.md").read_text() == (tmp_path / "a" / "report.md").read_text()
