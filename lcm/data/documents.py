@@ -341,25 +341,21 @@ def iter_rows(
         builder = {"jsonl": "json", "txt": "text"}.get(kind, kind)
         kwargs = {"sample_by": txt_sample_by} if kind == "txt" else {}
         try:
-            ds = _quiet_load(datasets, builder, str(path), cache_dir, kwargs)
+            arrow_files = _quiet_load(datasets, builder, str(path), cache_dir, kwargs)
         except Exception as ex:  # noqa: BLE001 - datasets/pyarrow raise many parse errors
             log.info("%s: the %s engine failed (%s); reading it row by row", path, builder, ex)
             yield from _fallback_rows(path, kind, txt_sample_by)
             continue
-        yield from ((str(path), i, record, None) for i, record in enumerate(_records(ds)))
+        yield from ((str(path), i, record, None) for i, record in enumerate(_records(arrow_files)))
 
 
-def _records(ds) -> Iterator[dict]:
-    """The rows of a ``datasets.Dataset``, read from its Arrow files one record batch at a time
-    through plain reads: iterating the dataset itself would touch its memory-mapped file, and
-    every page touched stays in this process's resident memory, which then grows with the
-    corpus (by the size of its Arrow copy)."""
+def _records(files: Sequence[str]) -> Iterator[dict]:
+    """The rows of the Arrow files that ``datasets`` wrote, one record batch at a time, through
+    plain reads. A ``datasets.Dataset`` memory-maps them, and every page it touches (it reads
+    each batch's header when it opens the file; iteration reads the rest) stays in this
+    process's resident memory, which would then grow with the corpus."""
     import pyarrow as pa
 
-    files = [f["filename"] for f in ds.cache_files]
-    if not files or ds._indices is not None:  # in memory, or a selection: nothing to stream
-        yield from ds
-        return
     for name in files:
         with pa.OSFile(name) as fh:
             for batch in pa.ipc.open_stream(fh):
@@ -380,16 +376,21 @@ def _utf8_file(path: Path) -> bool:
 
 
 def _quiet_load(datasets, builder: str, path: str, cache_dir: str | None, kwargs: dict):
-    """``load_dataset`` without its error log lines (a failure is handled by the caller)."""
+    """Have ``datasets`` convert ``path`` to Arrow (once; cached) and return the Arrow files of
+    its train split, in order, without opening them as a dataset. Its error log lines are
+    silenced (a failure is handled by the caller)."""
     ds_log = logging.getLogger("datasets")
     level = ds_log.level
     ds_log.setLevel(logging.CRITICAL)
     try:
-        return datasets.load_dataset(
-            builder, data_files=[path], split="train", cache_dir=cache_dir, **kwargs
-        )
+        b = datasets.load_dataset_builder(builder, data_files=[path], cache_dir=cache_dir, **kwargs)
+        b.download_and_prepare()
     finally:
         ds_log.setLevel(level)
+    files = sorted(glob.glob(str(Path(b.cache_dir) / "*-train*.arrow")))
+    if not files:
+        raise FileNotFoundError(f"datasets wrote no Arrow file for {path} in {b.cache_dir}")
+    return files
 
 
 def _text(value: object) -> str | None:
