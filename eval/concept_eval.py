@@ -25,14 +25,21 @@ class ConceptDoc:
     tgt_sentences: list[str]
 
 
-def read_concept_docs(folder: Path, fields: Sequence[str], max_documents: int | None = None):
-    """Rows of a prepared folder: dicts with id, lang and ``<f>_sentences``/``_embeddings``,
+def read_concept_docs(
+    folder: Path,
+    fields: Sequence[str],
+    max_documents: int | None = None,
+    columns: Sequence[str] = (),
+):
+    """Rows of a prepared folder: dicts with id, lang, ``<f>_sentences``/``_embeddings`` and
+    any further ``columns``,
     read through the shared shard reader, which verifies every shard first (sizes, checksums,
     finite values, alignment) and names the shard and document of any problem."""
     from lcm.data.shards import iter_shard_rows
 
-    columns = ["id", "lang"] + [f"{f}_{s}" for f in fields for s in ("sentences", "embeddings")]
-    for row in iter_shard_rows(folder, columns):
+    wanted = ["id", "lang"] + [f"{f}_{s}" for f in fields for s in ("sentences", "embeddings")]
+    wanted += [c for c in columns if c not in wanted]
+    for row in iter_shard_rows(folder, wanted):
         yield row
         max_documents = None if max_documents is None else max_documents - 1
         if max_documents == 0:

@@ -215,10 +215,32 @@ def render_report(results: dict) -> str:
         )
         cmetrics = [m for m in cfg["metrics"] if m in CONCEPT_METRICS]
         for name, res in results["concepts"].items():
-            for lang, block in res["languages"].items():
+            window = (
+                "whole documents"
+                if res["max_len"] is None
+                else f"a window of {res['max_len']} concepts per document"
+            )
+            by = res["group_by"] + (f" ~ `{res['group_pattern']}`" if res["group_pattern"] else "")
+            lines.append(
+                f"{name}: {window} (the model trained on {res['model_max_seq_len']}), "
+                f"by {by}; at most {cfg['max_documents'] or 'all'} documents per group.\n"
+            )
+            for group, block in res["groups"].items():
                 lines.append(
-                    f"### {name}: {lang} ({block['documents']} documents, {res['mode']})\n"
+                    f"### {name}: {group} ({block['documents']} of "
+                    f"{block['documents_available']} documents, {res['mode']})\n"
                 )
+                if block["documents_cut"]:
+                    lines.append(
+                        f"{block['documents_cut']} documents longer than the window: "
+                        f"{block['positions_left_out']} positions left out "
+                        + (
+                            "(source concepts cut from the context)"
+                            if res["mode"] == "summarize"
+                            else "(not scored)"
+                        )
+                        + "; `--concept_max_len whole` scores every concept.\n"
+                    )
                 header = ["system", "positions", *[LABELS[m] for m in cmetrics]]
                 body = [
                     [r["system"], str(r["positions"])]

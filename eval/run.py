@@ -43,11 +43,12 @@ from __future__ import annotations
 import dataclasses
 import json
 import os
+import re
 import time
 from collections.abc import Sequence
 from dataclasses import dataclass
 from pathlib import Path
-from typing import Any
+from typing import Any, Literal
 
 import torch
 
@@ -82,6 +83,7 @@ from eval.names import (
 from eval.records import RecordStore
 from eval.report import aggregate, render_report, write_plots
 from eval.text_eval import ModelMetrics, make_record, score_batch
+from lcm.progress import Progress
 
 
 # ---------------------------------------------------------------------------------------------
@@ -122,6 +124,10 @@ def evaluate(
     lang_field: str | None = "lang",
     concept_dir: str | None = None,
     concept_batch_size: int = 16,
+    concept_max_len: int | Literal["model", "whole"] = "model",
+    group_by: str = "lang",
+    group_pattern: str | None = None,
+    summarize: bool = True,
     crosslingual_check: bool = True,
     banks: list[str] | None = None,
     bank_field: str | None = None,
@@ -157,7 +163,8 @@ def evaluate(
         baselines: text baselines ``lead-K`` and ``random-K`` (default lead-1, lead-3,
             random-3).
         max_documents: most documents per language pair (the first ones, in file order), and
-            per language of ``concept_dir``; None for all.
+            per group of ``concept_dir``; None for all (the report states the cap and how many
+            documents it left out).
         codec: sentence codec for every model (default: the one each checkpoint was trained
             with, as ``ConceptModel.load`` finds it); one object is shared by all models.
         model_names: names of the checkpoints in the tables (default: ``<run dir>/<file>``).
@@ -168,6 +175,19 @@ def evaluate(
         concept_dir: held-out ``lcm prepare`` folder, made with the models' codec: adds the
             teacher-forced next-concept metrics and their baselines.
         concept_batch_size: documents per teacher-forced batch (the CA pool is the batch).
+        concept_max_len: most concepts of a document that the teacher-forced metrics see:
+            ``model`` (the checkpoint's training ``max_seq_len``: positions beyond it are not
+            scored in a document, and a summary's source is cut to fit), ``whole`` (every
+            concept of every document), or a number. The report and JSON say how many documents
+            were cut and how many positions that left out.
+        group_by: column of the ``concept_dir`` shards the teacher-forced metrics are broken
+            down by: ``lang``, ``source`` (``file:row``), ``id``, or a target field.
+        group_pattern: regular expression applied to the ``group_by`` value; its first group
+            (or whole match) is the group, e.g. ``--group_by id --group_pattern '^([^/]+)/'``
+            for the corpus source of ``lcm fetch-corpus`` ids. Documents it does not match
+            form the group ``(no match)``.
+        summarize: generate and score summaries of ``data``; ``false`` evaluates only the
+            teacher-forced metrics of ``concept_dir`` (no ``data`` is read).
         crosslingual_check: also run the codec alone: encode the SRC summary, decode it in TGT,
             BLEU/chrF against the TGT summary. With a retrieval codec and the references kept
             out of the bank, this is the retrieval ceiling of the pair: what decoding the
@@ -229,6 +249,15 @@ def evaluate(
     if clash:
         raise ValueError(f"model names {sorted(clash)} clash with baseline names")
     sweep = parse_settings(settings)
+    if not summarize and concept_dir is None:
+        raise ValueError("summarize=false evaluates concept_dir only: give --concept_dir")
+    if group_pattern is not None:
+        try:
+            re.compile(group_pattern)
+        except re.error as ex:
+            raise ValueError(
+                f"group_pattern {group_pattern!r} is not a regular expression: {ex}"
+            ) from None
     if batch_size < 1 or concept_batch_size < 1:
         raise ValueError("batch_size and concept_batch_size must be >= 1")
     if data is None:
@@ -240,11 +269,15 @@ def evaluate(
     )
 
     # ---- data and pairs
-    by_lang, skipped_rows, files = load_rows(
-        data, text_field, summary_field, id_field, lang_field, out / ".work"
+    by_lang, skipped_rows, files = (
+        load_rows(data, text_field, summary_field, id_field, lang_field, out / ".work")
+        if summarize
+        else ({}, [], [])
     )
     explicit_pairs = pairs is not None and list(pairs) != ["all"]
-    if pairs is not None and list(pairs) == ["all"]:
+    if not summarize:
+        pair_list = []
+    elif pairs is not None and list(pairs) == ["all"]:
         pair_list = [Pair(a, b) for a in by_lang for b in by_lang]
     elif pairs is not None:
         pair_list = [parse_pair(p) for p in pairs]
@@ -318,7 +351,7 @@ def evaluate(
                 pairs_not_run.append({"pair": p.label, "reason": msg})
         if len(models_cache) > 1:  # keep one model in memory at a time
             models_cache.pop(min(models_cache))
-    if not pair_list:
+    if summarize and not pair_list:
         raise ValueError(f"no language pair can be evaluated: {pairs_not_run}")
 
     # ---- documents of each pair
@@ -380,6 +413,7 @@ def evaluate(
             concept_results[name] = _run_concepts(
                 model, name, checkpoints[i], Path(concept_dir), concept_need, lm, lm_missing,
                 max_documents, concept_batch_size, base_ctx, store, progress,
+                concept_max_len, group_by, group_pattern,
             )  # fmt: skip
         for p in pair_list:
             for label, s in sweep:
@@ -426,6 +460,10 @@ def evaluate(
         },
         "concept_dir": concept_dir,
         "concept_batch_size": concept_batch_size,
+        "concept_max_len": concept_max_len,
+        "group_by": group_by,
+        "group_pattern": group_pattern,
+        "summarize": summarize,
         "batch_size": batch_size,
         "baseline_seed": baseline_seed,
         "device": device,
@@ -503,15 +541,13 @@ def _run_baselines(sc: _Scoring, p: Pair, docs, base_specs, baseline_seed: int) 
 
 def _run_codec_check(sc: _Scoring, model, name: str, p: Pair, docs, base_ctx) -> None:
     """Encode each reference summary in the source language, decode it in the target one."""
-    from tqdm.auto import tqdm
-
     ctx = sha("codec", *base_ctx)
     todo = []
     for row, ref in docs:
         key = sc.store.key("codec", name, p.label, "-", row.id)
         if sc.store.get(key, ctx, sha(row.summary, ref)) is None:
             todo.append((key, row, ref))
-    bar = tqdm(total=len(todo), desc=f"codec {name} {p.label}", disable=not sc.progress or not todo)
+    bar = _bar(f"codec {name} {p.label}", len(todo), sc.progress and bool(todo))
     for s in range(0, len(todo), 64):
         chunk = todo[s : s + 64]
         vectors = model.codec.encode([row.summary for _, row, _ in chunk], p.src)  # (b, D)
@@ -529,15 +565,13 @@ def _run_codec_check(sc: _Scoring, model, name: str, p: Pair, docs, base_ctx) ->
 
 def _run_doc_mean(sc: _Scoring, model, system: str, p: Pair, docs, batch_size, base_ctx) -> None:
     """The floor ``doc-mean``: each document's mean concept, decoded in the target language."""
-    from tqdm.auto import tqdm
-
     ctx = sha("doc-mean", *base_ctx)
     todo = []
     for row, ref in docs:
         key = sc.store.key("floor", system, p.label, "-", row.id)
         if sc.store.get(key, ctx, sha(row.text, ref), sc.need) is None:
             todo.append((key, row, ref))
-    bar = tqdm(total=len(todo), desc=f"{system} {p.label}", disable=not sc.progress or not todo)
+    bar = _bar(f"{system} {p.label}", len(todo), sc.progress and bool(todo))
     for s in range(0, len(todo), batch_size):
         chunk = todo[s : s + batch_size]
         sents = [model.splitter.split(row.text, p.src) for _, row, _ in chunk]
@@ -575,9 +609,7 @@ def _run_doc_mean(sc: _Scoring, model, system: str, p: Pair, docs, batch_size, b
 def _run_summaries(sc: _Scoring, model, name, p: Pair, docs, label, settings, batch_size,
                    base_ctx) -> None:  # fmt: skip
     """Summarize ``docs`` in fixed batches; a batch is generated when any member is missing."""
-    from tqdm.auto import tqdm
-
-    bar = tqdm(total=len(docs), desc=f"{name} {p.label} {label}", disable=not sc.progress)
+    bar = _bar(f"{name} {p.label} {label}", len(docs), sc.progress)
     for start in range(0, len(docs), batch_size):
         chunk = docs[start : start + batch_size]
         # a batch is the unit of work and of reuse (its padding can move the last float bits)
@@ -645,10 +677,12 @@ def _run_concepts(
     base_ctx,
     store,
     progress,
+    max_len: int | str = "model",
+    group_by: str = "lang",
+    group_pattern: str | None = None,
 ) -> dict:
-    """Teacher-forced metrics of one model and its concept baselines, per language."""
-    from tqdm.auto import tqdm
-
+    """Teacher-forced metrics of one model and its concept baselines, per group of documents
+    (``group_by``: a shard column, optionally cut by ``group_pattern``)."""
     from eval import baselines as bl
     from lcm.train.module import read_checkpoint
 
@@ -677,16 +711,29 @@ def _run_concepts(
                 f"concept_dir {folder} has no target field {tgt_field!r} (it has {targets}); "
                 f"the summarization model {name!r} needs it: prepare with --target_fields"
             )
-    max_seq_len = int(data_hp.get("max_seq_len", 128))
+    model_len = int(data_hp.get("max_seq_len", 128))
+    max_seq_len = model_len if max_len == "model" else None if max_len == "whole" else int(max_len)
+    if max_seq_len is not None and max_seq_len < 2:
+        raise ValueError(f"concept_max_len must be >= 2, 'model' or 'whole', got {max_len!r}")
     fields = [src_field] + ([tgt_field] if tgt_field else [])
+    columns = _shard_columns(folder)
+    if group_by not in columns:
+        raise ValueError(
+            f"group_by {group_by!r} is not a column of the concept_dir shards {folder} "
+            f"(columns: {[c for c in columns if not c.endswith('_embeddings')]})"
+        )
     train_ids: set[str] = set()
     train_dir = data_hp.get("data_dir")
     if train_dir and Path(train_dir, "manifest.json").exists():
         train_ids = {r["id"] for r in read_concept_docs(Path(train_dir), fields)}
     mean, mean_missing = training_mean(train_dir, tgt_field or src_field)
-    by_lang: dict[str, list[ConceptDoc]] = {}
-    for r in read_concept_docs(folder, fields):
-        docs = by_lang.setdefault(r["lang"], [])
+    by_group: dict[str, list[ConceptDoc]] = {}
+    available: dict[str, int] = {}
+    extra = [] if group_by in ("id", "lang") else [group_by]
+    for r in read_concept_docs(folder, fields, columns=extra):
+        group = _group_of(r[group_by], group_pattern)
+        available[group] = available.get(group, 0) + 1
+        docs = by_group.setdefault(group, [])
         if max_documents is not None and len(docs) >= max_documents:
             continue
         docs.append(
@@ -706,10 +753,13 @@ def _run_concepts(
         "concept_dir": str(folder),
         "mode": model.mode,
         "fields": fields,
-        "max_seq_len": max_seq_len,
-        "in_training_shards": sum(d.id in train_ids for v in by_lang.values() for d in v),
+        "max_len": max_seq_len,  # None: whole documents
+        "model_max_seq_len": model_len,
+        "group_by": group_by,
+        "group_pattern": group_pattern,
+        "in_training_shards": sum(d.id in train_ids for v in by_group.values() for d in v),
         "missing": {},
-        "languages": {},
+        "groups": {},
         "not_used": [],
     }
     if "mi" in need and lm is None:
@@ -717,18 +767,28 @@ def _run_concepts(
     if mean is None:
         result["missing"]["mean-concept"] = mean_missing
     need_now = [m for m in need if not (m == "mi" and lm is None)]
-    for lang, docs in sorted(by_lang.items()):
-        if lang not in model.codec.langs:
-            result["not_used"] += [{"id": d.id, "reason": f"codec has no {lang}"} for d in docs]
-            continue
+    for group, group_docs in sorted(by_group.items()):
         sums: dict[str, dict[str, list[float]]] = {s: {} for s in systems}
-        bar = tqdm(total=len(docs), desc=f"concepts {name} {lang}", disable=not progress)
-        for start in range(0, len(docs), concept_batch_size):
-            chunk = docs[start : start + concept_batch_size]
+        cut = _cut_stats(group_docs, max_seq_len, model.mode == "summarize")
+        bar = _bar(f"concepts {name} {group}", len(group_docs), progress)
+        chunks = []  # batches of one language each (round-trip decoding is per language)
+        for lang in sorted({d.lang for d in group_docs}):
+            docs = [d for d in group_docs if d.lang == lang]
+            if lang not in model.codec.langs:
+                result["not_used"] += [{"id": d.id, "reason": f"codec has no {lang}"} for d in docs]
+                bar.update(len(docs))
+                continue
+            for start in range(0, len(docs), concept_batch_size):
+                chunks.append((lang, docs[start : start + concept_batch_size]))
+        for lang, chunk in chunks:
             unit = sha([d.id for d in chunk])
+            window = max_seq_len or 1 + max(
+                d.src.shape[0] + (0 if d.tgt is None else d.tgt.shape[0]) for d in chunk
+            )
             ctx = sha("concepts", *base_ctx, manifest.get("input_sha256"), max_seq_len, fields)
+            label = lang if group_by == "lang" else f"{group_by}={group}|{lang}"
             keys = {
-                s: store.key("concepts", s if s == name else f"{name}|{s}", lang, "-", unit)
+                s: store.key("concepts", s if s == name else f"{name}|{s}", label, "-", unit)
                 for s in systems
             }
             got = {}
@@ -742,7 +802,7 @@ def _run_concepts(
                 s for s in systems if s not in got and not (s == "mean-concept" and mean is None)
             ]
             if todo:
-                laid, problems = teacher_forced(model, chunk, max_seq_len)
+                laid, problems = teacher_forced(model, chunk, window)
                 records = []
                 if laid is not None:
                     x, mask, weight, pred, sentences, kept = laid
@@ -769,7 +829,7 @@ def _run_concepts(
                             "kind": "concepts",
                             "system": s,
                             "model": name,
-                            "pair": lang,
+                            "pair": label,
                             "setting": "-",
                             "unit": unit,
                             "metrics": values,
@@ -797,8 +857,55 @@ def _run_concepts(
                 row[metric] = total / count if count else None
             row["positions"] = int(sums[s].get("l2", (0, 0))[1]) if "l2" in need else None
             table.append(row)
-        result["languages"][lang] = {"documents": len(docs), "systems": table}
+        result["groups"][group] = {
+            "documents": len(group_docs),
+            "documents_available": available[group],
+            **cut,
+            "systems": table,
+        }
     return result
+
+
+def _bar(stage: str, total: int, enabled: bool) -> Progress:
+    """Documents/s and ETA of one stage: a bar in a terminal, plain lines in a log file."""
+    return Progress(stage, total, "documents", enabled, prefix="lcm eval")
+
+
+def _shard_columns(folder: Path) -> list[str]:
+    """Column names of a prepared folder's shards (from the first shard's schema)."""
+    import pyarrow.parquet as pq
+
+    shards = sorted((folder / "shards").glob("*.parquet"))
+    return list(pq.read_schema(shards[0]).names) if shards else []
+
+
+def _group_of(value: Any, pattern: str | None) -> str:
+    """The group of a document: its ``group_by`` value, cut by ``pattern`` when given."""
+    text = str(value)
+    if pattern is None:
+        return text
+    m = re.search(pattern, text)
+    if m is None:
+        return "(no match)"
+    return m.group(1) if m.groups() else m.group(0)
+
+
+def _cut_stats(docs: list[ConceptDoc], max_len: int | None, summarize: bool) -> dict[str, int]:
+    """How a window of ``max_len`` concepts cuts the documents: documents cut, and positions
+    left out (a summary's source concepts cut from the context, or a document's concepts past
+    the window, which are not scored)."""
+    cut = dropped = 0
+    for d in docs:
+        if max_len is None:
+            continue
+        if summarize:
+            over = d.src.shape[0] - max(0, max_len - 1 - d.tgt.shape[0])
+        else:
+            over = d.src.shape[0] - max_len
+        if over > 0:
+            cut += 1
+            dropped += over
+    return {"documents_cut": cut, "positions_left_out": dropped}
 
 
 def main(argv: list[str] | None = None, prog: str | None = None) -> dict:

@@ -189,7 +189,7 @@ def test_lead_and_random_baselines_match_hand_computation(minilm_eval):
 
 def test_teacher_forced_metrics_and_codec_check(minilm_eval):
     out, res, _ = minilm_eval
-    block = res["concepts"]["run/last"]["languages"]["eng_Latn"]
+    block = res["concepts"]["run/last"]["groups"]["eng_Latn"]
     systems = {r["system"]: r for r in block["systems"]}
     assert list(systems) == ["run/last", "copy-previous", "context-mean", "mean-concept"]
     assert block["documents"] == HELD.stop - HELD.start
@@ -325,7 +325,7 @@ def test_tiny_sonar_crosslingual(sonar_model, sonar_codec, tmp_path):
         "eng_Latn",
         *(fmt(codec[f"eng_Latn->{t}"]["bleu"]) for t in ("eng_Latn", "fra_Latn")),
     ]
-    concepts = res["concepts"]["tiny"]["languages"]
+    concepts = res["concepts"]["tiny"]["groups"]
     assert set(concepts) == {"eng_Latn", "fra_Latn"}  # the held-out shards hold both
     assert all(r["positions"] > 0 for r in concepts["fra_Latn"]["systems"])
     assert "l2_r" not in concepts["eng_Latn"]["systems"][0]  # not asked for

@@ -187,3 +187,16 @@ def test_kill_eval_then_rerun_gives_the_uninterrupted_results(two_tower, tmp_pat
     assert resumed["run"]["computed"] > 0
     assert _strip(resumed) == _strip(straight)
     assert (out / "report.md").read_text() == (tmp_path / "a" / "report.md").read_text()
+
+
+def test_summarize_reports_progress_as_plain_lines_in_a_log(two_tower, documents, tmp_path, capsys):
+    generate_file(
+        str(two_tower),
+        str(documents),
+        str(tmp_path / "out.jsonl"),
+        settings=SETTINGS,
+        codec=FixedHashCodec(),
+        batch_size=8,
+    )
+    err = capsys.readouterr().err  # not a terminal here: plain lines, as in a log file
+    assert "lcm summarize generate: 24/24 documents, " in err and "documents/s" in err

@@ -50,3 +50,32 @@ def test_the_python_api_block_runs_as_written(tmp_path, monkeypatch):
 def test_readme_python_blocks_compile(section):
     for block in python_blocks(section):
         compile(block, str(README), "exec")
+
+
+def test_the_codec_block_runs_with_a_tiny_sonar_in_place_of_the_real_one(
+    tiny_sonar, tmp_path, monkeypatch
+):
+    """The real SONAR's weights are a download: the block runs as written with one change, the
+    asset names of a tiny SONAR built with sonar-space's own classes (same loading path)."""
+    import json
+
+    (block,) = [b for b in python_blocks("Python API") if "SonarCodec()" in b]
+    offline = f'SonarCodec("{tiny_sonar.encoder}", "{tiny_sonar.decoder}", decode_max_len=8)'
+    block = block.replace("SonarCodec()", offline)
+    monkeypatch.chdir(tmp_path)
+    rows = [{"id": f"d{i}", "text": "The cat sat. It purred.", "summary": "A cat."} for i in (1, 2)]
+    Path("docs.jsonl").write_text("".join(json.dumps(r) + "\n" for r in rows))
+    scope: dict = {}
+    exec(compile(block, str(README), "exec"), scope)  # noqa: S102 - the README's own code
+    assert tuple(scope["vecs"].shape) == (2, scope["codec"].dim)
+    summary = json.loads(Path("shards/summary.json").read_text())
+    assert summary["documents"] == 2 and summary["rejected"] == 0
+
+
+def test_the_multilingual_block_prints_what_it_says():
+    (block,) = python_blocks("Multilingual offline codec")
+    *body, expr, expected = block.strip().splitlines()
+    scope: dict = {}
+    code = "\n".join([*body, f"result = {expr}"])  # the last line's value, as a REPL shows it
+    exec(compile(code, str(README), "exec"), scope)  # noqa: S102 - the README's own code
+    assert repr(scope["result"]) == expected.lstrip("# ")

@@ -73,7 +73,7 @@ def test_a_toy_family_plugs_in_from_one_file(tmp_path, monkeypatch):
         crosslingual_check=False, settings=[{"max_new_concepts": 1}],
     )  # fmt: skip
     (concepts,) = res["concepts"].values()
-    systems = {r["system"]: r for r in concepts["languages"]["eng_Latn"]["systems"]}
+    systems = {r["system"]: r for r in concepts["groups"]["eng_Latn"]["systems"]}
     toy = systems["run/last"]
     assert toy["kind"] == "model" and toy["positions"] == systems["copy-previous"]["positions"] > 0
     assert 0.0 <= toy["ca"] <= 1.0 and toy["l2"] > 0

@@ -16,11 +16,10 @@ from dataclasses import asdict
 from pathlib import Path
 from typing import Literal
 
-from tqdm.auto import tqdm
-
 from encoders.base import SentenceCodec
 from encoders.langs import UnknownLanguageError
 from lcm.api import ConceptModel, Settings
+from lcm.progress import Progress
 
 
 def generate_file(
@@ -59,7 +58,8 @@ def generate_file(
         shards: prepared folder whose sentences fill a retrieval codec's bank (default: the
             training shards the checkpoint records).
         device: ``cpu`` or ``cuda``.
-        progress: show a progress bar.
+        progress: show progress (documents/s, ETA): a bar in a terminal, plain lines at least
+            every 30 s in a log file (``LCM_PROGRESS_INTERVAL`` sets the seconds).
     """
     settings = settings or Settings()
     out_path = Path(output)
@@ -98,7 +98,7 @@ def generate_file(
     }
     out_path.parent.mkdir(parents=True, exist_ok=True)
     with open(out_path, "a", encoding="utf-8") as out:
-        bar = tqdm(total=len(todo), disable=not progress, desc=task)
+        bar = Progress("generate", len(todo), "documents", progress, prefix=f"lcm {task}")
         for start in range(0, len(todo), batch_size):
             batch = todo[start : start + batch_size]
             ok, results = [], []
