@@ -40,6 +40,7 @@ def test_at_most_a_few_shards_of_documents_are_alive_at_once(tmp_path, monkeypat
 
     class Tracked(Document):  # every document the reader makes joins ``live`` until freed
         __hash__ = object.__hash__  # by identity, for the WeakSet
+
         def __init__(self, *args, **kwargs) -> None:
             super().__init__(*args, **kwargs)
             live.add(self)
@@ -111,7 +112,7 @@ def test_seen_ids_find_duplicates_across_merges_in_16_bytes_each():
 def _hammer(path: str, rank: int, rounds: int, barrier) -> None:
     torch.set_num_threads(1)
     for r in range(rounds):
-        barrier.wait()  # both processes open a new file at the same instant
+        barrier.wait(timeout=60)  # both processes open a new file at the same instant
         cache = EmbeddingCache(f"{path}.{r}")
         sentences = [f"rank {rank} sentence {j}." for j in range(30)] + [
             f"shared {j}." for j in range(10)
@@ -125,7 +126,7 @@ def test_embedding_cache_is_safe_when_two_processes_write_one_file(tmp_path):
     """Two processes opening a new cache file at once used to fail with "database is locked"
     (switching to write-ahead logging is not covered by SQLite's busy wait)."""
     ctx = multiprocessing.get_context("fork")
-    rounds = 15
+    rounds = 40
     barrier = ctx.Barrier(2)
     procs = [
         ctx.Process(target=_hammer, args=(str(tmp_path / "c.sqlite"), r, rounds, barrier))
