@@ -102,7 +102,7 @@ class MultilingualCodec(SentenceCodec):
 
     def bank_langs(self) -> list[str]:
         """The languages the bank holds sentences in."""
-        return sorted(self.bank._sentences)
+        return self.bank.langs()
 
     def decode(self, vectors: torch.Tensor, lang: str) -> list[str]:
         """The nearest bank sentence in ``lang`` for each vector (any source language).

@@ -1,15 +1,22 @@
 """Teacher-forced next-concept metrics of a checkpoint on held-out ``lcm prepare`` shards
-(l2, l2-r, PAR, CA, MI; LCM paper section 2.4.1) beside the concept baselines."""
+(l2, l2-r, PAR, CA, MI; LCM paper section 2.4.1) beside the concept baselines, per group of
+documents (:func:`run_concepts`, the concept part of ``lcm eval``)."""
 
 from __future__ import annotations
 
+import json
+import re
 from collections.abc import Sequence
 from dataclasses import dataclass
 from pathlib import Path
+from typing import Any
 
 import torch
 
 from encoders.base import SentenceCodec
+from eval.inputs import sha
+from eval.names import CONCEPT_BASELINES
+from lcm.progress import Progress
 
 
 # ---------------------------------------------------------------------------------------------
@@ -198,3 +205,244 @@ def concept_sums(
             total = sum(c for v, c in zip(mi.per_sentence, mi.n_tokens) if c)
             out["mi"] = [sum(v * c for v, c in zip(mi.per_sentence, mi.n_tokens) if c), total]
     return out
+
+
+def run_concepts(
+    model,
+    name,
+    checkpoint,
+    folder,
+    need,
+    lm,
+    lm_missing,
+    max_documents,
+    concept_batch_size,
+    base_ctx,
+    store,
+    progress,
+    max_len: int | str = "model",
+    group_by: str = "lang",
+    group_pattern: str | None = None,
+) -> dict:
+    """Teacher-forced metrics of one model and its concept baselines, per group of documents
+    (``group_by``: a shard column, optionally cut by ``group_pattern``)."""
+    from eval import baselines as bl
+    from lcm.train.module import read_checkpoint
+
+    manifest = (
+        json.loads((folder / "manifest.json").read_text())
+        if (folder / "manifest.json").exists()
+        else None
+    )
+    if manifest is None:
+        raise FileNotFoundError(
+            f"concept_dir {folder} has no manifest.json; make it with `lcm prepare`"
+        )
+    if manifest.get("codec") != model.codec.codec_id:
+        raise ValueError(
+            f"concept_dir {folder} was prepared with codec {manifest.get('codec')!r}, but model "
+            f"{name!r} uses {model.codec.codec_id!r}"
+        )
+    data_hp = read_checkpoint(checkpoint).get("datamodule_hyper_parameters") or {}
+    src_field = data_hp.get("text_field") or manifest["text_field"]
+    tgt_field = None
+    if model.mode == "summarize":
+        targets = manifest.get("target_fields") or []
+        tgt_field = data_hp.get("target_field") or (targets[0] if targets else None)
+        if tgt_field not in targets:
+            raise ValueError(
+                f"concept_dir {folder} has no target field {tgt_field!r} (it has {targets}); "
+                f"the summarization model {name!r} needs it: prepare with --target_fields"
+            )
+    model_len = int(data_hp.get("max_seq_len", 128))
+    max_seq_len = model_len if max_len == "model" else None if max_len == "whole" else int(max_len)
+    if max_seq_len is not None and max_seq_len < 2:
+        raise ValueError(f"concept_max_len must be >= 2, 'model' or 'whole', got {max_len!r}")
+    fields = [src_field] + ([tgt_field] if tgt_field else [])
+    columns = _shard_columns(folder)
+    if group_by not in columns:
+        raise ValueError(
+            f"group_by {group_by!r} is not a column of the concept_dir shards {folder} "
+            f"(columns: {[c for c in columns if not c.endswith('_embeddings')]})"
+        )
+    train_ids: set[str] = set()
+    train_dir = data_hp.get("data_dir")
+    if train_dir and Path(train_dir, "manifest.json").exists():
+        train_ids = {r["id"] for r in read_concept_docs(Path(train_dir), fields)}
+    mean, mean_missing = training_mean(train_dir, tgt_field or src_field)
+    by_group: dict[str, list[ConceptDoc]] = {}
+    available: dict[str, int] = {}
+    extra = [] if group_by in ("id", "lang") else [group_by]
+    for r in read_concept_docs(folder, fields, columns=extra):
+        group = _group_of(r[group_by], group_pattern)
+        available[group] = available.get(group, 0) + 1
+        docs = by_group.setdefault(group, [])
+        if max_documents is not None and len(docs) >= max_documents:
+            continue
+        docs.append(
+            ConceptDoc(
+                r["id"],
+                r["lang"],
+                torch.tensor(r[f"{src_field}_embeddings"], dtype=torch.float32),
+                list(r[f"{src_field}_sentences"]),
+                torch.tensor(r[f"{tgt_field}_embeddings"], dtype=torch.float32)
+                if tgt_field
+                else None,
+                list(r[f"{tgt_field}_sentences"]) if tgt_field else [],
+            )
+        )
+    systems = [name, *CONCEPT_BASELINES]
+    result: dict[str, Any] = {
+        "concept_dir": str(folder),
+        "mode": model.mode,
+        "fields": fields,
+        "max_len": max_seq_len,  # None: whole documents
+        "model_max_seq_len": model_len,
+        "group_by": group_by,
+        "group_pattern": group_pattern,
+        "in_training_shards": sum(d.id in train_ids for v in by_group.values() for d in v),
+        "missing": {},
+        "groups": {},
+        "not_used": [],
+    }
+    if "mi" in need and lm is None:
+        result["missing"]["mi"] = f"no language model for MI: {lm_missing}"
+    if mean is None:
+        result["missing"]["mean-concept"] = mean_missing
+    need_now = [m for m in need if not (m == "mi" and lm is None)]
+    for group, group_docs in sorted(by_group.items()):
+        sums: dict[str, dict[str, list[float]]] = {s: {} for s in systems}
+        cut = _cut_stats(group_docs, max_seq_len, model.mode == "summarize")
+        bar = Progress(
+            f"concepts {name} {group}", len(group_docs), "documents", progress, prefix="lcm eval"
+        )
+        chunks = []  # batches of one language each (round-trip decoding is per language)
+        for lang in sorted({d.lang for d in group_docs}):
+            docs = [d for d in group_docs if d.lang == lang]
+            if lang not in model.codec.langs:
+                result["not_used"] += [{"id": d.id, "reason": f"codec has no {lang}"} for d in docs]
+                bar.update(len(docs))
+                continue
+            for start in range(0, len(docs), concept_batch_size):
+                chunks.append((lang, docs[start : start + concept_batch_size]))
+        for lang, chunk in chunks:
+            unit = sha([d.id for d in chunk])
+            window = max_seq_len or 1 + max(
+                d.src.shape[0] + (0 if d.tgt is None else d.tgt.shape[0]) for d in chunk
+            )
+            ctx = sha("concepts", *base_ctx, manifest.get("input_sha256"), max_seq_len, fields)
+            label = lang if group_by == "lang" else f"{group_by}={group}|{lang}"
+            keys = {
+                s: store.key("concepts", s if s == name else f"{name}|{s}", label, "-", unit)
+                for s in systems
+            }
+            got = {}
+            for s in systems:
+                if s == "mean-concept" and mean is None:
+                    continue
+                rec = store.get(keys[s], ctx, unit, need_now)
+                if rec is not None:
+                    got[s] = rec
+            todo = [
+                s for s in systems if s not in got and not (s == "mean-concept" and mean is None)
+            ]
+            if todo:
+                laid, problems = teacher_forced(model, chunk, window)
+                records = []
+                if laid is not None:
+                    x, mask, weight, pred, sentences, kept = laid
+                    preds = {name: (pred, weight)}
+                    cp, d_cp = bl.copy_previous(x, mask)
+                    preds["copy-previous"] = (cp, weight & d_cp)
+                    cm_, d_cm = bl.context_mean(x, mask)
+                    preds["context-mean"] = (cm_, weight & d_cm)
+                    if mean is not None:
+                        cst, d_c = bl.constant_mean(x, mean, mask)
+                        preds["mean-concept"] = (cst, weight & d_c)
+                for s in todo:
+                    values: dict[str, list[float]] = {m: [0.0, 0] for m in need_now}
+                    if laid is not None:
+                        pr, w = preds[s]
+                        values = concept_sums(
+                            pr, x, w, mask, sentences, need_now, model.codec, lang, lm
+                        )
+                    records.append(
+                        {
+                            "key": keys[s],
+                            "ctx": ctx,
+                            "input": unit,
+                            "kind": "concepts",
+                            "system": s,
+                            "model": name,
+                            "pair": label,
+                            "setting": "-",
+                            "unit": unit,
+                            "metrics": values,
+                            "not_used": [{"id": d.id, "reason": why} for d, why in problems],
+                        }
+                    )
+                store.add(records)
+                for rec in records:
+                    got[rec["system"]] = rec
+            for s, rec in got.items():
+                for metric, (total, count) in rec["metrics"].items():
+                    acc = sums[s].setdefault(metric, [0.0, 0])
+                    acc[0] += total
+                    acc[1] += count
+            result["not_used"] += got[name]["not_used"]
+            bar.update(len(chunk))
+        bar.close()
+        table = []
+        for s in systems:
+            if s == "mean-concept" and mean is None:
+                continue
+            row = {"system": s, "kind": "model" if s == name else "baseline"}
+            for metric in need:
+                total, count = sums[s].get(metric, (0.0, 0))
+                row[metric] = total / count if count else None
+            row["positions"] = int(sums[s].get("l2", (0, 0))[1]) if "l2" in need else None
+            table.append(row)
+        result["groups"][group] = {
+            "documents": len(group_docs),
+            "documents_available": available[group],
+            **cut,
+            "systems": table,
+        }
+    return result
+
+
+def _shard_columns(folder: Path) -> list[str]:
+    """Column names of a prepared folder's shards (from the first shard's schema)."""
+    import pyarrow.parquet as pq
+
+    shards = sorted((folder / "shards").glob("*.parquet"))
+    return list(pq.read_schema(shards[0]).names) if shards else []
+
+
+def _group_of(value: Any, pattern: str | None) -> str:
+    """The group of a document: its ``group_by`` value, cut by ``pattern`` when given."""
+    text = str(value)
+    if pattern is None:
+        return text
+    m = re.search(pattern, text)
+    if m is None:
+        return "(no match)"
+    return m.group(1) if m.groups() else m.group(0)
+
+
+def _cut_stats(docs: list[ConceptDoc], max_len: int | None, summarize: bool) -> dict[str, int]:
+    """How a window of ``max_len`` concepts cuts the documents: documents cut, and positions
+    left out (a summary's source concepts cut from the context, or a document's concepts past
+    the window, which are not scored)."""
+    cut = dropped = 0
+    for d in docs:
+        if max_len is None:
+            continue
+        if summarize:
+            over = d.src.shape[0] - max(0, max_len - 1 - d.tgt.shape[0])
+        else:
+            over = d.src.shape[0] - max_len
+        if over > 0:
+            cut += 1
+            dropped += over
+    return {"documents_cut": cut, "positions_left_out": dropped}

@@ -17,6 +17,26 @@ def _mean(values: list[float | None]) -> tuple[float | None, int]:
     return (sum(finite) / len(finite) if finite else None), len(values) - len(finite)
 
 
+#: How the ``<metric>_ci95`` intervals of the summarization rows are computed.
+INTERVAL = "95% bootstrap percentile interval of the mean over documents (2000 resamples, seed 0)"
+
+
+def bootstrap_interval(
+    values: list[float | None], resamples: int = 2000, seed: int = 0
+) -> list[float] | None:
+    """95% percentile-bootstrap interval ``[low, high]`` of the mean of the defined per-document
+    ``values`` (None: fewer than 2). Deterministic (fixed seed); never outside the data's range."""
+    import numpy as np
+
+    x = np.asarray([v for v in values if v is not None], dtype=np.float64)
+    if len(x) < 2:
+        return None
+    rng = np.random.default_rng(seed)
+    means = x[rng.integers(0, len(x), size=(resamples, len(x)))].mean(axis=1)  # (resamples,)
+    low, high = np.percentile(means, [2.5, 97.5])
+    return [float(low), float(high)]
+
+
 def aggregate(
     store,
     names,
@@ -62,8 +82,11 @@ def aggregate(
                 if metric in model_metrics.missing:
                     row[metric] = "missing"
                     continue
-                value, undefined = _mean([r["metrics"].get(metric) for r in good])
+                per_doc = [r["metrics"].get(metric) for r in good]
+                value, undefined = _mean(per_doc)
                 row[metric] = value
+                if metric in PLOT_METRICS:
+                    row[f"{metric}_ci95"] = bootstrap_interval(per_doc)
                 if undefined:
                     row[f"{metric}_undefined"] = undefined
             if kind == "model":
@@ -76,6 +99,7 @@ def aggregate(
     out: dict[str, Any] = {
         "summarization": summarization,
         "metric_columns": metric_cols,
+        "interval": INTERVAL,
         "missing_metrics": dict(model_metrics.missing),
         "failures": failures,
     }
@@ -328,8 +352,89 @@ def render_report(results: dict) -> str:
     return "\n".join(lines).rstrip() + "\n"
 
 
+def plot_table(results: dict, metric: str) -> dict:
+    """What the bar chart of ``metric`` shows: the language pairs, and one series per system
+    (model, model [setting] in a sweep, baseline) with its value, 95% interval and bar label
+    per pair (``0.000`` stays visible as a label; ``n/a``: undefined or missing)."""
+    sweep = len(results["config"]["settings"]) > 1
+    pairs = list(results["summarization"])
+    series: dict[str, dict] = {}
+    for i, rows in enumerate(results["summarization"].values()):
+        for r in rows:
+            label = _system_label(r, sweep)
+            s = series.setdefault(
+                label,
+                {
+                    "label": label,
+                    "kind": r["kind"],
+                    "values": [None] * len(pairs),
+                    "intervals": [None] * len(pairs),
+                    "labels": ["n/a"] * len(pairs),
+                },
+            )
+            value = r.get(metric)
+            if isinstance(value, int | float) and not isinstance(value, bool):
+                s["values"][i] = float(value)
+                s["intervals"][i] = r.get(f"{metric}_ci95")
+                s["labels"][i] = f"{value:.1f}" if metric == "words" else f"{value:.3f}"
+            elif isinstance(value, str):
+                s["labels"][i] = value
+    return {"metric": metric, "pairs": pairs, "series": list(series.values())}
+
+
+def bar_chart(table: dict):
+    """A matplotlib figure of :func:`plot_table`: grouped bars (groups: pairs, colours:
+    systems) with interval whiskers and every bar's value written on it; with one pair the
+    systems are the x axis (no legend repeating them)."""
+    import matplotlib
+
+    matplotlib.use("Agg")
+    import matplotlib.pyplot as plt
+
+    pairs, series = table["pairs"], table["series"]
+    label = LABELS.get(table["metric"], table["metric"])
+    one = len(pairs) == 1
+    n = len(series)
+    width = 0.8 if one else 0.8 / max(1, n)
+    fig, ax = plt.subplots(figsize=(max(5.0, 0.9 * n if one else 0.45 * n * len(pairs) + 2), 3.8))
+    colours = plt.get_cmap("tab10" if n <= 10 else "tab20")
+    top = max([hi for s in series for iv in s["intervals"] if iv for hi in iv[1:]]
+              + [v for s in series for v in s["values"] if v is not None] + [0.0])  # fmt: skip
+    pad = 0.02 * (top or 1.0)
+    for k, s in enumerate(series):
+        xs = [k] if one else [i + (k - (n - 1) / 2) * width for i in range(len(pairs))]
+        heights = [v if v is not None else 0.0 for v in s["values"]]
+        hatch = "//" if s["kind"] == "baseline" else None
+        ax.bar(xs, heights, width * 0.9, color=colours(k % colours.N), label=s["label"],
+               hatch=hatch, edgecolor="black", linewidth=0.5)  # fmt: skip
+        for x, v, iv, text in zip(xs, s["values"], s["intervals"], s["labels"], strict=True):
+            if iv is not None:
+                ax.errorbar([x], [v], yerr=[[v - iv[0]], [iv[1] - v]], color="black",
+                            capsize=3, linewidth=1)  # fmt: skip
+            if v is not None and v == 0:  # a zero bar has no height: mark it
+                ax.plot([x], [0.0], "D", markersize=5, color="black", gid="zero")
+            y = (iv[1] if iv is not None else (v or 0.0)) + pad
+            ax.text(x, y, text, ha="center", va="bottom", fontsize=7, rotation=90 if n > 6 else 0)
+    if one:
+        ax.set_xticks(range(n))
+        ax.set_xticklabels([s["label"] for s in series], fontsize=8, rotation=20, ha="right")
+        ax.set_title(f"{label}, {pairs[0].replace('->', ' -> ')} (whiskers: 95% interval)")
+    else:
+        ax.set_xticks(range(len(pairs)))
+        ax.set_xticklabels([p.replace("->", "\n-> ") for p in pairs], fontsize=8)
+        ax.set_title(f"{label} per language pair (whiskers: 95% interval)")
+        ax.legend(fontsize=7, loc="upper left", bbox_to_anchor=(1.01, 1.0))
+    ax.set_ylabel(label)
+    ax.set_ylim(0, top * 1.25 + pad * 4)
+    ax.axhline(0, color="black", linewidth=0.8)
+    fig.tight_layout()
+    return fig
+
+
 def write_plots(results: dict, out: Path) -> list[str]:
-    """``plot_<metric>_by_pair.png`` and, for a sweep, ``plot_<metric>_by_setting.png``."""
+    """``plot_<metric>_by_pair.png`` (:func:`bar_chart`, one per metric, every model and pair)
+    and, for a sweep, ``plot_<metric>_by_setting.png`` (the metric against the setting, per
+    model and pair, with interval whiskers; dashed lines: baselines)."""
     import matplotlib
 
     matplotlib.use("Agg")
@@ -338,29 +443,9 @@ def write_plots(results: dict, out: Path) -> list[str]:
     written = []
     cfg = results["config"]
     sweep = len(cfg["settings"]) > 1
-    pairs = list(results["summarization"])
     cols = [m for m in PLOT_METRICS if m in results["metric_columns"]]
     for metric in cols:
-        systems: list[str] = []
-        values: dict[tuple[str, str], float] = {}
-        for pair, rows in results["summarization"].items():
-            for r in rows:
-                label = _system_label(r, sweep)
-                if label not in systems:
-                    systems.append(label)
-                if isinstance(r.get(metric), float):
-                    values[(label, pair)] = r[metric]
-        fig, ax = plt.subplots(figsize=(max(5, 1.2 * len(pairs) * max(1, len(systems)) / 3), 3.5))
-        width = 0.8 / max(1, len(systems))
-        for k, label in enumerate(systems):
-            xs = [i + k * width for i in range(len(pairs))]
-            ax.bar(xs, [values.get((label, p), 0.0) for p in pairs], width, label=label)
-        ax.set_xticks([i + 0.4 - width / 2 for i in range(len(pairs))])
-        ax.set_xticklabels([p.replace("->", "\n-> ") for p in pairs], fontsize=8)
-        ax.set_ylabel(LABELS[metric])
-        ax.set_title(f"{LABELS[metric]} per language pair")
-        ax.legend(fontsize=7, loc="upper left", bbox_to_anchor=(1.01, 1.0))
-        fig.tight_layout()
+        fig = bar_chart(plot_table(results, metric))
         path = out / f"plot_{metric}_by_pair.png"
         fig.savefig(path, dpi=100, bbox_inches="tight")
         plt.close(fig)
@@ -381,26 +466,35 @@ def write_plots(results: dict, out: Path) -> list[str]:
             if numeric
             else list(range(len(labels)))
         )
+        one_pair = len(results["summarization"]) == 1
         fig, ax = plt.subplots(figsize=(6, 3.5))
         for pair, rows in results["summarization"].items():
             for name in results["models"]:
-                ys = []
+                ys, low, high = [], [], []
                 for lb in labels:
                     r = next(r for r in rows if r["system"] == name and r["setting"] == lb)
-                    ys.append(r[metric] if isinstance(r.get(metric), float) else float("nan"))
-                ax.plot(xs, ys, marker="o", label=f"{name} {pair}")
+                    y = r[metric] if isinstance(r.get(metric), float) else float("nan")
+                    iv = r.get(f"{metric}_ci95") or [y, y]
+                    ys.append(y)
+                    low.append(y - iv[0])
+                    high.append(iv[1] - y)
+                ax.errorbar(xs, ys, yerr=[low, high], marker="o", capsize=3,
+                            label=name if one_pair else f"{name} {pair}")  # fmt: skip
             for r in rows:
                 if r["kind"] == "baseline" and isinstance(r.get(metric), float):
                     ax.axhline(r[metric], linestyle="--", linewidth=0.8, color="gray")
+                    name = r["system"] if one_pair else f"{r['system']} {pair}"
                     ax.annotate(
-                        f"{r['system']} {pair}", (xs[0], r[metric]), fontsize=6, color="gray"
+                        f"{name} {r[metric]:.3g}", (xs[0], r[metric]), fontsize=6, color="gray"
                     )
         ax.set_xlabel(varying[0] if numeric else "setting")
         if not numeric:
             ax.set_xticks(xs)
             ax.set_xticklabels(labels, fontsize=6, rotation=20)
         ax.set_ylabel(LABELS[metric])
-        ax.set_title(f"{LABELS[metric]} per generation setting (dashed: baselines)")
+        ax.set_ylim(bottom=0)
+        where = f", {next(iter(results['summarization']))}" if one_pair else ""
+        ax.set_title(f"{LABELS[metric]} per generation setting{where} (dashed: baselines)")
         ax.legend(fontsize=7, loc="upper left", bbox_to_anchor=(1.01, 1.0))
         fig.tight_layout()
         path = out / f"plot_{metric}_by_setting.png"

@@ -251,42 +251,20 @@ class ConceptModel:
     def fill_bank(
         self, shard_dir: str | Path, fields: list[str] | None = None, progress: bool = True
     ) -> int:
-        """Add the sentences of the shards' text columns (all, or ``fields``) to the codec's
-        retrieval bank; returns how many were offered. Shards are verified on the way
-        (:mod:`lcm.data.shards`), and progress is shown per shard."""
-        import numpy as np
+        """Give the codec's retrieval bank the sentences of the shards' text columns (all, or
+        ``fields``): the bank saved beside the shards when it still matches them (memory-mapped),
+        else built from them once and saved there (:mod:`lcm.data.bank`). A bank that already
+        holds sentences gets the shards' added in memory. Returns the bank's size."""
+        from lcm.data import bank as banks
 
-        from lcm.data.shards import iter_shard_tables, recorded_shards
-        from lcm.progress import Progress
-
-        n = 0
-        total = len(recorded_shards(shard_dir))
-        with Progress("bank", total, "shards", progress, prefix="lcm load") as bar:
-            for _, table in iter_shard_tables(shard_dir, level="quick"):
-                langs = np.asarray(table.column("lang").to_pylist(), dtype=object)
-                for name in table.column_names:
-                    if not name.endswith("_sentences"):
-                        continue
-                    field = name[: -len("_sentences")]
-                    if fields is not None and field not in fields:
-                        continue
-                    # Flat (sentences, D) arrays straight from Arrow, one bank call per language.
-                    sents_col = table.column(name).combine_chunks()
-                    sents = np.asarray(sents_col.flatten().to_pylist(), dtype=object)
-                    per_doc = np.diff(sents_col.offsets.to_numpy())
-                    vecs_col = table.column(f"{field}_embeddings").combine_chunks()
-                    vecs = vecs_col.flatten().flatten().to_numpy(zero_copy_only=False)
-                    vecs = vecs.astype(np.float32).reshape(len(sents), -1)
-                    lang_of = np.repeat(langs, per_doc)
-                    keep = sents != self.end_of_text
-                    for lang in dict.fromkeys(langs.tolist()):
-                        rows = np.flatnonzero(keep & (lang_of == lang))
-                        if len(rows):
-                            x = torch.from_numpy(vecs[rows])
-                            self.codec.bank.add(sents[rows].tolist(), x, lang)
-                            n += len(rows)
-                bar.update(1)
-        return n
+        bank = self.codec.bank
+        if len(bank):
+            banks.fill(bank, shard_dir, fields, self.end_of_text, progress)
+        else:
+            self.codec.bank, _ = banks.load_bank(
+                shard_dir, self.codec.codec_id, bank.dim, fields, self.end_of_text, progress
+            )
+        return len(self.codec.bank)
 
     # ------------------------------------------------------------------------------------------
     def _sentences(self, doc: Text, lang: str, index: int = 0) -> list[str]:

@@ -22,6 +22,7 @@ Example:
 from __future__ import annotations
 
 import math
+from dataclasses import dataclass, replace
 from pathlib import Path
 from typing import Any
 
@@ -29,11 +30,27 @@ import numpy as np
 import torch
 from torch import Tensor, nn
 
-PRESETS: dict[str, tuple[int, int]] = {
-    "tiny": (4, 64),  # CPU tests and pilots
-    "paper": (64, 8192),  # LCM paper, section 2.5
+
+@dataclass(frozen=True)
+class RVQConfig:
+    """The size of a residual quantizer.
+
+    Attributes:
+        n_codebooks: K, the number of residual codebooks.
+        n_units: Units per codebook (a power of two).
+        beam_size: Beam width of the encoder.
+    """
+
+    n_codebooks: int = 4
+    n_units: int = 64
+    beam_size: int = 5
+
+
+PRESETS: dict[str, RVQConfig] = {
+    "tiny": RVQConfig(4, 64),  # CPU tests and pilots
+    "paper": RVQConfig(64, 8192),  # LCM paper, section 2.5
 }
-"""Preset name -> (number of codebooks, units per codebook)."""
+"""Preset name -> quantizer size."""
 
 
 class RVQ(nn.Module):
@@ -63,11 +80,12 @@ class RVQ(nn.Module):
 
     @classmethod
     def from_name(cls, name: str, dim: int, **kwargs: Any) -> RVQ:
-        """`RVQ.from_name("tiny", dim=1024)`: (K, n_units) from :data:`PRESETS`."""
+        """`RVQ.from_name("tiny", dim=1024)`: the size from :data:`PRESETS`; keyword arguments
+        replace its fields (e.g. ``beam_size=8``)."""
         if name not in PRESETS:
             raise KeyError(f"unknown RVQ preset {name!r}; known: {sorted(PRESETS)}")
-        k, n = PRESETS[name]
-        return cls(dim, k, n, **kwargs)
+        cfg = replace(PRESETS[name], **kwargs)
+        return cls(dim, cfg.n_codebooks, cfg.n_units, cfg.beam_size)
 
     def extra_repr(self) -> str:
         return f"dim={self.dim}, n_codebooks={self.n_codebooks}, n_units={self.n_units}"

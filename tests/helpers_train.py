@@ -96,3 +96,16 @@ def make_shards(
         progress=False,
     )
     return out
+
+
+class SlowHashCodec(HashCodec):
+    """HashCodec that sleeps ``LCM_TEST_ENCODE_SLEEP`` seconds (default 0.2) per encode call:
+    room for a kill at a random point of a run in a fresh process (``--codec
+    helpers_train.SlowHashCodec``)."""
+
+    def _encode(self, sentences: list[str], lang: str) -> torch.Tensor:
+        import os
+        import time
+
+        time.sleep(float(os.environ.get("LCM_TEST_ENCODE_SLEEP", "0.2")))
+        return super()._encode(sentences, lang)

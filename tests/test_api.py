@@ -376,3 +376,26 @@ def test_the_retrieval_bank_holds_every_target_sentence_once(sft_ckpt):
     lang, sents = next(iter(want.items()))
     s = sorted(sents)[0]
     assert model.codec.decode(HashCodec().encode([s], lang), lang) == [s]
+
+
+def test_a_second_load_opens_the_saved_bank(sft_ckpt):
+    """The first retrieval load saves the bank beside the shards; the next one memory-maps it
+    (no rebuild) and decodes the same sentences."""
+    from encoders.retrieval import ArrowTexts, RetrievalBank
+    from lcm.data import bank as banks
+
+    class Retrieving(HashCodec):
+        def __init__(self):
+            super().__init__()
+            self.bank = RetrievalBank(self.dim)
+
+        def decode(self, vectors, lang):
+            return [found[0] for found in self.bank.search(vectors, lang)[1]]
+
+    first = ConceptModel.load(sft_ckpt, codec=Retrieving())
+    builds = banks.BUILDS
+    second = ConceptModel.load(sft_ckpt, codec=Retrieving())
+    assert banks.BUILDS == builds
+    assert isinstance(second.codec.bank._sentences["eng_Latn"], ArrowTexts)
+    doc = "Token 3 is here. Token 16 is here. Token 9 is here."
+    assert second.summarize(doc, max_new_concepts=3) == first.summarize(doc, max_new_concepts=3)

@@ -339,6 +339,24 @@ def test_last_checkpoint_holds_the_final_step_and_resumes_exactly(prepared, tmp_
         assert torch.equal(value, resumed["state_dict"][name]), name
 
 
+def test_with_a_monitor_last_holds_the_final_step_and_the_best_is_kept(
+    prepared, tmp_path, _plain_argv
+):
+    """A monitored run (top-k on val/loss) whose last step is not a checkpoint step: last.ckpt
+    still holds the final step, and the best checkpoint is the one with the lowest val/loss."""
+    last = _fit(
+        prepared, tmp_path, 7, 3, "--data.val_fraction=0.3", "--trainer.val_check_interval=3",
+        "--checkpoint.monitor=val/loss", "--checkpoint.mode=min", "--checkpoint.save_top_k=1",
+    )  # fmt: skip
+    final = torch.load(last, weights_only=True)
+    assert final["global_step"] == 7
+    (best,) = [p for p in last.parent.glob("*.ckpt") if p.name != "last.ckpt"]
+    state = next(v for k, v in final["callbacks"].items() if "LCMCheckpoint" in k)
+    assert Path(state["best_model_path"]) == best
+    assert torch.isfinite(torch.as_tensor(state["best_model_score"]))
+    assert torch.load(best, weights_only=True)["global_step"] in (3, 6)
+
+
 def test_nan_batch_stops_training_naming_step_and_documents(prepared, tmp_path, _plain_argv):
     from lcm.train.callbacks import NonFiniteError
 
@@ -640,3 +658,39 @@ def test_kill_fit_then_resume_gives_identical_weights(prepared, tmp_path, _plain
     assert resumed["global_step"] == 16
     for name, value in straight["state_dict"].items():
         assert torch.equal(value, resumed["state_dict"][name]), name
+
+
+def test_kill_a_fresh_lcm_prepare_process_then_rerun_gives_identical_shards(tmp_path):
+    """The real command in a fresh process (as a user runs it, nothing inherited from the test
+    process), killed with SIGKILL in the middle of encoding, then run again."""
+    import subprocess
+
+    from helpers_train import HashCodec, write_corpus
+
+    docs = write_corpus(tmp_path / "docs.jsonl", 60, seed=3, summaries=True)
+    ref = tmp_path / "ref"
+    prepare(str(docs), str(ref), codec=HashCodec(), target_fields=["summary"], shard_size=5,
+            cache=False, progress=False)  # fmt: skip
+    out = tmp_path / "killed"
+    args = [sys.executable, "-m", "lcm.cli", "prepare", f"--inputs={docs}",
+            f"--output_dir={out}", "--codec=helpers_train.SlowHashCodec",
+            "--target_fields=[summary]", "--shard_size=5", "--cache=false"]  # fmt: skip
+    env = {**os.environ, "PYTHONPATH": f"{ROOT}{os.pathsep}{ROOT / 'tests'}",
+           "OMP_NUM_THREADS": "1", "LCM_TEST_ENCODE_SLEEP": "0.3"}  # fmt: skip
+    proc = subprocess.Popen(args, env=env, cwd=ROOT, stdout=subprocess.DEVNULL,
+                            stderr=subprocess.PIPE)  # fmt: skip
+    want = random.Random(7).randint(2, 9)  # of 12 shards
+    deadline = time.time() + 240
+    while len(list((out / "shards").glob("*.parquet"))) < want:
+        assert proc.poll() is None and time.time() < deadline, proc.stderr.read().decode()[-2000:]
+        time.sleep(0.01)
+    proc.send_signal(signal.SIGKILL)
+    proc.wait()
+    assert proc.returncode == -signal.SIGKILL
+    assert not (out / "summary.json").exists()  # really cut short
+    env["LCM_TEST_ENCODE_SLEEP"] = "0"
+    done = subprocess.run(args, env=env, cwd=ROOT, capture_output=True, text=True, timeout=300)
+    assert done.returncode == 0, done.stderr[-2000:]
+    summary = json.loads((out / "summary.json").read_text())
+    assert summary["rebuilt_shards"] == [] and summary["documents"] == 60
+    assert digests(out) == digests(ref)

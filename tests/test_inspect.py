@@ -235,3 +235,43 @@ def test_lcm_inspect_on_a_refiner_checkpoint(tmp_path):
     with pytest.raises(ValueError, match="no documents"):
         inspect_main([f"--checkpoint={root / 'checkpoints' / 'last.ckpt'}",
              "--codec=helpers_train.HashCodec"])  # fmt: skip
+
+
+def test_pictures_have_a_colour_legend_and_the_variance_on_each_axis(tmp_path):
+    import matplotlib.pyplot as plt
+
+    from experiments.refinement.inspect import axis_label, plot_trajectories, trajectory_figure
+
+    assert axis_label(0, 0.2307) == "PC1 (23.1% var.)"
+    assert axis_label(2, 0.00042) == "PC3 (0.042% var.)"  # small shares are not rounded to 0%
+    obj = tiny_objective()
+    x = torch.randn(4, 5, D, generator=gen(3))
+    info = inspect_trajectories(obj, x, None, tmp_path, num_iterations=6, generator=gen(4))
+    P = 20  # more positions than can be named: colours are the classes
+    evr = info["state"]["explained_variance_ratio"]
+    coords = torch.tensor(info["state"]["coords_3d"])
+    fig = trajectory_figure(coords, info["exit_steps"], info["labels"], info["classes"], evr,
+                            "t", 3)  # fmt: skip
+    ax = fig.axes[0]
+    assert [ax.get_xlabel(), ax.get_ylabel(), ax.get_zlabel()] == [
+        axis_label(k, evr[k]) for k in range(3)
+    ]
+    legend = [t.get_text() for t in ax.get_legend().get_texts()]
+    counts = info["class_counts"]
+    assert legend[:3] == [f"{c.replace('_', ' ')} ({counts[c]})" for c in CLASSES]
+    assert sum(counts.values()) == P and "adaptive exit" in legend
+    plt.close(fig)
+    # few positions: one legend entry per trajectory, by its label
+    fig = trajectory_figure(coords[:3, :, :2], info["exit_steps"][:3], ["a", "b", "c"],
+                            info["classes"][:3], evr, "t", 2)  # fmt: skip
+    assert [t.get_text() for t in fig.axes[0].get_legend().get_texts()][:3] == ["a", "b", "c"]
+    plt.close(fig)
+    # the saved JSON alone redraws every picture
+    files = plot_trajectories(json.loads((tmp_path / "trajectories.json").read_text()), tmp_path)
+    assert [p.rsplit("/", 1)[-1] for p in files] == [
+        "state_2d.png",
+        "state_3d.png",
+        "pred_2d.png",
+        "pred_3d.png",
+        "movement.png",
+    ]

@@ -99,6 +99,9 @@ def test_rvq_validation(data):
     with pytest.raises(RuntimeError):
         RVQ(D, 4, 16).encode(data)  # not fitted
     assert RVQ.from_name("tiny", dim=D).codebooks.shape == (4, 64, D)
+    assert RVQ.from_name("paper", dim=D, n_units=2, beam_size=3).codebooks.shape == (64, 2, D)
+    with pytest.raises(TypeError):
+        RVQ.from_name("tiny", dim=D, units=2)  # a misspelt field is an error
     with pytest.raises(ValueError):
         RVQ(D, 2, 16).fit(data).decode(torch.zeros(3, 4, dtype=torch.long))
 

@@ -160,44 +160,108 @@ def _selected(
     return out
 
 
-def _plot(
-    coords: Tensor, exit_steps: list[int], labels: list[str], title: str, path: Path, dim: int
-) -> None:
-    """Lines through (P, n, dim) coordinates: light-to-dark by iteration, o start, s end,
-    * exit."""
+#: Colours of the trajectory classes when there are too many positions to name each one.
+CLASS_COLOURS = {"fixed_point": "tab:blue", "orbit": "tab:orange", "slider": "tab:green"}
+#: Positions up to which every trajectory has its own colour and legend entry.
+MAX_NAMED = 12
+
+
+def axis_label(k: int, ratio: float) -> str:
+    """``PC1 (23.1% var.)``: the component and the share of variance it explains (small shares
+    keep two significant digits instead of rounding to 0%)."""
+    pct = 100 * ratio
+    share = f"{pct:.1f}%" if pct >= 1 else f"{pct:.2g}%"
+    return f"PC{k + 1} ({share} var.)"
+
+
+def trajectory_figure(
+    coords: Tensor,
+    exit_steps: list[int],
+    labels: list[str],
+    classes: list[str],
+    explained: Sequence[float],
+    title: str,
+    dim: int,
+):
+    """The figure of (P, n, dim) coordinates: light-to-dark by iteration, o start, s end,
+    * exit; each axis names the variance its component explains. The legend names each
+    trajectory's colour (up to ``MAX_NAMED`` positions; beyond, the colour is the class) and
+    the markers."""
     import matplotlib
 
     matplotlib.use("Agg")
     import matplotlib.pyplot as plt
+    from matplotlib.lines import Line2D
 
     P, n, _ = coords.shape
-    fig = plt.figure(figsize=(7, 6))
+    named = P <= MAX_NAMED
+    fig = plt.figure(figsize=(8.5, 6))
     ax = fig.add_subplot(projection="3d") if dim == 3 else fig.add_subplot()
-    palette = plt.get_cmap("tab20" if P > 10 else "tab10")
+    palette = plt.get_cmap("tab10" if P <= 10 else "tab20")
     shade = torch.linspace(0.25, 1.0, n)[:, None]  # (n, 1) early iterates lighter
     for i in range(P):
         c = coords[i].numpy()
-        colour = torch.tensor(palette(i % palette.N))  # (4,) RGBA
+        if named:
+            base = palette(i % palette.N)
+        else:
+            base = matplotlib.colors.to_rgba(CLASS_COLOURS.get(classes[i], "tab:gray"))
+        colour = torch.tensor(base)  # (4,) RGBA
         tints = (1 - shade) * torch.ones(4) + shade * colour  # blend with white
         tints = tints.clamp(0.0, 1.0)
         tints[:, 3] = 1.0
         colour = tuple(colour.tolist())
         cols = [c[:, j] for j in range(dim)]
-        ax.plot(*cols, color=colour, lw=0.8, alpha=0.6, label=labels[i])
+        ax.plot(*cols, color=colour, lw=0.8, alpha=0.6)
         ax.scatter(*cols, c=tints.numpy(), s=10)
         ax.scatter(*[[v[0]] for v in cols], marker="o", s=60, facecolors="none", edgecolors="k")
         ax.scatter(*[[v[-1]] for v in cols], marker="s", s=50, color=colour, edgecolors="k")
         e = min(exit_steps[i], n) - 1
         ax.scatter(*[[v[e]] for v in cols], marker="*", s=140, color=colour, edgecolors="k")
-    ax.set_xlabel("PC1")
-    ax.set_ylabel("PC2")
-    if dim == 3:
-        ax.set_zlabel("PC3")
+    if named:
+        handles = [
+            Line2D([], [], color=palette(i % palette.N), lw=2, label=labels[i]) for i in range(P)
+        ]
+    else:
+        handles = [
+            Line2D([], [], color=col, lw=2, label=f"{cls.replace('_', ' ')} ({classes.count(cls)})")
+            for cls, col in CLASS_COLOURS.items()
+        ]
+    handles += [
+        Line2D([], [], ls="", marker="o", mfc="none", mec="k", label="start (iteration 1)"),
+        Line2D([], [], ls="", marker="s", color="gray", mec="k", label=f"end (iteration {n})"),
+        Line2D([], [], ls="", marker="*", ms=12, color="gray", mec="k", label="adaptive exit"),
+        Line2D([], [], ls="", marker=".", color="lightgray", label="light -> dark: later"),
+    ]
+    ax.legend(
+        handles=handles,
+        fontsize=7,
+        loc="upper left",
+        bbox_to_anchor=(1.02 if dim == 2 else 1.08, 1.0),
+        title=None if named else "class (count)",
+        title_fontsize=7,
+    )
+    setters = [ax.set_xlabel, ax.set_ylabel] + ([ax.set_zlabel] if dim == 3 else [])
+    for k, set_label in enumerate(setters):
+        set_label(axis_label(k, explained[k]) if k < len(explained) else f"PC{k + 1} (0% var.)")
     ax.set_title(title, fontsize=9)
-    if P <= 12:
-        ax.legend(fontsize=7, loc="best")
     fig.tight_layout()
-    fig.savefig(path, dpi=110)
+    return fig
+
+
+def _plot(
+    coords: Tensor,
+    exit_steps: list[int],
+    labels: list[str],
+    classes: list[str],
+    explained: Sequence[float],
+    title: str,
+    path: Path,
+    dim: int,
+) -> None:
+    import matplotlib.pyplot as plt
+
+    fig = trajectory_figure(coords, exit_steps, labels, classes, explained, title, dim)
+    fig.savefig(path, dpi=110, bbox_inches="tight")
     plt.close(fig)
 
 
@@ -215,11 +279,43 @@ def _plot_movement(move: Tensor, labels: list[str], threshold: float, path: Path
     ax.set_yscale("log")
     ax.set_xlabel("iteration i")
     ax.set_ylabel("1 - cos(y_i, y_{i-1})")
-    if move.shape[0] <= 12:
-        ax.legend(fontsize=7)
+    if move.shape[0] <= MAX_NAMED:
+        ax.legend(fontsize=7, loc="upper left", bbox_to_anchor=(1.01, 1.0))
+    else:  # too many lines to name: say what they are
+        ax.legend(
+            handles=ax.get_legend_handles_labels()[0][-1:],
+            title=f"{move.shape[0]} positions, one line each",
+            fontsize=7,
+            title_fontsize=7,
+        )
     fig.tight_layout()
-    fig.savefig(path, dpi=110)
+    fig.savefig(path, dpi=110, bbox_inches="tight")
     plt.close(fig)
+
+
+def plot_trajectories(result: dict[str, Any], out_dir: str | Path) -> list[str]:
+    """Draw the PNGs of an inspection from its result (what ``trajectories.json`` holds), so
+    saved results can be drawn again without the model. Returns the files written."""
+    out = Path(out_dir)
+    files = []
+    for space in ("state", "pred"):
+        block = result[space]
+        evr = block["explained_variance_ratio"]
+        what = "latent state s_i" if space == "state" else "prediction y_i"
+        coords = torch.tensor(block["coords_3d"])  # (P, n, 3)
+        for dim in (2, 3):
+            path = out / f"{space}_{dim}d.png"
+            shown = sum(evr[:dim])
+            title = f"{what}: PCA over all iterates; these {dim} axes explain {100 * shown:.3g}%"
+            _plot(coords[..., :dim], result["exit_steps"], result["labels"], result["classes"],
+                  evr, title, path, dim)  # fmt: skip
+            files.append(str(path))
+    path = out / "movement.png"
+    rule = result["exit_rule"]
+    threshold = rule.get("exit_threshold", rule.get("threshold"))  # older JSON: "threshold"
+    _plot_movement(torch.tensor(result["movement"]), result["labels"], threshold, path)
+    files.append(str(path))
+    return files
 
 
 @torch.no_grad()
@@ -326,20 +422,8 @@ def inspect_trajectories(
             coords_2d=proj[..., :2].tolist(),
             coords_3d=proj.tolist(),
         )
-        if plots:
-            evr = ", ".join(f"{v:.0%}" for v in pca.explained_variance_ratio.tolist())
-            what = "latent state s_i" if space == "state" else "prediction y_i"
-            for dim in (2, 3):
-                path = out / f"{space}_{dim}d.png"
-                title = (
-                    f"{what}, PCA over all iterates (explained {evr}); o start, square end, * exit"
-                )
-                _plot(proj[..., :dim], exit_steps, names, title, path, dim)
-                result["files"].append(str(path))
     if plots:
-        path = out / "movement.png"
-        _plot_movement(move, names, rule.exit_threshold, path)
-        result["files"].append(str(path))
+        result["files"] += plot_trajectories(result, out)
     json_path = out / "trajectories.json"
     result["files"].append(str(json_path))
     json_path.write_text(json.dumps(result, indent=1))

@@ -2,7 +2,9 @@
 
 Reads the folder written by ``lcm prepare`` (``manifest.json``, ``shards/*.parquet``,
 ``normalizer.pt``) through ``datasets``, whose Arrow cache is memory-mapped, so the vectors are
-never all loaded into RAM; each batch copies only its own rows.
+never all loaded into RAM; each batch copies only its own rows. With ``streaming=True`` the
+training split is streamed instead (:mod:`lcm.train.stream`: no Arrow copy, no per-document
+index); validation, test and predict keep this in-memory store (small folders).
 
 Examples
     ``pretrain``: one document = one sequence of concepts. A document longer than ``max_seq_len``
@@ -59,7 +61,7 @@ import torch
 from lightning.pytorch.utilities import rank_zero_info
 from torch.utils.data import DataLoader, IterableDataset, get_worker_info
 
-from lcm.data.shards import Level, verified_shards
+from lcm.data.shards import Level, recorded_shards, verified_shards
 from lcm.normalizer import RobustNormalizer
 
 log = logging.getLogger(__name__)
@@ -564,7 +566,19 @@ class ConceptDataModule(L.LightningDataModule):
         verify_shards: Check of every shard before use: ``full`` (recorded size, checksum and
             rows, finite values, sentence/vector alignment; reads each shard once) or ``quick``
             (size and rows only, for very large corpora). A failing shard stops with an error
-            naming it (and the document, for a NaN).
+            naming it (and the document, for a NaN). With ``streaming``, ``data_dir`` is always
+            checked at ``quick`` at start (its values are checked as they stream).
+        streaming: Stream the training shards of ``data_dir`` (:mod:`lcm.train.stream`, Hugging
+            Face ``datasets`` streaming) instead of copying them into an Arrow cache and indexing
+            every document first: start-up and memory no longer grow with the corpus, the order
+            is deterministic and resumable across ranks, and a batch bound by
+            ``max_concepts_per_batch`` is built from the same examples. The epoch length is
+            unknown until the stream ends. Validation, test and predict keep the in-memory store
+            (small folders), so streaming needs ``val_dir`` (or ``val_fraction=0``): holding out
+            a share of ``data_dir`` would need an index of the whole corpus. Training batches
+            are read in the main process (``num_workers`` applies to evaluation only).
+        shuffle_buffer: With ``streaming``: documents per shuffled block (the shuffle buffer);
+            memory holds one block, and resume re-reads at most one block.
     """
 
     def __init__(
@@ -588,6 +602,8 @@ class ConceptDataModule(L.LightningDataModule):
         pin_memory: bool = False,
         cache_dir: str | None = None,
         verify_shards: Level = "full",
+        streaming: bool = False,
+        shuffle_buffer: int = 1000,
     ) -> None:
         super().__init__()
         self.save_hyperparameters()
@@ -629,12 +645,23 @@ class ConceptDataModule(L.LightningDataModule):
         self.pin_memory = pin_memory
         self.cache_dir = cache_dir
         self.verify_shards = verify_shards
+        self.streaming = streaming
+        self.shuffle_buffer = shuffle_buffer
+        if streaming and self.val_dir is None and val_fraction > 0:
+            raise ValueError(
+                "streaming reads data_dir without an index of its documents, so it cannot hold "
+                f"out val_fraction={val_fraction} of them: pass --data.val_dir (a small prepared "
+                "folder) or --data.val_fraction 0"
+            )
+        if streaming and shuffle_buffer < 1:
+            raise ValueError(f"shuffle_buffer must be >= 1, got {shuffle_buffer}")
         #: Concept dimension D, read from the shards (the CLI links it to the model's sonar_dim).
         self.dim = shard_dim(self.data_dir, self.text_field)
         self.normalizer: RobustNormalizer | None = None
         #: Counts per split: documents, examples, windowed documents or cut sources.
         self.stats: dict[str, dict[str, int]] = {}
         self._splits: dict[str, tuple[ConceptStore, Examples]] = {}
+        self._stream = None  # StreamingBatches of the training split when streaming
 
     # ------------------------------------------------------------------------------ setup
     @property
@@ -643,8 +670,16 @@ class ConceptDataModule(L.LightningDataModule):
 
     def prepare_data(self) -> None:
         # Local rank 0 builds the datasets Arrow caches first; the other ranks then reuse them.
-        for folder in {self.data_dir, self.val_dir, self.test_dir, self.predict_dir} - {None}:
+        folders = {self.data_dir, self.val_dir, self.test_dir, self.predict_dir} - {None}
+        if self.streaming:  # the training folder is streamed: no cache to build
+            folders.discard(self.data_dir)
+            _shard_files(self.data_dir, self._stream_level)
+        for folder in folders:
             ConceptStore(folder, self.fields, self.cache_dir, self.verify_shards)
+
+    @property
+    def _stream_level(self) -> Level:
+        return "none" if self.verify_shards == "none" else "quick"
 
     def _examples(self, store: ConceptStore, docs: np.ndarray) -> Examples:
         src = store.lengths(self.text_field)
@@ -673,6 +708,9 @@ class ConceptDataModule(L.LightningDataModule):
             self.normalizer = RobustNormalizer.load(path)
             if self.normalizer.center.shape[0] != self.dim:
                 raise ValueError(f"normalizer {path} has dim {self.normalizer.center.shape[0]}")
+        if self.streaming:
+            self._setup_streaming()
+            return
         main = ConceptStore(self.data_dir, self.fields, self.cache_dir, self.verify_shards)
         all_docs = np.arange(len(main), dtype=np.int64)
         if self.val_dir is not None:
@@ -690,6 +728,45 @@ class ConceptDataModule(L.LightningDataModule):
                 store = ConceptStore(folder, self.fields, self.cache_dir, self.verify_shards)
                 self._add_split(name, store, np.arange(len(store), dtype=np.int64))
 
+    def _setup_streaming(self) -> None:
+        files = _shard_files(self.data_dir, self._stream_level)  # size and rows: O(shards)
+        if self.val_dir is not None:
+            val_store = ConceptStore(self.val_dir, self.fields, self.cache_dir, self.verify_shards)
+            self._add_split("val", val_store, np.arange(len(val_store), dtype=np.int64))
+        else:  # val_fraction == 0 (checked in __init__)
+            self._splits["val"] = (None, pretrain_examples(np.zeros(0, np.int64), np.zeros(0), 2))
+            self.stats["val"] = self._splits["val"][1].stats
+        for name, folder in (("test", self.test_dir), ("predict", self.predict_dir)):
+            if folder is None:
+                self._splits[name] = self._splits["val"]
+            else:
+                store = ConceptStore(folder, self.fields, self.cache_dir, self.verify_shards)
+                self._add_split(name, store, np.arange(len(store), dtype=np.int64))
+        rows = sum(int(r.get("rows") or 0) for r in recorded_shards(self.data_dir).values())
+        self.stats["train"] = {"documents": rows, "shards": len(files)}
+        rank_zero_info(
+            f"lcm data [train] {self.data_dir}: streaming {rows} documents from {len(files)} "
+            f"shards (shuffle buffer {self.shuffle_buffer} documents)"
+        )
+        from lcm.train.stream import StreamingBatches
+
+        rank, world = self._rank_world()
+        self._stream = StreamingBatches(
+            files,
+            self.fields,
+            self.mode,
+            self.dim,
+            self.max_seq_len,
+            self.normalizer if self.normalize else None,
+            self.max_concepts_per_batch,
+            self.max_batch_size,
+            seed=self.seed,
+            block_docs=self.shuffle_buffer,
+            rank=rank,
+            world_size=world,
+        )
+        self._splits["train"] = (None, None)
+
     def describe(self, split: str, examples: list[int]) -> list[dict[str, Any]]:
         """Where examples of ``split`` come from: the document ``id`` and the ``start`` position
         of the example's first concept in the document's main field."""
@@ -704,6 +781,8 @@ class ConceptDataModule(L.LightningDataModule):
         reached (e.g. to fit Quant-LCM's quantizer, or to measure its error on held-out data)."""
         if not self._splits:
             self.setup()
+        if split == "train" and self._stream is not None:
+            return self._stream_sample(n, seed)
         store, ex = self._splits[split]
         docs = np.unique(ex.doc)
         order = np.random.default_rng(seed).permutation(docs)
@@ -727,9 +806,43 @@ class ConceptDataModule(L.LightningDataModule):
         ``index``; padding rows, -1, are skipped), in batch order without repeats."""
         if not self._splits:
             self.setup()
-        store, ex = self._splits[split]
         idx = np.asarray(index.cpu() if isinstance(index, torch.Tensor) else index).reshape(-1)
+        if split == "train" and self._stream is not None:  # the last batches streamed
+            recent = self._stream.recent_ids
+            return list(
+                dict.fromkeys(recent.get(int(i), f"<example {int(i)}>") for i in idx if i >= 0)
+            )
+        store, ex = self._splits[split]
         return list(dict.fromkeys(store.ids[int(ex.doc[i])] for i in idx if i >= 0))
+
+    def _stream_sample(self, n: int, seed: int) -> torch.Tensor:
+        """Up to ``n`` concepts of the streamed training data: whole documents of the shards in
+        a seeded order, shuffled inside blocks, until ``n`` concepts are reached."""
+        stream = self._stream
+        parts, total = [], 0
+        # The same documents on every rank (e.g. to fit one quantizer), in a seeded order.
+        ds = stream.stream(0, files=stream.file_order(seed + 7919), by_rank=False)
+        rng = np.random.default_rng(seed)
+        for table in ds.iter(batch_size=stream.block_docs):
+            stream.check(table)
+            from lcm.train.stream import BlockStore
+
+            block = BlockStore(table, self.fields, self.dim)
+            for doc in rng.permutation(len(block)):
+                for name in self.fields:
+                    vecs = block.vectors(name, int(doc))
+                    parts.append(vecs)
+                    total += len(vecs)
+                if total >= n:
+                    break
+            if total >= n:
+                break
+        if not parts:
+            return torch.zeros(0, self.dim)
+        x = torch.from_numpy(np.concatenate(parts)[:n].astype(np.float32))
+        if self.normalize and self.normalizer is not None:
+            x = self.normalizer.normalize(x)
+        return x
 
     def set_normalizer(self, normalizer: RobustNormalizer) -> None:
         """Use ``normalizer`` (e.g. the one a fine-tuned model was pretrained with)."""
@@ -745,6 +858,10 @@ class ConceptDataModule(L.LightningDataModule):
         """The :class:`ConceptBatches` of ``split`` (``train``, ``val``, ``test``, ``predict``)."""
         if not self._splits:
             self.setup()
+        if split == "train" and self._stream is not None:
+            raise ValueError(
+                "the training split is streamed (streaming=True): iterate train_dataloader()"
+            )
         store, ex = self._splits[split]
         rank, world = self._rank_world()
         return ConceptBatches(
@@ -771,15 +888,25 @@ class ConceptDataModule(L.LightningDataModule):
         trainer = self.trainer
         return trainer.fit_loop.epoch_progress.current.processed if trainer is not None else 0
 
-    def train_dataloader(self) -> ConceptLoader:
+    def train_dataloader(self) -> ConceptLoader | DataLoader:
+        if self.streaming:
+            from lcm.train.stream import StreamingLoader
+
+            if not self._splits:
+                self.setup()
+            self._stream.normalizer = self.normalizer if self.normalize else None
+            self._stream.rank, self._stream.world_size = self._rank_world()
+            return StreamingLoader(self._stream, self._epoch, self.pin_memory)
         return ConceptLoader(
             self.batches("train", shuffle=True), self._epoch, self.num_workers, self.pin_memory
         )
 
     def _eval_loader(self, split: str) -> DataLoader | list:
-        batches = self.batches(split)
-        if len(batches.examples) == 0:
+        if not self._splits:
+            self.setup()
+        if len(self._splits[split][1]) == 0:
             return []
+        batches = self.batches(split)
         return DataLoader(
             batches, batch_size=None, num_workers=self.num_workers, pin_memory=self.pin_memory
         )
