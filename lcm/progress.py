@@ -108,6 +108,13 @@ class Progress:
             if time.monotonic() - self._last_line >= self.interval:
                 self._emit()
 
+    def set_total(self, total: int | None) -> None:
+        """Replace the expected count (an estimate made exact once it is known)."""
+        self.total = total
+        if self._bar is not None:
+            self._bar.total = total
+            self._bar.refresh()
+
     def update(self, n: int = 1) -> None:
         """Count ``n`` more items."""
         self.n += n

@@ -27,6 +27,8 @@ from dataclasses import asdict, dataclass, field
 from pathlib import Path
 from typing import Literal
 
+import numpy as np
+
 from encoders.langs import SONAR_LANGS, UnknownLanguageError, validate_lang
 from lcm.splitting import SentenceSplitter
 
@@ -339,13 +341,25 @@ def iter_rows(
         builder = {"jsonl": "json", "txt": "text"}.get(kind, kind)
         kwargs = {"sample_by": txt_sample_by} if kind == "txt" else {}
         try:
-            ds = _quiet_load(datasets, builder, str(path), cache_dir, kwargs)
+            arrow_files = _quiet_load(datasets, builder, str(path), cache_dir, kwargs)
         except Exception as ex:  # noqa: BLE001 - datasets/pyarrow raise many parse errors
             log.info("%s: the %s engine failed (%s); reading it row by row", path, builder, ex)
             yield from _fallback_rows(path, kind, txt_sample_by)
             continue
-        for i, record in enumerate(ds):
-            yield str(path), i, record, None
+        yield from ((str(path), i, record, None) for i, record in enumerate(_records(arrow_files)))
+
+
+def _records(files: Sequence[str]) -> Iterator[dict]:
+    """The rows of the Arrow files that ``datasets`` wrote, one record batch at a time, through
+    plain reads. A ``datasets.Dataset`` memory-maps them, and every page it touches (it reads
+    each batch's header when it opens the file; iteration reads the rest) stays in this
+    process's resident memory, which would then grow with the corpus."""
+    import pyarrow as pa
+
+    for name in files:
+        with pa.OSFile(name) as fh:
+            for batch in pa.ipc.open_stream(fh):
+                yield from batch.to_pylist()
 
 
 def _utf8_file(path: Path) -> bool:
@@ -362,16 +376,21 @@ def _utf8_file(path: Path) -> bool:
 
 
 def _quiet_load(datasets, builder: str, path: str, cache_dir: str | None, kwargs: dict):
-    """``load_dataset`` without its error log lines (a failure is handled by the caller)."""
+    """Have ``datasets`` convert ``path`` to Arrow (once; cached) and return the Arrow files of
+    its train split, in order, without opening them as a dataset. Its error log lines are
+    silenced (a failure is handled by the caller)."""
     ds_log = logging.getLogger("datasets")
     level = ds_log.level
     ds_log.setLevel(logging.CRITICAL)
     try:
-        return datasets.load_dataset(
-            builder, data_files=[path], split="train", cache_dir=cache_dir, **kwargs
-        )
+        b = datasets.load_dataset_builder(builder, data_files=[path], cache_dir=cache_dir, **kwargs)
+        b.download_and_prepare()
     finally:
         ds_log.setLevel(level)
+    files = sorted(glob.glob(str(Path(b.cache_dir) / "*-train*.arrow")))
+    if not files:
+        raise FileNotFoundError(f"datasets wrote no Arrow file for {path} in {b.cache_dir}")
+    return files
 
 
 def _text(value: object) -> str | None:
@@ -382,7 +401,73 @@ def _text(value: object) -> str | None:
     raise TypeError(type(value).__name__)
 
 
-def to_documents(
+class SeenIds:
+    """The document ids seen so far, in 16 bytes per id: a sorted array of 64-bit hashes of the
+    ids and, beside it, where each id was first seen (file index and row).
+
+    New ids go to a small dict (at most ``buffer`` entries, ~10 MB at the default), merged into
+    the sorted arrays when it is full, so memory is 16 MB per million documents plus that buffer
+    (and, during a merge, one more copy of the arrays). Two different ids with the same hash
+    would read as a duplicate (the second row rejected as ``duplicate_id``, listed in the rejects,
+    never silently); the chance of any such collision among ``n`` ids is at most ``n^2 / 2^65``:
+    3e-8 for a million documents, 7e-5 for fifty million.
+    """
+
+    def __init__(self, buffer: int = 1 << 16) -> None:
+        self.buffer = buffer
+        self._keys = np.empty(0, dtype=np.uint64)  # sorted
+        self._where = np.empty(0, dtype=np.int64)  # (file index << 40) | row, aligned with _keys
+        self._recent: dict[int, int] = {}
+
+    @staticmethod
+    def _hash(doc_id: str) -> int:
+        return int.from_bytes(hashlib.blake2b(doc_id.encode(), digest_size=8).digest(), "little")
+
+    def __len__(self) -> int:
+        return len(self._keys) + len(self._recent)
+
+    @property
+    def nbytes(self) -> int:
+        """Bytes held by the sorted arrays (the dict buffer not counted)."""
+        return self._keys.nbytes + self._where.nbytes
+
+    def find(self, doc_id: str) -> tuple[int, tuple[int, int] | None]:
+        """``(hash, first)``: the id's hash, and ``(file index, row)`` of its first occurrence
+        or None if it is new."""
+        key = self._hash(doc_id)
+        first = self._recent.get(key)
+        if first is None and len(self._keys):
+            i = int(np.searchsorted(self._keys, np.uint64(key)))
+            if i < len(self._keys) and int(self._keys[i]) == key:
+                first = int(self._where[i])
+        return key, None if first is None else (first >> 40, first & ((1 << 40) - 1))
+
+    def insert(self, key: int, file_index: int, row: int) -> None:
+        """Record a new id by its hash (from :meth:`find`) and where it was first seen."""
+        self._recent[key] = (file_index << 40) | row
+        if len(self._recent) >= self.buffer:
+            self._merge()
+
+    def add(self, doc_id: str, file_index: int, row: int) -> tuple[int, int] | None:
+        """Record ``doc_id``; if it was seen before, return ``(file index, row)`` of its first
+        occurrence instead (and record nothing)."""
+        key, first = self.find(doc_id)
+        if first is None:
+            self.insert(key, file_index, row)
+        return first
+
+    def _merge(self) -> None:
+        keys = np.fromiter(self._recent.keys(), dtype=np.uint64, count=len(self._recent))
+        where = np.fromiter(self._recent.values(), dtype=np.int64, count=len(self._recent))
+        order = np.argsort(keys)
+        keys, where = keys[order], where[order]
+        at = np.searchsorted(self._keys, keys)
+        self._keys = np.insert(self._keys, at, keys)
+        self._where = np.insert(self._where, at, where)
+        self._recent = {}
+
+
+def iter_documents(
     rows: Iterator[tuple[str, int, dict | None, str | None]],
     splitter: SentenceSplitter,
     text_field: str = "text",
@@ -391,26 +476,30 @@ def to_documents(
     lang_field: str | None = "lang",
     default_lang: str = "eng_Latn",
     langs: Sequence[str] | None = None,
-) -> tuple[list[Document], list[Reject]]:
-    """Validate rows and split their fields into sentences."""
-    docs: list[Document] = []
-    rejects: list[Reject] = []
-    seen: dict[str, str] = {}
+    seen: SeenIds | None = None,
+) -> Iterator[Document | Reject]:
+    """Validate rows and split their fields into sentences, one row at a time: yields a
+    :class:`Document` or a :class:`Reject` per row, in input order. Only the ids seen so far are
+    kept (:class:`SeenIds`), so memory does not grow with the documents."""
+    seen = SeenIds() if seen is None else seen
+    file_index: dict[str, int] = {}
+    files: list[str] = []
     for file, row, record, error in rows:
         where = f"{Path(file).name} row {row}"
         if error is not None:
             kind, _, message = error.partition(": ")
             at = _LINE.match(message)
-            rejects.append(Reject(file, row, kind, message, line=int(at[1]) if at else None))
+            yield Reject(file, row, kind, message, line=int(at[1]) if at else None)
             continue
         assert record is not None
         doc_id = None
         if id_field and record.get(id_field) not in (None, ""):
             doc_id = str(record[id_field])
         doc_id = doc_id or f"{Path(file).name}:{row}"
-        if doc_id in seen:
-            message = f"duplicate id {doc_id!r} (first at {seen[doc_id]})"
-            rejects.append(Reject(file, row, "duplicate_id", message, doc_id))
+        key, first = seen.find(doc_id)
+        if first is not None:
+            message = f"duplicate id {doc_id!r} (first at {Path(files[first[0]]).name}:{first[1]})"
+            yield Reject(file, row, "duplicate_id", message, doc_id)
             continue
         lang = default_lang
         if lang_field and record.get(lang_field) is not None:  # rows without one use the default
@@ -418,7 +507,7 @@ def to_documents(
         try:
             lang = validate_lang(lang, langs or SONAR_LANGS, where)
         except UnknownLanguageError as ex:
-            rejects.append(Reject(file, row, "unknown_lang", str(ex), doc_id))
+            yield Reject(file, row, "unknown_lang", str(ex), doc_id)
             continue
         sentences: dict[str, list[str]] = {}
         raw: dict[str, str] = {}
@@ -443,8 +532,31 @@ def to_documents(
             if name != text_field:
                 raw[name] = value
         if problem:
-            rejects.append(Reject(file, row, *problem, doc_id))
+            yield Reject(file, row, *problem, doc_id)
             continue
-        seen[doc_id] = f"{Path(file).name}:{row}"
-        docs.append(Document(doc_id, lang, f"{file}:{row}", sentences, raw))
+        if file not in file_index:
+            file_index[file] = len(files)
+            files.append(file)
+        seen.insert(key, file_index[file], row)  # only valid documents claim their id
+        yield Document(doc_id, lang, f"{file}:{row}", sentences, raw)
+
+
+def to_documents(
+    rows: Iterator[tuple[str, int, dict | None, str | None]],
+    splitter: SentenceSplitter,
+    text_field: str = "text",
+    target_fields: Sequence[str] = (),
+    id_field: str | None = "id",
+    lang_field: str | None = "lang",
+    default_lang: str = "eng_Latn",
+    langs: Sequence[str] | None = None,
+) -> tuple[list[Document], list[Reject]]:
+    """All documents and rejects of ``rows`` as two lists (small inputs; ``lcm prepare`` streams
+    with :func:`iter_documents`)."""
+    docs: list[Document] = []
+    rejects: list[Reject] = []
+    for item in iter_documents(
+        rows, splitter, text_field, target_fields, id_field, lang_field, default_lang, langs
+    ):
+        (docs if isinstance(item, Document) else rejects).append(item)
     return docs, rejects

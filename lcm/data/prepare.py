@@ -1,28 +1,36 @@
 """``lcm prepare``: documents -> sentences -> concepts -> parquet shards (+ normalizer).
 
+Everything streams: memory holds the documents of at most three shards at a time (the one being
+encoded, the one Lightning's loader has read ahead, and the one being cut), whatever the size of
+the corpus; only the id hashes of the duplicate check (16 bytes per document) grow with it.
+
 Steps:
-1. read every input row with ``datasets``; validate; split fields into sentences
+1. read the input rows one at a time with ``datasets``; validate; split fields into sentences
    (:mod:`lcm.data.documents`). A file the engine cannot read is re-read row by row, so only its
-   bad rows are lost. Bad rows go to ``rejects/input.jsonl`` with file, row, line and reason.
-2. cut the valid documents, in input order, into shards of ``shard_size`` documents. A shard
-   already on disk counts as done only if it matches its recorded rows, bytes and SHA-256;
-   otherwise (truncated, changed) it is rebuilt.
-3. encode the shards under Lightning ``Trainer.predict``: each rank takes every
-   ``world_size``-th pending shard, so ``--devices``/``--num_nodes`` spread the work over GPUs and
-   machines. A shard is written to a temporary file, recorded in ``stats/``, then renamed, so a
-   shard file on disk is always complete. Documents whose vectors are NaN/inf, or (with
-   ``max_unknown_ratio``) with a sentence of mostly unknown tokens, go to
-   ``rejects/shard-XXXXX.jsonl``.
-4. rank 0 fits the robust normalizer on a seeded sample of sentence vectors (a NaN there is an
-   error naming shard and document), records every shard in ``manifest.json`` and writes
-   ``summary.json``.
+   bad rows are lost. Bad rows are appended to ``rejects/input.jsonl`` with file, row, line and
+   reason as they are met. Duplicate ids are found with 64-bit hashes of the ids seen so far
+   (:class:`~lcm.data.documents.SeenIds`, 16 bytes per document).
+2. the valid documents are cut, in input order, into shards of ``shard_size`` documents as they
+   arrive (:class:`ShardStream`). A shard already on disk counts as done only if it matches its
+   recorded rows, bytes and SHA-256; otherwise (truncated, changed) it is rebuilt.
+3. encode under Lightning ``Trainer.predict``, which consumes the stream: every rank reads the
+   whole input and cuts the same shards, keeps the documents of its own pending shards only
+   (every ``world_size``-th shard) and drops the others' as soon as they are counted, so
+   ``--devices``/``--num_nodes`` spread the encoding over GPUs and machines. A shard is written
+   to a temporary file, recorded in ``stats/``, then renamed, so a shard file on disk is always
+   complete. Documents whose vectors are NaN/inf, or (with ``max_unknown_ratio``) with a
+   sentence of mostly unknown tokens, go to ``rejects/shard-XXXXX.jsonl``.
+4. rank 0 fits the robust normalizer on a seeded sample of sentence vectors, reading only the
+   shards that hold a sampled sentence, one at a time (a NaN there is an error naming shard and
+   document), records every shard in ``manifest.json`` and writes ``summary.json``.
 
 Progress (rows or documents per second, ETA) of reading, encoding and the normalizer goes to a
 bar in a terminal, or to plain lines at least every 30 s in a log file (:mod:`lcm.progress`).
 
 A rerun with the same settings skips finished shards, so a run killed at any point (even
-``kill -9``) resumes to the same shards: the persistent embedding cache (``cache.sqlite``) returns
-the very vectors the killed run computed.
+``kill -9``) resumes to the same shards: a shard is always encoded whole, in one call per field
+and language, and the optional persistent embedding cache (``cache.sqlite``, local disk only)
+returns the very vectors the killed run computed.
 
 Output folder::
 
@@ -45,8 +53,8 @@ import os
 import time
 import warnings
 from collections import Counter
-from collections.abc import Sequence
-from dataclasses import dataclass
+from collections.abc import Iterator, Sequence
+from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Literal
 
@@ -62,11 +70,12 @@ from lcm.data.documents import (
     Document,
     InputFormat,
     Reject,
+    SeenIds,
     count_rows,
     expand_inputs,
     fingerprint,
+    iter_documents,
     iter_rows,
-    to_documents,
 )
 from lcm.data.shards import ShardError, check_shard, file_record, table_problems
 from lcm.normalizer import RobustNormalizer
@@ -97,13 +106,129 @@ class ShardPlan:
     docs: list[Document]
 
 
+@dataclass
+class ShardStream(torch.utils.data.IterableDataset):
+    """Reads, validates and splits the inputs in one pass and cuts the valid documents into
+    shards of ``shard_size`` as they arrive; yields the :class:`ShardPlan` of each shard that is
+    this rank's (``index % world == rank``) and not in ``done``. The documents of other shards
+    are dropped as soon as they are counted, so at most one shard's documents are held here.
+
+    Every rank computes the same shards (same input, same order). After a full pass, the
+    counters below hold the totals; ``write_rejects`` (rank 0) appends the rejected rows to
+    ``rejects/input.jsonl`` as they are met (through a temporary file, renamed at the end).
+    """
+
+    files: list[Path]
+    input_format: str
+    txt_sample_by: str
+    out: Path
+    splitter: SentenceSplitter
+    text_field: str
+    target_fields: list[str]
+    id_field: str | None
+    lang_field: str | None
+    default_lang: str
+    langs: Sequence[str]
+    end_of_text: str | None
+    shard_size: int
+    done: set[int]
+    rank: int = 0
+    world: int = 1
+    write_rejects: bool = True
+    read_bar: Progress | None = None
+    encode_bar: Progress | None = None
+    # totals of the last full pass
+    rows_read: int = 0
+    documents: int = 0
+    shards: int = 0
+    mine_documents: int = 0
+    input_rejects: Counter = field(default_factory=Counter)
+    finished: bool = False
+
+    def __post_init__(self) -> None:
+        super().__init__()
+
+    def __iter__(self) -> Iterator[ShardPlan]:
+        self.rows_read = self.documents = self.shards = self.mine_documents = 0
+        self.input_rejects = Counter()
+        self.finished = False
+        rows = iter_rows(
+            self.files, self.input_format, self.txt_sample_by, self.out / ".inputs",
+            str(self.out / ".hf_cache"),
+        )  # fmt: skip
+        items = iter_documents(
+            rows, self.splitter, self.text_field, self.target_fields, self.id_field,
+            self.lang_field, self.default_lang, self.langs, SeenIds(),
+        )  # fmt: skip
+        rejects_path = self.out / "rejects" / "input.jsonl"
+        tmp = rejects_path.with_name(f".{rejects_path.name}.{os.getpid()}.tmp")
+        sink = open(tmp, "w") if self.write_rejects else None  # noqa: SIM115 - closed below
+        try:
+            current: list[Document] = []
+            count, keep = 0, self._keep(0)
+            for item in items:
+                self.rows_read += 1
+                if self.read_bar is not None:
+                    self.read_bar.update()
+                if isinstance(item, Reject):
+                    self.input_rejects[item.kind] += 1
+                    if sink is not None:
+                        sink.write(json.dumps(item.as_dict()) + "\n")
+                    continue
+                self.documents += 1
+                count += 1
+                if keep:
+                    if self.end_of_text:
+                        for sentences in item.sentences.values():
+                            sentences.append(self.end_of_text)
+                    current.append(item)
+                if count == self.shard_size:
+                    plan, current = (ShardPlan(self.shards, current) if keep else None), []
+                    self.shards += 1
+                    count, keep = 0, self._keep(self.shards)
+                    if plan is not None:
+                        self.mine_documents += len(plan.docs)
+                        yield plan
+                        del plan  # the consumer holds it while it is encoded, not us
+            if count:
+                self.shards += 1
+                if keep:
+                    self.mine_documents += len(current)
+                    plan, current = ShardPlan(self.shards - 1, current), []
+                    self._end_of_input(sink, tmp, rejects_path)
+                    sink = None
+                    yield plan
+                    return
+            self._end_of_input(sink, tmp, rejects_path)
+            sink = None
+        finally:
+            if sink is not None:  # an error or an abandoned pass: no partial input.jsonl
+                sink.close()
+                tmp.unlink(missing_ok=True)
+
+    def _keep(self, index: int) -> bool:
+        return index % self.world == self.rank and index not in self.done
+
+    def _end_of_input(self, sink, tmp: Path, rejects_path: Path) -> None:
+        """The whole input is read: publish the rejects file and fix the progress totals."""
+        if sink is not None:
+            sink.close()
+            os.replace(tmp, rejects_path)
+        self.finished = True
+        if self.read_bar is not None:
+            self.read_bar.set_total(self.rows_read)
+            self.read_bar.close()
+        if self.encode_bar is not None:
+            self.encode_bar.set_total(self.mine_documents)
+
+
 class ShardEncoder(L.LightningModule):
     """Encodes one shard of documents per predict step with a frozen codec."""
 
     def __init__(
         self,
         codec: SentenceCodec,
-        plans: list[ShardPlan],
+        plans: ShardStream,
         fields: Sequence[str],
     ) -> None:
         super().__init__()
@@ -116,10 +241,9 @@ class ShardEncoder(L.LightningModule):
 
     def predict_dataloader(self):
         # Ranks take disjoint shards (no padding, unlike DistributedSampler, so no shard is
-        # encoded twice).
-        rank, world = self.trainer.global_rank, self.trainer.world_size
-        mine = self.plans[rank::world]
-        return torch.utils.data.DataLoader(mine, batch_size=None, collate_fn=lambda p: p)
+        # encoded twice); the stream is read in this process, one shard ahead of the encoder.
+        self.plans.rank, self.plans.world = self.trainer.global_rank, self.trainer.world_size
+        return torch.utils.data.DataLoader(self.plans, batch_size=None, collate_fn=_same)
 
     def transfer_batch_to_device(self, batch, device, dataloader_idx):
         return batch  # a plan is text; the codec moves its own tensors
@@ -280,6 +404,10 @@ class ShardWriter(BasePredictionWriter):
             self.progress.update(len(plan.docs))
 
 
+def _same(plan: ShardPlan) -> ShardPlan:
+    return plan
+
+
 def default_codec() -> SentenceCodec:
     """The default codec of ``lcm prepare``: the real SONAR when its weights load (checked now,
     in a second or two offline); otherwise an error that names the offline codec's flag."""
@@ -341,14 +469,21 @@ def prepare(
         max_sentence_chars: long-sentence cap; longer sentences are re-split (0 disables).
         end_of_text: a sentence appended to every field (the paper uses "End of text."), so
             models learn to emit it and generation can stop on it; None appends nothing.
-        shard_size: documents per shard (the unit of resumption and of work per rank).
+        shard_size: documents per shard (the unit of resumption and of work per rank; memory
+            holds at most about three shards' documents, whatever the corpus size).
         embedding_dtype: storage dtype of the vectors.
         normalizer_sample: most sentence vectors the normalizer is fitted on (seeded sample).
         seed: seed of the normalizer sample.
         max_unknown_ratio: reject documents with a sentence whose share of tokens unknown to the
             codec (e.g. emoji for MiniLM) is above this, in [0, 1]; None only counts sentences
             that are mostly (> 50%) unknown (``unknown_token_sentences`` in the summary).
-        cache: keep a persistent embedding cache in ``output_dir/cache.sqlite``.
+        cache: keep a persistent embedding cache in ``output_dir/cache.sqlite``, so a rerun
+            reads back the vectors a killed run computed instead of encoding them again. It
+            grows by a float32 vector per distinct sentence (70-80% of the shards' size): large
+            runs should turn it off (``--cache false``; a deterministic codec still resumes to
+            identical shards, as each shard is encoded whole, in the same batches). Local disk
+            only: the ranks of one machine share the file safely (SQLite write-ahead log), but
+            not over a network filesystem or across nodes.
         accelerator: Lightning accelerator for encoding (``cpu``, ``gpu``, ``auto``).
         devices: devices per node for encoding.
         num_nodes: machines for encoding.
@@ -405,50 +540,25 @@ def prepare(
         _atomic_write(manifest, json.dumps(settings, indent=2))
     show = progress and rank_zero_only.rank == 0
 
-    # 1) read, validate, split (deterministic: every rank computes the same plan)
-    splitter = SentenceSplitter(max_sentence_chars)
-    rows = iter_rows(files, input_format, txt_sample_by, out / ".inputs", str(out / ".hf_cache"))
-    with Progress("read+split", count_rows(files, input_format), "rows", show) as bar:
-        docs, rejects = to_documents(
-            _counted(rows, bar),
-            splitter,
-            text_field,
-            target_fields,
-            id_field,
-            lang_field,
-            default_lang,
-            codec.langs,
-        )
-    rows_read = len(docs) + len(rejects)
-    if end_of_text:
-        for doc in docs:
-            for sentences in doc.sentences.values():
-                sentences.append(end_of_text)
-    _atomic_write(
-        out / "rejects" / "input.jsonl", "".join(json.dumps(r.as_dict()) + "\n" for r in rejects)
-    )
-
-    # 2) shard plan; skip shards already on disk that verify against their recorded size and
-    # checksum (a truncated or changed shard is rebuilt, never trusted because it exists)
-    plans = [
-        ShardPlan(i, docs[start : start + shard_size])
-        for i, start in enumerate(range(0, len(docs), shard_size))
-    ]
+    # 1+2) shards already on disk that verify against their recorded size and checksum are done
+    # (a truncated or changed shard is rebuilt, never trusted because it exists); every rank
+    # checks them all before any rank writes, so all ranks skip the same shards
     _remove_stale_tmp(out / "shards")
+    _remove_stale_tmp(out / "rejects")
     done, rebuilt = set(), {}
-    for p in plans:
-        problem = _shard_problem(out, p.index)
+    for path in sorted((out / "shards").glob("shard-*.parquet")):
+        index = int(path.stem.split("-")[1])
+        problem = _shard_problem(out, index)
         if problem is None:
-            done.add(p.index)
-        elif problem != "missing":
-            rebuilt[shard_name(p.index)] = problem
+            done.add(index)
+        else:
+            rebuilt[shard_name(index)] = problem
     for name, problem in rebuilt.items():
         log.warning("rebuilding %s: %s", name, problem)
-    pending = [p for p in plans if p.index not in done]
-    log.info("%d documents in %d shards, %d already done", len(docs), len(plans), len(done))
 
-    # 3) encode under Lightning predict, with this output's cache (the caller's codec is
-    # restored afterwards: a cache of another folder would make resumed shards differ)
+    # 3) read, split and encode in one stream under Lightning predict, with this output's cache
+    # (the caller's codec is restored afterwards: a cache of another folder would make resumed
+    # shards differ)
     own_cache = cache and codec.cache is None
     if own_cache:
         codec.cache = EmbeddingCache(out / "cache.sqlite")
@@ -467,45 +577,61 @@ def prepare(
     )
     # Shards are written by ShardWriter from the prediction itself; batch indices are not needed.
     warnings.filterwarnings("ignore", message="Couldn't infer the batch indices")
-    mine = sum(len(p.docs) for p in pending[trainer.global_rank :: trainer.world_size])
-    writer.progress = Progress("encode", mine, "documents", show and bool(pending))
+    warnings.filterwarnings("ignore", message=".*does not have many workers.*")
+    splitter = SentenceSplitter(max_sentence_chars)
+    rows_estimate = count_rows(files, input_format)
+    world = trainer.world_size
+    # the encode total is an estimate (rows not yet known to be valid) until reading ends
+    estimate = max(rows_estimate - len(done) * shard_size, 0) // world
+    stream = ShardStream(
+        files, input_format, txt_sample_by, out, splitter, text_field, target_fields,
+        id_field, lang_field, default_lang, codec.langs, end_of_text, shard_size, done,
+        rank=trainer.global_rank, world=world, write_rejects=trainer.global_rank == 0,
+        read_bar=Progress("read+split", rows_estimate, "rows", show),
+        encode_bar=Progress("encode", estimate, "documents", show),
+    )  # fmt: skip
+    writer.progress = stream.encode_bar
     try:
-        if pending:
-            module = ShardEncoder(codec, pending, [text_field, *target_fields])
-            trainer.predict(module, return_predictions=False)
-            trainer.strategy.barrier()
+        module = ShardEncoder(codec, stream, [text_field, *target_fields])
+        trainer.predict(module, return_predictions=False)
+        trainer.strategy.barrier()
     finally:
-        writer.progress.close()
+        stream.read_bar.close()
+        stream.encode_bar.close()
         if own_cache:
             codec.cache.close()
             codec.cache = None
     if not trainer.is_global_zero:
         return {}
+    if not stream.finished:
+        raise RuntimeError(f"{out}: the input was not read to its end; rerun to resume")
+    log.info(
+        "%d documents in %d shards, %d were already done",
+        stream.documents, stream.shards, len(done & set(range(stream.shards))),
+    )  # fmt: skip
 
     # 4) normalizer and summary (rank 0)
-    summary = _finalize(out, plans, rejects, splitter, text_field, normalizer_sample, seed, show)
-    summary["rows_read"] = rows_read
+    summary = _finalize(
+        out, stream.shards, stream.input_rejects, splitter, text_field, normalizer_sample, seed,
+        show,
+    )  # fmt: skip
+    summary["rows_read"] = stream.rows_read
     summary["rebuilt_shards"] = sorted(rebuilt)
     summary["seconds"] = round(time.perf_counter() - t0, 2)
-    stats = [json.loads((out / "stats" / f"{shard_name(p.index)}.json").read_text()) for p in plans]
-    settings["shards"] = {
-        f"{shard_name(p.index)}.parquet": {k: s[k] for k in ("rows", "bytes", "sha256")}
-        for p, s in zip(plans, stats)
-    }
+    settings["shards"] = {}
+    for i in range(stream.shards):
+        s = json.loads((out / "stats" / f"{shard_name(i)}.json").read_text())
+        settings["shards"][f"{shard_name(i)}.parquet"] = {
+            k: s[k] for k in ("rows", "bytes", "sha256")
+        }
     _atomic_write(manifest, json.dumps(settings, indent=2))
     _atomic_write(out / "summary.json", json.dumps(summary, indent=2))
     return summary
 
 
-def _counted(rows, bar: Progress):
-    for row in rows:
-        yield row
-        bar.update()
-
-
 def _remove_stale_tmp(folder: Path) -> None:
-    """Delete temporary shard files of processes that no longer run (a killed run's leftovers)."""
-    for tmp in folder.glob(".shard-*.tmp"):
+    """Delete temporary files of processes that no longer run (a killed run's leftovers)."""
+    for tmp in folder.glob(".*.tmp"):
         pid = tmp.name.split(".")[-2]
         try:
             os.kill(int(pid), 0)
@@ -543,69 +669,93 @@ def _shard_problem(out: Path, index: int) -> str | None:
 
 
 def _finalize(
-    out, plans, input_rejects, splitter, text_field, normalizer_sample, seed, show=False
+    out: Path,
+    n_shards: int,
+    input_rejects: Counter,
+    splitter: SentenceSplitter,
+    text_field: str,
+    normalizer_sample: int,
+    seed: int,
+    show: bool = False,
 ) -> dict:
+    """Fit the normalizer and total the per-shard stats and rejects (read one file at a time)."""
     import pyarrow.parquet as pq
 
-    missing = [
-        p.index for p in plans if not (out / "shards" / f"{shard_name(p.index)}.parquet").exists()
-    ]
+    names = [shard_name(i) for i in range(n_shards)]
+    missing = [n for n in names if not (out / "shards" / f"{n}.parquet").exists()]
     if missing:
         raise RuntimeError(f"shards {missing[:5]}... were not written; rerun to resume")
-    stats = [json.loads((out / "stats" / f"{shard_name(p.index)}.json").read_text()) for p in plans]
-    shard_rejects = []
-    for p in plans:
-        text = (out / "rejects" / f"{shard_name(p.index)}.jsonl").read_text()
-        shard_rejects += [json.loads(line) for line in text.splitlines()]
+    # per shard: (documents, sentences); stats summed as they are read
+    counts: list[tuple[int, int]] = []
+    totals = Counter()
+    unknown_known = True
+    reasons = Counter(input_rejects)
+    for n in names:
+        st = json.loads((out / "stats" / f"{n}.json").read_text())
+        counts.append((st["documents"], st["sentences"]))
+        for key in ("documents", "sentences", "truncated", "encode_seconds"):
+            totals[key] += st[key]
+        if st.get("unknown_sentences") is None:
+            unknown_known = False
+        else:
+            totals["unknown_sentences"] += st["unknown_sentences"]
+        with open(out / "rejects" / f"{n}.jsonl") as fh:
+            for line in fh:
+                reasons[json.loads(line)["kind"]] += 1
 
-    n_sentences = sum(s["sentences"] for s in stats)
+    n_sentences = totals["sentences"]
     normalizer_fitted_on = 0
     if n_sentences >= 2:
         # Seeded sample over the global sentence index: the same shards give the same normalizer.
+        # Only shards holding a sampled sentence are read, one at a time, and only the sampled
+        # rows are kept (in one preallocated array).
         rng = np.random.default_rng(seed)
         k = min(normalizer_sample, n_sentences)
         chosen = np.sort(rng.choice(n_sentences, size=k, replace=False))
-        picked, offset = [], 0
-        total_docs = sum(s["documents"] for s in stats)
-        with Progress("normalizer", total_docs, "documents", show) as bar:
-            for p, s in zip(plans, stats):
-                lo, hi = np.searchsorted(chosen, [offset, offset + s["sentences"]])
+        sample: np.ndarray | None = None
+        filled, offset = 0, 0
+        with Progress("normalizer", totals["documents"], "documents", show) as bar:
+            for n, (n_docs, n_sent) in zip(names, counts):
+                lo, hi = np.searchsorted(chosen, [offset, offset + n_sent])
                 if hi > lo:
-                    path = out / "shards" / f"{shard_name(p.index)}.parquet"
-                    columns = ["id", f"{text_field}_embeddings"]
-                    table = pq.read_table(path, columns=columns)
-                    # a NaN here would make the fit fail without saying where: name it
+                    path = out / "shards" / f"{n}.parquet"
+                    table = pq.read_table(path, columns=[f"{text_field}_embeddings"])
+                    # a NaN here would make the fit fail without saying where: name it (the ids
+                    # are read only then)
                     problems = table_problems(table, path.name, [text_field], alignment=False)
                     if problems:
+                        columns = ["id", f"{text_field}_embeddings"]
+                        table = pq.read_table(path, columns=columns)
+                        problems = table_problems(table, path.name, [text_field], alignment=False)
                         raise ShardError(
                             f"{out}: cannot fit the normalizer: "
                             + "; ".join(problems)
                             + f". Delete {path} and rerun `lcm prepare` to rebuild it"
                         )
-                    col = table.column(1)
+                    col = table.column(f"{text_field}_embeddings")
                     flat = col.combine_chunks().flatten().flatten().to_numpy(zero_copy_only=False)
-                    mat = flat.reshape(s["sentences"], -1)
-                    picked.append(mat[chosen[lo:hi] - offset])
-                offset += s["sentences"]
-                bar.update(s["documents"])
-            sample = torch.from_numpy(np.concatenate(picked).astype(np.float32))
-            RobustNormalizer.fit(sample).save(out / "normalizer.pt")
+                    mat = flat.reshape(n_sent, -1)
+                    if sample is None:
+                        sample = np.empty((k, mat.shape[1]), dtype=np.float32)
+                    sample[filled : filled + hi - lo] = mat[chosen[lo:hi] - offset]
+                    filled += hi - lo
+                    del table, col, flat, mat
+                offset += n_sent
+                bar.update(n_docs)
+            RobustNormalizer.fit(torch.from_numpy(sample)).save(out / "normalizer.pt")
         normalizer_fitted_on = int(sample.shape[0])
 
-    all_rejects = [*(r.as_dict() for r in input_rejects), *shard_rejects]
-    reasons = Counter(r["kind"] for r in all_rejects)
-    unknown = [s.get("unknown_sentences") for s in stats]
     return {
-        "documents": sum(s["documents"] for s in stats),
+        "documents": totals["documents"],
         "sentences": n_sentences,
-        "shards": len(plans),
-        "rejected": len(input_rejects) + len(shard_rejects),
+        "shards": n_shards,
+        "rejected": sum(reasons.values()),
         "rejected_by_reason": dict(sorted(reasons.items())),
-        "truncated_sentences": sum(s["truncated"] for s in stats),
+        "truncated_sentences": totals["truncated"],
         # sentences (every field, end-of-text included) whose tokens are mostly unknown to the
         # codec; None when the codec cannot tell
-        "unknown_token_sentences": None if None in unknown else sum(unknown),
+        "unknown_token_sentences": totals["unknown_sentences"] if unknown_known else None,
         "long_sentences_resplit": splitter.stats.long_resplit,
         "normalizer_fitted_on": normalizer_fitted_on,
-        "encode_seconds": round(sum(s["encode_seconds"] for s in stats), 2),
+        "encode_seconds": round(totals["encode_seconds"], 2),
     }
