@@ -633,11 +633,10 @@ def _generate_chunk(sc: _Scoring, model, name, p: Pair, label, settings, chunk, 
         except ValueError as e:  # an input the model cannot take: every document of the batch
             error.update({j: f"generation failed: {e}" for j in ok})
         else:
+            # the very text `lcm summarize` writes (a repeated decoded sentence cuts it)
+            rendered = model.render_sentences(out, p.tgt)
             for k, j in enumerate(ok):
-                concepts = out.concepts[k]  # (n, D) raw
-                sents = model.codec.decode(concepts.cpu(), p.tgt) if len(concepts) else []
-                sents = [x for x in sents if x != model.end_of_text]
-                generated[j] = (sents, out.stop_reasons[k], int(len(concepts)))
+                generated[j] = (rendered[k], out.stop_reasons[k], int(len(out.concepts[k])))
     done = [j for j in todo if j in generated]
     scored = dict(
         zip(done, sc.score([(generated[j][0], chunk[j][1], chunk[j][0].text) for j in done]))

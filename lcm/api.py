@@ -53,6 +53,8 @@ class Settings:
             each document draws from its own generator, seeded by this seed and the document,
             so the same seed gives the same output for a document whatever it is batched with.
         use_cache: KV-cache the context across generated concepts.
+        compile: Two-Tower: run the fast denoiser through ``torch.compile`` (compiled once per
+            model, seconds to minutes; it pays off on GPUs and long runs, not on small CPU jobs).
         num_iterations: refiner: a fixed number of core iterations per concept instead of the
             adaptive exit.
         exit_threshold: refiner: adaptive exit when 1 - cos between successive predictions
@@ -77,6 +79,7 @@ class Settings:
     solver: Literal["ddim", "dpmsolver++"] | None = None
     seed: int = 0
     use_cache: bool = True
+    compile: bool = False
     num_iterations: int | None = None
     exit_threshold: float | None = None
     exit_patience: int | None = None
@@ -331,12 +334,13 @@ class ConceptModel:
             generator=gens,
         )
 
-    def _render(self, out: GenerationOutput, target_lang: str) -> list[str]:
-        """Decode every document's concepts. Two different concepts can decode to the same
-        sentence (a retrieval decoder returns its nearest bank sentence): the second one is a
-        repetition, so the document is cut there and its stop reason says so (``out`` is
-        updated to match the text)."""
-        texts = []
+    def render_sentences(self, out: GenerationOutput, target_lang: str) -> list[list[str]]:
+        """Decode every document's concepts into sentences (the stop sentence left out). Two
+        different concepts can decode to the same sentence (a retrieval decoder returns its
+        nearest bank sentence): the second one is a repetition, so the document is cut there
+        and its stop reason says so (``out`` is updated to match the text). ``lcm summarize``
+        and ``lcm eval`` both render through this, so they score and write the same text."""
+        rendered = []
         for i, concepts in enumerate(out.concepts):
             sents = self.codec.decode(concepts.cpu(), target_lang) if len(concepts) else []
             for j in range(1, len(sents)):
@@ -347,8 +351,12 @@ class ConceptModel:
                         out.extras[name][i] = out.extras[name][i][:j]
                     out.stop_reasons[i] = "repetition"
                     break
-            texts.append(" ".join(x for x in sents if x != self.end_of_text))
-        return texts
+            rendered.append([x for x in sents if x != self.end_of_text])
+        return rendered
+
+    def _render(self, out: GenerationOutput, target_lang: str) -> list[str]:
+        """:meth:`render_sentences`, each document's sentences joined into one text."""
+        return [" ".join(sents) for sents in self.render_sentences(out, target_lang)]
 
     def summarize(
         self,
@@ -424,6 +432,7 @@ def generation_options(s: Settings) -> dict[str, Any]:
             solver=s.solver,
         ),
         use_cache=s.use_cache,
+        compile=s.compile,
         num_iterations=s.num_iterations,
         exit_overrides=dict(
             exit_threshold=s.exit_threshold,

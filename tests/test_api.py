@@ -176,6 +176,9 @@ def test_checkpoint_sampling_settings_reach_the_api_and_the_cli(tmp_path):
         model.module.eval_objective(), **generation_options(Settings(solver="dpmsolver++"))
     )
     assert fast.sampling.solver == "dpmsolver++" and step.sampling.solver == "ddim"
+    on = generation_options(Settings(compile=True))
+    compiled = make_step(model.module.eval_objective(), **on)
+    assert compiled.compile and not step.compile  # compiled on first use, not here
     with pytest.raises(ValueError, match="solver must be"):
         Settings(solver="euler")
 

@@ -200,3 +200,31 @@ def test_summarize_reports_progress_as_plain_lines_in_a_log(two_tower, documents
     )
     err = capsys.readouterr().err  # not a terminal here: plain lines, as in a log file
     assert "lcm summarize generate: 24/24 documents, " in err and "documents/s" in err
+
+
+def test_eval_scores_the_text_lcm_summarize_writes(two_tower, tmp_path):
+    """`lcm eval` and `lcm summarize` render generated concepts the same way (a repeated
+    decoded sentence cuts the text) and, with per-document seeds, generate the same concepts
+    whatever the batch: the hypothesis eval scores is the output summarize writes."""
+    from encoders.registry import register_codec
+    from eval.run import evaluate
+
+    register_codec(HashCodec.codec_id, lambda codec_id, **kw: FixedHashCodec())
+    rows = [
+        {"id": f"e{i}", "text": f"{sentence(i % 23)} {sentence((i * 5) % 23)}",
+         "summary": sentence((3 * i + 7) % 23), "lang": "eng_Latn"}
+        for i in range(10)
+    ]  # fmt: skip
+    docs = tmp_path / "docs.jsonl"
+    docs.write_text("".join(json.dumps(r) + "\n" for r in rows))
+    evaluate([str(two_tower)], data=[str(docs)], out_dir=str(tmp_path / "eval"), batch_size=3,
+             settings=[{"max_new_concepts": 3, "num_inference_steps": 3, "seed": 7}],
+             progress=False, plots=False)  # fmt: skip
+    records = [json.loads(x) for x in (tmp_path / "eval" / "documents.jsonl").open()]
+    scored = {r["id"]: r["hypothesis"] for r in records if r["kind"] == "model"}
+    settings = Settings(max_new_concepts=3, num_inference_steps=3, seed=7)
+    out = tmp_path / "out.jsonl"
+    generate_file(str(two_tower), str(docs), str(out), settings=settings, batch_size=4,
+                  codec=FixedHashCodec(), progress=False)  # fmt: skip
+    written = {r["id"]: r["output"] for r in map(json.loads, out.open())}
+    assert len(scored) == 10 and scored == written and all(scored.values())
