@@ -782,14 +782,18 @@ class ConceptDataModule(L.LightningDataModule):
         if not self._splits:
             self.setup()
         if split == "train" and self._stream is not None:
-            return self._stream_sample(n, seed)
+            return self._first_concepts(self._stream_documents(seed), n)
         store, ex = self._splits[split]
-        docs = np.unique(ex.doc)
-        order = np.random.default_rng(seed).permutation(docs)
+        order = np.random.default_rng(seed).permutation(np.unique(ex.doc))
+        return self._first_concepts(((store, int(doc)) for doc in order), n)
+
+    def _first_concepts(self, documents: Iterator[tuple[Any, int]], n: int) -> torch.Tensor:
+        """The first ``n`` concepts (every field of each document, in order) of ``documents``,
+        ``(store, doc)`` pairs read lazily, with the normalizer applied."""
         parts, total = [], 0
-        for doc in order:
+        for store, doc in documents:
             for name in self.fields:
-                vecs = store.vectors(name, int(doc))
+                vecs = store.vectors(name, doc)
                 parts.append(vecs)
                 total += len(vecs)
             if total >= n:
@@ -815,34 +819,20 @@ class ConceptDataModule(L.LightningDataModule):
         store, ex = self._splits[split]
         return list(dict.fromkeys(store.ids[int(ex.doc[i])] for i in idx if i >= 0))
 
-    def _stream_sample(self, n: int, seed: int) -> torch.Tensor:
-        """Up to ``n`` concepts of the streamed training data: whole documents of the shards in
-        a seeded order, shuffled inside blocks, until ``n`` concepts are reached."""
+    def _stream_documents(self, seed: int) -> Iterator[tuple[Any, int]]:
+        """``(block, doc)`` pairs of the streamed training data: whole documents of the shards
+        in a seeded order, shuffled inside blocks (the same documents on every rank, e.g. to fit
+        one quantizer)."""
+        from lcm.train.stream import BlockStore
+
         stream = self._stream
-        parts, total = [], 0
-        # The same documents on every rank (e.g. to fit one quantizer), in a seeded order.
         ds = stream.stream(0, files=stream.file_order(seed + 7919), by_rank=False)
         rng = np.random.default_rng(seed)
         for table in ds.iter(batch_size=stream.block_docs):
             stream.check(table)
-            from lcm.train.stream import BlockStore
-
             block = BlockStore(table, self.fields, self.dim)
             for doc in rng.permutation(len(block)):
-                for name in self.fields:
-                    vecs = block.vectors(name, int(doc))
-                    parts.append(vecs)
-                    total += len(vecs)
-                if total >= n:
-                    break
-            if total >= n:
-                break
-        if not parts:
-            return torch.zeros(0, self.dim)
-        x = torch.from_numpy(np.concatenate(parts)[:n].astype(np.float32))
-        if self.normalize and self.normalizer is not None:
-            x = self.normalizer.normalize(x)
-        return x
+                yield block, int(doc)
 
     def set_normalizer(self, normalizer: RobustNormalizer) -> None:
         """Use ``normalizer`` (e.g. the one a fine-tuned model was pretrained with)."""
