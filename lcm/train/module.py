@@ -292,7 +292,9 @@ class LCMModule(L.LightningModule):
                 value = metric.compute()
             metric.reset()
             if torch.isfinite(value):  # NaN: no update on any rank (e.g. CA needs N >= 2)
-                self.log(f"{stage}/{name}", value, prog_bar=name == "loss")
+                # The value is already global; sync_dist only tells Lightning so (a mean of
+                # equal values), so it stops warning that per-rank values are logged.
+                self.log(f"{stage}/{name}", value, prog_bar=name == "loss", sync_dist=True)
 
     def validation_step(self, batch: Batch, batch_idx: int) -> None:
         self._eval_step(batch, "val")
