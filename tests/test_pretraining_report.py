@@ -94,3 +94,37 @@ def test_ci_preset_end_to_end(tmp_path):
     # the mean concept's l2 beats copying the previous concept (random hash vectors)
     assert indomain["mean_concept"]["l2"]["mean"] < indomain["copy_previous"]["l2"]["mean"]
     assert res["missing"]["mi"] and res["setup"]["bank_sentences"] == 23
+
+
+def _cells(node):
+    """Every ``{"mean", "lo", "hi"}`` cell of a results.json tree."""
+    if isinstance(node, dict):
+        if {"mean", "lo", "hi"} <= set(node):
+            yield node
+        for v in node.values():
+            yield from _cells(v)
+    elif isinstance(node, list):
+        for v in node:
+            yield from _cells(v)
+
+
+def test_report_readme_intervals_are_the_jsons():
+    """Every "value [lo, hi]" the committed report's README quotes is a cell of one of its
+    results.json files (formatted as table.md formats it)."""
+    import re
+    from pathlib import Path
+
+    from experiments.pretraining.report import fmt
+
+    folder = Path(__file__).resolve().parents[1] / "reports" / "pretraining"
+    known = {
+        fmt(c)
+        for path in folder.rglob("results.json")
+        for c in _cells(json.loads(path.read_text()))
+    }
+    quoted = re.findall(
+        r"-?\d+\.\d{3} \[-?\d+\.\d{3}, -?\d+\.\d{3}\]", (folder / "README.md").read_text()
+    )
+    assert quoted, "the README quotes no interval"
+    missing = [q for q in quoted if q not in known]
+    assert not missing, f"README intervals not in results.json: {missing}"
