@@ -15,6 +15,8 @@ from experiments.pretraining.report import (
     bootstrap,
     per_document,
     run_report,
+    split_system,
+    system_label,
 )
 
 
@@ -51,6 +53,17 @@ def test_bootstrap_means_and_paired_difference():
     assert same == {"mean": 0.0, "lo": 0.0, "hi": 0.0, "n": 3}
 
 
+def test_systems_name_a_family_and_a_residual():
+    assert split_system("base_lcm") == ("base_lcm", "none")
+    assert split_system("two_tower+context_mean") == ("two_tower", "context_mean")
+    assert system_label("base_lcm+context_mean") == "Base-LCM +ctx-mean"
+    assert system_label("two_tower+last@g1") == "Two-Tower +last, guidance 1"
+    with pytest.raises(ValueError, match="unknown family 'gpt'"):
+        split_system("gpt")
+    with pytest.raises(ValueError, match="unknown residual 'first'"):
+        split_system("base_lcm+first")
+
+
 @pytest.mark.slow
 def test_ci_preset_end_to_end(tmp_path):
     res = run_report(PRESETS["ci"], str(tmp_path), "ci")
@@ -58,9 +71,18 @@ def test_ci_preset_end_to_end(tmp_path):
         assert (tmp_path / name).stat().st_size > 0
     assert json.loads((tmp_path / "results.json").read_text())["sets"] == res["sets"]
     systems = {"copy_previous", "context_mean", "mean_concept", "retrieval"}
-    systems |= {"base_lcm", "one_tower", "two_tower", "quant_lcm", "refiner"}
+    trained = {"base_lcm", "one_tower", "two_tower", "quant_lcm", "refiner"}
+    trained |= {"base_lcm+context_mean", "two_tower+last"}
+    systems |= trained | {"one_tower@g1", "two_tower@g1", "two_tower+last@g1"}
+    assert res["default_guidance"] == {"one_tower": 3.0, "two_tower": 3.0, "two_tower+last": 3.0}
     for st in res["sets"].values():
         assert set(st["systems"]) == systems
+        # free-running continuations: every trained system writes 4 decoded sentences
+        assert len(st["continuations"]) == 2
+        for c in st["continuations"]:
+            assert len(c["prompt"]) == 3 and len(c["gold"]) == 4
+            assert set(c["generated"]) == trained
+            assert all(len(texts) == 4 for texts in c["generated"].values())
         for row in st["systems"].values():
             for m in ("l2", "l2_r", "par", "ca"):
                 assert row[m]["lo"] <= row[m]["mean"] <= row[m]["hi"], (m, row[m])
@@ -72,3 +94,37 @@ def test_ci_preset_end_to_end(tmp_path):
     # the mean concept's l2 beats copying the previous concept (random hash vectors)
     assert indomain["mean_concept"]["l2"]["mean"] < indomain["copy_previous"]["l2"]["mean"]
     assert res["missing"]["mi"] and res["setup"]["bank_sentences"] == 23
+
+
+def _cells(node):
+    """Every ``{"mean", "lo", "hi"}`` cell of a results.json tree."""
+    if isinstance(node, dict):
+        if {"mean", "lo", "hi"} <= set(node):
+            yield node
+        for v in node.values():
+            yield from _cells(v)
+    elif isinstance(node, list):
+        for v in node:
+            yield from _cells(v)
+
+
+def test_report_readme_intervals_are_the_jsons():
+    """Every "value [lo, hi]" the committed report's README quotes is a cell of one of its
+    results.json files (formatted as table.md formats it)."""
+    import re
+    from pathlib import Path
+
+    from experiments.pretraining.report import fmt
+
+    folder = Path(__file__).resolve().parents[1] / "reports" / "pretraining"
+    known = {
+        fmt(c)
+        for path in folder.rglob("results.json")
+        for c in _cells(json.loads(path.read_text()))
+    }
+    quoted = re.findall(
+        r"-?\d+\.\d{3} \[-?\d+\.\d{3}, -?\d+\.\d{3}\]", (folder / "README.md").read_text()
+    )
+    assert quoted, "the README quotes no interval"
+    missing = [q for q in quoted if q not in known]
+    assert not missing, f"README intervals not in results.json: {missing}"

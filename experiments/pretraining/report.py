@@ -18,6 +18,12 @@ Evaluation layout, stated in the outputs: documents are cut into consecutive win
 scored; the CA pool is every concept of the evaluation set. Nothing is capped silently: the
 number of documents, windows and scored positions per set are in ``results.json``.
 
+A system is a family, or a family trained with a residual (``base_lcm+context_mean``: the
+network learns a correction to the context mean, see :data:`lcm.objectives.base.Residual`).
+The diffusion systems are also scored at guidance 1 beside their default guidance (rows
+``<system>@g1``), and every system continues a few documents free-running (not teacher-forced:
+:func:`lcm.generation.generate` with the checkpoint's sampling settings), decoded into the bank.
+
 Outputs in ``out_dir``: ``results.json``, ``table.md``, ``ca.png`` (CA per system with 95%
 intervals), ``val_ca.png`` (validation CA against training steps, from the training logs).
 """
@@ -53,6 +59,27 @@ BASELINES = {
     "retrieval": "retrieval",
 }
 METRICS = ("l2", "l2_r", "par", "ca")
+DIFFUSION = ("one_tower", "two_tower")
+RESIDUAL_LABELS = {"last": "last", "context_mean": "ctx-mean"}
+
+
+def split_system(system: str) -> tuple[str, str]:
+    """``"base_lcm+context_mean"`` -> ``("base_lcm", "context_mean")``; a bare family has
+    residual ``"none"``. Unknown families or residuals are errors that name them."""
+    from lcm.objectives.base import check_residual
+
+    family, _, residual = system.partition("+")
+    if family not in FAMILIES:
+        raise ValueError(f"unknown family {family!r} in system {system!r}; known: {list(FAMILIES)}")
+    return family, check_residual(residual or "none")
+
+
+def system_label(system: str) -> str:
+    """Table label: ``Base-LCM``, ``Base-LCM +ctx-mean``, ``Two-Tower, guidance 1``."""
+    name, g1, _ = system.partition("@g1")
+    family, residual = split_system(name)
+    label = FAMILIES[family] + ("" if residual == "none" else f" +{RESIDUAL_LABELS[residual]}")
+    return label + (", guidance 1" if g1 else "")
 
 
 @dataclass(frozen=True)
@@ -73,8 +100,16 @@ class Preset:
         seed: the seed of every family (data order, noise, initialisation).
         bootstrap: bootstrap resamples.
         retrieval_window: concepts of context the retrieval baseline matches on (their mean).
-        families: which families to train.
+        families: which systems to train: a family (``base_lcm``) or a family with a residual
+            (``base_lcm+context_mean``, ``two_tower+last``; :func:`split_system`).
         toy: build a synthetic corpus with a hash codec instead (the ``ci`` preset).
+        work_dir: where the training runs go (``None``: beside ``train_dir``, or under
+            ``out_dir`` for ``toy``); a run whose last checkpoint exists is reused.
+        guidance_one: also score the diffusion systems at guidance 1 (rows ``<system>@g1``).
+        generate_docs: documents per evaluation set continued free-running.
+        prompt_concepts: concepts of each such document given as the prompt.
+        generate_concepts: concepts generated after the prompt (the repetition and
+            end-of-text stops are off, so every system writes that many).
     """
 
     train_dir: str | None
@@ -92,6 +127,11 @@ class Preset:
     retrieval_window: int = 2
     families: tuple[str, ...] = tuple(FAMILIES)
     toy: bool = False
+    work_dir: str | None = None
+    guidance_one: bool = True
+    generate_docs: int = 2
+    prompt_concepts: int = 3
+    generate_concepts: int = 4
 
 
 PRESETS: dict[str, Preset] = {
@@ -101,6 +141,14 @@ PRESETS: dict[str, Preset] = {
             "in-domain test": "/work/data/h4/shards/test",
             "held-out python-doc": "/work/data/h4/shards/ood",
         },
+        families=(
+            *FAMILIES,
+            "base_lcm+last",
+            "base_lcm+context_mean",
+            "one_tower+context_mean",
+            "two_tower+context_mean",
+        ),
+        work_dir="/work/data/h11/pretraining_runs",
     ),
     "ci": Preset(
         train_dir=None,
@@ -114,6 +162,7 @@ PRESETS: dict[str, Preset] = {
         val_check_interval=6,
         bootstrap=50,
         toy=True,
+        families=(*FAMILIES, "base_lcm+context_mean", "two_tower+last"),
     ),
 }
 
@@ -325,13 +374,14 @@ def bootstrap(
 # ---------------------------------------------------------------------------------------------
 
 
-def train_family(family: str, p: Preset, train_dir: str, root: Path, quiet: bool = True) -> Path:
-    """``lcm fit`` one family on ``configs/<family>/tiny.yaml`` with the preset's width
-    (``arch.d_model``, ``arch.ffn_dim``; depth and heads stay ``tiny``'s) and
-    steps; returns the last checkpoint (an existing one is reused)."""
+def train_family(system: str, p: Preset, train_dir: str, root: Path, quiet: bool = True) -> Path:
+    """``lcm fit`` one system on ``configs/<family>/tiny.yaml`` with the preset's width
+    (``arch.d_model``, ``arch.ffn_dim``; depth and heads stay ``tiny``'s), steps and the
+    system's residual; returns the last checkpoint (an existing one is reused)."""
     from lcm.train.cli import cli_main
 
-    run_dir = root / family
+    family, residual = split_system(system)
+    run_dir = root / system
     ckpt = run_dir / "checkpoints" / "last.ckpt"
     if ckpt.exists():
         return ckpt
@@ -358,6 +408,8 @@ def train_family(family: str, p: Preset, train_dir: str, root: Path, quiet: bool
     ]  # fmt: skip
     if family == "quant_lcm":
         args += ["--model.rvq_fit_samples", "20000"]
+    if residual != "none":
+        args += ["--model.residual", residual]
     import warnings
 
     warnings.filterwarnings("ignore", message="LightningCLI's args parameter")
@@ -372,11 +424,17 @@ def train_family(family: str, p: Preset, train_dir: str, root: Path, quiet: bool
 
 
 @torch.no_grad()  # not inference_mode: Two-Tower's denoiser plan reads parameter versions
-def model_predictions(ckpt: Path, es: EvalSet, batch_windows: int = 32) -> Tensor:
-    """Teacher-forced predictions (B, T, D) in raw space: ``pred[:, n]`` from ``x[:, :n]``."""
+def model_predictions(
+    ckpt: Path, es: EvalSet, batch_windows: int = 32, guidance_scale: float | None = None
+) -> Tensor:
+    """Teacher-forced predictions (B, T, D) in raw space: ``pred[:, n]`` from ``x[:, :n]``
+    (diffusion: at ``guidance_scale`` when given, else the checkpoint's)."""
     from lcm.train.module import load_module
 
     module = load_module(str(ckpt)).eval()
+    if guidance_scale is not None:
+        objective = module.objective
+        objective.sampling = objective.sampling_with(guidance_scale=guidance_scale)
     preds = []
     for i in range(0, es.x.shape[0], batch_windows):
         x, mask = es.x[i : i + batch_windows], es.mask[i : i + batch_windows]
@@ -389,6 +447,35 @@ def model_predictions(ckpt: Path, es: EvalSet, batch_windows: int = 32) -> Tenso
         }
         preds.append(module.predict_step(batch, 0)["pred"].float())
     return torch.cat(preds)
+
+
+def default_guidance(ckpt: Path) -> float:
+    """The guidance scale a diffusion checkpoint samples with by default."""
+    from lcm.train.module import load_module
+
+    return float(load_module(str(ckpt)).objective.sampling.guidance_scale)
+
+
+@torch.no_grad()
+def free_running(ckpt: Path, prompts: list[Tensor], n_new: int, seed: int) -> list[Tensor]:
+    """Continue each raw prompt (T_i, D) by ``n_new`` concepts generated one after the other,
+    each from the prompt and the model's own earlier concepts (the checkpoint's sampling
+    settings; repetition and end-of-text stops off). Returns (n_new, D) raw concepts each."""
+    from lcm.generation import generate, make_step
+    from lcm.train.module import load_module
+
+    module = load_module(str(ckpt)).eval()
+    step = make_step(module.eval_objective())
+    generators = [torch.Generator().manual_seed(seed + i) for i in range(len(prompts))]
+    out = generate(
+        step,
+        prompts,
+        module.normalizer,
+        max_new_concepts=n_new,
+        repeat_threshold=2.0,
+        generator=generators,
+    )
+    return out.concepts
 
 
 def val_curves(run_dir: Path) -> list[tuple[int, float]]:
@@ -416,6 +503,8 @@ def run_report(p: Preset, out_dir: str, preset_name: str) -> dict:
     out = Path(out_dir)
     out.mkdir(parents=True, exist_ok=True)
     work = out / "work" if p.toy else Path(p.train_dir).parent / "pretraining_runs"
+    if p.work_dir is not None:
+        work = Path(p.work_dir)
     train_dir, eval_dirs = p.train_dir, dict(p.eval_dirs)
     if p.toy:
         from experiments.pretraining.toy import build_toy
@@ -423,9 +512,11 @@ def run_report(p: Preset, out_dir: str, preset_name: str) -> dict:
         train_dir, eval_dirs = build_toy(out / "work" / "data")
     seconds: dict[str, float] = {}
     runs = f"runs_{preset_name}_steps{p.steps}_d{p.d_model}_seed{p.seed}"
-    ckpts = {}
+    ckpts, reused = {}, []
     for fam in p.families:
         t = time.perf_counter()
+        if (work / runs / fam / "checkpoints" / "last.ckpt").exists():
+            reused.append(fam)
         ckpts[fam] = train_family(fam, p, train_dir, work / runs)
         seconds[f"train {fam}"] = round(time.perf_counter() - t, 1)
 
@@ -434,7 +525,10 @@ def run_report(p: Preset, out_dir: str, preset_name: str) -> dict:
     mean = train_x.double().mean(0).float()
     retrieval = RetrievalBaseline(train_x, train_doc, p.retrieval_window)
     rng = np.random.default_rng(p.seed)
-    results: dict = {"sets": {}, "systems": {**BASELINES, **{f: FAMILIES[f] for f in ckpts}}}
+    guided = {f: default_guidance(c) for f, c in ckpts.items() if split_system(f)[0] in DIFFUSION}
+    g1 = [f for f in guided if p.guidance_one and guided[f] != 1.0]
+    labels = {f: system_label(f) for f in ckpts} | {f"{f}@g1": system_label(f"{f}@g1") for f in g1}
+    results: dict = {"sets": {}, "systems": {**BASELINES, **labels}}
     for set_name, folder in eval_dirs.items():
         es = load_eval_set(set_name, folder, p.window)
         n_docs = len(es.doc_ids)
@@ -449,6 +543,10 @@ def run_report(p: Preset, out_dir: str, preset_name: str) -> dict:
             t = time.perf_counter()
             preds[fam] = (model_predictions(ckpt, es), es.mask.clone())
             seconds[f"predict {fam} {set_name}"] = round(time.perf_counter() - t, 1)
+            if fam in g1:
+                t = time.perf_counter()
+                preds[f"{fam}@g1"] = (model_predictions(ckpt, es, guidance_scale=1.0), es.mask)
+                seconds[f"predict {fam}@g1 {set_name}"] = round(time.perf_counter() - t, 1)
         # documents by corpus source: the id's prefix before the first "/" (lcm fetch-corpus ids)
         prefixes = np.array([d.split("/")[0] for d in es.doc_ids])
         groups = {src: prefixes == src for src in sorted(set(prefixes))}
@@ -459,10 +557,11 @@ def run_report(p: Preset, out_dir: str, preset_name: str) -> dict:
         table = {}
         for name in preds:
             row = {m: bootstrap(*per_doc[name][m], draws) for m in METRICS}
-            if name != "copy_previous":
-                row["ca_minus_copy_previous"] = bootstrap(
-                    *per_doc[name]["ca"], draws, base=per_doc["copy_previous"]["ca"]
-                )
+            for ref in ("copy_previous", "context_mean"):  # paired, on the same resamples
+                if name != ref:
+                    row[f"ca_minus_{ref}"] = bootstrap(
+                        *per_doc[name]["ca"], draws, base=per_doc[ref]["ca"]
+                    )
             scored = es.mask & preds[name][1]
             scored[:, 0] = False
             pred = preds[name][0][scored]
@@ -489,9 +588,35 @@ def run_report(p: Preset, out_dir: str, preset_name: str) -> dict:
                     },
                 }
             )
+        # free-running continuations of the first documents long enough for prompt + gold
+        t = time.perf_counter()
+        need = p.prompt_concepts + p.generate_concepts
+        rows = [w for w in range(es.x.shape[0]) if int(es.mask[w].sum()) >= need]
+        first = {}
+        for w in rows:  # the first window of each document
+            first.setdefault(int(es.doc[w]), w)
+        picked = list(first.values())[: p.generate_docs]
+        prompts = [es.x[w, : p.prompt_concepts] for w in picked]
+        continuations = []
+        if prompts:
+            made = {
+                fam: free_running(ckpt, prompts, p.generate_concepts, p.seed)
+                for fam, ckpt in ckpts.items()
+            }
+            for k, w in enumerate(picked):
+                continuations.append(
+                    {
+                        "doc": es.doc_ids[int(es.doc[w])],
+                        "prompt": es.sentences[w][: p.prompt_concepts],
+                        "gold": es.sentences[w][p.prompt_concepts : need],
+                        "generated": {fam: bank.decode_text(made[fam][k]) for fam in ckpts},
+                    }
+                )
+        seconds[f"free-running {set_name}"] = round(time.perf_counter() - t, 1)
         results["sets"][set_name] = {
             "examples_doc": es.doc_ids[0],
             "examples": examples,
+            "continuations": continuations,
             "folder": folder,
             "documents": n_docs,
             "windows": int(es.x.shape[0]),
@@ -503,9 +628,8 @@ def run_report(p: Preset, out_dir: str, preset_name: str) -> dict:
     results["missing"] = {
         "mi": "no causal LM is available offline here (the paper scores MI with GPT-2; "
         "no GPT-2 weights ship in a package we can install)",
-        "guidance": "the diffusion families are evaluated at their checkpoint's default "
-        "guidance only; guidance 1 vs default is not measured",
     }
+    results["default_guidance"] = guided
     results["setup"] = {
         "preset": preset_name,
         **{k: v for k, v in asdict(p).items() if k not in ("eval_dirs",)},
@@ -513,6 +637,8 @@ def run_report(p: Preset, out_dir: str, preset_name: str) -> dict:
         "eval_dirs": eval_dirs,
         "train_concepts": int(train_x.shape[0]),
         "train_documents": int(train_doc.max() + 1),
+        "work_dir": str(work / runs),
+        "reused_checkpoints": reused,
         "bank_sentences": bank.size,
         "bank": f"{bank.size} unique training sentences (nearest neighbour, l2)",
         "window_rule": f"documents cut into consecutive windows of {p.window} concepts; "
@@ -545,19 +671,28 @@ def markdown(res: dict) -> str:
         f"the bank: {s['bank']}. MI: missing ({res['missing']['mi']}).",
         "",
     ]
+    if res.get("default_guidance"):
+        lines += [
+            "Diffusion systems sample with their checkpoint's guidance ("
+            + ", ".join(f"{res['systems'][f]} {g:g}" for f, g in res["default_guidance"].items())
+            + "); rows `…, guidance 1` are the same checkpoints at guidance 1.",
+            "",
+        ]
     for set_name, st in res["sets"].items():
         lines += [
             f"## {set_name}: {st['documents']} documents, {st['windows']} windows, "
             f"{st['concepts']} concepts (gold mean norm {st['gold_mean_norm']:.3f})",
             "",
-            "| system | l2 | l2-r | PAR | CA | CA - copy-previous | pred norm |",
-            "|---|---|---|---|---|---|---|",
+            "| system | l2 | l2-r | PAR | CA | CA - copy-previous | CA - context-mean "
+            "| pred norm |",
+            "|---|---|---|---|---|---|---|---|",
         ]
         for name, row in st["systems"].items():
             lines.append(
                 f"| {res['systems'][name]} | {fmt(row['l2'])} | {fmt(row['l2_r'])} | "
                 f"{fmt(row['par'])} | {fmt(row['ca'])} | "
                 f"{fmt(row.get('ca_minus_copy_previous')) if name != 'copy_previous' else '0'}"
+                f" | {fmt(row.get('ca_minus_context_mean')) if name != 'context_mean' else '0'}"
                 f" | {row['mean_norm']:.3f} |"
             )
         lines.append("")
@@ -584,7 +719,27 @@ def markdown(res: dict) -> str:
                 for name, text in ex["decoded"].items():
                     lines.append(f"   - {res['systems'][name]}: {text}")
             lines.append("")
+        for c in st.get("continuations", []):
+            lines += [
+                f"Free-running continuation ({set_name}, `{c['doc']}`): each system writes "
+                f"{len(c['gold'])} concepts after the prompt, each from the prompt and its own "
+                "earlier concepts, decoded into the bank.",
+                "",
+                "- prompt: " + " ".join(f"_{t}_" for t in c["prompt"]),
+                "- gold: " + " ".join(f"_{t}_" for t in c["gold"]),
+            ]
+            for name, texts in c["generated"].items():
+                lines.append(f"- {res['systems'][name]}: " + " / ".join(texts))
+            lines.append("")
     lines += ["Seconds: " + ", ".join(f"{k} {v}" for k, v in s["seconds"].items()), ""]
+    if s.get("reused_checkpoints"):
+        lines += [
+            "Reused checkpoints (trained by an earlier run of this report with the same "
+            "settings, so their `train` seconds above are only the look-up): "
+            + ", ".join(res["systems"][f] for f in s["reused_checkpoints"])
+            + ".",
+            "",
+        ]
     return "\n".join(lines)
 
 
@@ -596,7 +751,7 @@ def plots(res: dict, out: Path) -> None:
 
     sets = list(res["sets"])
     names = list(next(iter(res["sets"].values()))["systems"]) if sets else []
-    fig, ax = plt.subplots(figsize=(9, 4))
+    fig, ax = plt.subplots(figsize=(max(9.0, 0.55 * len(names)), 4.5))
     width = 0.8 / max(len(sets), 1)
     for j, set_name in enumerate(sets):
         rows = res["sets"][set_name]["systems"]
@@ -620,7 +775,7 @@ def plots(res: dict, out: Path) -> None:
     fig, ax = plt.subplots(figsize=(6, 4))
     for fam, pts in res["val_ca_vs_steps"].items():
         if pts:
-            ax.plot([a for a, _ in pts], [b for _, b in pts], marker="o", label=FAMILIES[fam])
+            ax.plot([a for a, _ in pts], [b for _, b in pts], marker="o", label=res["systems"][fam])
     ax.set_xlabel("training step")
     ax.set_ylabel("validation CA (in-domain, training batches' pool)")
     ax.legend()
@@ -635,18 +790,31 @@ def main(argv: list[str] | None = None) -> dict:
     ap.add_argument("--out_dir", default="reports/pretraining")
     ap.add_argument("--steps", type=int, default=None, help="override the preset's steps")
     ap.add_argument("--train_dir", default=None, help="override the preset's training shards")
-    ap.add_argument("--families", default=None, help="comma-separated subset, e.g. base_lcm")
+    ap.add_argument(
+        "--families",
+        default=None,
+        help="comma-separated systems, e.g. base_lcm,base_lcm+context_mean,two_tower+last",
+    )
+    ap.add_argument("--work_dir", default=None, help="where training runs go (reused if there)")
+    ap.add_argument("--seed", type=int, default=None, help="override the preset's seed")
     args = ap.parse_args(argv)
     p = PRESETS[args.preset]
     if args.steps is not None:
         p = replace(p, steps=args.steps)
     if args.families is not None:
-        unknown = set(args.families.split(",")) - set(FAMILIES)
-        if unknown:
-            raise SystemExit(f"unknown families {sorted(unknown)}; known: {list(FAMILIES)}")
-        p = replace(p, families=tuple(args.families.split(",")))
+        systems = tuple(args.families.split(","))
+        for system in systems:
+            try:
+                split_system(system)
+            except ValueError as e:
+                raise SystemExit(str(e)) from None
+        p = replace(p, families=systems)
     if args.train_dir is not None:
         p = replace(p, train_dir=args.train_dir)
+    if args.work_dir is not None:
+        p = replace(p, work_dir=args.work_dir)
+    if args.seed is not None:
+        p = replace(p, seed=args.seed)
     res = run_report(p, args.out_dir, args.preset)
     print(markdown(res))
     return res

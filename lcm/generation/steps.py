@@ -15,6 +15,11 @@ name: the refiner's ``exit_step`` (iterations it took), Quant-LCM's ``codes`` (B
 ``use_cache=False`` recomputes the whole context for every concept, and (Two-Tower)
 ``reuse_context=False`` recomputes the denoiser's cross-attention keys/values at every denoising
 step; both exist to test and benchmark the fast paths against.
+
+A family trained with a ``residual`` (:data:`lcm.objectives.base.Residual`) adds the same base to
+each next concept here as its objective does in training: the last context concept or the mean of
+the valid ones (left padding excluded), from the step's whole context ``x``, which every step
+keeps, cached or not.
 """
 
 from __future__ import annotations
@@ -38,14 +43,16 @@ from lcm.objectives import (
     RefinerObjective,
     TwoTowerDiffusion,
 )
-from lcm.objectives.diffusion import SamplingConfig, solver_scheduler
+from lcm.objectives.base import Residual, check_residual, residual_base
+from lcm.objectives.diffusion import SamplingConfig, solver_scheduler, with_base
 
 
 class NextConceptStep:
     """Base class; see the module docstring for the protocol."""
 
-    def __init__(self, use_cache: bool = True) -> None:
+    def __init__(self, use_cache: bool = True, residual: Residual = "none") -> None:
         self.use_cache = use_cache
+        self.residual: Residual = check_residual(residual)
         self.x: Tensor | None = None  # (B, T, D) full context, kept for the uncached path
         self.mask: Tensor | None = None  # (B, T)
         self.last_info: dict[str, Tensor] = {}  # per-document facts about the last concept
@@ -55,6 +62,12 @@ class NextConceptStep:
         assert self.x is not None and self.mask is not None
         self.x = torch.cat((self.x, y[:, None]), dim=1)  # (B, T+1, D)
         self.mask = torch.cat((self.mask, self.mask.new_ones(y.shape[0], 1)), dim=1)
+
+    def _base(self) -> Tensor | None:
+        """(B, D): the residual base of the next concept (left padding: the last slot is real),
+        or None without a residual."""
+        base = residual_base(self.x, self.mask, self.residual)
+        return None if base is None else base[:, -1]
 
     def start(self, x: Tensor, mask: Tensor) -> None:
         raise NotImplementedError
@@ -68,6 +81,8 @@ class NextConceptStep:
     def _ddim(self, model_fn, batch: int, dim: int, generator, like: Tensor) -> Tensor:
         """One concept per document, (B, D), sampled with this step's scheduler and settings."""
         s: SamplingConfig = self.sampling
+        base = self._base()
+        model_fn = with_base(model_fn, None if base is None else base[:, None])  # (B, 1, D)
         if self._solver is None or self._solver[0] != s.solver:  # built once per step object
             self._solver = (s.solver, solver_scheduler(self.scheduler, s.solver))
         y = ddim_sample(
@@ -86,10 +101,11 @@ class NextConceptStep:
 
 
 class BaseLCMStep(NextConceptStep):
-    """Base-LCM: the regression output at the last position is the next concept."""
+    """Base-LCM: the regression output at the last position (plus the residual base) is the
+    next concept."""
 
-    def __init__(self, model: BaseLCM, use_cache: bool = True) -> None:
-        super().__init__(use_cache)
+    def __init__(self, model: BaseLCM, use_cache: bool = True, residual: Residual = "none") -> None:
+        super().__init__(use_cache, residual)
         self.model = model
 
     def start(self, x: Tensor, mask: Tensor) -> None:
@@ -99,9 +115,9 @@ class BaseLCMStep(NextConceptStep):
             self.last = self.model(x, mask, self.cache)[:, -1]  # (B, D)
 
     def next(self, generator=None) -> Tensor:
-        if self.use_cache:
-            return self.last
-        return self.model(self.x, self.mask)[:, -1]  # (B, D)
+        y = self.last if self.use_cache else self.model(self.x, self.mask)[:, -1]  # (B, D)
+        base = self._base()
+        return y if base is None else y + base
 
     def append(self, y: Tensor) -> None:
         self._grow(y)
@@ -132,8 +148,9 @@ class TwoTowerStep(NextConceptStep):
         fast: bool = True,
         fast_options: dict[str, Any] | None = None,
         compile: bool = False,
+        residual: Residual = "none",
     ) -> None:
-        super().__init__(use_cache)
+        super().__init__(use_cache, residual)
         self.model, self.scheduler, self.sampling = model, scheduler, sampling
         self.reuse_context = reuse_context
         self.fast = fast and reuse_context and not model.training
@@ -223,8 +240,9 @@ class OneTowerStep(NextConceptStep):
         scheduler: DDIMScheduler,
         sampling: SamplingConfig,
         use_cache: bool = True,
+        residual: Residual = "none",
     ) -> None:
-        super().__init__(use_cache)
+        super().__init__(use_cache, residual)
         self.model, self.scheduler, self.sampling = model, scheduler, sampling
         self.reps = 2 if sampling.guidance_scale != 1.0 else 1
 
@@ -466,12 +484,13 @@ def _two_tower_step(objective: Objective, o: StepOptions) -> NextConceptStep:
         o.fast,
         o.fast_options,
         o.compile,
+        objective.residual,
     )
 
 
 def _one_tower_step(objective: Objective, o: StepOptions) -> NextConceptStep:
     scheduler, sampling = _diffusion_settings(objective, o)
-    return OneTowerStep(objective.model, scheduler, sampling, o.use_cache)
+    return OneTowerStep(objective.model, scheduler, sampling, o.use_cache, objective.residual)
 
 
 def _refiner_step(objective: Objective, o: StepOptions) -> NextConceptStep:
@@ -480,7 +499,9 @@ def _refiner_step(objective: Objective, o: StepOptions) -> NextConceptStep:
     return RefinerStep(objective, rule, o.num_iterations, o.warm_start, o.use_cache)
 
 
-register_step(MSEObjective, lambda obj, o: BaseLCMStep(obj.model, o.use_cache), BaseLCM)
+register_step(
+    MSEObjective, lambda obj, o: BaseLCMStep(obj.model, o.use_cache, obj.residual), BaseLCM
+)
 register_step(TwoTowerDiffusion, _two_tower_step, TwoTowerLCM)
 register_step(OneTowerDiffusion, _one_tower_step, OneTowerLCM)
 register_step(RefinerObjective, _refiner_step, RecurrentRefinerLCM)

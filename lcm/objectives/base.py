@@ -18,12 +18,19 @@ from __future__ import annotations
 import copy
 from abc import ABC, abstractmethod
 from dataclasses import dataclass
-from typing import ClassVar
+from typing import ClassVar, Literal, get_args
 
 import torch
 from torch import Tensor, nn
 
 Batch = dict[str, Tensor]
+
+Residual = Literal["none", "last", "context_mean"]
+"""What a family's prediction of concept t+1 is a residual over (see :func:`residual_base`):
+``"none"`` (the network predicts the concept itself), ``"last"`` (concept t, i.e. the network
+learns ``x_{t+1} - x_t``) or ``"context_mean"`` (the mean of the valid concepts ``x_0 .. x_t``).
+Both bases are taken in the objective's (normalized) concept space; they are the report's
+copy-previous and context-mean baselines, so the network learns a correction to them."""
 
 
 @dataclass
@@ -75,21 +82,79 @@ def last_valid(x: Tensor, mask: Tensor | None) -> Tensor:
     return x[torch.arange(x.shape[0], device=x.device), idx]
 
 
+def check_residual(residual: str) -> Residual:
+    """``residual`` if it names a :data:`Residual`, else a ValueError that lists the choices."""
+    if residual not in get_args(Residual):
+        raise ValueError(f"unknown residual {residual!r}; known: {list(get_args(Residual))}")
+    return residual  # type: ignore[return-value]
+
+
+def residual_base(x: Tensor, mask: Tensor | None, residual: Residual) -> Tensor | None:
+    """(B, T, D): ``base[:, t]``, what the prediction of concept t+1 is added to, from
+    ``x[:, :t+1]`` only (None for ``"none"``).
+
+    ``"last"`` is ``x`` itself; ``"context_mean"`` the running mean of the valid concepts up to
+    and including t (padding excluded, so it holds for right- and left-padded rows; a row with
+    no valid concept yet gets 0). Valid positions never depend on later ones, so the base of a
+    growing sequence is the same whether it is computed at once or concept by concept.
+
+    Args:
+        x: (B, T, D) concepts.
+        mask: (B, T) bool, True = a real concept; None = all real.
+        residual: The kind of base.
+    """
+    if residual == "none":
+        return None
+    if residual == "last":
+        return x
+    if residual == "context_mean":
+        w = x.new_ones(x.shape[:2]) if mask is None else mask.to(x.dtype)  # (B, T)
+        total = (x * w[..., None]).cumsum(dim=1)  # (B, T, D)
+        count = w.cumsum(dim=1).clamp(min=1.0)[..., None]  # (B, T, 1)
+        return total / count
+    raise ValueError(f"unknown residual {residual!r}; known: {list(get_args(Residual))}")
+
+
+def shift_right(y: Tensor) -> Tensor:
+    """(B, T, D): ``y`` moved one position later with zeros first, so that the output made at
+    position t (about concept t+1) is aligned to target t+1."""
+    return torch.cat((torch.zeros_like(y[:, :1]), y[:, :-1]), dim=1)
+
+
 class Objective(nn.Module, ABC):
     """A network plus the loss it is trained with and the way it predicts the next concept.
 
     Args:
         model: The network; stored as ``self.model``.
+        residual: Predict concept t+1 as a base from the context plus the network's output
+            (:data:`Residual`, :func:`residual_base`); only families with
+            ``supports_residual`` accept anything but ``"none"``.
     """
+
+    supports_residual: ClassVar[bool] = False
+    """True when the family's loss, teacher-forced prediction and generation step add the
+    :attr:`residual` base to the network's output."""
 
     predicts_first_concept: ClassVar[bool] = True
     """False when position 0 of ``predict_all`` is a placeholder: the network only predicts
     concepts that follow another one (regression, refiner, quantized). Diffusion samples the
     first concept from the unconditional model."""
 
-    def __init__(self, model: nn.Module) -> None:
+    def __init__(self, model: nn.Module, residual: Residual = "none") -> None:
         super().__init__()
         self.model = model
+        self.residual: Residual = check_residual(residual)
+        if residual != "none" and not self.supports_residual:
+            raise ValueError(
+                f"{type(self).__name__} does not support residual={residual!r} (only 'none'); "
+                "the families that do: Base-LCM, One-Tower, Two-Tower"
+            )
+
+    def next_base(self, x: Tensor, mask: Tensor | None) -> Tensor | None:
+        """(B, D): the residual base of the concept after each right-padded row of ``x``
+        (B, T, D), or None without a residual."""
+        base = residual_base(x, mask, self.residual)
+        return None if base is None else last_valid(base, mask)
 
     def with_model(self, model: nn.Module) -> Objective:
         """A shallow copy that shares everything (scheduler, settings) but runs ``model``, e.g. an

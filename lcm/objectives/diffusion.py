@@ -13,6 +13,20 @@ Sampling is :func:`diffusion.ddim_sample` with the paper's settings by default: 
 trailing spacing, eta 0, guidance 3 on epsilon with rescale 0.7, initial noise scale 0.6.
 The two families differ only in how one denoising call reaches the clean context, which the
 subclasses provide (:meth:`DiffusionObjective._teacher_forced_fn`, :meth:`_next_fn`).
+
+Residual (``residual="last"`` or ``"context_mean"``, x0-prediction only): the denoiser's x0
+estimate of concept i becomes ``base_{i-1} + out_i``, where ``base`` is the last context concept
+or the context mean (:func:`~lcm.objectives.base.residual_base`), and 0 for the first concept and
+for every row whose context is dropped (the unconditional half of classifier-free guidance). The
+forward process still noises the concept itself, not the residual ``x_i - base``:
+
+- the noise schedule (zero terminal SNR), the initial noise scale 0.6 and the guidance rescale
+  are set for the distribution of concepts; a residual has another scale (consecutive concepts
+  are close, so it is small) and, for the context mean, another centre;
+- classifier-free guidance needs an unconditional model, and a residual has no meaning without
+  its context, while an x0 estimate does (the unconditional rows simply get no base);
+- so the option is only a re-parameterization of the denoiser's output (a skip connection from
+  the context), with the same loss target, sampler and generated distribution family as before.
 """
 
 from __future__ import annotations
@@ -26,7 +40,16 @@ from torch import Tensor, nn
 
 from diffusion import DDIMScheduler, DPMSolverMultistepScheduler, ModelFn, ddim_sample
 from diffusion.utils import randn_tensor
-from lcm.objectives.base import Batch, Objective, ObjectiveOutput, masked_mse, target_weight
+from lcm.objectives.base import (
+    Batch,
+    Objective,
+    ObjectiveOutput,
+    Residual,
+    masked_mse,
+    residual_base,
+    shift_right,
+    target_weight,
+)
 
 Solver = Literal["ddim", "dpmsolver++"]
 
@@ -67,6 +90,32 @@ def _repeat_batch(t: Tensor, times: int) -> Tensor:
     return t if times == 1 else torch.cat([t] * times)
 
 
+def add_base(out: Tensor, base: Tensor, drop_context: Tensor) -> Tensor:
+    """``out + base`` on the rows that keep their context: (N, ..., D).
+
+    Args:
+        out: (N, ..., D) x0 estimates.
+        base: (B, ..., D) residual base, B dividing N (stacked for the guidance halves).
+        drop_context: (N,) or (N, T) bool, True = that prediction has no context (no base).
+    """
+    base = _repeat_batch(base, out.shape[0] // base.shape[0])
+    keep = (~drop_context).to(out.dtype)
+    keep = keep.reshape(*keep.shape, *([1] * (out.dim() - keep.dim())))
+    return out + base * keep
+
+
+def with_base(model_fn: ModelFn, base: Tensor | None) -> ModelFn:
+    """``model_fn`` whose x0 estimates get ``base`` (B, Tq, D) added on the conditional rows
+    (:func:`add_base`); ``model_fn`` itself when ``base`` is None."""
+    if base is None:
+        return model_fn
+
+    def fn(x_t: Tensor, t: Tensor, drop_context: Tensor) -> Tensor:
+        return add_base(model_fn(x_t, t, drop_context), base, drop_context)
+
+    return fn
+
+
 class DiffusionObjective(Objective):
     """x0-prediction diffusion loss and DDIM sampling for a denoiser with the signature
     ``model(x_clean, x_noisy, t, mask, drop_context) -> (B, T, D)``.
@@ -77,7 +126,11 @@ class DiffusionObjective(Objective):
             rescaled to zero terminal SNR, x0-prediction, trailing spacing).
         cfg_dropout: Share of positions trained without context (paper: about 0.15).
         sampling: Default sampling settings; every sampling method can override them.
+        residual: Add this base from the context to the denoiser's x0 estimate (see the module
+            docstring; needs ``prediction_type="sample"``).
     """
+
+    supports_residual = True
 
     def __init__(
         self,
@@ -85,11 +138,17 @@ class DiffusionObjective(Objective):
         scheduler: DDIMScheduler | None = None,
         cfg_dropout: float = 0.15,
         sampling: SamplingConfig | None = None,
+        residual: Residual = "none",
     ) -> None:
-        super().__init__(model)
+        super().__init__(model, residual)
         if not 0.0 <= cfg_dropout < 1.0:
             raise ValueError(f"cfg_dropout must be in [0, 1), got {cfg_dropout}")
         self.scheduler = scheduler if scheduler is not None else DDIMScheduler()
+        if residual != "none" and self.scheduler.prediction_type != "sample":
+            raise ValueError(
+                f"residual={residual!r} adds a base to the x0 estimate, so it needs "
+                f"prediction_type='sample', not {self.scheduler.prediction_type!r}"
+            )
         self.cfg_dropout = cfg_dropout
         self.sampling = sampling if sampling is not None else SamplingConfig()
 
@@ -106,9 +165,19 @@ class DiffusionObjective(Objective):
             u = torch.rand((B, T), generator=generator, device=device)  # (B, T)
             drop = (u < self.cfg_dropout).to(x.device)
         out = self.model(x, x_t, t, mask, drop)  # (B, T, D) in prediction_type space
+        base = self.teacher_forced_base(x, mask)
+        if base is not None:
+            no_drop = torch.zeros((B, T), dtype=torch.bool, device=x.device)
+            out = add_base(out, base, no_drop if drop is None else drop)
         target = self.scheduler.get_target(x, noise, t)  # (B, T, D)
         weight = target_weight(batch)  # (B, T)
         return ObjectiveOutput(masked_mse(out, target, weight), out, target, weight)
+
+    def teacher_forced_base(self, x: Tensor, mask: Tensor | None) -> Tensor | None:
+        """(B, T, D): the residual base of each target position i (from ``x[:, :i]``; 0 at
+        position 0, which has no context), or None without a residual."""
+        base = residual_base(x, mask, self.residual)
+        return None if base is None else shift_right(base)
 
     # ---------------------------------------------------------------------------- sampling
     def sampling_with(self, **overrides) -> SamplingConfig:
@@ -161,8 +230,13 @@ class DiffusionObjective(Objective):
             init_noise_scale=init_noise_scale,
             solver=solver,
         )
+        base = self.teacher_forced_base(x, mask)
         return self._sample(
-            lambda n: self._teacher_forced_fn(x, mask, n), tuple(x.shape), x, generator, overrides
+            lambda n: with_base(self._teacher_forced_fn(x, mask, n), base),
+            tuple(x.shape),
+            x,
+            generator,
+            overrides,
         )
 
     @torch.no_grad()
@@ -189,7 +263,11 @@ class DiffusionObjective(Objective):
             solver=solver,
         )
         shape = (x.shape[0], 1, x.shape[2])
-        out = self._sample(lambda n: self._next_fn(x, mask, n), shape, x, generator, overrides)
+        base = self.next_base(x, mask)
+        base = None if base is None else base[:, None]  # (B, 1, D)
+        out = self._sample(
+            lambda n: with_base(self._next_fn(x, mask, n), base), shape, x, generator, overrides
+        )
         return out[:, 0]  # (B, D)
 
     @abstractmethod

@@ -3,6 +3,10 @@
 The network's output at position t is its guess of concept t+1 (``lcm.models.base_lcm``). Aligned
 to targets, ``pred[:, i] = y[:, i-1]`` for ``i >= 1``; position 0 has no prediction and never
 counts.
+
+With ``residual`` (:data:`~lcm.objectives.base.Residual`) the prediction of concept t+1 is
+``base_t + y[:, t]``: the network learns the correction to the last concept or to the context
+mean. The cached generation step (:class:`lcm.generation.steps.BaseLCMStep`) adds the same base.
 """
 
 from __future__ import annotations
@@ -14,8 +18,11 @@ from lcm.objectives.base import (
     Batch,
     Objective,
     ObjectiveOutput,
+    Residual,
     last_valid,
     masked_mse,
+    residual_base,
+    shift_right,
     target_weight,
 )
 
@@ -26,14 +33,24 @@ class MSEObjective(Objective):
     Args:
         model: A network with ``forward(x (B, T, D), mask (B, T)) -> (B, T, D)`` where output t
             predicts concept t+1.
+        residual: Add this base from the context to the network's output
+            (:func:`~lcm.objectives.base.residual_base`; default ``"none"``).
     """
 
     predicts_first_concept = False
+    supports_residual = True
+
+    def __init__(self, model: torch.nn.Module, residual: Residual = "none") -> None:
+        super().__init__(model, residual)
+
+    def _outputs(self, x: Tensor, mask: Tensor | None) -> Tensor:
+        """(B, T, D): position t's prediction of concept t+1 (network output plus base)."""
+        y = self.model(x, mask)  # (B, T, D), y[:, t] predicts x[:, t+1]
+        base = residual_base(x, mask, self.residual)
+        return y if base is None else y + base
 
     def _aligned(self, batch: Batch) -> Tensor:
-        x, mask = batch["x"], batch["mask"]
-        y = self.model(x, mask)  # (B, T, D), y[:, t] predicts x[:, t+1]
-        return torch.cat((torch.zeros_like(y[:, :1]), y[:, :-1]), dim=1)  # (B, T, D)
+        return shift_right(self._outputs(batch["x"], batch["mask"]))  # (B, T, D)
 
     def loss(self, batch: Batch, generator: torch.Generator | None = None) -> ObjectiveOutput:
         pred = self._aligned(batch)  # (B, T, D)
@@ -50,4 +67,4 @@ class MSEObjective(Objective):
         self, x: Tensor, mask: Tensor | None = None, generator: torch.Generator | None = None
     ) -> Tensor:
         """(B, D): the output at each sequence's last valid position."""
-        return last_valid(self.model(x, mask), mask)  # (B, D)
+        return last_valid(self._outputs(x, mask), mask)  # (B, D)

@@ -66,7 +66,7 @@ from lcm.objectives import (
     SamplingConfig,
     TwoTowerDiffusion,
 )
-from lcm.objectives.base import Batch, ObjectiveOutput
+from lcm.objectives.base import Batch, ObjectiveOutput, Residual, check_residual
 from lcm.quant import RVQ
 from lcm.train.optim import DEFAULT_OPTIM, EMA, OptimConfig, adamw_warmup_cosine
 
@@ -122,6 +122,11 @@ class LCMModule(L.LightningModule):
             ``fit`` starts fresh (fine-tuning); ignored when resuming with ``ckpt_path``.
         learn_separator: Train the separator concept instead of keeping it constant.
         seed: Seed of the training noise and dropout (combined with each batch's id).
+        residual: Predict each next concept as a base from the context plus the network's
+            output: ``none`` (the concept itself), ``last`` (a correction to the last concept)
+            or ``context_mean`` (a correction to the mean of the context), in normalized space;
+            applied in training, validation and generation alike (Base-LCM, One-Tower and
+            Two-Tower; the other families accept only ``none``).
     """
 
     family: ClassVar[str] = ""
@@ -142,6 +147,7 @@ class LCMModule(L.LightningModule):
         init_from: str | None = None,
         learn_separator: bool = False,
         seed: int = 0,
+        residual: Residual = "none",
     ) -> None:
         super().__init__()
         if not self.family:
@@ -156,6 +162,7 @@ class LCMModule(L.LightningModule):
         self.optim = typed(OptimConfig, optim)
         self.ema_decay, self.ema_eval = ema_decay, ema_eval
         self.init_from, self.seed = init_from, seed
+        self.residual: Residual = check_residual(residual)
         self.objective: Objective
         self.ema_model: EMA | None = None
 
@@ -181,6 +188,10 @@ class LCMModule(L.LightningModule):
 
     def attach(self, objective: Objective) -> None:
         """Install the family's objective (wrapping its freshly built network) and the EMA."""
+        if objective.residual != self.residual:
+            raise ValueError(
+                f"family {self.family!r} does not support residual={self.residual!r} (only 'none')"
+            )
         self.objective = objective
         if self.ema_decay is not None:
             self.ema_model = EMA(objective.model, self.ema_decay)
@@ -483,7 +494,7 @@ class BaseLCMModule(LCMModule):
 
     def __init__(self, arch: BaseLCMConfig = TINY["base_lcm"], **kwargs: Any) -> None:
         super().__init__(arch=arch, **kwargs)
-        self.attach(MSEObjective(self.arch.build()))
+        self.attach(MSEObjective(self.arch.build(), self.residual))
 
 
 class DiffusionModule(LCMModule):
@@ -529,7 +540,9 @@ class DiffusionModule(LCMModule):
         )
         self.eval_inference_steps = eval_inference_steps
         sampling = typed(SamplingConfig, sampling)
-        self.attach(self.objective_cls(self.arch.build(), scheduler, cfg_dropout, sampling))
+        self.attach(
+            self.objective_cls(self.arch.build(), scheduler, cfg_dropout, sampling, self.residual)
+        )
 
     def eval_kwargs(self) -> dict[str, Any]:
         steps = self.eval_inference_steps

@@ -1,0 +1,160 @@
+"""The ``residual`` option: a family predicts concept t+1 as a base from the context (the last
+concept or the context mean) plus the network's output, in training, teacher-forced prediction
+and cached generation alike."""
+
+from __future__ import annotations
+
+import pytest
+import torch
+
+from lcm.generation import SamplingConfig, generate, make_step
+from lcm.models import BaseLCMConfig, OneTowerConfig, QuantLCMConfig, TwoTowerConfig
+from lcm.normalizer import RobustNormalizer
+from lcm.objectives import MSEObjective, OneTowerDiffusion, TwoTowerDiffusion
+from lcm.objectives.base import residual_base
+from lcm.objectives.diffusion import with_base
+
+D = 16
+RESIDUALS = ["last", "context_mean"]
+FAMILIES = [
+    (BaseLCMConfig, MSEObjective),
+    (TwoTowerConfig, TwoTowerDiffusion),
+    (OneTowerConfig, OneTowerDiffusion),
+]
+
+
+@pytest.fixture(scope="module")
+def normalizer():
+    torch.manual_seed(0)
+    return RobustNormalizer.fit(torch.randn(200, D) * 2 + 1)
+
+
+def _objective(cfg, objective_cls, residual):
+    torch.manual_seed(1)
+    model = cfg.from_name("tiny", sonar_dim=D).build().eval()
+    if objective_cls is MSEObjective:
+        return MSEObjective(model, residual)
+    sampling = SamplingConfig(num_inference_steps=4, guidance_scale=2.0)
+    return objective_cls(model, sampling=sampling, residual=residual).eval()
+
+
+def _generate(objective, prompts, normalizer, use_cache=True, seed=0):
+    step = make_step(objective, use_cache=use_cache)
+    g = torch.Generator().manual_seed(seed)
+    return generate(
+        step, prompts, normalizer, generator=g, max_new_concepts=4, repeat_threshold=2.0
+    )
+
+
+def test_residual_base_values_with_right_and_left_padding():
+    x = torch.arange(1.0, 7.0).reshape(1, 3, 2)  # concepts (1,2), (3,4), (5,6)
+    assert torch.equal(residual_base(x, None, "last"), x)
+    assert residual_base(x, None, "none") is None
+    mean = residual_base(x, None, "context_mean")
+    torch.testing.assert_close(mean[0], torch.tensor([[1.0, 2.0], [2.0, 3.0], [3.0, 4.0]]))
+    # right padding: the padded last slot does not change the earlier means
+    right = residual_base(x, torch.tensor([[True, True, False]]), "context_mean")
+    torch.testing.assert_close(right[0, :2], mean[0, :2])
+    # left padding: the padded first slot is left out of every mean
+    left = residual_base(x, torch.tensor([[False, True, True]]), "context_mean")
+    torch.testing.assert_close(left[0, 1:], torch.tensor([[3.0, 4.0], [4.0, 5.0]]))
+    with pytest.raises(ValueError, match="unknown residual 'first'"):
+        residual_base(x, None, "first")  # type: ignore[arg-type]
+
+
+@pytest.mark.parametrize("residual", RESIDUALS)
+@pytest.mark.parametrize("cfg,objective_cls", FAMILIES, ids=["base_lcm", "two_tower", "one_tower"])
+def test_cached_generation_equals_uncached_with_a_residual(
+    cfg, objective_cls, residual, normalizer
+):
+    objective = _objective(cfg, objective_cls, residual)
+    prompts = [torch.randn(3, D), torch.randn(6, D)]
+    a = _generate(objective, prompts, normalizer)
+    b = _generate(objective, prompts, normalizer, use_cache=False)
+    plain = _generate(_objective(cfg, objective_cls, "none"), prompts, normalizer)
+    for x, y, z in zip(a.concepts, b.concepts, plain.concepts):
+        assert x.shape == (4, D)
+        torch.testing.assert_close(x, y, atol=1e-4, rtol=1e-4)
+        assert not torch.allclose(x, z, atol=1e-3)  # the base changes what is generated
+
+
+@pytest.mark.parametrize("residual", RESIDUALS)
+def test_base_lcm_residual_adds_the_base_everywhere(residual, normalizer):
+    """With a zero PostNet the network outputs 0, so every prediction is the base itself: the
+    loss, teacher-forced prediction, predict_next and the generation step agree on it."""
+    objective = _objective(BaseLCMConfig, MSEObjective, residual)
+    torch.nn.init.zeros_(objective.model.postnet.weight)
+    torch.nn.init.zeros_(objective.model.postnet.bias)
+    x = torch.randn(2, 5, D)
+    mask = torch.tensor([[True] * 5, [True, True, True, False, False]])
+    expected = residual_base(x, mask, residual)  # (B, T, D): base of concept t+1
+    pred = objective.predict_all({"x": x, "mask": mask})
+    torch.testing.assert_close(pred[:, 1:], expected[:, :-1])
+    out = objective.loss({"x": x, "mask": mask, "loss_mask": mask})
+    torch.testing.assert_close(out.pred, pred)
+    nxt = objective.predict_next(x, mask)
+    torch.testing.assert_close(nxt[0], expected[0, 4])
+    torch.testing.assert_close(nxt[1], expected[1, 2])
+    if residual == "last":
+        torch.testing.assert_close(nxt[1], x[1, 2])
+    else:
+        torch.testing.assert_close(nxt[1], x[1, :3].mean(dim=0))
+    # generation from the second row's three concepts (raw space) gives the same next concept
+    prompt = normalizer.denormalize(x[1, :3])
+    gen = generate(
+        make_step(objective), [prompt], normalizer, max_new_concepts=1, repeat_threshold=2.0
+    )
+    torch.testing.assert_close(
+        gen.concepts[0][0], normalizer.denormalize(nxt[1]), atol=1e-5, rtol=1e-5
+    )
+
+
+@pytest.mark.parametrize("residual", RESIDUALS)
+@pytest.mark.parametrize("objective_cls,cfg", [(TwoTowerDiffusion, TwoTowerConfig)])
+def test_diffusion_loss_adds_the_shifted_base_to_the_x0_estimate(objective_cls, cfg, residual):
+    torch.manual_seed(1)
+    model = cfg.from_name("tiny", sonar_dim=D).build()
+    plain = objective_cls(model, cfg_dropout=0.0)
+    res = objective_cls(model, cfg_dropout=0.0, residual=residual)
+    x = torch.randn(2, 5, D)
+    mask = torch.ones(2, 5, dtype=torch.bool)
+    batch = {"x": x, "mask": mask, "loss_mask": mask}
+    a = plain.loss(batch, torch.Generator().manual_seed(3))
+    b = res.loss(batch, torch.Generator().manual_seed(3))
+    base = residual_base(x, mask, residual)
+    torch.testing.assert_close(b.pred[:, 0], a.pred[:, 0])  # the first concept has no base
+    torch.testing.assert_close(b.pred[:, 1:], a.pred[:, 1:] + base[:, :-1])
+    torch.testing.assert_close(b.target, a.target)  # the target is still the concept
+
+
+def test_unconditional_rows_get_no_base():
+    base = torch.ones(2, 1, D)
+
+    def zeros(x_t, t, drop):
+        return torch.zeros_like(x_t)
+
+    fn = with_base(zeros, base)
+    drop = torch.tensor([False, False, True, True])  # conditional half, unconditional half
+    out = fn(torch.zeros(4, 1, D), torch.zeros(4, dtype=torch.long), drop)
+    assert torch.equal(out[:2], torch.ones(2, 1, D))
+    assert torch.equal(out[2:], torch.zeros(2, 1, D))
+
+
+def test_residual_is_recorded_and_refused_where_unsupported():
+    from lcm.train.module import BaseLCMModule, QuantModule, TwoTowerModule
+
+    arch = BaseLCMConfig.from_name("tiny", sonar_dim=D)
+    module = BaseLCMModule(arch=arch, residual="context_mean")
+    assert module.hparams["residual"] == "context_mean"
+    assert module.objective.residual == "context_mean"
+    two = TwoTowerModule(arch=TwoTowerConfig.from_name("tiny", sonar_dim=D), residual="last")
+    assert two.objective.residual == "last" and two.hparams["residual"] == "last"
+    assert BaseLCMModule(arch=arch).objective.residual == "none"  # the default changes nothing
+    with pytest.raises(ValueError, match="quant_lcm.*does not support residual='last'"):
+        QuantModule(arch=QuantLCMConfig.from_name("tiny", sonar_dim=D), residual="last")
+    with pytest.raises(ValueError, match="prediction_type='sample'"):
+        TwoTowerModule(
+            arch=TwoTowerConfig.from_name("tiny", sonar_dim=D),
+            residual="last",
+            prediction_type="epsilon",
+        )
