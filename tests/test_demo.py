@@ -50,3 +50,33 @@ def test_floors_and_ceiling_decode_their_own_query_through_the_models_bank():
     assert scores["decoder ceiling (reference concept retrieved)"] == 100.0
     # lead-1 'Alpha things here.' vs 'alpha tool': LCS 1, precision 1/3, recall 1/2 -> F1 0.4
     assert scores["lead-1"] == 40.0 and scores["documents"] == 1
+
+
+def test_the_main_job_recipe_predicts_a_correction_to_the_context_mean(tmp_path):
+    """configs/base_lcm/tiny_sft_residual.yaml (the main job's default) trains a Base-LCM whose
+    next concept is the network's output plus the mean of the context, in normalized space."""
+    import inspect
+
+    from helpers_train import make_shards
+
+    from lcm.cli import run
+    from lcm.demo import main
+    from lcm.train.module import load_module
+
+    recipe = inspect.signature(main).parameters["recipe"].default
+    assert recipe == "configs/base_lcm/tiny_sft_residual.yaml"
+    shards = make_shards(tmp_path / "data", n_docs=30, summaries=True)
+    root = tmp_path / "run"
+    run(
+        ["fit", "--config", "configs/trainer/default.yaml", "--config", recipe,
+         f"--data.data_dir={shards}", f"--trainer.default_root_dir={root}",
+         "--data.val_fraction=0.2", "--trainer.max_steps=3",
+         "--trainer.enable_progress_bar=false", "--trainer.enable_model_summary=false"]
+    )  # fmt: skip
+    module = load_module(str(root / "checkpoints" / "last.ckpt")).eval()
+    assert module.residual == "context_mean" and module.arch.dropout == 0.0
+    x = torch.randn(2, 5, module.arch.sonar_dim)
+    objective = module.eval_objective()
+    with torch.no_grad():
+        expected = module.network(x, None)[:, -1] + x.mean(dim=1)
+        torch.testing.assert_close(objective.predict_next(x, None), expected)
