@@ -287,34 +287,37 @@ def test_check_prints_a_table_for_a_good_folder(prepared, capsys):
 
 
 # ------------------------------------------------------------------------------------- training
+def _fit_args(shards: Path, root: Path, steps: int, every: int, *extra: str) -> list[str]:
+    """``lcm fit`` options of a tiny Base-LCM run (in-process or in a fresh process)."""
+    return [
+        "fit",
+        "--config",
+        str(TRAINER_YAML),
+        "--config",
+        str(ROOT / "configs" / "base_lcm" / "tiny.yaml"),
+        f"--data.data_dir={shards}",
+        f"--data.cache_dir={root / 'arrow'}",
+        f"--trainer.default_root_dir={root}",
+        "--data.val_fraction=0",
+        "--data.max_seq_len=8",
+        "--data.max_concepts_per_batch=32",
+        "--trainer.enable_progress_bar=false",
+        "--trainer.enable_model_summary=false",
+        "--trainer.logger=false",
+        "--trainer.accelerator=cpu",
+        "--trainer.devices=1",
+        f"--trainer.max_steps={steps}",
+        f"--checkpoint.every_n_train_steps={every}",
+        "--model.init_args.optim.warmup_steps=2",
+        "--model.init_args.optim.decay_steps=200",
+        *extra,
+    ]
+
+
 def _fit(shards: Path, root: Path, steps: int, every: int, *extra: str):
     from lcm.train.cli import cli_main
 
-    cli_main(
-        [
-            "fit",
-            "--config",
-            str(TRAINER_YAML),
-            "--config",
-            str(ROOT / "configs" / "base_lcm" / "tiny.yaml"),
-            f"--data.data_dir={shards}",
-            f"--data.cache_dir={root / 'arrow'}",
-            f"--trainer.default_root_dir={root}",
-            "--data.val_fraction=0",
-            "--data.max_seq_len=8",
-            "--data.max_concepts_per_batch=32",
-            "--trainer.enable_progress_bar=false",
-            "--trainer.enable_model_summary=false",
-            "--trainer.logger=false",
-            "--trainer.accelerator=cpu",
-            "--trainer.devices=1",
-            f"--trainer.max_steps={steps}",
-            f"--checkpoint.every_n_train_steps={every}",
-            "--model.init_args.optim.warmup_steps=2",
-            "--model.init_args.optim.decay_steps=200",
-            *extra,
-        ]
-    )
+    cli_main(_fit_args(shards, root, steps, every, *extra))
     return root / "checkpoints" / "last.ckpt"
 
 
@@ -660,37 +663,74 @@ def test_kill_fit_then_resume_gives_identical_weights(prepared, tmp_path, _plain
         assert torch.equal(value, resumed["state_dict"][name]), name
 
 
+@pytest.mark.slow
+def test_kill_a_fresh_lcm_fit_process_then_resume_gives_identical_weights(
+    prepared, tmp_path, _plain_argv, one_thread
+):
+    """The real ``lcm fit`` in a fresh process, killed with SIGKILL at a random moment after a
+    checkpoint of a random step is on disk (between checkpoints or while one is written), then
+    resumed in another fresh process with ``--ckpt_path=last``: the weights at the final step
+    are bit-identical to a straight run's."""
+    from helpers_train import fresh_env, kill_fresh_when, lcm_command, run_fresh
+
+    steps = 20
+    straight = torch.load(_fit(prepared, tmp_path / "a", steps, 2), weights_only=True)
+    root = tmp_path / "b"
+    last = root / "checkpoints" / "last.ckpt"
+    rng = random.Random(5)
+    want, delay = rng.randint(4, 12), rng.uniform(0.0, 0.5)
+
+    def ready() -> bool:
+        if not last.exists() or torch.load(last, weights_only=True)["global_step"] < want:
+            return False
+        time.sleep(delay)  # a random moment of the next steps (0.3 s each)
+        return True
+
+    slow = "--trainer.callbacks+=slow_steps.SlowSteps"
+    kill_fresh_when(
+        lcm_command(*_fit_args(prepared, root, steps, 2, slow)),
+        fresh_env(LCM_TEST_STEP_SLEEP="0.3"),
+        ready,
+        tmp_path / "killed.log",
+    )
+    assert want <= torch.load(last, weights_only=True)["global_step"] < steps  # cut short
+    run_fresh(lcm_command(*_fit_args(prepared, root, steps, 2, "--ckpt_path=last")), fresh_env())
+    resumed = torch.load(last, weights_only=True)
+    assert resumed["global_step"] == steps
+    assert resumed["state_dict"].keys() == straight["state_dict"].keys()
+    for name, value in straight["state_dict"].items():
+        assert torch.equal(value, resumed["state_dict"][name]), name
+
+
 def test_kill_a_fresh_lcm_prepare_process_then_rerun_gives_identical_shards(tmp_path):
     """The real command in a fresh process (as a user runs it, nothing inherited from the test
     process), killed with SIGKILL in the middle of encoding, then run again."""
-    import subprocess
-
-    from helpers_train import HashCodec, write_corpus
+    from helpers_train import (
+        HashCodec,
+        fresh_env,
+        kill_fresh_when,
+        lcm_command,
+        run_fresh,
+        write_corpus,
+    )
 
     docs = write_corpus(tmp_path / "docs.jsonl", 60, seed=3, summaries=True)
     ref = tmp_path / "ref"
     prepare(str(docs), str(ref), codec=HashCodec(), target_fields=["summary"], shard_size=5,
             cache=False, progress=False)  # fmt: skip
     out = tmp_path / "killed"
-    args = [sys.executable, "-m", "lcm.cli", "prepare", f"--inputs={docs}",
-            f"--output_dir={out}", "--codec=helpers_train.SlowHashCodec",
-            "--target_fields=[summary]", "--shard_size=5", "--cache=false"]  # fmt: skip
-    env = {**os.environ, "PYTHONPATH": f"{ROOT}{os.pathsep}{ROOT / 'tests'}",
-           "OMP_NUM_THREADS": "1", "LCM_TEST_ENCODE_SLEEP": "0.3"}  # fmt: skip
-    proc = subprocess.Popen(args, env=env, cwd=ROOT, stdout=subprocess.DEVNULL,
-                            stderr=subprocess.PIPE)  # fmt: skip
+    args = lcm_command("prepare", f"--inputs={docs}", f"--output_dir={out}",
+                       "--codec=helpers_train.SlowHashCodec", "--target_fields=[summary]",
+                       "--shard_size=5", "--cache=false")  # fmt: skip
     want = random.Random(7).randint(2, 9)  # of 12 shards
-    deadline = time.time() + 240
-    while len(list((out / "shards").glob("*.parquet"))) < want:
-        assert proc.poll() is None and time.time() < deadline, proc.stderr.read().decode()[-2000:]
-        time.sleep(0.01)
-    proc.send_signal(signal.SIGKILL)
-    proc.wait()
-    assert proc.returncode == -signal.SIGKILL
+    kill_fresh_when(
+        args,
+        fresh_env(LCM_TEST_ENCODE_SLEEP="0.3"),
+        lambda: len(list((out / "shards").glob("*.parquet"))) >= want,
+        tmp_path / "killed.log",
+    )
     assert not (out / "summary.json").exists()  # really cut short
-    env["LCM_TEST_ENCODE_SLEEP"] = "0"
-    done = subprocess.run(args, env=env, cwd=ROOT, capture_output=True, text=True, timeout=300)
-    assert done.returncode == 0, done.stderr[-2000:]
+    run_fresh(args, fresh_env(LCM_TEST_ENCODE_SLEEP="0"))
     summary = json.loads((out / "summary.json").read_text())
     assert summary["rebuilt_shards"] == [] and summary["documents"] == 60
     assert digests(out) == digests(ref)

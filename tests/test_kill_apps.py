@@ -14,28 +14,13 @@ from pathlib import Path
 
 import pytest
 import torch
-from helpers_train import HashCodec, P, make_shards, sentence
+from helpers_train import FixedHashCodec, HashCodec, make_shards, sentence
 
 from lcm.api import ConceptModel, Settings
 from lcm.apps.files import generate_file
 from lcm.cli import run
 
 SETTINGS = Settings(max_new_concepts=2, num_inference_steps=3, seed=7)
-
-
-class FixedHashCodec(HashCodec):
-    """HashCodec decoding among a fixed set of sentences (HashCodec's own decode depends on what
-    the instance encoded before, which would make two runs differ for the codec's sake)."""
-
-    def __init__(self) -> None:
-        super().__init__()
-        self.encode([sentence(k) for k in range(P)], "eng_Latn")
-        self.fixed = dict(self.seen)
-
-    def decode(self, vectors, lang):
-        names = list(self.fixed)
-        table = torch.stack([self.fixed[n] for n in names])
-        return [names[int(i)] for i in torch.cdist(vectors.float(), table).argmin(dim=1)]
 
 
 @pytest.fixture(scope="module")
