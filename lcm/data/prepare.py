@@ -345,9 +345,9 @@ class ShardWriter(BasePredictionWriter):
                         i, r = over[0]
                         bad = (
                             "unknown_tokens",
-                            f"field {name!r} sentence {i} is {r:.0%} tokens unknown to the codec "
-                            f"(max_unknown_ratio={self.max_unknown_ratio}; {len(over)} such "
-                            "sentences)",
+                            f"field {name!r} sentence {i} ({doc.lang}) is {r:.0%} unknown to "
+                            f"the codec (share of characters in unknown tokens; max_unknown_ratio"
+                            f"={self.max_unknown_ratio}; {len(over)} such sentences)",
                         )
                 if bad:
                     break
@@ -474,9 +474,10 @@ def prepare(
         embedding_dtype: storage dtype of the vectors.
         normalizer_sample: most sentence vectors the normalizer is fitted on (seeded sample).
         seed: seed of the normalizer sample.
-        max_unknown_ratio: reject documents with a sentence whose share of tokens unknown to the
-            codec (e.g. emoji for MiniLM) is above this, in [0, 1]; None only counts sentences
-            that are mostly (> 50%) unknown (``unknown_token_sentences`` in the summary).
+        max_unknown_ratio: reject documents with a sentence whose share of characters in tokens
+            unknown to the codec (e.g. emoji for MiniLM) is above this, in [0, 1]; None only
+            counts sentences that are mostly (> 50%) unknown (``unknown_token_sentences`` in
+            the summary).
         cache: keep a persistent embedding cache in ``output_dir/cache.sqlite``, so a rerun
             reads back the vectors a killed run computed instead of encoding them again. It
             grows by a float32 vector per distinct sentence (70-80% of the shards' size): large
