@@ -43,6 +43,8 @@ Output folder::
     rejects/shard-00000.jsonl  documents rejected for non-finite vectors or unknown tokens
     normalizer.pt            RobustNormalizer statistics (load with weights_only=True)
     summary.json             totals (rows_read == documents + rejected)
+    .hf_cache/               while it runs: the Arrow copy of the inputs that ``datasets`` reads
+                             (kept for a resume, removed when the run finishes)
 """
 
 from __future__ import annotations
@@ -50,6 +52,7 @@ from __future__ import annotations
 import json
 import logging
 import os
+import shutil
 import time
 import warnings
 from collections import Counter
@@ -627,6 +630,9 @@ def prepare(
         }
     _atomic_write(manifest, json.dumps(settings, indent=2))
     _atomic_write(out / "summary.json", json.dumps(summary, indent=2))
+    # The Arrow copy of the inputs that `datasets` made for reading serves only a resume: a
+    # finished folder does not keep a second copy of the corpus.
+    shutil.rmtree(out / ".hf_cache", ignore_errors=True)
     return summary
 
 
