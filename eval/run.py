@@ -483,6 +483,7 @@ def evaluate(
         "reused": len(store.reused),
         "partial_lines_ignored": store.partial_lines,
         "seconds": round(time.perf_counter() - t0, 2),
+        "out_dir": str(out.resolve()),  # not in results.json (its paths are relative)
     }
     tmp = out / f".results.json.{os.getpid()}.tmp"
     tmp.write_text(json.dumps(results, indent=2, ensure_ascii=False) + "\n", encoding="utf-8")
@@ -717,9 +718,9 @@ def main(argv: list[str] | None = None, prog: str | None = None) -> dict:
     args = sys.argv[1:] if argv is None else list(argv)
     prog = prog or Path(sys.argv[0]).name or "lcm-eval"
     results = CLI(evaluate, args=args, as_positional=False, prog=prog)
-    out = Path(results["config"].get("out_dir", ""))
-    report = (out / "report.md") if out.name else None
-    if report is not None and report.exists():
+    # results.json records out_dir relative (recorded_path); the run knows where it wrote
+    report = Path(results["run"]["out_dir"]) / "report.md"
+    if report.exists():
         print(report.read_text(encoding="utf-8"))
     print(json.dumps(results["run"]))
     return results
