@@ -23,7 +23,7 @@ import pyarrow.parquet as pq
 import pytest
 import torch
 from conftest import HashCodec
-from helpers_train import make_shards
+from helpers_train import make_shards, prepare_shards
 
 from lcm.data.prepare import prepare
 from lcm.data.shards import ShardError, file_record, verified_shards
@@ -197,40 +197,20 @@ def test_truncated_shard_is_named_by_readers_and_rebuilt_by_prepare(prepared, tm
     printed = capsys.readouterr().out
     assert "shard-00001.parquet" in printed and "FAIL" in printed and "3 shards" in printed
     # the rerun verifies, rebuilds exactly that shard, and gets the same bytes back
-    from helpers_train import HashCodec as TrainCodec
-
-    s = prepare(
-        str(prepared.parent / "docs.jsonl"),
-        str(prepared),
-        codec=TrainCodec(),
-        shard_size=8,
-        cache=False,
-        progress=False,
-    )
+    s = prepare_shards(prepared, shard_size=8)
     assert s["rebuilt_shards"] == ["shard-00001"]
     assert digests(prepared) == before
     assert run(["check", str(prepared)])["ok"]
 
 
 def test_changed_shard_is_rebuilt_on_rerun(prepared):
-    from helpers_train import HashCodec as TrainCodec
-
     before = digests(prepared)
     _put_nan(prepared / "shards" / "shard-00002.parquet", 1, 0)  # checksum no longer matches
-    s = prepare(
-        str(prepared.parent / "docs.jsonl"),
-        str(prepared),
-        codec=TrainCodec(),
-        shard_size=8,
-        cache=False,
-        progress=False,
-    )
+    s = prepare_shards(prepared, shard_size=8)
     assert s["rebuilt_shards"] == ["shard-00002"] and digests(prepared) == before
 
 
 def test_nan_in_a_shard_is_named_with_its_document_everywhere(prepared, tmp_path, capsys):
-    from helpers_train import HashCodec as TrainCodec
-
     from eval.concept_eval import read_concept_docs
     from lcm.cli import run
     from lcm.train.data import ConceptDataModule
@@ -253,14 +233,7 @@ def test_nan_in_a_shard_is_named_with_its_document_everywhere(prepared, tmp_path
     # the rerun of prepare trusts the shard (its record matches) but refits the normalizer
     (prepared / "summary.json").unlink()
     with pytest.raises(ShardError, match=r"cannot fit the normalizer: " + message):
-        prepare(
-            str(prepared.parent / "docs.jsonl"),
-            str(prepared),
-            codec=TrainCodec(),
-            shard_size=8,
-            cache=False,
-            progress=False,
-        )
+        prepare_shards(prepared, shard_size=8)
 
 
 def test_check_prints_a_table_for_a_good_folder(prepared, capsys):
