@@ -42,6 +42,16 @@ def plain_argv(monkeypatch):
     monkeypatch.setattr(sys, "argv", ["lcm"])
 
 
+@pytest.fixture
+def one_thread():
+    """One torch thread for the test: the same float reductions in the parent and a forked child
+    (a parent's OpenMP pool does not survive ``fork()``)."""
+    threads = torch.get_num_threads()
+    torch.set_num_threads(1)
+    yield
+    torch.set_num_threads(threads)
+
+
 @pytest.fixture(scope="module")
 def shards(tmp_path_factory) -> Path:
     """A pretraining folder: the real ``lcm prepare`` on 40 toy documents that follow the token

@@ -291,12 +291,7 @@ def _fit(shards: Path, root: Path, steps: int, every: int, *extra: str):
     return root / "checkpoints" / "last.ckpt"
 
 
-@pytest.fixture
-def _plain_argv(monkeypatch):
-    monkeypatch.setattr(sys, "argv", ["lcm"])
-
-
-def test_last_checkpoint_holds_the_final_step_and_resumes_exactly(prepared, tmp_path, _plain_argv):
+def test_last_checkpoint_holds_the_final_step_and_resumes_exactly(prepared, tmp_path, plain_argv):
     last = _fit(prepared, tmp_path / "a", 120, 25)
     ckpt = torch.load(last, weights_only=False)
     assert ckpt["global_step"] == 120  # Lightning alone left step 100 here
@@ -313,7 +308,7 @@ def test_last_checkpoint_holds_the_final_step_and_resumes_exactly(prepared, tmp_
 
 
 def test_with_a_monitor_last_holds_the_final_step_and_the_best_is_kept(
-    prepared, tmp_path, _plain_argv
+    prepared, tmp_path, plain_argv
 ):
     """A monitored run (top-k on val/loss) whose last step is not a checkpoint step: last.ckpt
     still holds the final step, and the best checkpoint is the one with the lowest val/loss."""
@@ -330,7 +325,7 @@ def test_with_a_monitor_last_holds_the_final_step_and_the_best_is_kept(
     assert torch.load(best, weights_only=True)["global_step"] in (3, 6)
 
 
-def test_nan_batch_stops_training_naming_step_and_documents(prepared, tmp_path, _plain_argv):
+def test_nan_batch_stops_training_naming_step_and_documents(prepared, tmp_path, plain_argv):
     from lcm.train.callbacks import NonFiniteError
 
     doc = _put_nan(prepared / "shards" / "shard-00001.parquet", 0, 0, update_record=prepared)
@@ -349,7 +344,7 @@ def test_nan_batch_stops_training_naming_step_and_documents(prepared, tmp_path, 
 
 
 def test_non_finite_gradient_stops_before_the_optimizer_step(
-    prepared, tmp_path, _plain_argv, monkeypatch
+    prepared, tmp_path, plain_argv, monkeypatch
 ):
     from lcm.train.callbacks import NonFiniteError
     from lcm.train.module import LCMModule
@@ -601,15 +596,7 @@ def _slow_fit_in_child(shards: Path, root: Path, steps: int, every: int, hold: i
     _fit(shards, root, steps, every)
 
 
-@pytest.fixture
-def one_thread():
-    threads = torch.get_num_threads()
-    torch.set_num_threads(1)  # the same float reductions in the parent and the forked child
-    yield
-    torch.set_num_threads(threads)
-
-
-def test_kill_fit_then_resume_gives_identical_weights(prepared, tmp_path, _plain_argv, one_thread):
+def test_kill_fit_then_resume_gives_identical_weights(prepared, tmp_path, plain_argv, one_thread):
     straight = torch.load(_fit(prepared, tmp_path / "a", 16, 2), weights_only=False)
     root = tmp_path / "b"
     last = root / "checkpoints" / "last.ckpt"
