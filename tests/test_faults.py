@@ -647,7 +647,7 @@ def test_kill_fit_then_resume_gives_identical_weights(prepared, tmp_path, plain_
 
 @pytest.mark.slow
 def test_kill_a_fresh_lcm_fit_process_then_resume_gives_identical_weights(
-    prepared, tmp_path, _plain_argv, one_thread
+    prepared, tmp_path, plain_argv, one_thread
 ):
     """The real ``lcm fit`` in a fresh process, killed with SIGKILL at a random moment after a
     checkpoint of a random step is on disk (between checkpoints or while one is written), then
