@@ -88,21 +88,27 @@ def make_shards(
     root: Path, n_docs: int, seed: int = 0, summaries: bool = False, **corpus_kw
 ) -> Path:
     """Run the real ``lcm prepare`` on a toy corpus with :class:`HashCodec`; returns the folder."""
+    root.mkdir(parents=True, exist_ok=True)
+    write_corpus(root / "docs.jsonl", n_docs, seed, summaries=summaries, **corpus_kw)
+    prepare_shards(root / "shards", max(1, n_docs // 3), summaries)
+    return root / "shards"
+
+
+def prepare_shards(folder: Path, shard_size: int, summaries: bool = False) -> dict:
+    """The real ``lcm prepare`` of ``folder.parent / "docs.jsonl"`` into ``folder`` with
+    :class:`HashCodec`; returns its summary. On a folder :func:`make_shards` made, with its
+    shard size (a third of the documents), this is the rerun that verifies and resumes it."""
     from lcm.data.prepare import prepare
 
-    root.mkdir(parents=True, exist_ok=True)
-    src = write_corpus(root / "docs.jsonl", n_docs, seed, summaries=summaries, **corpus_kw)
-    out = root / "shards"
-    prepare(
-        inputs=str(src),
-        output_dir=str(out),
+    return prepare(
+        inputs=str(folder.parent / "docs.jsonl"),
+        output_dir=str(folder),
         codec=HashCodec(),
         target_fields=["summary"] if summaries else None,
-        shard_size=max(1, n_docs // 3),
+        shard_size=shard_size,
         cache=False,
         progress=False,
     )
-    return out
 
 
 class FixedHashCodec(HashCodec):

@@ -23,7 +23,7 @@ import pyarrow.parquet as pq
 import pytest
 import torch
 from conftest import HashCodec
-from helpers_train import make_shards
+from helpers_train import make_shards, prepare_shards
 
 from lcm.data.prepare import prepare
 from lcm.data.shards import ShardError, file_record, verified_shards
@@ -197,40 +197,20 @@ def test_truncated_shard_is_named_by_readers_and_rebuilt_by_prepare(prepared, tm
     printed = capsys.readouterr().out
     assert "shard-00001.parquet" in printed and "FAIL" in printed and "3 shards" in printed
     # the rerun verifies, rebuilds exactly that shard, and gets the same bytes back
-    from helpers_train import HashCodec as TrainCodec
-
-    s = prepare(
-        str(prepared.parent / "docs.jsonl"),
-        str(prepared),
-        codec=TrainCodec(),
-        shard_size=8,
-        cache=False,
-        progress=False,
-    )
+    s = prepare_shards(prepared, shard_size=8)
     assert s["rebuilt_shards"] == ["shard-00001"]
     assert digests(prepared) == before
     assert run(["check", str(prepared)])["ok"]
 
 
 def test_changed_shard_is_rebuilt_on_rerun(prepared):
-    from helpers_train import HashCodec as TrainCodec
-
     before = digests(prepared)
     _put_nan(prepared / "shards" / "shard-00002.parquet", 1, 0)  # checksum no longer matches
-    s = prepare(
-        str(prepared.parent / "docs.jsonl"),
-        str(prepared),
-        codec=TrainCodec(),
-        shard_size=8,
-        cache=False,
-        progress=False,
-    )
+    s = prepare_shards(prepared, shard_size=8)
     assert s["rebuilt_shards"] == ["shard-00002"] and digests(prepared) == before
 
 
 def test_nan_in_a_shard_is_named_with_its_document_everywhere(prepared, tmp_path, capsys):
-    from helpers_train import HashCodec as TrainCodec
-
     from eval.concept_eval import read_concept_docs
     from lcm.cli import run
     from lcm.train.data import ConceptDataModule
@@ -253,14 +233,7 @@ def test_nan_in_a_shard_is_named_with_its_document_everywhere(prepared, tmp_path
     # the rerun of prepare trusts the shard (its record matches) but refits the normalizer
     (prepared / "summary.json").unlink()
     with pytest.raises(ShardError, match=r"cannot fit the normalizer: " + message):
-        prepare(
-            str(prepared.parent / "docs.jsonl"),
-            str(prepared),
-            codec=TrainCodec(),
-            shard_size=8,
-            cache=False,
-            progress=False,
-        )
+        prepare_shards(prepared, shard_size=8)
 
 
 def test_check_prints_a_table_for_a_good_folder(prepared, capsys):
@@ -321,12 +294,7 @@ def _fit(shards: Path, root: Path, steps: int, every: int, *extra: str):
     return root / "checkpoints" / "last.ckpt"
 
 
-@pytest.fixture
-def _plain_argv(monkeypatch):
-    monkeypatch.setattr(sys, "argv", ["lcm"])
-
-
-def test_last_checkpoint_holds_the_final_step_and_resumes_exactly(prepared, tmp_path, _plain_argv):
+def test_last_checkpoint_holds_the_final_step_and_resumes_exactly(prepared, tmp_path, plain_argv):
     last = _fit(prepared, tmp_path / "a", 120, 25)
     ckpt = torch.load(last, weights_only=False)
     assert ckpt["global_step"] == 120  # Lightning alone left step 100 here
@@ -343,7 +311,7 @@ def test_last_checkpoint_holds_the_final_step_and_resumes_exactly(prepared, tmp_
 
 
 def test_with_a_monitor_last_holds_the_final_step_and_the_best_is_kept(
-    prepared, tmp_path, _plain_argv
+    prepared, tmp_path, plain_argv
 ):
     """A monitored run (top-k on val/loss) whose last step is not a checkpoint step: last.ckpt
     still holds the final step, and the best checkpoint is the one with the lowest val/loss."""
@@ -360,7 +328,7 @@ def test_with_a_monitor_last_holds_the_final_step_and_the_best_is_kept(
     assert torch.load(best, weights_only=True)["global_step"] in (3, 6)
 
 
-def test_nan_batch_stops_training_naming_step_and_documents(prepared, tmp_path, _plain_argv):
+def test_nan_batch_stops_training_naming_step_and_documents(prepared, tmp_path, plain_argv):
     from lcm.train.callbacks import NonFiniteError
 
     doc = _put_nan(prepared / "shards" / "shard-00001.parquet", 0, 0, update_record=prepared)
@@ -379,7 +347,7 @@ def test_nan_batch_stops_training_naming_step_and_documents(prepared, tmp_path, 
 
 
 def test_non_finite_gradient_stops_before_the_optimizer_step(
-    prepared, tmp_path, _plain_argv, monkeypatch
+    prepared, tmp_path, plain_argv, monkeypatch
 ):
     from lcm.train.callbacks import NonFiniteError
     from lcm.train.module import LCMModule
@@ -653,15 +621,7 @@ def _slow_fit_in_child(shards: Path, root: Path, steps: int, every: int, hold: i
     _fit(shards, root, steps, every)
 
 
-@pytest.fixture
-def one_thread():
-    threads = torch.get_num_threads()
-    torch.set_num_threads(1)  # the same float reductions in the parent and the forked child
-    yield
-    torch.set_num_threads(threads)
-
-
-def test_kill_fit_then_resume_gives_identical_weights(prepared, tmp_path, _plain_argv, one_thread):
+def test_kill_fit_then_resume_gives_identical_weights(prepared, tmp_path, plain_argv, one_thread):
     straight = torch.load(_fit(prepared, tmp_path / "a", 16, 2), weights_only=False)
     root = tmp_path / "b"
     last = root / "checkpoints" / "last.ckpt"
@@ -687,7 +647,7 @@ def test_kill_fit_then_resume_gives_identical_weights(prepared, tmp_path, _plain
 
 @pytest.mark.slow
 def test_kill_a_fresh_lcm_fit_process_then_resume_gives_identical_weights(
-    prepared, tmp_path, _plain_argv, one_thread
+    prepared, tmp_path, plain_argv, one_thread
 ):
     """The real ``lcm fit`` in a fresh process, killed with SIGKILL at a random moment after a
     checkpoint of a random step is on disk (between checkpoints or while one is written), then

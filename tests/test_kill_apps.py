@@ -61,14 +61,6 @@ def documents(tmp_path_factory) -> Path:
     return path
 
 
-@pytest.fixture
-def one_thread():
-    threads = torch.get_num_threads()
-    torch.set_num_threads(1)  # the same float reductions in the parent and the forked child
-    yield
-    torch.set_num_threads(threads)
-
-
 def _slowly(target, *args, **kwargs) -> None:
     """Run ``target`` in this forked child with every generation call slowed down."""
     original = ConceptModel.predict_concepts

@@ -3,7 +3,6 @@ and streamed with no local copy. ``memory://`` stands in for ``s3://`` (the same
 
 from __future__ import annotations
 
-import sys
 import uuid
 from pathlib import Path
 
@@ -19,9 +18,7 @@ from lcm.train.cli import cli_main
 REPO = Path(__file__).resolve().parents[1]
 
 
-@pytest.fixture(autouse=True)
-def _plain_argv(monkeypatch):
-    monkeypatch.setattr(sys, "argv", ["lcm"])
+pytestmark = pytest.mark.usefixtures("plain_argv")
 
 
 @pytest.fixture(scope="module")

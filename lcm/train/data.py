@@ -754,36 +754,36 @@ class ConceptDataModule(L.LightningDataModule):
             self._setup_streaming()
             return
         main = ConceptStore(self.data_dir, self.fields, self.cache_dir, self.verify_shards)
-        all_docs = np.arange(len(main), dtype=np.int64)
         if self.val_dir is not None:
-            train_docs, val_docs = all_docs, None
-            val_store = ConceptStore(self.val_dir, self.fields, self.cache_dir, self.verify_shards)
-            self._add_split("val", val_store, np.arange(len(val_store), dtype=np.int64))
+            train_docs = np.arange(len(main), dtype=np.int64)
+            self._add_folder("val", self.val_dir)
         else:
             train_docs, val_docs = split_documents(main.ids, self.val_fraction, self.split_seed)
             self._add_split("val", main, val_docs)
         self._add_split("train", main, train_docs)
+        self._add_test_and_predict()
+
+    def _add_folder(self, name: str, folder: str) -> None:
+        """Split ``name`` is every document of its own prepared ``folder``."""
+        store = ConceptStore(folder, self.fields, self.cache_dir, self.verify_shards)
+        self._add_split(name, store, np.arange(len(store), dtype=np.int64))
+
+    def _add_test_and_predict(self) -> None:
+        """``test`` and ``predict`` read their own folders when given, else the ``val`` split."""
         for name, folder in (("test", self.test_dir), ("predict", self.predict_dir)):
             if folder is None:
                 self._splits[name] = self._splits["val"]
             else:
-                store = ConceptStore(folder, self.fields, self.cache_dir, self.verify_shards)
-                self._add_split(name, store, np.arange(len(store), dtype=np.int64))
+                self._add_folder(name, folder)
 
     def _setup_streaming(self) -> None:
         files = _shard_files(self.data_dir, self._stream_level)  # size and rows: O(shards)
         if self.val_dir is not None:
-            val_store = ConceptStore(self.val_dir, self.fields, self.cache_dir, self.verify_shards)
-            self._add_split("val", val_store, np.arange(len(val_store), dtype=np.int64))
+            self._add_folder("val", self.val_dir)
         else:  # val_fraction == 0 (checked in __init__)
             self._splits["val"] = (None, pretrain_examples(np.zeros(0, np.int64), np.zeros(0), 2))
             self.stats["val"] = self._splits["val"][1].stats
-        for name, folder in (("test", self.test_dir), ("predict", self.predict_dir)):
-            if folder is None:
-                self._splits[name] = self._splits["val"]
-            else:
-                store = ConceptStore(folder, self.fields, self.cache_dir, self.verify_shards)
-                self._add_split(name, store, np.arange(len(store), dtype=np.int64))
+        self._add_test_and_predict()
         rows = sum(int(r.get("rows") or 0) for r in recorded_shards(self.data_dir).values())
         self.stats["train"] = {"documents": rows, "shards": len(files)}
         rank_zero_info(
