@@ -303,7 +303,9 @@ class LCMModule(L.LightningModule):
                 value = metric.compute()
             metric.reset()
             if torch.isfinite(value):  # NaN: no update on any rank (e.g. CA needs N >= 2)
-                self.log(f"{stage}/{name}", value, prog_bar=name == "loss")
+                # The value is already global; sync_dist only tells Lightning so (a mean of
+                # equal values), so it stops warning that per-rank values are logged.
+                self.log(f"{stage}/{name}", value, prog_bar=name == "loss", sync_dist=True)
 
     def validation_step(self, batch: Batch, batch_idx: int) -> None:
         self._eval_step(batch, "val")
@@ -384,6 +386,7 @@ class LCMModule(L.LightningModule):
         dm = self._datamodule()
         if dm is None or not hasattr(dm, "data_dir"):
             return
+        from lcm.data.shards import is_url
         from lcm.train.data import read_manifest
 
         manifest = read_manifest(dm.data_dir)
@@ -394,7 +397,7 @@ class LCMModule(L.LightningModule):
             "mode": dm.mode,
             "target_field": dm.target_field,
             "text_field": dm.text_field,
-            "data_dir": str(Path(dm.data_dir).resolve()),
+            "data_dir": str(dm.data_dir if is_url(dm.data_dir) else Path(dm.data_dir).resolve()),
         }
 
     def _datamodule(self):

@@ -2,10 +2,10 @@
 
 The in-memory path (:class:`lcm.train.data.ConceptStore`) copies every shard into a per-node
 Arrow cache and keeps a per-document index before the first step. This path reads the shards
-as a stream through Hugging Face ``datasets`` (``load_dataset("parquet", streaming=True)``, local
-paths; the engine also reads fsspec URLs such as ``s3://``, but the folder checks of
-:mod:`lcm.data.shards` take local paths today), so start-up does not grow with the number of
-documents and memory holds one block of documents at a time.
+as a stream through Hugging Face ``datasets`` (``load_dataset("parquet", streaming=True)``), so
+start-up does not grow with the number of documents and memory holds one block of documents at a
+time. The folder may be local or an fsspec URL (``s3://bucket/prepared``): its manifest, the
+shard checks of :mod:`lcm.data.shards` and the reads all go through fsspec, with no local copy.
 
 Order (deterministic, the same on every run):
     1. Epoch ``e`` permutes the shard files with ``seed + e``;
@@ -29,6 +29,9 @@ Distributed: ranks hold different documents, so their batch counts differ. With
 ``torch.distributed`` initialized, the ranks agree after every batch (one tiny all-reduce on a
 gloo group) whether any rank has data left; a rank that ran out yields all-padding batches
 (``loss_mask`` all False) until every rank is done, so all run the same number of steps.
+The checkpoint holds every rank's stream position (gathered when Lightning saves it), so a
+resumed run continues each rank exactly; resuming with another number of ranks restarts the saved
+epoch, with a warning (another rank count reads other shards per rank).
 
 Values are checked as they stream: a NaN/inf vector or a sentence list that does not match its
 vectors stops training with a :class:`~lcm.data.shards.ShardError` naming the shard file and the
@@ -40,6 +43,7 @@ from __future__ import annotations
 
 import copy
 import hashlib
+import warnings
 from collections import OrderedDict
 from collections.abc import Callable, Iterator
 from pathlib import Path
@@ -94,18 +98,35 @@ class BlockStore:
         return self._mats[name][first + start : first + stop]
 
 
+def _distributed_world() -> int:
+    """The number of ranks of the initialized process group (1 when not distributed)."""
+    import torch.distributed as dist
+
+    if not (dist.is_available() and dist.is_initialized()):
+        return 1
+    return dist.get_world_size()
+
+
+def _gloo_group():
+    """A gloo group over all ranks (NCCL cannot reduce CPU tensors or gather objects). Every
+    rank creates it at the same call, as a collective."""
+    import torch.distributed as dist
+
+    global _GLOO
+    if _GLOO is None:
+        _GLOO = dist.new_group(backend="gloo")
+    return _GLOO
+
+
 def _all_ranks_done(done: bool) -> bool:
     """True when this rank and every other rank have no batch left (gloo all-reduce; True
     alone when not distributed)."""
     import torch.distributed as dist
 
-    if not (dist.is_available() and dist.is_initialized()) or dist.get_world_size() == 1:
+    if _distributed_world() == 1:
         return done
-    global _GLOO
-    if _GLOO is None:  # NCCL cannot reduce a CPU tensor; every rank creates it at the same time
-        _GLOO = dist.new_group(backend="gloo")
     flag = torch.tensor([0 if done else 1], dtype=torch.int64)
-    dist.all_reduce(flag, op=dist.ReduceOp.MAX, group=_GLOO)
+    dist.all_reduce(flag, op=dist.ReduceOp.MAX, group=_gloo_group())
     return int(flag.item()) == 0
 
 
@@ -403,7 +424,35 @@ class StreamingLoader(DataLoader):
         self._trained = self._handed
 
     def state_dict(self) -> dict[str, Any]:
-        return copy.deepcopy(self._trained if not self._exhausted else self._handed)
+        """This rank's position; when distributed, every rank's (``{"ranks": [...]}``, gathered
+        on a gloo group), because the ranks stream different shards and only rank 0's state is
+        saved. Lightning calls it on every rank when it saves a checkpoint."""
+        mine = copy.deepcopy(self._trained if not self._exhausted else self._handed)
+        world = _distributed_world()
+        if world == 1:
+            return mine
+        import torch.distributed as dist
+
+        ranks: list[Any] = [None] * world
+        dist.all_gather_object(ranks, mine, group=_gloo_group())
+        return {"epoch": mine.get("epoch", 0), "ranks": ranks}
 
     def load_state_dict(self, state: dict[str, Any]) -> None:
-        self._pending = copy.deepcopy(state)
+        state = copy.deepcopy(state)
+        if "ranks" not in state and self.dataset.world_size > 1 and state.get("done", 0):
+            state = {"epoch": state.get("epoch", 0), "ranks": [state]}  # saved by one process
+        if "ranks" in state:
+            ranks, world = state["ranks"], self.dataset.world_size
+            if len(ranks) != world:
+                # Another number of ranks reads other shards per rank: no position of the old
+                # run is this rank's. Restart the saved epoch (its batches are seen again).
+                warnings.warn(
+                    f"the checkpoint's data stream was saved by {len(ranks)} ranks and this run "
+                    f"has {world}: the stream cannot resume exactly, so epoch "
+                    f"{state['epoch']} restarts from its first batch",
+                    stacklevel=2,
+                )
+                state = {"epoch": state["epoch"], "done": 0}
+            else:
+                state = ranks[self.dataset.rank]
+        self._pending = state
