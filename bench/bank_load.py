@@ -17,12 +17,9 @@ second / first, side by side in one run, are the result; absolute seconds includ
 
 from __future__ import annotations
 
-import hashlib
 import json
 import os
-import resource
 import shutil
-import subprocess
 import sys
 import time
 from pathlib import Path
@@ -34,51 +31,11 @@ sys.path.insert(0, str(Path(__file__).resolve().parents[1]))
 import numpy as np  # noqa: E402
 import torch  # noqa: E402
 
-from encoders.base import SentenceCodec  # noqa: E402
-from encoders.registry import register_codec  # noqa: E402
-from encoders.retrieval import RetrievalBank  # noqa: E402
+from bench._stages import fit_tiny, peak_mb, run_stage  # noqa: E402
+from bench._synthetic import HashCodec, register_hash_codec, write_docs  # noqa: E402
 
-WORDS = "alpha beta gamma delta epsilon zeta eta theta iota kappa lambda mu nu xi pi rho".split()
-
-
-class WideHashCodec(SentenceCodec):
-    """A sentence's 384-d vector is a seeded hash of its text; decoding retrieves from a bank."""
-
-    codec_id = "bench-hash-384"
-    dim = 384
-    langs = ("eng_Latn",)
-
-    def __init__(self) -> None:
-        super().__init__(cache=None)
-        self.bank = RetrievalBank(self.dim)
-
-    def _encode(self, sentences: list[str], lang: str) -> torch.Tensor:
-        out = np.empty((len(sentences), self.dim), np.float32)
-        for i, s in enumerate(sentences):
-            h = int.from_bytes(hashlib.blake2b(s.encode(), digest_size=8).digest(), "little")
-            out[i] = np.random.default_rng(h).standard_normal(self.dim, dtype=np.float32)
-        return torch.from_numpy(out)
-
-    def decode(self, vectors: torch.Tensor, lang: str) -> list[str]:
-        return [f[0] for f in self.bank.search(vectors, lang)[1]]
-
-
-register_codec(WideHashCodec.codec_id, lambda codec_id, **kw: WideHashCodec())
-
-
-def write_docs(path: Path, n: int) -> None:
-    with open(path, "w") as f:
-        for i in range(n):
-            sents = [
-                " ".join(WORDS[(i * 7 + j * 3 + k) % len(WORDS)] for k in range(6)).capitalize()
-                + f" {i}-{j}."
-                for j in range(4 + i % 5)
-            ]
-            f.write(json.dumps({"id": str(i), "text": " ".join(sents)}) + "\n")
-
-
-def _peak_mb() -> float:
-    return resource.getrusage(resource.RUSAGE_SELF).ru_maxrss / 1024  # Linux: KiB
+DIM, CODEC_ID = 384, "bench-hash-384"  # MiniLM's width
+register_hash_codec(DIM, CODEC_ID)
 
 
 def stage(
@@ -94,31 +51,22 @@ def stage(
     t0 = time.perf_counter()
     out: dict = {}
     if name == "setup":
-        import lightning as L
-
         from lcm.data.prepare import prepare
-        from lcm.models import BaseLCMConfig
-        from lcm.train import BaseLCMModule, ConceptDataModule
+        from lcm.train import ConceptDataModule
 
         shutil.rmtree(root, ignore_errors=True)
         root.mkdir(parents=True)
         write_docs(root / "docs.jsonl", n)
         prepare(
-            str(root / "docs.jsonl"), str(root / "shards"), codec=WideHashCodec(), cache=False,
-            progress=False, shard_size=2048,
+            str(root / "docs.jsonl"), str(root / "shards"), codec=HashCodec(DIM, CODEC_ID),
+            cache=False, progress=False, shard_size=2048,
         )  # fmt: skip
         out["prepare_seconds"] = time.perf_counter() - t0
         dm = ConceptDataModule(
             str(root / "shards"), val_fraction=0.0, max_seq_len=16, max_concepts_per_batch=256,
             cache_dir=str(root / "hf-cache"),
         )  # fmt: skip
-        module = BaseLCMModule(arch=BaseLCMConfig.from_name("tiny", sonar_dim=WideHashCodec.dim))
-        trainer = L.Trainer(
-            max_steps=1, accelerator="cpu", logger=False, enable_progress_bar=False,
-            enable_model_summary=False, default_root_dir=str(root / "run"), limit_val_batches=0,
-            enable_checkpointing=False,
-        )  # fmt: skip
-        trainer.fit(module, dm)
+        trainer = fit_tiny(dm, DIM, root / "run", max_steps=1, enable_checkpointing=False)
         trainer.save_checkpoint(str(root / "last.ckpt"))
         shutil.rmtree(root / "hf-cache", ignore_errors=True)
     else:
@@ -150,7 +98,7 @@ def stage(
         t = time.perf_counter()
         model.codec.decode(torch.randn(8, model.codec.bank.dim), "eng_Latn")
         out["decode_8_seconds"] = time.perf_counter() - t
-    out.update(stage=name, documents=n, peak_rss_mb=_peak_mb())
+    out.update(stage=name, documents=n, peak_rss_mb=peak_mb())
     print(json.dumps(out), flush=True)
     return out
 
@@ -189,13 +137,8 @@ def main(
     for n in sizes:
         ready = checkpoint or reuse and (Path(work_dir) / f"n{n}" / "last.ckpt").exists()
         for name in ([] if ready else ["setup"]) + ["first", "second", "memory"] * repeats:
-            cmd = [sys.executable, __file__, f"--work_dir={work_dir}", f"--stage_name={name}",
-                   f"--documents={n}"] + extra  # fmt: skip
-            res = subprocess.run(cmd, capture_output=True, text=True)
-            if res.returncode != 0:
-                raise RuntimeError(f"{name} at {n} documents failed:\n{res.stderr[-3000:]}")
-            rows.append(json.loads(res.stdout.strip().splitlines()[-1]))
-            print(json.dumps(rows[-1]), flush=True)
+            args = [f"--work_dir={work_dir}", f"--stage_name={name}", f"--documents={n}"]
+            rows.append(run_stage(__file__, args + extra, f"{name} at {n} documents"))
     print(f"\n{'documents':>10} {'sentences':>10} {'load':>7} {'seconds':>8} {'imports':>8} "
           f"{'bank s':>7} {'x first':>8} {'peak MB':>8}   (medians of {repeats})")  # fmt: skip
     for n in sizes:

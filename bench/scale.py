@@ -16,11 +16,8 @@ yet streamed.
 
 from __future__ import annotations
 
-import hashlib
 import json
 import os
-import resource
-import subprocess
 import sys
 import time
 from pathlib import Path
@@ -29,54 +26,11 @@ from typing import Literal
 os.environ.setdefault("OMP_WAIT_POLICY", "PASSIVE")
 sys.path.insert(0, str(Path(__file__).resolve().parents[1]))
 
-import torch  # noqa: E402
+from bench._stages import first_step_clock, fit_tiny, peak_mb, run_stage  # noqa: E402
+from bench._synthetic import HashCodec, register_hash_codec, write_docs  # noqa: E402
 
-from encoders.base import SentenceCodec  # noqa: E402
-from encoders.registry import register_codec  # noqa: E402
-from encoders.retrieval import RetrievalBank  # noqa: E402
-
-WORDS = "alpha beta gamma delta epsilon zeta eta theta iota kappa lambda mu nu xi pi rho".split()
-
-
-class TrivialCodec(SentenceCodec):
-    """A sentence's vector is a seeded hash of its text; decoding retrieves from a bank."""
-
-    codec_id = "bench-trivial-16"
-    dim = 16
-    langs = ("eng_Latn",)
-
-    def __init__(self) -> None:
-        super().__init__(cache=None)
-        self.bank = RetrievalBank(self.dim)
-
-    def _encode(self, sentences: list[str], lang: str) -> torch.Tensor:
-        out = torch.empty(len(sentences), self.dim)
-        for i, s in enumerate(sentences):
-            h = int.from_bytes(hashlib.blake2b(s.encode(), digest_size=8).digest(), "little")
-            out[i] = torch.randn(self.dim, generator=torch.Generator().manual_seed(h >> 1))
-        return out
-
-    def decode(self, vectors: torch.Tensor, lang: str) -> list[str]:
-        return [f[0] for f in self.bank.search(vectors, lang)[1]]
-
-
-register_codec(TrivialCodec.codec_id, lambda codec_id, **kw: TrivialCodec())
-
-
-def write_docs(path: Path, n: int) -> None:
-    with open(path, "w") as f:
-        for i in range(n):
-            sents = [
-                " ".join(WORDS[(i * 7 + j * 3 + k) % len(WORDS)] for k in range(6)).capitalize()
-                + f" {i}-{j}."
-                for j in range(4 + i % 5)
-            ]
-            summary = f"Summary of document {i}."
-            f.write(json.dumps({"id": str(i), "text": " ".join(sents), "summary": summary}) + "\n")
-
-
-def _peak_mb() -> float:
-    return resource.getrusage(resource.RUSAGE_SELF).ru_maxrss / 1024  # Linux: KiB
+DIM, CODEC_ID = 16, "bench-trivial-16"
+register_hash_codec(DIM, CODEC_ID)
 
 
 def stage(name: str, work: str, n: int) -> dict:
@@ -87,46 +41,31 @@ def stage(name: str, work: str, n: int) -> dict:
         from lcm.data.prepare import prepare
 
         root.mkdir(parents=True, exist_ok=True)
-        write_docs(root / "docs.jsonl", n)
+        write_docs(root / "docs.jsonl", n, summaries=True)
         t0 = time.perf_counter()
         prepare(
-            str(root / "docs.jsonl"), str(root / "shards"), codec=TrivialCodec(),
+            str(root / "docs.jsonl"), str(root / "shards"), codec=HashCodec(DIM, CODEC_ID),
             target_fields=["summary"], cache=False, progress=False, shard_size=1024,
         )  # fmt: skip
         out = {"seconds": time.perf_counter() - t0}
         out["docs_per_s"] = n / out["seconds"]
     elif name == "fit":
-        import lightning as L
+        from lcm.train import ConceptDataModule
 
-        from lcm.models import BaseLCMConfig
-        from lcm.train import BaseLCMModule, ConceptDataModule
-
-        class FirstStep(L.Callback):
-            at: float | None = None
-
-            def on_train_batch_start(self, *args) -> None:
-                self.at = self.at or time.perf_counter()
-
-        first = FirstStep()
+        first = first_step_clock()
         dm = ConceptDataModule(
             str(root / "shards"), mode="summarize", val_fraction=0.0, max_seq_len=32,
             max_concepts_per_batch=512, cache_dir=str(root / "hf-cache"),
         )  # fmt: skip
-        module = BaseLCMModule(arch=BaseLCMConfig.from_name("tiny", sonar_dim=16))
-        trainer = L.Trainer(
-            max_steps=50, accelerator="cpu", logger=False, enable_progress_bar=False,
-            enable_model_summary=False, default_root_dir=str(root / "run"),
-            callbacks=[first], limit_val_batches=0,
-        )  # fmt: skip
-        trainer.fit(module, dm)
+        trainer = fit_tiny(dm, DIM, root / "run", max_steps=50, callbacks=[first])
         trainer.save_checkpoint(str(root / "last.ckpt"))
         out = {"seconds_to_first_step": first.at - t0, "seconds": time.perf_counter() - t0}
     else:
         from lcm.api import ConceptModel
 
-        model = ConceptModel.load(str(root / "last.ckpt"), codec=TrivialCodec())
+        model = ConceptModel.load(str(root / "last.ckpt"), codec=HashCodec(DIM, CODEC_ID))
         out = {"seconds": time.perf_counter() - t0, "bank_sentences": len(model.codec.bank)}
-    out.update(stage=name, documents=n, peak_rss_mb=_peak_mb())
+    out.update(stage=name, documents=n, peak_rss_mb=peak_mb())
     print(json.dumps(out), flush=True)
     return out
 
@@ -152,13 +91,8 @@ def main(
     rows = []
     for n in sizes:
         for name in stages:
-            cmd = [sys.executable, __file__, f"--work_dir={work_dir}", f"--stage_name={name}",
-                   f"--documents={n}"]  # fmt: skip
-            res = subprocess.run(cmd, capture_output=True, text=True)
-            if res.returncode != 0:
-                raise RuntimeError(f"{name} at {n} documents failed:\n{res.stderr[-3000:]}")
-            rows.append(json.loads(res.stdout.strip().splitlines()[-1]))
-            print(json.dumps(rows[-1]), flush=True)
+            args = [f"--work_dir={work_dir}", f"--stage_name={name}", f"--documents={n}"]
+            rows.append(run_stage(__file__, args, f"{name} at {n} documents"))
     base = {r["stage"]: r for r in rows if r["documents"] == sizes[0]}
     print(f"\n{'stage':<8} {'documents':>10} {'peak RSS MB':>12} {'x smallest':>11} "
           f"{'seconds':>9} {'docs/s':>8} {'x smallest':>11}")  # fmt: skip

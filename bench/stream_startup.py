@@ -20,10 +20,8 @@ from __future__ import annotations
 
 import json
 import os
-import resource
 import shutil
 import statistics
-import subprocess
 import sys
 import time
 from pathlib import Path
@@ -32,6 +30,8 @@ from typing import Literal
 os.environ.setdefault("OMP_WAIT_POLICY", "PASSIVE")
 os.environ.setdefault("HF_DATASETS_OFFLINE", "1")
 sys.path.insert(0, str(Path(__file__).resolve().parents[1]))
+
+from bench._stages import first_step_clock, fit_tiny, peak_mb, run_stage  # noqa: E402
 
 DIM = 32
 VARIANTS = ("memory", "memory-quick", "streaming")
@@ -82,25 +82,13 @@ def make_folder(folder: Path, n_docs: int, docs_per_shard: int = 1000, seed: int
     return folder
 
 
-def _peak_mb() -> float:
-    return resource.getrusage(resource.RUSAGE_SELF).ru_maxrss / 1024  # Linux: KiB
-
-
 def measure(folder: str, variant: str) -> dict:
     """One fit of 3 steps in this process; prints a JSON line."""
     import datasets  # noqa: F401 - imported before the clock: 1-3 s, the same at every size
-    import lightning as L
 
-    from lcm.models import BaseLCMConfig
-    from lcm.train import BaseLCMModule, ConceptDataModule
+    from lcm.train import ConceptDataModule
 
-    class FirstStep(L.Callback):
-        at: float | None = None
-
-        def on_train_batch_start(self, *args) -> None:
-            self.at = self.at or time.perf_counter()
-
-    first = FirstStep()
+    first = first_step_clock()
     run = Path(folder).parent / f"run-{variant}-{os.getpid()}"
     t0 = time.perf_counter()
     dm = ConceptDataModule(
@@ -108,19 +96,13 @@ def measure(folder: str, variant: str) -> dict:
         cache_dir=str(run / "hf-cache"), streaming=variant == "streaming",
         verify_shards="quick" if variant == "memory-quick" else "full",
     )  # fmt: skip
-    module = BaseLCMModule(arch=BaseLCMConfig.from_name("tiny", sonar_dim=DIM))
-    trainer = L.Trainer(
-        max_steps=3, accelerator="cpu", logger=False, enable_progress_bar=False,
-        enable_model_summary=False, enable_checkpointing=False, default_root_dir=str(run),
-        callbacks=[first], limit_val_batches=0,
-    )  # fmt: skip
-    trainer.fit(module, dm)
+    fit_tiny(dm, DIM, run, max_steps=3, enable_checkpointing=False, callbacks=[first])
     cache = run / "hf-cache"
     out = {
         "variant": variant,
         "documents": json.loads((Path(folder) / "summary.json").read_text())["documents"],
         "seconds_to_first_step": first.at - t0,
-        "peak_rss_mb": _peak_mb(),
+        "peak_rss_mb": peak_mb(),
         "arrow_cache_mb": sum(f.stat().st_size for f in cache.rglob("*") if f.is_file()) / 2**20,
     }
     shutil.rmtree(run, ignore_errors=True)
@@ -154,13 +136,8 @@ def main(
     for _ in range(repeats):
         for n in sizes:
             for variant in variants:
-                cmd = [sys.executable, __file__, f"--measure_folder={folders[n]}",
-                       f"--measure_variant={variant}"]  # fmt: skip
-                res = subprocess.run(cmd, capture_output=True, text=True)
-                if res.returncode != 0:
-                    raise RuntimeError(f"{variant} at {n} documents failed:\n{res.stderr[-3000:]}")
-                runs.append(json.loads(res.stdout.strip().splitlines()[-1]))
-                print(json.dumps(runs[-1]), flush=True)
+                args = [f"--measure_folder={folders[n]}", f"--measure_variant={variant}"]
+                runs.append(run_stage(__file__, args, f"{variant} at {n} documents"))
     rows = []
     for n in sizes:
         for variant in variants:

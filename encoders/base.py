@@ -87,9 +87,12 @@ class SentenceCodec(ABC):
         return 0
 
     def unknown_ratio(self, sentences: Sequence[str], lang: str) -> list[float] | None:
-        """Share of each sentence's tokens that the codec's tokenizer maps to its unknown token
-        (1.0 = the encoder sees only unknown tokens, so different sentences collapse to one
-        vector); None when the codec cannot tell (the default)."""
+        """Share of each sentence's characters (spaces aside) that fall in tokens the codec's
+        tokenizer maps to its unknown token (1.0 = the encoder sees only unknown tokens, so
+        different sentences collapse to one vector); None when the codec cannot tell (the
+        default). Characters, not tokens: a tokenizer folds a run of unknown characters
+        (SentencePiece) or a whole word (WordPiece) into one unknown token, so a share of
+        tokens would depend on how long the runs are."""
         return None
 
     def to(self, device: str | torch.device) -> SentenceCodec:

@@ -64,10 +64,19 @@ class MiniLMCodec(SentenceCodec):
         return sum(n > self.max_seq_len for n in lengths)
 
     def unknown_ratio(self, sentences: Sequence[str], lang: str) -> list[float]:
+        """Share of each sentence's characters (spaces aside) inside ``[UNK]`` tokens: WordPiece
+        maps a whole word with an unknown character to one ``[UNK]`` (``café🙂`` is 5 of the
+        7 characters of ``café🙂 ok``), and a share of characters reads the same for every
+        codec, whatever its tokens' lengths."""
         tok = self.model.tokenizer
         unk = tok.unk_token_id
-        ids = tok(list(sentences), add_special_tokens=False)["input_ids"]
-        return [sum(t == unk for t in s) / len(s) if s else 0.0 for s in ids]
+        enc = tok(list(sentences), add_special_tokens=False, return_offsets_mapping=True)
+        out = []
+        for ids, spans in zip(enc["input_ids"], enc["offset_mapping"]):
+            sizes = [end - start for start, end in spans]
+            total = sum(sizes)
+            out.append(sum(n for i, n in zip(ids, sizes) if i == unk) / total if total else 0.0)
+        return out
 
     def _encode(self, sentences: list[str], lang: str) -> torch.Tensor:
         emb = self.model.encode(

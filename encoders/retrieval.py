@@ -16,7 +16,7 @@ from __future__ import annotations
 
 import bisect
 import json
-from collections.abc import Iterator, Sequence
+from collections.abc import Iterable, Iterator, Sequence
 from pathlib import Path
 
 import faiss
@@ -83,6 +83,37 @@ class RetrievalBank:
     def count(self, lang: str) -> int:
         """Sentences held in ``lang``."""
         return len(self._sentences.get(lang, ()))
+
+    def sentences(self, lang: str) -> Sequence[str]:
+        """The sentences held in ``lang``, in index order (empty if none). A read-only view:
+        a copy for an in-memory language, the memory-mapped texts for an opened one; change
+        the bank with :meth:`add` and :meth:`remove`."""
+        texts = self._sentences.get(lang, ())
+        return texts if isinstance(texts, ArrowTexts) else tuple(texts)
+
+    def remove(self, sentences: Iterable[str], lang: str) -> int:
+        """Take every sentence of ``lang`` equal to one of ``sentences`` out of the bank, with
+        its vector (e.g. the references of an evaluation, so retrieval cannot return them).
+        Returns how many were removed; a language left empty is dropped. An opened bank is
+        read into memory first (only when something is removed); its files are not changed."""
+        drop = set(sentences)
+        texts = self._sentences.get(lang)
+        if texts is None or not drop:
+            return 0
+        ids = [i for i, s in enumerate(texts) if s in drop]
+        if not ids:
+            return 0
+        self._writable(lang)
+        gone = set(ids)
+        kept = [s for i, s in enumerate(self._sentences[lang]) if i not in gone]
+        if not kept:
+            for table in (self._index, self._sentences, self._known):
+                table.pop(lang, None)
+            return len(ids)
+        self._index[lang].remove_ids(np.asarray(ids, dtype=np.int64))  # keeps the order
+        self._sentences[lang] = kept
+        self._known[lang] = set(kept)
+        return len(ids)
 
     def add(self, sentences: Sequence[str], vectors: torch.Tensor, lang: str) -> None:
         """Add ``sentences`` with their ``(N, dim)`` vectors; repeated sentences are kept once."""

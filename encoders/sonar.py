@@ -219,6 +219,13 @@ class SonarCodec(SentenceCodec):
         return sum(int(token_encoder(s).shape[0] > self.max_seq_len) for s in sentences)
 
     def unknown_ratio(self, sentences, lang):
+        """Share of each sentence's characters (spaces aside) that fall in ``<unk>`` pieces.
+
+        SentencePiece merges a run of characters it does not know into one ``<unk>`` piece, so
+        counting pieces would call "🙂🙂🙂🙂 ok" 1 in 3 unknown (``▁``, ``<unk>``, ``▁ok``) when
+        4 of its 6 characters are invisible to the encoder; the share of characters is what
+        tells how much of the sentence the vector cannot reflect, whatever the runs' lengths.
+        Measured on SentencePiece's normalized text (the language tag and ``</s>`` aside)."""
         token_encoder = self.tokenizer.create_encoder(lang=lang, mode="source")
         unk = self.tokenizer.vocab_info.unk_idx
         n_pre = len(token_encoder.prefix_indices or [])  # the language tag
@@ -226,8 +233,12 @@ class SonarCodec(SentenceCodec):
         out = []
         for s in sentences:
             ids = token_encoder(s).tolist()
-            ids = ids[n_pre : len(ids) - n_suf]
-            out.append(sum(i == unk for i in ids) / len(ids) if ids else 0.0)
+            pieces = token_encoder.encode_as_tokens(s)
+            ids, pieces = (x[n_pre : len(x) - n_suf] for x in (ids, pieces))
+            sizes = [len(p.replace("\u2581", "")) for p in pieces]  # "▁" marks a word start
+            total = sum(sizes)
+            hidden = sum(n for i, n in zip(ids, sizes) if i == unk)
+            out.append(hidden / total if total else 0.0)
         return out
 
     # -- encoding --------------------------------------------------------------------------------

@@ -8,9 +8,10 @@ which usually hold one language only, so a cross-lingual matrix needs a bank per
 Every file is checked before use: the codec must handle the language, and a row whose language
 field names another language stops the run (a German bank given as French is refused). Sentences
 equal to the reference summary of an evaluated document in that language are left out (counted),
-so retrieval cannot return the answer; ``references_in_bank=True`` keeps them (the closed-set
-variant, an upper bound). The references that the shard-filled part of a bank holds are counted
-too, so ``report.md`` says what each bank contains.
+so retrieval cannot return the answer; the same holds for the part of a bank that the model's
+training shards filled (a training synopsis can equal an evaluated reference). With
+``references_in_bank=True`` every reference is kept (the closed-set variant, an upper bound).
+``report.md`` says what each bank contains and how many references were left out.
 """
 
 from __future__ import annotations
@@ -98,12 +99,12 @@ def read_bank_files(
 
 def bank_langs(codec) -> list[str]:
     """The languages a retrieval codec's bank holds sentences in ([] for a generative codec)."""
-    return sorted(codec.bank._sentences) if hasattr(codec, "bank") else []
+    return codec.bank.langs() if hasattr(codec, "bank") else []
 
 
 def bank_sentences(codec, lang: str) -> list[str]:
     """The sentences a retrieval codec's bank holds in ``lang`` (empty if none)."""
-    return list(codec.bank._sentences.get(lang, [])) if hasattr(codec, "bank") else []
+    return list(codec.bank.sentences(lang)) if hasattr(codec, "bank") else []
 
 
 def fill_banks(
@@ -118,13 +119,17 @@ def fill_banks(
         codec: a retrieval codec (it has ``bank`` and ``add_to_bank``).
         files: from :func:`read_bank_files`.
         references: per language, the reference summaries of the evaluated documents
-            (stripped); bank sentences equal to one are left out unless ``references_in_bank``.
+            (stripped); bank sentences equal to one, whether from ``files`` or from the
+            training shards ``ConceptModel.load`` filled the bank with, are left out unless
+            ``references_in_bank``.
         references_in_bank: keep references in the bank (closed set: an upper bound).
 
     Returns:
         Per language of the bank (shard-filled ones included): ``sentences`` (bank size),
-        ``files``, ``offered`` (sentences from the files), ``references_left_out`` and
-        ``references_in_bank`` (how many evaluation references the bank holds).
+        ``files``, ``offered`` (sentences from the files), ``references_left_out`` (from the
+        files and the shard part together), ``references_left_out_of_shards`` (those the
+        training shards had put in the bank) and ``references_in_bank`` (how many evaluation
+        references the bank holds: 0 unless ``references_in_bank``).
 
     Raises:
         ValueError: the codec decodes generatively (no bank).
@@ -150,10 +155,14 @@ def fill_banks(
         if keep:
             codec.add_to_bank(keep, f.lang)
     for lang in bank_langs(codec):
-        held = bank_sentences(codec, lang)
         item = info.setdefault(
             lang, {"files": [], "offered": 0, "references_left_out": 0, "rows_not_used": 0}
         )
+        # The part the training shards filled (ConceptModel.load) may hold references too.
+        removed = 0 if references_in_bank else codec.bank.remove(references.get(lang, ()), lang)
+        item["references_left_out"] += removed
+        item["references_left_out_of_shards"] = removed
+        held = bank_sentences(codec, lang)
         item["sentences"] = len(held)
         refs = references.get(lang, set())
         item["references_in_bank"] = len(refs & set(held))

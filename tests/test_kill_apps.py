@@ -1,6 +1,8 @@
 """kill -9 during ``lcm summarize`` and ``lcm eval``, then a rerun: the result equals an
-uninterrupted run's (issue 11). The killed process is a forked child (everything already
-imported, so each test takes seconds), killed with SIGKILL: no handler, no cleanup."""
+uninterrupted run's (issue 11). The killed process is either a forked child (everything already
+imported, so the test takes seconds) or the real command in a fresh process (``python -m lcm.cli
+summarize|eval``, as a user runs it, marked slow), killed with SIGKILL: no handler, no
+cleanup."""
 
 from __future__ import annotations
 
@@ -14,28 +16,22 @@ from pathlib import Path
 
 import pytest
 import torch
-from helpers_train import HashCodec, P, make_shards, sentence
+from helpers_train import (
+    FixedHashCodec,
+    HashCodec,
+    fresh_env,
+    kill_fresh_when,
+    lcm_command,
+    make_shards,
+    run_fresh,
+    sentence,
+)
 
 from lcm.api import ConceptModel, Settings
 from lcm.apps.files import generate_file
 from lcm.cli import run
 
 SETTINGS = Settings(max_new_concepts=2, num_inference_steps=3, seed=7)
-
-
-class FixedHashCodec(HashCodec):
-    """HashCodec decoding among a fixed set of sentences (HashCodec's own decode depends on what
-    the instance encoded before, which would make two runs differ for the codec's sake)."""
-
-    def __init__(self) -> None:
-        super().__init__()
-        self.encode([sentence(k) for k in range(P)], "eng_Latn")
-        self.fixed = dict(self.seen)
-
-    def decode(self, vectors, lang):
-        names = list(self.fixed)
-        table = torch.stack([self.fixed[n] for n in names])
-        return [names[int(i)] for i in torch.cdist(vectors.float(), table).argmin(dim=1)]
 
 
 @pytest.fixture(scope="module")
@@ -63,14 +59,6 @@ def documents(tmp_path_factory) -> Path:
     ]
     path.write_text("".join(json.dumps(r) + "\n" for r in rows))
     return path
-
-
-@pytest.fixture
-def one_thread():
-    threads = torch.get_num_threads()
-    torch.set_num_threads(1)  # the same float reductions in the parent and the forked child
-    yield
-    torch.set_num_threads(threads)
 
 
 def _slowly(target, *args, **kwargs) -> None:
@@ -185,6 +173,73 @@ def test_kill_eval_then_rerun_gives_the_uninterrupted_results(two_tower, tmp_pat
     assert not (out / "results.json").exists()  # really cut short
     resumed = evaluate(out_dir=str(out), **kw)
     assert resumed["run"]["computed"] > 0
+    assert _strip(resumed) == _strip(straight)
+    assert (out / "report.md").read_text() == (tmp_path / "a" / "report.md").read_text()
+
+
+GENERATE = ("--settings.max_new_concepts=2", "--settings.num_inference_steps=3")
+
+
+@pytest.mark.slow
+def test_kill_a_fresh_lcm_summarize_process_then_rerun_writes_the_uninterrupted_file(
+    two_tower, documents, tmp_path, one_thread
+):
+    straight = tmp_path / "straight.jsonl"
+    generate_file(str(two_tower), str(documents), str(straight), batch_size=4,
+                  settings=SETTINGS, codec=FixedHashCodec(), progress=False)  # fmt: skip
+    killed = tmp_path / "killed.jsonl"
+
+    def command(batch_size: int) -> list[str]:
+        return lcm_command("summarize", f"--checkpoint={two_tower}", f"--inputs={documents}",
+                           f"--output={killed}", "--codec=helpers_train.SlowFixedHashCodec",
+                           f"--batch_size={batch_size}", *GENERATE, "--settings.seed=7",
+                           "--progress=false")  # fmt: skip
+
+    want = random.Random(2).randint(4, 19)  # rows written before the kill
+    kill_fresh_when(command(4), fresh_env(LCM_TEST_ENCODE_SLEEP="0.3"),
+                    lambda: _lines(killed) >= want, tmp_path / "killed.log")  # fmt: skip
+    before = _lines(killed)  # complete lines only: a line cut by the kill has no end
+    assert want <= before < 24  # really cut short
+    out = run_fresh(command(3), fresh_env(LCM_TEST_ENCODE_SLEEP="0"))
+    counts = json.loads(out)  # the command prints its counts as JSON
+    assert counts == {"documents": 24, "already_done": before, "written": 24 - before, "errors": 0}
+    assert killed.read_bytes() == straight.read_bytes()
+
+
+@pytest.mark.slow
+def test_kill_a_fresh_lcm_eval_process_then_rerun_gives_the_uninterrupted_results(
+    two_tower, tmp_path, one_thread
+):
+    from eval.run import evaluate
+
+    docs = tmp_path / "eval.jsonl"
+    rows = [
+        {"id": f"e{i}", "text": f"{sentence(i % 23)} {sentence((i * 5) % 23)}",
+         "summary": sentence((3 * i + 7) % 23), "lang": "eng_Latn"}
+        for i in range(12)
+    ]  # fmt: skip
+    docs.write_text("".join(json.dumps(r) + "\n" for r in rows))
+    straight = evaluate([str(two_tower)], data=[str(docs)], out_dir=str(tmp_path / "a"),
+                        settings=[{"max_new_concepts": 2, "num_inference_steps": 3}],
+                        codec=FixedHashCodec(), batch_size=2, plots=False,
+                        progress=False)  # fmt: skip
+    out = tmp_path / "b"
+    store = out / "documents.jsonl"
+    args = lcm_command("eval", f"--checkpoints=[{two_tower}]", f"--data=[{docs}]",
+                       f"--out_dir={out}", '--settings=[{"max_new_concepts": 2, '
+                       '"num_inference_steps": 3}]', "--codec=helpers_train.SlowFixedHashCodec",
+                       "--batch_size=2", "--plots=false", "--progress=false")  # fmt: skip
+    want = random.Random(3).randint(1, 10)  # model records (of 12) before the kill
+
+    def models() -> int:
+        return store.read_text().count('"kind": "model"') if store.exists() else 0
+
+    kill_fresh_when(args, fresh_env(LCM_TEST_ENCODE_SLEEP="0.3"), lambda: models() >= want,
+                    tmp_path / "killed.log")  # fmt: skip
+    assert not (out / "results.json").exists() and models() < 12  # really cut short
+    run = json.loads(run_fresh(args, fresh_env(LCM_TEST_ENCODE_SLEEP="0")).splitlines()[-1])
+    assert run["computed"] > 0
+    resumed = json.loads((out / "results.json").read_text())
     assert _strip(resumed) == _strip(straight)
     assert (out / "report.md").read_text() == (tmp_path / "a" / "report.md").read_text()
 

@@ -184,6 +184,22 @@ def test_long_sentences_are_resplit_and_counted(hash_codec, tmp_path):
     assert " ".join(ds[0]["text_sentences"]) == ("Short one. " + long).strip()
 
 
+def test_a_finished_folder_keeps_no_copy_of_the_inputs_and_reruns_to_the_same_shards(
+    hash_codec, tmp_path
+):
+    rows = [{"id": str(i), "text": f"Document {i} starts. It ends here."} for i in range(12)]
+    src = tmp_path / "d.jsonl"
+    src.write_text("".join(json.dumps(r) + "\n" for r in rows))
+    out = tmp_path / "out"
+    first = prepare(str(src), str(out), codec=hash_codec, shard_size=5, progress=False)
+    digests = shard_digests(out)
+    assert first["documents"] == 12 and len(digests) == 3
+    assert not (out / ".hf_cache").exists()  # the Arrow copy of the inputs is gone
+    again = prepare(str(src), str(out), codec=hash_codec, shard_size=5, progress=False)
+    assert again["documents"] == 12 and shard_digests(out) == digests
+    assert not (out / ".hf_cache").exists()
+
+
 def test_changed_settings_are_refused(hash_codec, tmp_path, corpus):
     prepare(str(corpus[0]), str(tmp_path / "out"), codec=hash_codec, shard_size=100, progress=False)
     with pytest.raises(ValueError, match="shard_size"):

@@ -4,7 +4,6 @@ ranks, exact resume, corrupt shards named, and ``lcm fit --data.streaming true``
 from __future__ import annotations
 
 import json
-import sys
 from pathlib import Path
 
 import numpy as np
@@ -23,19 +22,7 @@ REPO = Path(__file__).resolve().parents[1]
 CONFIGS = REPO / "configs"
 
 
-@pytest.fixture(autouse=True)
-def _plain_argv(monkeypatch):
-    monkeypatch.setattr(sys, "argv", ["lcm"])
-
-
-@pytest.fixture(scope="module")
-def shards(tmp_path_factory) -> Path:
-    return make_shards(tmp_path_factory.mktemp("pre"), 40, seed=0)
-
-
-@pytest.fixture(scope="module")
-def sft_shards(tmp_path_factory) -> Path:
-    return make_shards(tmp_path_factory.mktemp("sft"), 30, seed=1, summaries=True)
+pytestmark = pytest.mark.usefixtures("plain_argv")  # shards, sft_shards: tests/conftest.py
 
 
 @pytest.fixture(scope="module")

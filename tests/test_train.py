@@ -18,7 +18,6 @@ import numpy as np
 import pyarrow.parquet as pq
 import pytest
 import torch
-from helpers_train import make_shards
 
 from lcm.models import BaseLCMConfig, OneTowerConfig, TwoTowerConfig
 from lcm.normalizer import RobustNormalizer
@@ -45,25 +44,19 @@ TRAINER_YAML = CONFIGS / "trainer" / "default.yaml"
 D = 16  # HashCodec dim
 
 
-@pytest.fixture(autouse=True)
-def _plain_argv(monkeypatch):
-    # LightningCLI warns when it gets args while sys.argv (pytest's) has some too.
-    monkeypatch.setattr(sys, "argv", ["lcm"])
-
-
-@pytest.fixture(scope="module")
-def shards(tmp_path_factory) -> Path:
-    return make_shards(tmp_path_factory.mktemp("pre"), 40, seed=0)
-
-
-@pytest.fixture(scope="module")
-def sft_shards(tmp_path_factory) -> Path:
-    return make_shards(tmp_path_factory.mktemp("sft"), 30, seed=1, summaries=True)
+pytestmark = pytest.mark.usefixtures("plain_argv")  # shards, sft_shards: tests/conftest.py
 
 
 @pytest.fixture(scope="module")
 def cache_dir(tmp_path_factory) -> str:
     return str(tmp_path_factory.mktemp("arrow-cache"))
+
+
+def _dm(folder: Path, cache_dir: str, **kw) -> ConceptDataModule:
+    """A set-up data module over ``folder``; ``kw``: its options."""
+    dm = ConceptDataModule(str(folder), cache_dir=cache_dir, **kw)
+    dm.setup()
+    return dm
 
 
 def parquet_vectors(folder: Path, field: str = "text") -> dict[str, np.ndarray]:
@@ -124,14 +117,7 @@ def test_split_is_by_document_seeded_and_id_based():
 
 
 def test_pretrain_batches_hold_the_normalized_shard_vectors(shards, cache_dir):
-    dm = ConceptDataModule(
-        str(shards),
-        val_fraction=0.25,
-        max_seq_len=5,
-        max_concepts_per_batch=20,
-        cache_dir=cache_dir,
-    )
-    dm.setup()
+    dm = _dm(shards, cache_dir, val_fraction=0.25, max_seq_len=5, max_concepts_per_batch=20)
     assert dm.dim == D
     raw = parquet_vectors(shards)
     norm = RobustNormalizer.load(shards / "normalizer.pt")
@@ -165,15 +151,14 @@ def test_pretrain_batches_hold_the_normalized_shard_vectors(shards, cache_dir):
 
 
 def test_summarize_layout_and_counted_source_cuts(sft_shards, cache_dir):
-    dm = ConceptDataModule(
-        str(sft_shards),
+    dm = _dm(
+        sft_shards,
+        cache_dir,
         mode="summarize",
         val_fraction=0.0,
         max_seq_len=9,
         max_concepts_per_batch=36,
-        cache_dir=cache_dir,
     )
-    dm.setup()
     assert dm.target_field == "summary"
     src = parquet_vectors(sft_shards, "text")
     tgt = parquet_vectors(sft_shards, "summary")
@@ -213,14 +198,7 @@ def test_summarize_layout_and_counted_source_cuts(sft_shards, cache_dir):
 
 
 def test_distributed_ranks_split_the_same_plan_without_double_counting(shards, cache_dir):
-    dm = ConceptDataModule(
-        str(shards),
-        val_fraction=0.0,
-        max_seq_len=6,
-        max_concepts_per_batch=18,
-        cache_dir=cache_dir,
-    )
-    dm.setup()
+    dm = _dm(shards, cache_dir, val_fraction=0.0, max_seq_len=6, max_concepts_per_batch=18)
     one = dm.batches("train", shuffle=True)
     plan = one.plan(0)
     world = next(w for w in (3, 5, 7, 11) if len(plan) % w)  # exercises the padding batch
@@ -393,14 +371,7 @@ def _conditional_loss(module, dm) -> float:
 )
 def test_tiny_preset_fits_a_small_set(family, steps, shards, cache_dir):
     torch.manual_seed(0)
-    dm = ConceptDataModule(
-        str(shards),
-        val_fraction=0.0,
-        max_seq_len=16,
-        max_concepts_per_batch=128,
-        cache_dir=cache_dir,
-    )
-    dm.setup()
+    dm = _dm(shards, cache_dir, val_fraction=0.0, max_seq_len=16, max_concepts_per_batch=128)
     extra = {}
     if family == "quant_lcm":
         # The toy corpus has 23 distinct concepts: a first codebook of 64 units would store each
@@ -663,10 +634,7 @@ def test_ddp_two_processes_equal_one_process_with_accumulation(shards, cache_dir
     accumulate_grad_batches=2 sees the same two batches per step. With the noise keyed by batch,
     both runs must end with the same weights and report the same validation metrics (DDP's
     validation includes an all-padding batch on one rank)."""
-    dm = ConceptDataModule(
-        str(shards), val_fraction=0.2, max_seq_len=8, max_concepts_per_batch=40, cache_dir=cache_dir
-    )
-    dm.setup()
+    dm = _dm(shards, cache_dir, val_fraction=0.2, max_seq_len=8, max_concepts_per_batch=40)
     train = dm.batches("train", shuffle=True)
     assert len(train.plan(0)) % 2 == 0 and len(train.plan(1)) % 2 == 0
     assert len(dm.batches("val").plan(0)) % 2 == 1
@@ -712,15 +680,14 @@ def test_ddp_two_processes_equal_one_process_with_accumulation(shards, cache_dir
 
 def test_worker_processes_yield_the_same_batches_in_order(shards, cache_dir):
     def batches(workers):
-        dm = ConceptDataModule(
-            str(shards),
+        dm = _dm(
+            shards,
+            cache_dir,
             val_fraction=0.0,
             max_seq_len=6,
             max_concepts_per_batch=24,
             num_workers=workers,
-            cache_dir=cache_dir,
         )
-        dm.setup()
         loader = dm.train_dataloader()
         assert len(loader) == len(dm.batches("train", shuffle=True))
         return [(b["index"].tolist(), b["x"]) for b in loader]

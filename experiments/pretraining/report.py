@@ -398,6 +398,7 @@ def train_family(system: str, p: Preset, train_dir: str, root: Path, quiet: bool
         "--model.optim.lr", str(p.lr),
         "--model.optim.warmup_steps", str(p.warmup_steps),
         "--model.seed", str(p.seed),
+        "--data.seed", str(p.seed),
         "--seed_everything", str(p.seed),
         "--trainer.max_steps", str(p.steps),
         "--trainer.val_check_interval", str(p.val_check_interval),

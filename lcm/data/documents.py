@@ -539,24 +539,3 @@ def iter_documents(
             files.append(file)
         seen.insert(key, file_index[file], row)  # only valid documents claim their id
         yield Document(doc_id, lang, f"{file}:{row}", sentences, raw)
-
-
-def to_documents(
-    rows: Iterator[tuple[str, int, dict | None, str | None]],
-    splitter: SentenceSplitter,
-    text_field: str = "text",
-    target_fields: Sequence[str] = (),
-    id_field: str | None = "id",
-    lang_field: str | None = "lang",
-    default_lang: str = "eng_Latn",
-    langs: Sequence[str] | None = None,
-) -> tuple[list[Document], list[Reject]]:
-    """All documents and rejects of ``rows`` as two lists (small inputs; ``lcm prepare`` streams
-    with :func:`iter_documents`)."""
-    docs: list[Document] = []
-    rejects: list[Reject] = []
-    for item in iter_documents(
-        rows, splitter, text_field, target_fields, id_field, lang_field, default_lang, langs
-    ):
-        (docs if isinstance(item, Document) else rejects).append(item)
-    return docs, rejects

@@ -43,6 +43,8 @@ Output folder::
     rejects/shard-00000.jsonl  documents rejected for non-finite vectors or unknown tokens
     normalizer.pt            RobustNormalizer statistics (load with weights_only=True)
     summary.json             totals (rows_read == documents + rejected)
+    .hf_cache/               while it runs: the Arrow copy of the inputs that ``datasets`` reads
+                             (kept for a resume, removed when the run finishes)
 """
 
 from __future__ import annotations
@@ -50,6 +52,7 @@ from __future__ import annotations
 import json
 import logging
 import os
+import shutil
 import time
 import warnings
 from collections import Counter
@@ -345,9 +348,9 @@ class ShardWriter(BasePredictionWriter):
                         i, r = over[0]
                         bad = (
                             "unknown_tokens",
-                            f"field {name!r} sentence {i} is {r:.0%} tokens unknown to the codec "
-                            f"(max_unknown_ratio={self.max_unknown_ratio}; {len(over)} such "
-                            "sentences)",
+                            f"field {name!r} sentence {i} ({doc.lang}) is {r:.0%} unknown to "
+                            f"the codec (share of characters in unknown tokens; max_unknown_ratio"
+                            f"={self.max_unknown_ratio}; {len(over)} such sentences)",
                         )
                 if bad:
                     break
@@ -474,9 +477,10 @@ def prepare(
         embedding_dtype: storage dtype of the vectors.
         normalizer_sample: most sentence vectors the normalizer is fitted on (seeded sample).
         seed: seed of the normalizer sample.
-        max_unknown_ratio: reject documents with a sentence whose share of tokens unknown to the
-            codec (e.g. emoji for MiniLM) is above this, in [0, 1]; None only counts sentences
-            that are mostly (> 50%) unknown (``unknown_token_sentences`` in the summary).
+        max_unknown_ratio: reject documents with a sentence whose share of characters in tokens
+            unknown to the codec (e.g. emoji for MiniLM) is above this, in [0, 1]; None only
+            counts sentences that are mostly (> 50%) unknown (``unknown_token_sentences`` in
+            the summary).
         cache: keep a persistent embedding cache in ``output_dir/cache.sqlite``, so a rerun
             reads back the vectors a killed run computed instead of encoding them again. It
             grows by a float32 vector per distinct sentence (70-80% of the shards' size): large
@@ -626,6 +630,9 @@ def prepare(
         }
     _atomic_write(manifest, json.dumps(settings, indent=2))
     _atomic_write(out / "summary.json", json.dumps(summary, indent=2))
+    # The Arrow copy of the inputs that `datasets` made for reading serves only a resume: a
+    # finished folder does not keep a second copy of the corpus.
+    shutil.rmtree(out / ".hf_cache", ignore_errors=True)
     return summary
 
 

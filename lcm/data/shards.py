@@ -11,6 +11,11 @@ reaching a model.
     for path, table in iter_shard_tables("runs/demo/shards", ["id", "text_embeddings"]):
         ...
 
+A folder may also be an fsspec URL (``s3://bucket/prepared``, ``gs://...``, ``memory://...``):
+the manifest, the checks and the reads then go through fsspec, and the shard paths returned are
+URLs (strings) instead of :class:`~pathlib.Path` objects. Streaming training reads such folders
+(``lcm fit --data.streaming true --data.data_dir s3://...``).
+
 Levels of checking (``level``):
     ``full``: size, checksum, row count, finite values and sentence/vector alignment (reads every
     byte once). ``quick``: size and row count from the parquet footer only. ``none``: only that the
@@ -29,6 +34,97 @@ from typing import Literal
 import numpy as np
 
 Level = Literal["full", "quick", "none"]
+Location = Path | str  # a local path, or an fsspec URL (str)
+
+
+def is_url(path: str | Path) -> bool:
+    """Whether ``path`` is an fsspec URL such as ``s3://bucket/folder`` (not a local path)."""
+    return isinstance(path, str) and "://" in path and not path.startswith("file://")
+
+
+def location(path: str | Path) -> Location:
+    """``path`` as this module handles it: a URL stays a string, anything else a Path."""
+    if isinstance(path, str) and path.startswith("file://"):
+        return Path(path[len("file://") :])
+    return path if is_url(path) else Path(path)
+
+
+def join(folder: str | Path, *parts: str) -> Location:
+    """``folder / part / ...`` for a local folder or a URL."""
+    folder = location(folder)
+    if isinstance(folder, Path):
+        return folder.joinpath(*parts)
+    return "/".join([folder.rstrip("/"), *parts])
+
+
+def name_of(path: str | Path) -> str:
+    """The file name of a local path or URL."""
+    return str(path).rstrip("/").rsplit("/", 1)[-1] if is_url(path) else Path(path).name
+
+
+def open_binary(path: str | Path):
+    """A binary file object for reading a local path or URL (a context manager)."""
+    if is_url(path):
+        import fsspec
+
+        return fsspec.open(str(path), "rb").open()
+    return open(path, "rb")  # noqa: SIM115 - the caller closes it
+
+
+def exists(path: str | Path) -> bool:
+    if is_url(path):
+        import fsspec
+
+        fs, _ = fsspec.core.url_to_fs(str(path))
+        return fs.exists(str(path))
+    return Path(path).exists()
+
+
+def read_text(path: str | Path) -> str:
+    with open_binary(path) as fh:
+        return fh.read().decode("utf-8")
+
+
+def _num_rows(path: Location) -> int:
+    import pyarrow.parquet as pq
+
+    if not is_url(path):
+        return pq.ParquetFile(path).metadata.num_rows
+    with open_binary(path) as fh:
+        return pq.ParquetFile(fh).metadata.num_rows
+
+
+def read_table(path: str | Path, columns: Sequence[str] | None = None):
+    """The pyarrow Table of a parquet file (local path or URL), ``columns`` only if given."""
+    import pyarrow.parquet as pq
+
+    columns = list(columns) if columns else None
+    if not is_url(path):
+        return pq.read_table(path, columns=columns)
+    with open_binary(path) as fh:
+        return pq.read_table(fh, columns=columns)
+
+
+def file_state(path: str | Path) -> tuple[int | None, object]:
+    """``(size, version)`` of a file, or ``(None, None)`` if it is missing: the version is the
+    modification time (local) or what the store reports (mtime, ETag, creation time)."""
+    if not is_url(path):
+        try:
+            st = Path(path).stat()
+        except FileNotFoundError:
+            return None, None
+        return st.st_size, st.st_mtime_ns
+    import fsspec
+
+    fs, _ = fsspec.core.url_to_fs(str(path))
+    try:
+        info = fs.info(str(path))
+    except FileNotFoundError:
+        return None, None
+    version = next(
+        (info[k] for k in ("mtime", "LastModified", "ETag", "etag", "created") if k in info), None
+    )
+    return int(info["size"]), str(version)
 
 
 class ShardError(ValueError):
@@ -37,18 +133,13 @@ class ShardError(ValueError):
 
 def file_record(path: str | Path) -> dict[str, int | str]:
     """``{"rows", "bytes", "sha256"}`` of a shard file as it is on disk now."""
-    import pyarrow.parquet as pq
 
-    path = Path(path)
+    path = location(path)
     h = hashlib.sha256()
-    with open(path, "rb") as fh:
+    with open_binary(path) as fh:
         for block in iter(lambda: fh.read(1 << 20), b""):
             h.update(block)
-    return {
-        "rows": pq.ParquetFile(path).metadata.num_rows,
-        "bytes": path.stat().st_size,
-        "sha256": h.hexdigest(),
-    }
+    return {"rows": _num_rows(path), "bytes": file_state(path)[0], "sha256": h.hexdigest()}
 
 
 @dataclass
@@ -130,49 +221,51 @@ def check_shard(
 ) -> ShardCheck:
     """Check one shard against its recorded ``expected`` ``{rows, bytes, sha256}`` (any may be
     absent) and, at level ``full``, its values. Never raises for a bad file: see ``problems``."""
-    import pyarrow.parquet as pq
 
-    path = Path(path)
-    res = ShardCheck(path.name)
-    if not path.exists():
-        res.problems.append(f"{path.name}: missing (expected in {path.parent})")
+    path = location(path)
+    name = name_of(path)
+    res = ShardCheck(name)
+    size, _ = file_state(path)
+    if size is None:
+        parent = str(path).rsplit("/", 1)[0] if is_url(path) else path.parent
+        res.problems.append(f"{name}: missing (expected in {parent})")
         return res
     if level == "none":
         return res
     expected = expected or {}
-    res.bytes = path.stat().st_size
+    res.bytes = size
     if expected.get("bytes") is not None and res.bytes != expected["bytes"]:
         res.problems.append(
-            f"{path.name}: {res.bytes} bytes, {expected['bytes']} recorded (truncated or replaced)"
+            f"{name}: {res.bytes} bytes, {expected['bytes']} recorded (truncated or replaced)"
         )
     try:
-        res.rows = pq.ParquetFile(path).metadata.num_rows
+        res.rows = _num_rows(path)
     except Exception as ex:  # noqa: BLE001 - pyarrow raises several error types
-        res.problems.append(f"{path.name}: not a readable parquet file ({ex})")
+        res.problems.append(f"{name}: not a readable parquet file ({ex})")
         return res
     if expected.get("rows") is not None and res.rows != expected["rows"]:
-        res.problems.append(f"{path.name}: {res.rows} rows, {expected['rows']} recorded")
+        res.problems.append(f"{name}: {res.rows} rows, {expected['rows']} recorded")
     if level == "quick":
         return res
     res.sha256 = file_record(path)["sha256"]
     if expected.get("sha256") and res.sha256 != expected["sha256"]:
-        res.problems.append(f"{path.name}: checksum differs from the recorded one (file changed)")
+        res.problems.append(f"{name}: checksum differs from the recorded one (file changed)")
     try:
-        table = pq.read_table(path)
+        table = read_table(path)
     except Exception as ex:  # noqa: BLE001
-        res.problems.append(f"{path.name}: cannot be decoded ({type(ex).__name__}: {ex})")
+        res.problems.append(f"{name}: cannot be decoded ({type(ex).__name__}: {ex})")
         return res
     names = _embedding_fields(table.column_names)
     if names and f"{names[0]}_embeddings" in table.column_names:
         col = table.column(f"{names[0]}_embeddings")
         res.sentences = sum(len(c.values) for c in col.chunks)
-    res.problems += table_problems(table, path.name, fields)
+    res.problems += table_problems(table, name, fields)
     return res
 
 
-def _folder(data_dir: str | Path) -> Path:
-    data_dir = Path(data_dir)
-    if not (data_dir / "manifest.json").exists():
+def _folder(data_dir: str | Path) -> Location:
+    data_dir = location(data_dir)
+    if not exists(join(data_dir, "manifest.json")):
         raise FileNotFoundError(f"{data_dir} has no manifest.json; make it with `lcm prepare`")
     return data_dir
 
@@ -181,37 +274,41 @@ def recorded_shards(data_dir: str | Path) -> dict[str, dict]:
     """``{file name: {rows, bytes, sha256}}`` of a finished folder (manifest), or, for a folder
     prepared before shards were recorded, ``{}`` values for the files present."""
     data_dir = _folder(data_dir)
-    if not (data_dir / "summary.json").exists():
+    if not exists(join(data_dir, "summary.json")):
         raise RuntimeError(
             f"{data_dir} has no summary.json: `lcm prepare` did not finish; rerun it to resume"
         )
-    manifest = json.loads((data_dir / "manifest.json").read_text())
+    manifest = json.loads(read_text(join(data_dir, "manifest.json")))
     shards = manifest.get("shards")
-    if shards is None:  # older folders: trust the listing, still check values
-        shards = {p.name: {} for p in sorted((data_dir / "shards").glob("shard-*.parquet"))}
+    if shards is None:  # older folders (local): trust the listing, still check values
+        shards = {p.name: {} for p in sorted(Path(data_dir, "shards").glob("shard-*.parquet"))}
     if not shards:
-        raise FileNotFoundError(f"no shards in {data_dir / 'shards'}")
+        raise FileNotFoundError(f"no shards in {join(data_dir, 'shards')}")
     return dict(sorted(shards.items()))
 
 
 def verified_shards(
     data_dir: str | Path, level: Level = "full", fields: Sequence[str] | None = None
-) -> list[Path]:
-    """The shard files of a finished ``lcm prepare`` folder, each checked at ``level``.
+) -> list[Location]:
+    """The shard files of a finished ``lcm prepare`` folder, each checked at ``level``
+    (:class:`~pathlib.Path` objects, or URLs for a folder given as a URL).
 
     Raises:
         ShardError: naming every shard that fails, and what is wrong (document ids included).
     """
-    data_dir = Path(data_dir)
+    data_dir = location(data_dir)
     recorded = recorded_shards(data_dir)
+    files = [join(data_dir, "shards", name) for name in recorded]
     # Several readers of one process (the data module's prepare_data and setup, eval) check the
-    # same folder: files unchanged since a passing check (same size and mtime) are not re-read.
-    key = (str(data_dir.resolve()), level, tuple(fields or ()), _file_states(data_dir, recorded))
+    # same folder: files unchanged since a passing check (same size and version) are not re-read.
+    where = str(data_dir) if is_url(data_dir) else str(Path(data_dir).resolve())
+    states = tuple((name, *file_state(f)) for name, f in zip(recorded, files))
+    key = (where, level, tuple(fields or ()), states)
     if key in _VERIFIED:
-        return [data_dir / "shards" / name for name in recorded]
+        return files
     problems: list[str] = []
-    for name, expected in recorded.items():
-        problems += check_shard(data_dir / "shards" / name, expected, level, fields).problems
+    for f, expected in zip(files, recorded.values()):
+        problems += check_shard(f, expected, level, fields).problems
     if problems:
         raise ShardError(
             f"{data_dir}: {len(problems)} shard problem(s): "
@@ -220,44 +317,32 @@ def verified_shards(
             f"`lcm check {data_dir}` for a table"
         )
     _VERIFIED.add(key)
-    return [data_dir / "shards" / name for name in recorded]
+    return files
 
 
 _VERIFIED: set[tuple] = set()
-
-
-def _file_states(data_dir: Path, recorded: dict[str, dict]) -> tuple:
-    states = []
-    for name in recorded:
-        try:
-            st = (data_dir / "shards" / name).stat()
-            states.append((name, st.st_size, st.st_mtime_ns))
-        except FileNotFoundError:
-            states.append((name, None, None))
-    return tuple(states)
 
 
 def iter_shard_tables(
     data_dir: str | Path,
     columns: Sequence[str] | None = None,
     level: Level = "full",
-) -> Iterator[tuple[Path, object]]:
+) -> Iterator[tuple[Location, object]]:
     """``(path, pyarrow.Table)`` per verified shard, with ``columns`` (all when None).
 
     Each table is checked for finite values and alignment as it is read (cheap: the data is in
     memory anyway), so even ``level="quick"`` never yields a NaN vector.
     """
-    import pyarrow.parquet as pq
 
     for path in verified_shards(data_dir, level):
         try:
-            table = pq.read_table(path, columns=list(columns) if columns else None)
+            table = read_table(path, columns)
         except Exception as ex:  # noqa: BLE001
             raise ShardError(f"{path}: cannot be decoded ({type(ex).__name__}: {ex})") from ex
         if level != "full":
-            problems = table_problems(table, path.name)
+            problems = table_problems(table, name_of(path))
             if problems:
-                raise ShardError(f"{path.parent.parent}: " + "; ".join(problems))
+                raise ShardError(f"{location(data_dir)}: " + "; ".join(problems))
         yield path, table
 
 

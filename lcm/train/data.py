@@ -46,6 +46,7 @@ unseen batch of the same epoch.
 from __future__ import annotations
 
 import hashlib
+import io
 import json
 import logging
 import math
@@ -61,7 +62,18 @@ import torch
 from lightning.pytorch.utilities import rank_zero_info
 from torch.utils.data import DataLoader, IterableDataset, get_worker_info
 
-from lcm.data.shards import Level, recorded_shards, verified_shards
+from lcm.data.shards import (
+    Level,
+    Location,
+    exists,
+    is_url,
+    join,
+    location,
+    open_binary,
+    read_text,
+    recorded_shards,
+    verified_shards,
+)
 from lcm.normalizer import RobustNormalizer
 
 log = logging.getLogger(__name__)
@@ -73,21 +85,26 @@ warnings.filterwarnings("ignore", message="Your `IterableDataset` has `__len__` 
 
 
 # ---------------------------------------------------------------------------------------- shards
-def _shard_files(data_dir: Path, level: Level = "quick") -> list[Path]:
+def _shard_files(data_dir: Location, level: Level = "quick") -> list[Location]:
     """The folder's shards, verified by the shared reader (:mod:`lcm.data.shards`)."""
     return verified_shards(data_dir, level)
 
 
 def read_manifest(data_dir: str | Path) -> dict[str, Any]:
-    """The ``manifest.json`` of a prepared folder."""
-    return json.loads((Path(data_dir) / "manifest.json").read_text())
+    """The ``manifest.json`` of a prepared folder (a local path or an fsspec URL)."""
+    return json.loads(read_text(join(data_dir, "manifest.json")))
 
 
 def shard_dim(data_dir: str | Path, field: str) -> int:
     """Concept dimension from the first shard's schema (reads metadata only)."""
     import pyarrow.parquet as pq
 
-    schema = pq.read_schema(_shard_files(Path(data_dir))[0])
+    first = _shard_files(location(data_dir))[0]
+    if is_url(first):
+        with open_binary(first) as fh:
+            schema = pq.read_schema(fh)
+    else:
+        schema = pq.read_schema(first)
     name = f"{field}_embeddings"
     if name not in schema.names:
         raise KeyError(f"shards of {data_dir} have no column {name!r}; columns: {schema.names}")
@@ -114,6 +131,12 @@ class ConceptStore:
         cache_dir: str | None = None,
         verify: Level = "full",
     ):
+        if is_url(data_dir):
+            raise ValueError(
+                f"{data_dir} is a URL: only streaming training reads remote folders (pass "
+                "--data.streaming true for the training folder); validation, test and predict "
+                "folders are read into a local cache, so give them as local paths"
+            )
         self.data_dir = Path(data_dir)
         self.fields = list(dict.fromkeys(fields))
         self.cache_dir = cache_dir
@@ -576,7 +599,9 @@ class ConceptDataModule(L.LightningDataModule):
             unknown until the stream ends. Validation, test and predict keep the in-memory store
             (small folders), so streaming needs ``val_dir`` (or ``val_fraction=0``): holding out
             a share of ``data_dir`` would need an index of the whole corpus. Training batches
-            are read in the main process (``num_workers`` applies to evaluation only).
+            are read in the main process (``num_workers`` applies to evaluation only). With
+            ``streaming``, ``data_dir`` may be an fsspec URL (``s3://bucket/prepared``; the
+            store's fsspec package must be installed, e.g. ``s3fs``).
         shuffle_buffer: With ``streaming``: documents per shuffled block (the shuffle buffer);
             memory holds one block, and resume re-reads at most one block.
     """
@@ -617,7 +642,23 @@ class ConceptDataModule(L.LightningDataModule):
                 f"max_concepts_per_batch ({max_concepts_per_batch}) must be >= max_seq_len "
                 f"({max_seq_len}), or a full window would not fit in a batch"
             )
-        self.data_dir = Path(data_dir)
+        self.data_dir = location(data_dir)  # a Path, or an fsspec URL (streaming only)
+        if is_url(self.data_dir) and not streaming:
+            raise ValueError(
+                f"data_dir {data_dir} is a URL: the in-memory path copies shards into a local "
+                "cache; stream it instead with --data.streaming true"
+            )
+        for name, folder in (
+            ("val_dir", val_dir),
+            ("test_dir", test_dir),
+            ("predict_dir", predict_dir),
+        ):
+            if folder and is_url(folder):
+                raise ValueError(
+                    f"{name} {folder} is a URL: only streaming training reads remote folders; "
+                    "validation, test and predict folders are read into a local cache, so give "
+                    "them as local paths"
+                )
         self.val_dir = Path(val_dir) if val_dir else None
         self.test_dir = Path(test_dir) if test_dir else None
         self.predict_dir = Path(predict_dir) if predict_dir else None
@@ -702,46 +743,47 @@ class ConceptDataModule(L.LightningDataModule):
         if self._splits:
             return
         if self.normalize:
-            path = Path(self.normalizer_path or self.data_dir / "normalizer.pt")
-            if not path.exists():
+            path = location(self.normalizer_path or join(self.data_dir, "normalizer.pt"))
+            if not exists(path):
                 raise FileNotFoundError(f"normalizer {path} not found (normalize=True)")
-            self.normalizer = RobustNormalizer.load(path)
+            with open_binary(path) as fh:
+                self.normalizer = RobustNormalizer.load(io.BytesIO(fh.read()))
             if self.normalizer.center.shape[0] != self.dim:
                 raise ValueError(f"normalizer {path} has dim {self.normalizer.center.shape[0]}")
         if self.streaming:
             self._setup_streaming()
             return
         main = ConceptStore(self.data_dir, self.fields, self.cache_dir, self.verify_shards)
-        all_docs = np.arange(len(main), dtype=np.int64)
         if self.val_dir is not None:
-            train_docs, val_docs = all_docs, None
-            val_store = ConceptStore(self.val_dir, self.fields, self.cache_dir, self.verify_shards)
-            self._add_split("val", val_store, np.arange(len(val_store), dtype=np.int64))
+            train_docs = np.arange(len(main), dtype=np.int64)
+            self._add_folder("val", self.val_dir)
         else:
             train_docs, val_docs = split_documents(main.ids, self.val_fraction, self.split_seed)
             self._add_split("val", main, val_docs)
         self._add_split("train", main, train_docs)
+        self._add_test_and_predict()
+
+    def _add_folder(self, name: str, folder: str) -> None:
+        """Split ``name`` is every document of its own prepared ``folder``."""
+        store = ConceptStore(folder, self.fields, self.cache_dir, self.verify_shards)
+        self._add_split(name, store, np.arange(len(store), dtype=np.int64))
+
+    def _add_test_and_predict(self) -> None:
+        """``test`` and ``predict`` read their own folders when given, else the ``val`` split."""
         for name, folder in (("test", self.test_dir), ("predict", self.predict_dir)):
             if folder is None:
                 self._splits[name] = self._splits["val"]
             else:
-                store = ConceptStore(folder, self.fields, self.cache_dir, self.verify_shards)
-                self._add_split(name, store, np.arange(len(store), dtype=np.int64))
+                self._add_folder(name, folder)
 
     def _setup_streaming(self) -> None:
         files = _shard_files(self.data_dir, self._stream_level)  # size and rows: O(shards)
         if self.val_dir is not None:
-            val_store = ConceptStore(self.val_dir, self.fields, self.cache_dir, self.verify_shards)
-            self._add_split("val", val_store, np.arange(len(val_store), dtype=np.int64))
+            self._add_folder("val", self.val_dir)
         else:  # val_fraction == 0 (checked in __init__)
             self._splits["val"] = (None, pretrain_examples(np.zeros(0, np.int64), np.zeros(0), 2))
             self.stats["val"] = self._splits["val"][1].stats
-        for name, folder in (("test", self.test_dir), ("predict", self.predict_dir)):
-            if folder is None:
-                self._splits[name] = self._splits["val"]
-            else:
-                store = ConceptStore(folder, self.fields, self.cache_dir, self.verify_shards)
-                self._add_split(name, store, np.arange(len(store), dtype=np.int64))
+        self._add_test_and_predict()
         rows = sum(int(r.get("rows") or 0) for r in recorded_shards(self.data_dir).values())
         self.stats["train"] = {"documents": rows, "shards": len(files)}
         rank_zero_info(

@@ -386,6 +386,7 @@ class LCMModule(L.LightningModule):
         dm = self._datamodule()
         if dm is None or not hasattr(dm, "data_dir"):
             return
+        from lcm.data.shards import is_url
         from lcm.train.data import read_manifest
 
         manifest = read_manifest(dm.data_dir)
@@ -396,7 +397,7 @@ class LCMModule(L.LightningModule):
             "mode": dm.mode,
             "target_field": dm.target_field,
             "text_field": dm.text_field,
-            "data_dir": str(Path(dm.data_dir).resolve()),
+            "data_dir": str(dm.data_dir if is_url(dm.data_dir) else Path(dm.data_dir).resolve()),
         }
 
     def _datamodule(self):

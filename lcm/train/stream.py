@@ -2,10 +2,10 @@
 
 The in-memory path (:class:`lcm.train.data.ConceptStore`) copies every shard into a per-node
 Arrow cache and keeps a per-document index before the first step. This path reads the shards
-as a stream through Hugging Face ``datasets`` (``load_dataset("parquet", streaming=True)``, local
-paths; the engine also reads fsspec URLs such as ``s3://``, but the folder checks of
-:mod:`lcm.data.shards` take local paths today), so start-up does not grow with the number of
-documents and memory holds one block of documents at a time.
+as a stream through Hugging Face ``datasets`` (``load_dataset("parquet", streaming=True)``), so
+start-up does not grow with the number of documents and memory holds one block of documents at a
+time. The folder may be local or an fsspec URL (``s3://bucket/prepared``): its manifest, the
+shard checks of :mod:`lcm.data.shards` and the reads all go through fsspec, with no local copy.
 
 Order (deterministic, the same on every run):
     1. Epoch ``e`` permutes the shard files with ``seed + e``;
