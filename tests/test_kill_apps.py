@@ -137,6 +137,18 @@ def test_a_line_cut_by_a_kill_is_generated_again_and_other_garbage_is_an_error(
     assert bad.read_text() == lines[0] + "not json\n" + lines[1]  # nothing dropped
 
 
+def _eval_docs(tmp_path: Path) -> Path:
+    """12 documents with reference summaries for the eval kill tests."""
+    docs = tmp_path / "eval.jsonl"
+    rows = [
+        {"id": f"e{i}", "text": f"{sentence(i % 23)} {sentence((i * 5) % 23)}",
+         "summary": sentence((3 * i + 7) % 23), "lang": "eng_Latn"}
+        for i in range(12)
+    ]  # fmt: skip
+    docs.write_text("".join(json.dumps(r) + "\n" for r in rows))
+    return docs
+
+
 def _strip(result: dict) -> dict:
     result = {k: v for k, v in result.items() if k != "run"}
     return {**result, "config": {k: v for k, v in result["config"].items() if k != "out_dir"}}
@@ -147,13 +159,7 @@ def test_kill_eval_then_rerun_gives_the_uninterrupted_results(two_tower, tmp_pat
     from eval.run import evaluate
 
     register_codec(HashCodec.codec_id, lambda codec_id, **kw: FixedHashCodec())
-    docs = tmp_path / "eval.jsonl"
-    rows = [
-        {"id": f"e{i}", "text": f"{sentence(i % 23)} {sentence((i * 5) % 23)}",
-         "summary": sentence((3 * i + 7) % 23), "lang": "eng_Latn"}
-        for i in range(12)
-    ]  # fmt: skip
-    docs.write_text("".join(json.dumps(r) + "\n" for r in rows))
+    docs = _eval_docs(tmp_path)
     kw = dict(
         checkpoints=[str(two_tower)],
         data=[str(docs)],
@@ -212,13 +218,7 @@ def test_kill_a_fresh_lcm_eval_process_then_rerun_gives_the_uninterrupted_result
 ):
     from eval.run import evaluate
 
-    docs = tmp_path / "eval.jsonl"
-    rows = [
-        {"id": f"e{i}", "text": f"{sentence(i % 23)} {sentence((i * 5) % 23)}",
-         "summary": sentence((3 * i + 7) % 23), "lang": "eng_Latn"}
-        for i in range(12)
-    ]  # fmt: skip
-    docs.write_text("".join(json.dumps(r) + "\n" for r in rows))
+    docs = _eval_docs(tmp_path)
     straight = evaluate([str(two_tower)], data=[str(docs)], out_dir=str(tmp_path / "a"),
                         settings=[{"max_new_concepts": 2, "num_inference_steps": 3}],
                         codec=FixedHashCodec(), batch_size=2, plots=False,
