@@ -4,25 +4,49 @@ Everything streams: memory holds the documents of at most three shards at a time
 encoded, the one Lightning's loader has read ahead, and the one being cut), whatever the size of
 the corpus; only the id hashes of the duplicate check (16 bytes per document) grow with it.
 
+Shards are planned in one of two ways (``planning`` in the manifest):
+
+- ``rows`` (every input is parquet or JSON lines): a cheap planning pass (:mod:`lcm.data.ranges`:
+  parquet footers, a byte scan of JSON lines; saved as ``plan.npz``) fixes shard ``k`` as the
+  input rows ``[k * shard_size, (k + 1) * shard_size)``, valid or not, with the byte offset
+  where each range starts. Each rank then reads, validates and splits only the rows of its own
+  pending shards (``k % world == rank``, not done), and a resume only the unfinished shards'
+  rows. Parquet is read with pyarrow one row group at a time (only the columns used), JSON
+  lines with the standard ``json`` module, line by line (no Arrow copy of the inputs). A
+  shard may hold fewer than ``shard_size`` documents (its rejected rows).
+- ``documents`` (any csv, plain-text or single-JSON-array input, whose rows cannot be located
+  without parsing: csv fields may span lines): the full pass. Every rank reads the whole input
+  with ``datasets`` and cuts the same shards of ``shard_size`` valid documents, keeping only its
+  own; a resume reads everything again.
+
 Steps:
-1. read the input rows one at a time with ``datasets``; validate; split fields into sentences
+1. read the input rows one at a time; validate; split fields into sentences
    (:mod:`lcm.data.documents`). A file the engine cannot read is re-read row by row, so only its
-   bad rows are lost. Bad rows are appended to ``rejects/input.jsonl`` with file, row, line and
-   reason as they are met. Duplicate ids are found with 64-bit hashes of the ids seen so far
-   (:class:`~lcm.data.documents.SeenIds`, 16 bytes per document).
-2. the valid documents are cut, in input order, into shards of ``shard_size`` documents as they
-   arrive (:class:`ShardStream`). A shard already on disk counts as done only if it matches its
-   recorded rows, bytes and SHA-256; otherwise (truncated, changed) it is rebuilt.
-3. encode under Lightning ``Trainer.predict``, which consumes the stream: every rank reads the
-   whole input and cuts the same shards, keeps the documents of its own pending shards only
-   (every ``world_size``-th shard) and drops the others' as soon as they are counted, so
-   ``--devices``/``--num_nodes`` spread the encoding over GPUs and machines. A shard is written
-   to a temporary file, recorded in ``stats/``, then renamed, so a shard file on disk is always
-   complete. Documents whose vectors are NaN/inf, or (with ``max_unknown_ratio``) with a
-   sentence of mostly unknown tokens, go to ``rejects/shard-XXXXX.jsonl``.
-4. rank 0 fits the robust normalizer on a seeded sample of sentence vectors, reading only the
-   shards that hold a sampled sentence, one at a time (a NaN there is an error naming shard and
-   document), records every shard in ``manifest.json`` and writes ``summary.json``.
+   bad rows are lost. Bad rows are recorded with file, row, line and reason: in
+   ``rejects/read/shard-XXXXX.jsonl`` per shard (rows planning, merged in input order into
+   ``rejects/input.jsonl`` at the end) or in ``rejects/input.jsonl`` as they are met (full pass).
+   Duplicate ids are found with 64-bit hashes of the ids (:class:`~lcm.data.documents.SeenIds`,
+   16 bytes per document). The full pass sees every id in order. Row planning sees one shard at
+   a time: a duplicate inside a shard is rejected while reading, and every shard records its
+   documents' id hashes in ``stats/``; at the end rank 0 sorts all hashes, confirms each repeat
+   on the ids themselves, and drops every occurrence after the first (input order) by
+   rewriting its shard without that row (written aside, stats with the new checksum, then
+   renamed; a kill in between makes the shard fail verification, so it is rebuilt from its
+   rows and checked again). The dropped row is a ``duplicate_id`` reject naming its file, row
+   and the first occurrence; no document is lost or kept twice.
+2. the valid documents are cut into shards (:class:`ShardStream`). A shard already on disk
+   counts as done only if it matches its recorded rows, bytes and SHA-256; otherwise
+   (truncated, changed) it is rebuilt.
+3. encode under Lightning ``Trainer.predict``, which consumes the stream: each rank encodes its
+   own pending shards only, so ``--devices``/``--num_nodes`` spread the encoding over GPUs and
+   machines. A shard is written to a temporary file, recorded in ``stats/``, then renamed, so a
+   shard file on disk is always complete. Documents whose vectors are NaN/inf, or (with
+   ``max_unknown_ratio``) with a sentence of mostly unknown tokens, go to
+   ``rejects/shard-XXXXX.jsonl``.
+4. rank 0 drops duplicate ids across shards (rows planning), fits the robust normalizer on a
+   seeded sample of sentence vectors, reading only the shards that hold a sampled sentence, one
+   at a time (a NaN there is an error naming shard and document), records every shard in
+   ``manifest.json`` and writes ``summary.json``.
 
 Progress (rows or documents per second, ETA) of reading, encoding and the normalizer goes to a
 bar in a terminal, or to plain lines at least every 30 s in a log file (:mod:`lcm.progress`).
@@ -34,17 +58,22 @@ returns the very vectors the killed run computed.
 
 Output folder::
 
-    manifest.json            settings, input fingerprint (a rerun must match them) and, once
-                             finished, {"shards": {name: {rows, bytes, sha256}}}
+    manifest.json            settings (with ``planning``), input fingerprint (a rerun must
+                             match them; a folder of an older manifest version is refused with
+                             a message) and, once finished, {"shards": {name: {rows, bytes,
+                             sha256}}}
+    plan.npz                 rows planning: rows per file, offset and line of each range start
     shards/shard-00000.parquet
     stats/shard-00000.json   per-shard counts (documents, sentences, truncations, unknown-token
-                             sentences, rejects) and the shard's rows, bytes and sha256
-    rejects/input.jsonl      rows rejected while reading
+                             sentences, rejects) and the shard's rows, bytes and sha256; rows
+                             planning adds rows_read, id_hashes and duplicate_rejects
+    rejects/input.jsonl      rows rejected while reading (and dropped duplicates)
+    rejects/read/shard-00000.jsonl  rows planning: the shard's rows rejected while reading
     rejects/shard-00000.jsonl  documents rejected for non-finite vectors or unknown tokens
     normalizer.pt            RobustNormalizer statistics (load with weights_only=True)
     summary.json             totals (rows_read == documents + rejected)
-    .hf_cache/               while it runs: the Arrow copy of the inputs that ``datasets`` reads
-                             (kept for a resume, removed when the run finishes)
+    .hf_cache/               full pass, while it runs: the Arrow copy of the inputs that
+                             ``datasets`` reads (kept for a resume, removed when it finishes)
 """
 
 from __future__ import annotations
@@ -551,8 +580,10 @@ def prepare(
         max_sentence_chars: long-sentence cap; longer sentences are re-split (0 disables).
         end_of_text: a sentence appended to every field (the paper uses "End of text."), so
             models learn to emit it and generation can stop on it; None appends nothing.
-        shard_size: documents per shard (the unit of resumption and of work per rank; memory
-            holds at most about three shards' documents, whatever the corpus size).
+        shard_size: input rows per shard (parquet and JSON lines: valid or not, so a shard may
+            hold fewer documents) or valid documents per shard (csv, text: the full pass); the
+            unit of resumption and of work per rank; memory holds at most about three shards'
+            documents, whatever the corpus size.
         embedding_dtype: storage dtype of the vectors.
         normalizer_sample: most sentence vectors the normalizer is fitted on (seeded sample).
         seed: seed of the normalizer sample.
