@@ -215,3 +215,35 @@ def test_the_byte_scan_counts_rows_across_scan_blocks(tmp_path, monkeypatch):
         got = [r[2]["id"] for r in plan.iter_rows(k)]
         assert got == [str(i) for i in range(5 * k, min(5 * k + 5, 23))]
     assert np.array_equal(plan.lines, [1, 6, 13, 18, 23])
+
+
+def test_text_read_by_line_is_planned_by_rows_like_the_full_pass(tmp_path):
+    lines = [
+        b"First line. Two.",
+        b"",
+        b"caf\xe9 au lait.",
+        b"Windows line.\r",
+        b"Last, no newline.",
+    ]
+    (tmp_path / "t.txt").write_bytes(b"\n".join(lines))
+    (tmp_path / "u.txt").write_bytes(b"Old Mac.\rLine.\n")  # a lone \r: the full pass
+    files = [tmp_path / "t.txt"]
+    assert ranges.locatable(files[0], "auto", "line")
+    assert not ranges.locatable(files[0], "auto", "paragraph")
+    assert not ranges.locatable(tmp_path / "u.txt", "auto", "line")
+    plan = plan_rows(files, "auto", 2)
+    assert plan.file_rows.tolist() == [5] and plan.n_shards == 3
+    (tmp_path / "rejects").mkdir()
+
+    def run(plan, shard_size):
+        s = prep.ShardStream(
+            files, "auto", "line", tmp_path, SentenceSplitter(256), "text", [], None, None,
+            "eng_Latn", ("eng_Latn",), None, shard_size, set(), write_rejects=False, plan=plan,
+        )  # fmt: skip
+        docs = [(d.source, d.sentences["text"]) for p in s for d in p.docs]
+        return docs, dict(s.input_rejects)
+
+    by_rows, by_pass = run(plan, 2), run(None, 10)
+    assert by_rows == by_pass
+    assert [src.rpartition(":")[2] for src, _ in by_rows[0]] == ["0", "3", "4"]
+    assert by_rows[0][1][1] == ["Windows line."] and by_rows[1] == {"empty": 1, "non_utf8": 1}

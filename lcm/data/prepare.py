@@ -6,18 +6,20 @@ the corpus; only the id hashes of the duplicate check (16 bytes per document) gr
 
 Shards are planned in one of two ways (``planning`` in the manifest):
 
-- ``rows`` (every input is parquet or JSON lines): a cheap planning pass (:mod:`lcm.data.ranges`:
-  parquet footers, a byte scan of JSON lines; saved as ``plan.npz``) fixes shard ``k`` as the
-  input rows ``[k * shard_size, (k + 1) * shard_size)``, valid or not, with the byte offset
-  where each range starts. Each rank then reads, validates and splits only the rows of its own
-  pending shards (``k % world == rank``, not done), and a resume only the unfinished shards'
-  rows. Parquet is read with pyarrow one row group at a time (only the columns used), JSON
-  lines with the standard ``json`` module, line by line (no Arrow copy of the inputs). A
-  shard may hold fewer than ``shard_size`` documents (its rejected rows).
-- ``documents`` (any csv, plain-text or single-JSON-array input, whose rows cannot be located
-  without parsing: csv fields may span lines): the full pass. Every rank reads the whole input
-  with ``datasets`` and cuts the same shards of ``shard_size`` valid documents, keeping only its
-  own; a resume reads everything again.
+- ``rows`` (every input is parquet, JSON lines, or text read by line): a cheap planning pass
+  (:mod:`lcm.data.ranges`: parquet footers, a byte scan of lines; saved as ``plan.npz``) fixes
+  shard ``k`` as the input rows ``[k * shard_size, (k + 1) * shard_size)``, valid or not, with
+  the byte offset where each range starts. Each rank then reads, validates and splits only the
+  rows of its own pending shards (``k % world == rank``, not done), and a resume only the
+  unfinished shards' rows. Parquet is read with pyarrow one row group at a time (only the
+  columns used), JSON lines with the standard ``json`` module and text by line, seeking to the
+  range's byte offset (no Arrow copy of the inputs). A shard may hold fewer than
+  ``shard_size`` documents (its rejected rows).
+- ``documents`` (any csv, text read by document or paragraph or with lone CR line breaks,
+  or single-JSON-array input, whose rows cannot be located without parsing: csv fields may
+  span lines): the full pass. Every rank reads the whole input with ``datasets`` and cuts the
+  same shards of ``shard_size`` valid documents, keeping only its own; a resume reads
+  everything again.
 
 Steps:
 1. read the input rows one at a time; validate; split fields into sentences
@@ -621,7 +623,9 @@ def prepare(
         codec = default_codec()
     # rows are located cheaply in parquet and JSON lines: shards are ranges of input rows and
     # each rank reads only its own; otherwise every rank reads everything (see the docstring)
-    planning = "rows" if all(locatable(f, input_format) for f in files) else "documents"
+    planning = "documents"
+    if all(locatable(f, input_format, txt_sample_by) for f in files):
+        planning = "rows"
     for sub in ("shards", "stats", "rejects", "rejects/read"):
         (out / sub).mkdir(parents=True, exist_ok=True)
     settings = {
@@ -740,8 +744,8 @@ def prepare(
     if not stream.finished:
         raise RuntimeError(f"{out}: the input was not read to its end; rerun to resume")
     log.info(
-        "%d documents in %d shards, %d were already done",
-        stream.documents, stream.shards, len(done & set(range(stream.shards))),
+        "%d shards, %d were already done; this run read %d rows (%d documents)",
+        stream.shards, len(done & set(range(stream.shards))), stream.rows_read, stream.documents,
     )  # fmt: skip
 
     # 4) duplicate ids across shards (row planning), normalizer and summary (rank 0)

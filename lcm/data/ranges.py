@@ -2,14 +2,16 @@
 
 A cheap planning pass (:func:`plan_rows`) counts the rows of every input file without parsing
 it: parquet from its footer (row-group metadata), JSON lines by a byte scan for non-blank lines
-(numpy over 4 MB blocks). Shard ``k`` is the global input rows ``[k * shard_size, (k + 1) *
+and plain text read by line (``txt_sample_by=line``) by a byte scan for lines (numpy over 4 MB
+blocks). Shard ``k`` is the global input rows ``[k * shard_size, (k + 1) *
 shard_size)`` of the files concatenated in order, whichever of them turn out valid; for JSON
 lines the plan records the byte offset and line number where each range starts, so a reader
 seeks straight to it (:meth:`RowPlan.iter_rows`). Memory holds 16 bytes per shard (offset and
 line), never per row.
 
 Files whose rows cannot be located without parsing them (csv, whose quoted fields may span
-lines; plain text; a ``.json`` file holding one JSON array) are not planned here:
+lines; plain text read by document or paragraph, or with a lone CR line break; a ``.json``
+file holding one JSON array) are not planned here:
 :func:`locatable` says so, and ``lcm prepare`` then keeps its full pass over the inputs.
 """
 
@@ -31,12 +33,14 @@ _WS = np.zeros(256, dtype=bool)
 _WS[[9, 10, 11, 12, 13, 32]] = True  # what bytes.strip() strips: a line of only these is blank
 
 
-def locatable(path: Path, fmt: str) -> bool:
-    """Whether the rows of ``path`` can be located without parsing: parquet, and JSON lines
-    (not a single JSON array)."""
+def locatable(path: Path, fmt: str, txt_sample_by: str = "document") -> bool:
+    """Whether the rows of ``path`` can be located without parsing: parquet, JSON lines (not a
+    single JSON array), and text read by line whose line breaks are all LF or CR LF."""
     kind = file_format(path, fmt)
     if kind == "parquet":
         return True
+    if kind == "txt":
+        return txt_sample_by == "line" and not _lone_cr(path)
     if kind != "jsonl":
         return False
     with open(path, "rb") as fh:
@@ -59,9 +63,25 @@ def parse_json_line(line: bytes) -> tuple[dict | None, str | None]:
     return value, None
 
 
-def _scan_jsonl(path: Path, first_row: int, shard_size: int) -> tuple[int, list, list]:
-    """Rows (non-blank lines) of ``path``, and the byte offset and 1-based line of every row
-    whose global index (``first_row`` + its index here) is a multiple of ``shard_size``."""
+def _lone_cr(path: Path) -> bool:
+    """Whether ``path`` has a CR not followed by LF (a line break that universal
+    newlines honour, so its text lines cannot be found by LF alone)."""
+    tail = b""
+    with open(path, "rb") as fh:
+        while block := fh.read(_BLOCK):
+            buf = tail + block
+            body, tail = (buf[:-1], buf[-1:]) if buf.endswith(b"\r") else (buf, b"")
+            if body.count(b"\r") != body.count(b"\r\n"):
+                return True
+    return tail == b"\r"
+
+
+def _scan_lines(
+    path: Path, first_row: int, shard_size: int, skip_blank: bool = True
+) -> tuple[int, list, list]:
+    """Rows of ``path`` (its non-blank lines, or every line without ``skip_blank``), and the
+    byte offset and 1-based line of every row whose global index (``first_row`` + its index
+    here) is a multiple of ``shard_size``."""
     rows = lines = pos = 0  # rows and lines before buf; pos: file offset of buf[0]
     offsets: list[int] = []
     line_nos: list[int] = []
@@ -81,6 +101,8 @@ def _scan_jsonl(path: Path, first_row: int, shard_size: int) -> tuple[int, list,
                 solid = np.concatenate(([0], np.cumsum(~_WS[arr], dtype=np.int64)))
                 stop = np.minimum(ends, len(buf))
                 is_row = (solid[stop] - solid[starts]) > 0
+                if not skip_blank:
+                    is_row[:] = True
                 index = rows + np.cumsum(is_row) - 1  # row index of each line (valid if is_row)
                 wanted = np.flatnonzero(is_row & ((first_row + index) % shard_size == 0))
                 offsets.extend((pos + starts[wanted]).tolist())
@@ -163,6 +185,8 @@ class RowPlan:
             path = self.files[f]
             if self.kinds[f] == "parquet":
                 yield from _parquet_range(path, r0, r1, columns)
+            elif self.kinds[f] == "txt":
+                yield from _txt_range(path, r0, r1, offset)
             else:
                 yield from _jsonl_range(path, r0, r1, offset, line)
 
@@ -210,8 +234,8 @@ def plan_rows(files: Sequence[Path], fmt: str, shard_size: int) -> RowPlan:
             for _ in range(first, total + n, shard_size):
                 offsets.append(-1)
                 lines.append(-1)
-        elif kind == "jsonl":
-            n, offs, nos = _scan_jsonl(path, total, shard_size)
+        elif kind in ("jsonl", "txt"):  # txt: locatable() has checked it is read by line
+            n, offs, nos = _scan_lines(path, total, shard_size, skip_blank=kind == "jsonl")
             offsets.extend(offs)
             lines.extend(nos)
         else:
@@ -243,6 +267,27 @@ def _jsonl_range(
                 yield str(path), row, record, None
             row += 1
     if row < r1:  # the file shrank since it was planned (its fingerprint is checked first)
+        raise RuntimeError(f"{path}: {r1 - row} planned rows are missing from row {row}")
+
+
+def _txt_range(
+    path: Path, r0: int, r1: int, offset: int
+) -> Iterator[tuple[str, int, dict | None, str | None]]:
+    """Rows ``r0..r1`` of a text file read by line: every line is a row (an empty one too, to be
+    rejected as empty), as the ``datasets`` text builder cuts them."""
+    row = r0
+    with open(path, "rb") as fh:
+        fh.seek(offset)
+        for raw in fh:
+            if row >= r1:
+                return
+            text, clean = _decode(raw.removesuffix(b"\n").removesuffix(b"\r"))
+            if clean:
+                yield str(path), row, {"text": text}, None
+            else:
+                yield str(path), row, None, _NON_UTF8.format(where=f"line {row + 1}")
+            row += 1
+    if row < r1:
         raise RuntimeError(f"{path}: {r1 - row} planned rows are missing from row {row}")
 
 
