@@ -848,7 +848,7 @@ def _missing_shards(out: Path, n_shards: int) -> None:
 
 def _drop_duplicates_across_shards(out: Path, n_shards: int, text_field: str) -> int:
     """Row planning reads each shard's rows alone, so an id may repeat in two shards. Find such
-    ids from the hashes every shard recorded in ``stats/`` (16 bytes per document while this
+    ids from the hashes every shard recorded in ``stats/`` (up to 40 bytes per document while this
     runs), confirm them on the ids themselves (a hash collision keeps both), and drop every
     occurrence after the first (in input order) from its shard: the shard is rewritten without
     those rows, and each dropped row is recorded in the shard's stats (``duplicate_rejects``,

@@ -142,6 +142,9 @@ class RowPlan:
     offsets: np.ndarray  # int64, one per shard
     lines: np.ndarray  # int64, one per shard
 
+    def __post_init__(self) -> None:
+        self._starts = np.concatenate(([0], np.cumsum(self.file_rows))).astype(np.int64)
+
     @property
     def n_rows(self) -> int:
         return int(self.file_rows.sum())
@@ -157,7 +160,7 @@ class RowPlan:
     def segments(self, k: int) -> list[tuple[int, int, int, int, int]]:
         """``(file index, first row, end row, byte offset, line)`` of each file piece of shard
         ``k``, in order (offset 0 and line 1 where the piece starts a file)."""
-        starts = np.concatenate(([0], np.cumsum(self.file_rows)))
+        starts = self._starts
         lo, hi = k * self.shard_size, min((k + 1) * self.shard_size, self.n_rows)
         out = []
         f = int(np.searchsorted(starts, lo, side="right")) - 1
