@@ -64,7 +64,7 @@ def sweep(
         n_docs = len(es.doc_ids)
         draws = rng.integers(0, n_docs, size=(draws_n, n_docs))
 
-        def scores(pred, defined):
+        def scores(pred, defined, es=es, n_docs=n_docs):
             pm = position_metrics(pred, es, defined, None)
             return {m: per_document(pm[m], es.doc, n_docs) for m in ("l2", "ca")}
 
@@ -117,8 +117,8 @@ def markdown(res: dict) -> str:
             if system == "context_mean":
                 continue
             cells = [
-                f"{fmt(by_scale[s]['ca'])}<br>vs ctx-mean {fmt(by_scale[s]['ca_minus_context_mean'])}"
-                for s in scales
+                f"{fmt(c['ca'])}<br>vs ctx-mean {fmt(c['ca_minus_context_mean'])}"
+                for c in (by_scale[s] for s in scales)
             ]
             lines.append(f"| {system_label(system)} | " + " | ".join(cells) + " |")
         lines.append("")
@@ -150,7 +150,9 @@ def plot(res: dict, path: Path) -> None:
                 continue
             cells = [by_scale[f"{s:g}"]["ca"] for s in scales]
             mean = np.array([c["mean"] for c in cells])
-            err = np.array([[c["mean"] - c["lo"] for c in cells], [c["hi"] - c["mean"] for c in cells]])
+            err = np.array(
+                [[c["mean"] - c["lo"] for c in cells], [c["hi"] - c["mean"] for c in cells]]
+            )
             ax.errorbar(scales, mean, yerr=err, marker="o", capsize=3, label=system_label(system))
         ax.set_title(set_name)
         ax.set_xlabel("guidance scale")
