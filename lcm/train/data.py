@@ -70,6 +70,7 @@ from lcm.data.shards import (
     join,
     location,
     open_binary,
+    read_schema,
     read_text,
     recorded_shards,
     verified_shards,
@@ -97,14 +98,7 @@ def read_manifest(data_dir: str | Path) -> dict[str, Any]:
 
 def shard_dim(data_dir: str | Path, field: str) -> int:
     """Concept dimension from the first shard's schema (reads metadata only)."""
-    import pyarrow.parquet as pq
-
-    first = _shard_files(location(data_dir))[0]
-    if is_url(first):
-        with open_binary(first) as fh:
-            schema = pq.read_schema(fh)
-    else:
-        schema = pq.read_schema(first)
+    schema = read_schema(_shard_files(location(data_dir))[0])
     name = f"{field}_embeddings"
     if name not in schema.names:
         raise KeyError(f"shards of {data_dir} have no column {name!r}; columns: {schema.names}")

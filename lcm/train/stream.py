@@ -61,7 +61,7 @@ import numpy as np
 import torch
 from torch.utils.data import DataLoader, IterableDataset
 
-from lcm.data.shards import ShardError, table_problems
+from lcm.data.shards import ShardError, name_of, read_schema, read_table, table_problems
 from lcm.normalizer import RobustNormalizer
 
 __all__ = ["BlockStore", "StreamingBatches", "StreamingLoader", "read_ahead"]
@@ -258,11 +258,7 @@ class StreamingBatches(IterableDataset):
     def columns(self) -> list[str]:
         """Columns read: id, the vectors, and the sentence lists (for the alignment check)."""
         if self._columns is None:
-            import fsspec
-            import pyarrow.parquet as pq
-
-            with fsspec.open(self.files[0], "rb") as fh:  # local paths and URLs (s3://...)
-                names = pq.read_schema(fh).names
+            names = read_schema(self.files[0]).names  # local paths and URLs (s3://...)
             cols = ["id"]
             for f in self.fields:
                 cols.append(f"{f}_embeddings")
@@ -324,19 +320,14 @@ class StreamingBatches(IterableDataset):
         non-finite vector or a sentence list that does not match its vectors."""
         if not table_problems(table, "stream", self.fields):
             return
-        import fsspec
-        import pyarrow.parquet as pq
-
         ids = set(table.column("id").to_pylist())
         problems: list[str] = []
         for path in self.files:  # only on the error path: find the shard that holds them
-            with fsspec.open(path, "rb") as fh:
-                shard_ids = pq.read_table(fh, columns=["id"]).column("id").to_pylist()
+            shard_ids = read_table(path, columns=["id"]).column("id").to_pylist()
             if not ids.intersection(shard_ids):
                 continue
-            with fsspec.open(path, "rb") as fh:
-                shard = pq.read_table(fh, columns=self.columns())
-            for problem in table_problems(shard, Path(path).name, self.fields):
+            shard = read_table(path, columns=self.columns())
+            for problem in table_problems(shard, name_of(path), self.fields):
                 problems.append(f"{path}: {problem.split(': ', 1)[1]}")
         if not problems:
             problems = table_problems(table, "streamed block", self.fields)
