@@ -119,7 +119,7 @@ def test_txt_paragraph_with_bad_bytes_rejects_that_paragraph(hash_codec, tmp_pat
     )
     assert (s["documents"], s["rejected"], s["rows_read"]) == (2, 1, 3)
     [r] = rejects_of(tmp_path / "out")
-    assert (r["row"], r["kind"]) == (1, "non_utf8") and "paragraph 1" in r["reason"]
+    assert (r["row"], r["kind"]) == (1, "non_utf8") and "paragraph 2 is not" in r["reason"]
 
 
 def _corrupt_row_group(path: Path, group: int) -> None:

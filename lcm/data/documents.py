@@ -251,8 +251,9 @@ def _txt_rows(path: Path, sample_by: str) -> Iterator[tuple[str, int, dict | Non
         items = [text]
     for row, item in enumerate(items):
         if _SURROGATE.search(item):
-            what = "file" if sample_by == "document" else sample_by
-            yield str(path), row, None, _NON_UTF8.format(where=f"{what} {row}")
+            # 1-based, as line numbers are ("paragraph 2": the file's second paragraph)
+            where = "the file" if sample_by == "document" else f"{sample_by} {row + 1}"
+            yield str(path), row, None, _NON_UTF8.format(where=where)
         else:
             yield str(path), row, {"text": item}, None
 
