@@ -4,6 +4,9 @@ checkpoint with a retrieval codec, at growing numbers of synthetic documents.
     OMP_WAIT_POLICY=PASSIVE python bench/scale.py --sizes '[10000, 100000, 1000000]' \
         --stages '[prepare]'
 
+``--stages '[prepare, resume]'`` also reruns prepare with one shard deleted and prints the rows
+that resume read and its seconds.
+
 The goal for ``prepare`` (issue 16) is a peak RSS at 1M documents of at most 1.2x its peak at
 10k: it streams, so only the id hashes (16 bytes per document) grow with the corpus.
 
@@ -49,6 +52,20 @@ def stage(name: str, work: str, n: int) -> dict:
         )  # fmt: skip
         out = {"seconds": time.perf_counter() - t0}
         out["docs_per_s"] = n / out["seconds"]
+    elif name == "resume":
+        # a rerun with all shards but one done (the middle one deleted, as if a kill had hit
+        # it): row planning reads that shard's rows only; the full pass read them all
+        from lcm.data.prepare import prepare
+
+        shards = sorted((root / "shards" / "shards").glob("shard-*.parquet"))
+        shards[len(shards) // 2].unlink()
+        t0 = time.perf_counter()
+        s = prepare(
+            str(root / "docs.jsonl"), str(root / "shards"), codec=HashCodec(DIM, CODEC_ID),
+            target_fields=["summary"], cache=False, progress=False, shard_size=1024,
+        )  # fmt: skip
+        out = {"seconds": time.perf_counter() - t0, "shards": len(shards)}
+        out["rows_read_this_run"] = s.get("rows_read_this_run", s["rows_read"])
     elif name == "fit":
         from lcm.train import ConceptDataModule
 
@@ -72,16 +89,17 @@ def stage(name: str, work: str, n: int) -> dict:
 
 def main(
     sizes: list[int] = [10_000, 100_000, 1_000_000],  # noqa: B006
-    stages: list[Literal["prepare", "fit", "load"]] = ["prepare", "fit", "load"],  # noqa: B006
+    stages: list[Literal["prepare", "resume", "fit", "load"]] = ["prepare", "fit", "load"],  # noqa: B006
     work_dir: str = "runs/bench_scale",
-    stage_name: Literal["all", "prepare", "fit", "load"] = "all",
+    stage_name: Literal["all", "prepare", "resume", "fit", "load"] = "all",
     documents: int = 0,
 ) -> dict:
     """Run every stage at every size, each in its own process, and print the ratios.
 
     Args:
         sizes: Numbers of synthetic documents.
-        stages: Which stages to run (fit needs prepare's shards, load needs fit's checkpoint).
+        stages: Which stages to run (resume and fit need prepare's shards, load needs fit's
+            checkpoint; resume reruns prepare with one shard deleted).
         work_dir: Where documents, shards and checkpoints go.
         stage_name: Internal: run one stage in this process.
         documents: Internal: the size of that stage.
@@ -103,6 +121,10 @@ def main(
         print(f"{r['stage']:<8} {r['documents']:>10} {r['peak_rss_mb']:>12.0f} "
               f"{r['peak_rss_mb'] / b['peak_rss_mb']:>11.2f} {r['seconds']:>9.1f} "
               f"{rate:>8.0f} {rate / base_rate:>11.2f}")  # fmt: skip
+    for r in rows:
+        if r["stage"] == "resume":
+            print(f"\nresume at {r['documents']} documents, 1 of {r['shards']} shards to redo: "
+                  f"read {r['rows_read_this_run']} rows in {r['seconds']:.1f} s")  # fmt: skip
     prep = [r for r in rows if r["stage"] == "prepare"]
     if len(prep) > 1:
         ratio = prep[-1]["peak_rss_mb"] / prep[0]["peak_rss_mb"]

@@ -4,25 +4,51 @@ Everything streams: memory holds the documents of at most three shards at a time
 encoded, the one Lightning's loader has read ahead, and the one being cut), whatever the size of
 the corpus; only the id hashes of the duplicate check (16 bytes per document) grow with it.
 
+Shards are planned in one of two ways (``planning`` in the manifest):
+
+- ``rows`` (every input is parquet, JSON lines, or text read by line): a cheap planning pass
+  (:mod:`lcm.data.ranges`: parquet footers, a byte scan of lines; saved as ``plan.npz``) fixes
+  shard ``k`` as the input rows ``[k * shard_size, (k + 1) * shard_size)``, valid or not, with
+  the byte offset where each range starts. Each rank then reads, validates and splits only the
+  rows of its own pending shards (``k % world == rank``, not done), and a resume only the
+  unfinished shards' rows. Parquet is read with pyarrow one row group at a time (only the
+  columns used), JSON lines with the standard ``json`` module and text by line, seeking to the
+  range's byte offset (no Arrow copy of the inputs). A shard may hold fewer than
+  ``shard_size`` documents (its rejected rows).
+- ``documents`` (any csv, text read by document or paragraph or with lone CR line breaks,
+  or single-JSON-array input, whose rows cannot be located without parsing: csv fields may
+  span lines): the full pass. Every rank reads the whole input with ``datasets`` and cuts the
+  same shards of ``shard_size`` valid documents, keeping only its own; a resume reads
+  everything again.
+
 Steps:
-1. read the input rows one at a time with ``datasets``; validate; split fields into sentences
+1. read the input rows one at a time; validate; split fields into sentences
    (:mod:`lcm.data.documents`). A file the engine cannot read is re-read row by row, so only its
-   bad rows are lost. Bad rows are appended to ``rejects/input.jsonl`` with file, row, line and
-   reason as they are met. Duplicate ids are found with 64-bit hashes of the ids seen so far
-   (:class:`~lcm.data.documents.SeenIds`, 16 bytes per document).
-2. the valid documents are cut, in input order, into shards of ``shard_size`` documents as they
-   arrive (:class:`ShardStream`). A shard already on disk counts as done only if it matches its
-   recorded rows, bytes and SHA-256; otherwise (truncated, changed) it is rebuilt.
-3. encode under Lightning ``Trainer.predict``, which consumes the stream: every rank reads the
-   whole input and cuts the same shards, keeps the documents of its own pending shards only
-   (every ``world_size``-th shard) and drops the others' as soon as they are counted, so
-   ``--devices``/``--num_nodes`` spread the encoding over GPUs and machines. A shard is written
-   to a temporary file, recorded in ``stats/``, then renamed, so a shard file on disk is always
-   complete. Documents whose vectors are NaN/inf, or (with ``max_unknown_ratio``) with a
-   sentence of mostly unknown tokens, go to ``rejects/shard-XXXXX.jsonl``.
-4. rank 0 fits the robust normalizer on a seeded sample of sentence vectors, reading only the
-   shards that hold a sampled sentence, one at a time (a NaN there is an error naming shard and
-   document), records every shard in ``manifest.json`` and writes ``summary.json``.
+   bad rows are lost. Bad rows are recorded with file, row, line and reason: in
+   ``rejects/read/shard-XXXXX.jsonl`` per shard (rows planning, merged in input order into
+   ``rejects/input.jsonl`` at the end) or in ``rejects/input.jsonl`` as they are met (full pass).
+   Duplicate ids are found with 64-bit hashes of the ids (:class:`~lcm.data.documents.SeenIds`,
+   16 bytes per document). The full pass sees every id in order. Row planning sees one shard at
+   a time: a duplicate inside a shard is rejected while reading, and every shard records its
+   documents' id hashes in ``stats/``; at the end rank 0 sorts all hashes, confirms each repeat
+   on the ids themselves, and drops every occurrence after the first (input order) by
+   rewriting its shard without that row (written aside, stats with the new checksum, then
+   renamed; a kill in between makes the shard fail verification, so it is rebuilt from its
+   rows and checked again). The dropped row is a ``duplicate_id`` reject naming its file, row
+   and the first occurrence; no document is lost or kept twice.
+2. the valid documents are cut into shards (:class:`ShardStream`). A shard already on disk
+   counts as done only if it matches its recorded rows, bytes and SHA-256; otherwise
+   (truncated, changed) it is rebuilt.
+3. encode under Lightning ``Trainer.predict``, which consumes the stream: each rank encodes its
+   own pending shards only, so ``--devices``/``--num_nodes`` spread the encoding over GPUs and
+   machines. A shard is written to a temporary file, recorded in ``stats/``, then renamed, so a
+   shard file on disk is always complete. Documents whose vectors are NaN/inf, or (with
+   ``max_unknown_ratio``) with a sentence of mostly unknown tokens, go to
+   ``rejects/shard-XXXXX.jsonl``.
+4. rank 0 drops duplicate ids across shards (rows planning), fits the robust normalizer on a
+   seeded sample of sentence vectors, reading only the shards that hold a sampled sentence, one
+   at a time (a NaN there is an error naming shard and document), records every shard in
+   ``manifest.json`` and writes ``summary.json``.
 
 Progress (rows or documents per second, ETA) of reading, encoding and the normalizer goes to a
 bar in a terminal, or to plain lines at least every 30 s in a log file (:mod:`lcm.progress`).
@@ -34,17 +60,22 @@ returns the very vectors the killed run computed.
 
 Output folder::
 
-    manifest.json            settings, input fingerprint (a rerun must match them) and, once
-                             finished, {"shards": {name: {rows, bytes, sha256}}}
+    manifest.json            settings (with ``planning``), input fingerprint (a rerun must
+                             match them; a folder of an older manifest version is refused with
+                             a message) and, once finished, {"shards": {name: {rows, bytes,
+                             sha256}}}
+    plan.npz                 rows planning: rows per file, offset and line of each range start
     shards/shard-00000.parquet
     stats/shard-00000.json   per-shard counts (documents, sentences, truncations, unknown-token
-                             sentences, rejects) and the shard's rows, bytes and sha256
-    rejects/input.jsonl      rows rejected while reading
+                             sentences, rejects) and the shard's rows, bytes and sha256; rows
+                             planning adds rows_read, id_hashes and duplicate_rejects
+    rejects/input.jsonl      rows rejected while reading (and dropped duplicates)
+    rejects/read/shard-00000.jsonl  rows planning: the shard's rows rejected while reading
     rejects/shard-00000.jsonl  documents rejected for non-finite vectors or unknown tokens
     normalizer.pt            RobustNormalizer statistics (load with weights_only=True)
     summary.json             totals (rows_read == documents + rejected)
-    .hf_cache/               while it runs: the Arrow copy of the inputs that ``datasets`` reads
-                             (kept for a resume, removed when the run finishes)
+    .hf_cache/               full pass, while it runs: the Arrow copy of the inputs that
+                             ``datasets`` reads (kept for a resume, removed when it finishes)
 """
 
 from __future__ import annotations
@@ -80,6 +111,7 @@ from lcm.data.documents import (
     iter_documents,
     iter_rows,
 )
+from lcm.data.ranges import RowPlan, locatable, plan_rows, release_row_group_cache
 from lcm.data.shards import ShardError, check_shard, file_record, table_problems
 from lcm.normalizer import RobustNormalizer
 from lcm.progress import Progress
@@ -87,7 +119,9 @@ from lcm.splitting import SentenceSplitter
 
 log = logging.getLogger(__name__)
 
-MANIFEST_VERSION = 1
+#: 2: shards are ranges of input rows (``planning: rows``) or, for inputs whose rows cannot be
+#: located cheaply, of valid documents (``planning: documents``); 1 cut every input by documents
+MANIFEST_VERSION = 2
 #: A sentence counts as "mostly unknown" when more than this share of its tokens are unknown to
 #: the codec's tokenizer (e.g. emoji and many CJK characters for the English MiniLM codec).
 MOSTLY_UNKNOWN = 0.5
@@ -107,6 +141,9 @@ def shard_name(i: int) -> str:
 class ShardPlan:
     index: int
     docs: list[Document]
+    # row planning only: the shard's input rows and the rows rejected while reading them
+    rows: int | None = None
+    read_rejects: list[dict] | None = None
 
 
 @dataclass
@@ -147,11 +184,17 @@ class ShardStream(torch.utils.data.IterableDataset):
     mine_documents: int = 0
     input_rejects: Counter = field(default_factory=Counter)
     finished: bool = False
+    #: shards as row ranges (:mod:`lcm.data.ranges`): this rank reads only its pending shards'
+    #: rows; None: the full pass below (csv, plain text, a JSON array file)
+    plan: RowPlan | None = None
 
     def __post_init__(self) -> None:
         super().__init__()
 
     def __iter__(self) -> Iterator[ShardPlan]:
+        if self.plan is not None:
+            yield from self._iter_ranges()
+            return
         self.rows_read = self.documents = self.shards = self.mine_documents = 0
         self.input_rejects = Counter()
         self.finished = False
@@ -208,6 +251,63 @@ class ShardStream(torch.utils.data.IterableDataset):
             if sink is not None:  # an error or an abandoned pass: no partial input.jsonl
                 sink.close()
                 tmp.unlink(missing_ok=True)
+
+    def pending(self) -> list[int]:
+        """Row planning: the shards this rank reads and encodes in this run."""
+        return [k for k in range(self.plan.n_shards) if self._keep(k)]
+
+    def _iter_ranges(self) -> Iterator[ShardPlan]:
+        """Row planning: read, validate and split only the rows of this rank's pending shards,
+        one shard at a time; duplicate ids are found within the shard here, across shards at the
+        end (:func:`_drop_duplicates_across_shards`)."""
+        self.rows_read = self.documents = self.mine_documents = 0
+        self.input_rejects = Counter()
+        self.finished = False
+        self.shards = self.plan.n_shards
+        columns = [self.text_field, *self.target_fields, self.id_field, self.lang_field]
+        columns = [c for c in columns if c]
+        try:
+            for k in self.pending():
+                rows = self.plan.iter_rows(k, columns)
+                items = iter_documents(
+                    rows, self.splitter, self.text_field, self.target_fields, self.id_field,
+                    self.lang_field, self.default_lang, self.langs, SeenIds(),
+                )  # fmt: skip
+                docs: list[Document] = []
+                rejects: list[dict] = []
+                n = 0
+                for item in items:
+                    n += 1
+                    if self.read_bar is not None:
+                        self.read_bar.update()
+                    if isinstance(item, Reject):
+                        self.input_rejects[item.kind] += 1
+                        rejects.append(item.as_dict())
+                        continue
+                    if self.end_of_text:
+                        for sentences in item.sentences.values():
+                            sentences.append(self.end_of_text)
+                    docs.append(item)
+                if n != self.plan.shard_rows(k):
+                    raise RuntimeError(
+                        f"shard {k}: read {n} rows, planned {self.plan.shard_rows(k)} "
+                        "(did an input change while it was read?)"
+                    )
+                self.rows_read += n
+                self.documents += len(docs)
+                self.mine_documents += len(docs)
+                plan = ShardPlan(k, docs, n, rejects)
+                del docs, rejects
+                yield plan
+                del plan  # the consumer holds it while it is encoded, not us
+            self.finished = True
+            if self.read_bar is not None:
+                self.read_bar.set_total(self.rows_read)
+                self.read_bar.close()
+            if self.encode_bar is not None:
+                self.encode_bar.set_total(self.mine_documents)
+        finally:
+            release_row_group_cache()
 
     def _keep(self, index: int) -> bool:
         return index % self.world == self.rank and index not in self.done
@@ -395,6 +495,16 @@ class ShardWriter(BasePredictionWriter):
             "encode_seconds": round(prediction["seconds"], 3),
         }
         out = self.output_dir
+        if plan.rows is not None:  # row planning: the shard also accounts for its input rows
+            stats["rows_read"] = plan.rows
+            stats["input_rejected"] = len(plan.read_rejects)
+            # the ids' 64-bit hashes, in row order: rank 0 looks for duplicates across shards
+            stats["id_hashes"] = [SeenIds._hash(i) for i in columns["id"]]
+            stats["duplicate_rejects"] = []
+            _atomic_write(
+                out / "rejects" / "read" / f"{name}.jsonl",
+                "".join(json.dumps(r) + "\n" for r in plan.read_rejects),
+            )
         _atomic_write(
             out / "rejects" / f"{name}.jsonl", "".join(json.dumps(r) + "\n" for r in rejects)
         )
@@ -472,8 +582,10 @@ def prepare(
         max_sentence_chars: long-sentence cap; longer sentences are re-split (0 disables).
         end_of_text: a sentence appended to every field (the paper uses "End of text."), so
             models learn to emit it and generation can stop on it; None appends nothing.
-        shard_size: documents per shard (the unit of resumption and of work per rank; memory
-            holds at most about three shards' documents, whatever the corpus size).
+        shard_size: input rows per shard (parquet and JSON lines: valid or not, so a shard may
+            hold fewer documents) or valid documents per shard (csv, text: the full pass); the
+            unit of resumption and of work per rank; memory holds at most about three shards'
+            documents, whatever the corpus size.
         embedding_dtype: storage dtype of the vectors.
         normalizer_sample: most sentence vectors the normalizer is fitted on (seeded sample).
         seed: seed of the normalizer sample.
@@ -509,7 +621,12 @@ def prepare(
     files = expand_inputs([inputs] if isinstance(inputs, str) else inputs)
     if codec is None:
         codec = default_codec()
-    for sub in ("shards", "stats", "rejects"):
+    # rows are located cheaply in parquet and JSON lines: shards are ranges of input rows and
+    # each rank reads only its own; otherwise every rank reads everything (see the docstring)
+    planning = "documents"
+    if all(locatable(f, input_format, txt_sample_by) for f in files):
+        planning = "rows"
+    for sub in ("shards", "stats", "rejects", "rejects/read"):
         (out / sub).mkdir(parents=True, exist_ok=True)
     settings = {
         "version": MANIFEST_VERSION,
@@ -530,10 +647,19 @@ def prepare(
         "normalizer_sample": normalizer_sample,
         "seed": seed,
         "max_unknown_ratio": max_unknown_ratio,
+        "planning": planning,
     }
     manifest = out / "manifest.json"
     if manifest.exists():
         old = json.loads(manifest.read_text())
+        if old.get("version") != MANIFEST_VERSION:
+            raise ValueError(
+                f"{out} was prepared by an older `lcm prepare` (manifest version "
+                f"{old.get('version')}, shards cut by valid documents); this version (manifest "
+                f"version {MANIFEST_VERSION}) plans shards as ranges of input rows and cannot "
+                "resume it: use a new output_dir or delete this one (its finished shards "
+                "remain readable for training)"
+            )
         changed = sorted(k for k in settings if old.get(k) != settings[k])
         if changed:
             raise ValueError(
@@ -549,10 +675,11 @@ def prepare(
     # checks them all before any rank writes, so all ranks skip the same shards
     _remove_stale_tmp(out / "shards")
     _remove_stale_tmp(out / "rejects")
+    row_plan = _row_plan(out, files, input_format, shard_size) if planning == "rows" else None
     done, rebuilt = set(), {}
     for path in sorted((out / "shards").glob("shard-*.parquet")):
         index = int(path.stem.split("-")[1])
-        problem = _shard_problem(out, index)
+        problem = _shard_problem(out, index, row_plan is not None)
         if problem is None:
             done.add(index)
         else:
@@ -583,16 +710,23 @@ def prepare(
     warnings.filterwarnings("ignore", message="Couldn't infer the batch indices")
     warnings.filterwarnings("ignore", message=".*does not have many workers.*")
     splitter = SentenceSplitter(max_sentence_chars)
-    rows_estimate = count_rows(files, input_format)
     world = trainer.world_size
-    # the encode total is an estimate (rows not yet known to be valid) until reading ends
-    estimate = max(rows_estimate - len(done) * shard_size, 0) // world
+    if row_plan is None:
+        rows_estimate = count_rows(files, input_format)
+        # the encode total is an estimate (rows not yet known to be valid) until reading ends
+        estimate = max(rows_estimate - len(done) * shard_size, 0) // world
+    else:  # exactly the rows of this rank's pending shards
+        mine = [
+            k for k in range(row_plan.n_shards)
+            if k % world == trainer.global_rank and k not in done
+        ]  # fmt: skip
+        rows_estimate = estimate = sum(row_plan.shard_rows(k) for k in mine)
     stream = ShardStream(
         files, input_format, txt_sample_by, out, splitter, text_field, target_fields,
         id_field, lang_field, default_lang, codec.langs, end_of_text, shard_size, done,
         rank=trainer.global_rank, world=world, write_rejects=trainer.global_rank == 0,
         read_bar=Progress("read+split", rows_estimate, "rows", show),
-        encode_bar=Progress("encode", estimate, "documents", show),
+        encode_bar=Progress("encode", estimate, "documents", show), plan=row_plan,
     )  # fmt: skip
     writer.progress = stream.encode_bar
     try:
@@ -610,16 +744,24 @@ def prepare(
     if not stream.finished:
         raise RuntimeError(f"{out}: the input was not read to its end; rerun to resume")
     log.info(
-        "%d documents in %d shards, %d were already done",
-        stream.documents, stream.shards, len(done & set(range(stream.shards))),
+        "%d shards, %d were already done; this run read %d rows (%d documents)",
+        stream.shards, len(done & set(range(stream.shards))), stream.rows_read, stream.documents,
     )  # fmt: skip
 
-    # 4) normalizer and summary (rank 0)
+    # 4) duplicate ids across shards (row planning), normalizer and summary (rank 0)
+    if row_plan is None:
+        input_rejects, rows_read = stream.input_rejects, stream.rows_read
+    else:
+        _missing_shards(out, stream.shards)
+        _drop_duplicates_across_shards(out, stream.shards, text_field)
+        input_rejects, rows_read = _merge_input_rejects(out, stream.shards, files)
     summary = _finalize(
-        out, stream.shards, stream.input_rejects, splitter, text_field, normalizer_sample, seed,
-        show,
+        out, stream.shards, input_rejects, splitter, text_field, normalizer_sample, seed, show
     )  # fmt: skip
-    summary["rows_read"] = stream.rows_read
+    summary["rows_read"] = rows_read
+    summary["planning"] = planning
+    # rows this process read in this run: with row planning only its pending shards' rows
+    summary["rows_read_this_run"] = stream.rows_read
     summary["rebuilt_shards"] = sorted(rebuilt)
     summary["seconds"] = round(time.perf_counter() - t0, 2)
     settings["shards"] = {}
@@ -648,8 +790,9 @@ def _remove_stale_tmp(folder: Path) -> None:
             pass  # a live process of another user
 
 
-def _shard_problem(out: Path, index: int) -> str | None:
-    """Why shard ``index`` must be (re)built, or None if it verifies against its stats."""
+def _shard_problem(out: Path, index: int, rows: bool = False) -> str | None:
+    """Why shard ``index`` must be (re)built, or None if it verifies against its stats
+    (``rows``: row planning, whose shards also account for their input rows)."""
     name = shard_name(index)
     path = out / "shards" / f"{name}.parquet"
     if not path.exists():
@@ -658,6 +801,10 @@ def _shard_problem(out: Path, index: int) -> str | None:
     if not stats_path.exists():
         return "no stats file"
     stats = json.loads(stats_path.read_text())
+    if rows and ("rows_read" not in stats or "id_hashes" not in stats):
+        return "its stats lack the input rows and id hashes of row planning"
+    if rows and not (out / "rejects" / "read" / f"{name}.jsonl").exists():
+        return "its rejected input rows (rejects/read/) are missing"
     if not stats.get("sha256"):  # a folder from before checksums: decode and check the values
         check = check_shard(path, {}, "full")
         if check.problems:
@@ -673,6 +820,141 @@ def _shard_problem(out: Path, index: int) -> str | None:
     if wrong:
         return f"{', '.join(wrong)} differ from the recorded ones (truncated or changed)"
     return None
+
+
+def _row_plan(out: Path, files: list[Path], input_format: str, shard_size: int) -> RowPlan:
+    """The row plan of ``files``: ``plan.npz`` of this folder when it was made for them (the
+    manifest has already checked their fingerprint), else a new byte scan, saved there."""
+    path = out / "plan.npz"
+    if path.exists():
+        try:
+            plan = RowPlan.load(path)
+        except Exception as ex:  # noqa: BLE001 - a damaged plan is made again
+            log.warning("planning again: %s cannot be read (%s)", path, ex)
+        else:
+            if plan.files == list(files) and plan.shard_size == shard_size:
+                return plan
+    plan = plan_rows(files, input_format, shard_size)
+    plan.save(path)
+    return plan
+
+
+def _missing_shards(out: Path, n_shards: int) -> None:
+    names = [shard_name(i) for i in range(n_shards)]
+    missing = [n for n in names if not (out / "shards" / f"{n}.parquet").exists()]
+    if missing:
+        raise RuntimeError(f"shards {missing[:5]}... were not written; rerun to resume")
+
+
+def _drop_duplicates_across_shards(out: Path, n_shards: int, text_field: str) -> int:
+    """Row planning reads each shard's rows alone, so an id may repeat in two shards. Find such
+    ids from the hashes every shard recorded in ``stats/`` (up to 40 bytes per document while this
+    runs), confirm them on the ids themselves (a hash collision keeps both), and drop every
+    occurrence after the first (in input order) from its shard: the shard is rewritten without
+    those rows, and each dropped row is recorded in the shard's stats (``duplicate_rejects``,
+    listed in ``rejects/input.jsonl``). The rewrite is safe to kill: the new shard is written
+    aside, its stats (new checksum) replace the old, then the shard is renamed into place; a
+    shard that does not match its stats is rebuilt from its rows on the next run and checked
+    again. Returns the number of rows dropped."""
+    import pyarrow.parquet as pq
+
+    keys, where = [], []
+    for i in range(n_shards):
+        st = json.loads((out / "stats" / f"{shard_name(i)}.json").read_text())
+        h = np.array(st["id_hashes"], dtype=np.uint64)
+        keys.append(h)
+        where.append((np.int64(i) << 32) | np.arange(len(h), dtype=np.int64))
+    if not keys:
+        return 0
+    key, at = np.concatenate(keys), np.concatenate(where)
+    del keys, where
+    order = np.argsort(key, kind="stable")  # stable: equal hashes stay in input order
+    key, at = key[order], at[order]
+    del order
+    same = np.flatnonzero(key[1:] == key[:-1])  # a later occurrence of the previous hash
+    if not len(same):
+        return 0
+    groups: list[list[int]] = []  # the (shard << 32 | row) of each hash that occurs again
+    for j in same.tolist():
+        if not groups or groups[-1][-1] != int(at[j]):
+            groups.append([int(at[j])])
+        groups[-1].append(int(at[j + 1]))
+    del key, at
+    tables: dict[int, dict[str, list]] = {}
+
+    def row(code: int) -> tuple[str, str]:
+        shard, r = code >> 32, code & 0xFFFFFFFF
+        if shard not in tables:
+            path = out / "shards" / f"{shard_name(shard)}.parquet"
+            tables[shard] = pq.read_table(path, columns=["id", "source"]).to_pydict()
+        return tables[shard]["id"][r], tables[shard]["source"][r]
+
+    drops: dict[int, dict[int, dict]] = {}
+    for members in groups:
+        first: dict[str, str] = {}  # id -> source of its first occurrence
+        for code in members:
+            doc_id, source = row(code)
+            if doc_id not in first:
+                first[doc_id] = source
+                continue
+            file, _, r = source.rpartition(":")
+            f0, _, r0 = first[doc_id].rpartition(":")
+            message = f"duplicate id {doc_id!r} (first at {Path(f0).name}:{r0})"
+            reject = Reject(file, int(r), "duplicate_id", message, doc_id).as_dict()
+            drops.setdefault(code >> 32, {})[code & 0xFFFFFFFF] = reject
+    for shard, rows in sorted(drops.items()):
+        _rewrite_without(out, shard, rows, text_field)
+    return sum(len(r) for r in drops.values())
+
+
+def _rewrite_without(out: Path, index: int, drop: dict[int, dict], text_field: str) -> None:
+    """Rewrite shard ``index`` without the rows in ``drop`` (row -> its reject)."""
+    import pyarrow as pa
+    import pyarrow.parquet as pq
+
+    name = shard_name(index)
+    path = out / "shards" / f"{name}.parquet"
+    stats_path = out / "stats" / f"{name}.json"
+    stats = json.loads(stats_path.read_text())
+    table = pq.read_table(path)
+    keep = np.ones(table.num_rows, dtype=bool)
+    keep[list(drop)] = False
+    lost = table.filter(pa.array(~keep)).column(f"{text_field}_sentences").to_pylist()
+    table = table.filter(pa.array(keep))
+    tmp = out / "shards" / f".{name}.{os.getpid()}.tmp"
+    pq.write_table(table, tmp)
+    stats["documents"] = table.num_rows
+    stats["sentences"] -= sum(len(s) for s in lost)
+    stats["id_hashes"] = [h for h, k in zip(stats["id_hashes"], keep) if k]
+    stats["duplicate_rejects"] = stats["duplicate_rejects"] + [drop[r] for r in sorted(drop)]
+    stats.update(file_record(tmp))
+    _atomic_write(stats_path, json.dumps(stats))
+    os.replace(tmp, path)
+    log.warning("%s: dropped %d rows whose ids occur in earlier shards", name, len(drop))
+
+
+def _merge_input_rejects(out: Path, n_shards: int, inputs: list[Path]) -> tuple[Counter, int]:
+    """Row planning: ``rejects/input.jsonl`` from each shard's rejected input rows and dropped
+    duplicates, in input order (one shard at a time); returns the reject counts by kind and the
+    input rows of all shards."""
+    reasons: Counter = Counter()
+    rows_read = 0
+    order = {str(f): n for n, f in enumerate(inputs)}
+    path = out / "rejects" / "input.jsonl"
+    tmp = path.with_name(f".{path.name}.{os.getpid()}.tmp")
+    with open(tmp, "w") as sink:
+        for i in range(n_shards):
+            name = shard_name(i)
+            st = json.loads((out / "stats" / f"{name}.json").read_text())
+            rows_read += st["rows_read"]
+            with open(out / "rejects" / "read" / f"{name}.jsonl") as fh:
+                rejects = [json.loads(line) for line in fh]
+            rejects += st["duplicate_rejects"]
+            for r in sorted(rejects, key=lambda r: (order.get(r["file"], -1), r["row"])):
+                reasons[r["kind"]] += 1
+                sink.write(json.dumps(r) + "\n")
+    os.replace(tmp, path)
+    return reasons, rows_read
 
 
 def _finalize(
