@@ -307,16 +307,20 @@ class ConceptModel:
         sep_raw = self.module.normalizer.denormalize(self.module.separator.detach())
         sep = self.mode == "summarize" if add_separator is None else add_separator
         seeds = []
+        eot = None
+        if self.end_of_text:
+            eot = self.codec.encode([self.end_of_text], source_lang)[0].to(device)
         for i, doc in enumerate(docs):
             sentences = self._sentences(doc, source_lang, i)
             seeds.append(document_seed(s.seed, source_lang, sentences))
             x = self.codec.encode(sentences, source_lang).to(device)
             if sep:
+                # Training sources end with the end-of-text concept before the separator
+                # (``lcm prepare --end_of_text``): the prompt does too.
+                if eot is not None and sentences[-1] != self.end_of_text:
+                    x = torch.cat((x, eot[None].to(x)), dim=0)
                 x = torch.cat((x, sep_raw[None].to(x)), dim=0)
             prompts.append(x)
-        eot = None
-        if self.end_of_text:
-            eot = self.codec.encode([self.end_of_text], source_lang)[0].to(device)
         step = make_step(self.module.eval_objective(), **generation_options(s))
         # One generator per document, seeded by the seed and the document itself: its output
         # does not depend on what it is batched with (a resumed `lcm summarize` writes what an

@@ -402,3 +402,31 @@ def test_a_second_load_opens_the_saved_bank(sft_ckpt):
     assert isinstance(second.codec.bank.sentences("eng_Latn"), ArrowTexts)
     doc = "Token 3 is here. Token 16 is here. Token 9 is here."
     assert second.summarize(doc, max_new_concepts=3) == first.summarize(doc, max_new_concepts=3)
+
+
+def test_summarize_prompt_ends_with_end_of_text_then_separator(model, monkeypatch):
+    # Training sources end with the end-of-text concept before the separator (shards prepared
+    # with --end_of_text); the prompt must too, once, even when the document already ends so.
+    import lcm.api as api
+
+    seen = []
+    real = api.generate
+
+    def spy(step, prompts, *args, **kwargs):
+        seen.append(prompts)
+        return real(step, prompts, *args, **kwargs)
+
+    monkeypatch.setattr(api, "generate", spy)
+    monkeypatch.setattr(model, "end_of_text", "End of text.")
+    doc = ["Token 3 is here.", "Token 4 follows."]
+    model.predict_concepts([doc, [*doc, "End of text."]], "eng_Latn", max_new_concepts=1)
+    a, b = seen[0]
+    enc = model.codec.encode([*doc, "End of text."], "eng_Latn")
+    sep = model.module.normalizer.denormalize(model.module.separator)
+    assert a.shape[0] == 4
+    torch.testing.assert_close(a[:3], enc)
+    torch.testing.assert_close(a[3], sep)
+    torch.testing.assert_close(a, b)
+    monkeypatch.setattr(model, "end_of_text", None)  # shards without an end-of-text sentence
+    model.predict_concepts([doc], "eng_Latn", max_new_concepts=1)
+    assert seen[1][0].shape[0] == 3

@@ -7,11 +7,22 @@ counts.
 With ``residual`` (:data:`~lcm.objectives.base.Residual`) the prediction of concept t+1 is
 ``base_t + y[:, t]``: the network learns the correction to the last concept or to the context
 mean. The cached generation step (:class:`lcm.generation.steps.BaseLCMStep`) adds the same base.
+
+``loss`` (:data:`RegressionLoss`) picks what the prediction is scored with: the paper's MSE
+(default), or, for a model decoded by cosine nearest-neighbour retrieval, a loss on directions:
+``cosine`` (1 - cosine to the target) or ``infonce`` (the target must out-score the batch's other
+target concepts under cosine / temperature). Both score in the decoder's space when the objective
+is given :attr:`MSEObjective.to_decoder_space` (the LightningModule sets it to its normalizer's
+``denormalize``), else in normalized space.
 """
 
 from __future__ import annotations
 
+from collections.abc import Callable
+from typing import Literal, get_args
+
 import torch
+import torch.nn.functional as F
 from torch import Tensor
 
 from lcm.objectives.base import (
@@ -26,6 +37,64 @@ from lcm.objectives.base import (
     target_weight,
 )
 
+RegressionLoss = Literal["mse", "cosine", "infonce"]
+"""How :class:`MSEObjective` scores a predicted concept against its target (see
+:func:`regression_loss`)."""
+
+
+def regression_loss(
+    pred: Tensor,
+    target: Tensor,
+    weight: Tensor,
+    loss: RegressionLoss = "mse",
+    temperature: float = 0.05,
+    to_decoder_space: Callable[[Tensor], Tensor] | None = None,
+) -> Tensor:
+    """The mean over weighted positions of one of three losses.
+
+    - ``mse``: :func:`~lcm.objectives.base.masked_mse` (in the given space);
+    - ``cosine``: ``1 - cos(pred_i, target_i)``;
+    - ``infonce``: cross-entropy of picking target i among all N weighted targets of the batch
+      with logits ``cos(pred_i, target_j) / temperature``. Targets equal to target i (e.g. every
+      row's end-of-text concept) are removed from i's negatives: they are not wrong answers.
+
+    ``cosine`` and ``infonce`` compare ``to_decoder_space(pred)`` with
+    ``to_decoder_space(target)`` (the space a retrieval decoder searches) when it is given.
+
+    Args:
+        pred: (B, T, D) predictions aligned to targets.
+        target: (B, T, D) target concepts.
+        weight: (B, T) bool, the positions that count.
+        loss: Which loss.
+        temperature: InfoNCE softmax temperature (> 0).
+        to_decoder_space: Map applied to both sides before ``cosine`` / ``infonce``.
+
+    Returns:
+        Scalar; 0 (with a gradient path) when no position is weighted.
+    """
+    if loss == "mse":
+        return masked_mse(pred, target, weight)
+    if loss not in get_args(RegressionLoss):
+        raise ValueError(f"unknown loss {loss!r}; known: {list(get_args(RegressionLoss))}")
+    if to_decoder_space is not None:
+        pred, target = to_decoder_space(pred), to_decoder_space(target)
+    if loss == "cosine":
+        per_concept = 1.0 - F.cosine_similarity(pred, target, dim=-1, eps=1e-8)  # (B, T)
+        w = weight.to(per_concept.dtype)
+        return (per_concept * w).sum() / w.sum().clamp(min=1.0)
+    if not temperature > 0:
+        raise ValueError(f"temperature must be > 0, got {temperature}")
+    p = F.normalize(pred[weight], dim=-1, eps=1e-8)  # (N, D)
+    g = F.normalize(target[weight], dim=-1, eps=1e-8)  # (N, D)
+    if p.shape[0] == 0:
+        return pred.sum() * 0.0
+    logits = p @ g.T / temperature  # (N, N)
+    same = (g @ g.T) > 1.0 - 1e-6  # (N, N) targets equal to row i's
+    eye = torch.eye(len(g), dtype=torch.bool, device=g.device)
+    logits = logits.masked_fill(same & ~eye, float("-inf"))
+    labels = torch.arange(len(g), device=g.device)
+    return F.cross_entropy(logits, labels)
+
 
 class MSEObjective(Objective):
     """Next-concept MSE for :class:`~lcm.models.BaseLCM` (deterministic, no random draws).
@@ -35,13 +104,33 @@ class MSEObjective(Objective):
             predicts concept t+1.
         residual: Add this base from the context to the network's output
             (:func:`~lcm.objectives.base.residual_base`; default ``"none"``).
+        loss: The training loss (:func:`regression_loss`): ``mse`` (the paper's, default),
+            ``cosine`` or ``infonce`` (for a cosine-retrieval decoder).
+        temperature: The InfoNCE temperature.
+
+    Attributes:
+        to_decoder_space: Optional map from normalized space to the decoder's space, where the
+            ``cosine`` and ``infonce`` losses score (set by the LightningModule).
     """
 
     predicts_first_concept = False
     supports_residual = True
 
-    def __init__(self, model: torch.nn.Module, residual: Residual = "none") -> None:
+    def __init__(
+        self,
+        model: torch.nn.Module,
+        residual: Residual = "none",
+        loss: RegressionLoss = "mse",
+        temperature: float = 0.05,
+    ) -> None:
         super().__init__(model, residual)
+        if loss not in get_args(RegressionLoss):
+            raise ValueError(f"unknown loss {loss!r}; known: {list(get_args(RegressionLoss))}")
+        if not temperature > 0:
+            raise ValueError(f"temperature must be > 0, got {temperature}")
+        self.loss_kind: RegressionLoss = loss
+        self.temperature = float(temperature)
+        self.to_decoder_space: Callable[[Tensor], Tensor] | None = None
 
     def _outputs(self, x: Tensor, mask: Tensor | None) -> Tensor:
         """(B, T, D): position t's prediction of concept t+1 (network output plus base)."""
@@ -56,7 +145,10 @@ class MSEObjective(Objective):
         pred = self._aligned(batch)  # (B, T, D)
         weight = target_weight(batch).clone()  # (B, T)
         weight[:, 0] = False  # nothing predicts the first concept
-        return ObjectiveOutput(masked_mse(pred, batch["x"], weight), pred, batch["x"], weight)
+        value = regression_loss(
+            pred, batch["x"], weight, self.loss_kind, self.temperature, self.to_decoder_space
+        )
+        return ObjectiveOutput(value, pred, batch["x"], weight)
 
     @torch.no_grad()
     def predict_all(self, batch: Batch, generator: torch.Generator | None = None) -> Tensor:

@@ -67,6 +67,7 @@ from lcm.objectives import (
     TwoTowerDiffusion,
 )
 from lcm.objectives.base import Batch, ObjectiveOutput, Residual, check_residual
+from lcm.objectives.mse import RegressionLoss
 from lcm.quant import RVQ
 from lcm.train.optim import DEFAULT_OPTIM, EMA, OptimConfig, adamw_warmup_cosine
 
@@ -487,15 +488,31 @@ class BaseLCMModule(LCMModule):
 
     Args:
         arch: Architecture (default: the ``tiny`` preset).
+        loss: The training loss: ``mse`` (the paper's), or for a model decoded by cosine
+            nearest-neighbour retrieval ``cosine`` (1 - cosine to the target) or ``infonce``
+            (the target must out-score the batch's other targets, cosine / ``temperature``);
+            ``cosine`` and ``infonce`` score in SONAR (decoder) space
+            (:func:`lcm.objectives.mse.regression_loss`).
+        temperature: The InfoNCE temperature.
         **kwargs: The arguments of :class:`LCMModule`.
     """
 
     family = "base_lcm"
     arch_cls = BaseLCMConfig
 
-    def __init__(self, arch: BaseLCMConfig = TINY["base_lcm"], **kwargs: Any) -> None:
+    def __init__(
+        self,
+        arch: BaseLCMConfig = TINY["base_lcm"],
+        loss: RegressionLoss = "mse",
+        temperature: float = 0.05,
+        **kwargs: Any,
+    ) -> None:
         super().__init__(arch=arch, **kwargs)
-        self.attach(MSEObjective(self.arch.build(), self.residual))
+        objective = MSEObjective(self.arch.build(), self.residual, loss, temperature)
+        # Scored where the retrieval decoder searches; the normalizer is filled in at setup or
+        # from the checkpoint, and this reads it at each call.
+        objective.to_decoder_space = self.normalizer.denormalize
+        self.attach(objective)
 
 
 class DiffusionModule(LCMModule):
