@@ -136,6 +136,7 @@ def main(
     compile: bool = False,
     steps: int = 40,
     guidance: float = 3.0,
+    families: str = "BaseLCM,TwoTower,OneTower",
 ) -> None:
     """Generation throughput per family: KV cache, Two-Tower context reuse, fast denoiser.
 
@@ -154,6 +155,7 @@ def main(
             ``torch.compile`` (compiled before the timed rounds).
         steps: DDIM steps (``two_tower_denoiser``).
         guidance: classifier-free guidance scale (``two_tower_denoiser``).
+        families: comma-separated families of the default bench (BaseLCM, TwoTower, OneTower).
     """
     args = SimpleNamespace(**locals())
     if args.threads:
@@ -172,8 +174,10 @@ def main(
         f"{args.new} new concepts each, device {args.device}"
     )
     for cfg in (BaseLCMConfig, TwoTowerConfig, OneTowerConfig):
-        model = cfg.from_name(args.preset, sonar_dim=D).build(device=dev).eval()
         name = cfg.__name__.replace("Config", "")
+        if name not in args.families.split(","):
+            continue
+        model = cfg.from_name(args.preset, sonar_dim=D).build(device=dev).eval()
         variants = {"cached": {}, "uncached": dict(use_cache=False)}
         if cfg is TwoTowerConfig:
             variants["recompute_kv"] = dict(reuse_context=False, fast=False)

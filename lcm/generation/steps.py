@@ -260,8 +260,12 @@ class OneTowerStep(NextConceptStep):
         cache = self.cache if self.use_cache else self._fresh_cache(self.x, self.mask)
         B = self.x.shape[0]
 
+        plan: list = [None, None]  # (drop tensor, its denoise plan): ddim_sample passes one
+
         def model_fn(x_t: Tensor, t: Tensor, drop: Tensor) -> Tensor:
-            return self.model.denoise_next(x_t, t, cache, drop)
+            if plan[0] is not drop:  # once per concept: mask and RoPE angles of every step
+                plan[:] = drop, self.model.denoise_plan(cache, drop, x_t.size(0), x_t.device)
+            return self.model.denoise_next(x_t, t, cache, drop, plan=plan[1])
 
         return self._ddim(model_fn, B, self.model.config.sonar_dim, generator, self.x)
 
