@@ -37,11 +37,19 @@ from lcm.models import BaseLCMConfig, OneTowerConfig, TwoTowerConfig  # noqa: E4
 from lcm.normalizer import RobustNormalizer  # noqa: E402
 
 
-def bench(model, prompts, norm, n_new, repeats, variants: dict[str, dict]) -> dict[str, float]:
+def paired(times: dict[str, list[float]], slow: str, fast: str) -> float:
+    """Median over rounds of slow/fast, each ratio from one round's side-by-side runs: load
+    drifts between rounds cancel in the ratio (a ratio of two medians does not pair them)."""
+    return statistics.median(s / f for s, f in zip(times[slow], times[fast], strict=True))
+
+
+def bench(
+    model, prompts, norm, n_new, repeats, variants: dict[str, dict]
+) -> tuple[dict[str, float], dict[str, list[float]]]:
     """Median seconds to generate ``n_new`` concepts for every prompt, per variant (make_step
-    options). Variants run interleaved, round by round, in alternating order, so that load
-    swings on a shared machine hit them alike (measured in blocks, a 3-8% difference such as
-    One-Tower's KV cache flipped sign from run to run)."""
+    options), and every round's seconds. Variants run interleaved, round by round, in
+    alternating order, so that load swings on a shared machine hit them alike (measured in
+    blocks, a 3-8% difference such as One-Tower's KV cache flipped sign from run to run)."""
     times: dict[str, list[float]] = {k: [] for k in variants}
     names = list(variants)
     for r in range(repeats + 1):
@@ -54,7 +62,7 @@ def bench(model, prompts, norm, n_new, repeats, variants: dict[str, dict]) -> di
                 torch.cuda.synchronize()
             if r:  # the first round is a warm-up
                 times[name].append(time.perf_counter() - t0)
-    return {k: statistics.median(v) for k, v in times.items()}
+    return {k: statistics.median(v) for k, v in times.items()}, times
 
 
 DENOISER_VARIANTS = {
@@ -182,17 +190,17 @@ def main(
         if cfg is TwoTowerConfig:
             variants["recompute_kv"] = dict(reuse_context=False, fast=False)
             variants["cached_general"] = dict(fast=False)
-        t = bench(model, prompts, norm, args.new, args.repeats, variants)
+        t, rounds = bench(model, prompts, norm, args.new, args.repeats, variants)
         fast, slow = t["cached"], t["uncached"]
         line = (
             f"{name:10s} cached {n / fast:8.1f} concepts/s ({1000 * fast / args.new:7.1f} "
             f"ms/concept)  uncached {n / slow:8.1f} concepts/s  KV-cache speed-up "
-            f"{slow / fast:5.2f}x"
+            f"{paired(rounds, 'uncached', 'cached'):5.2f}x"
         )
         if cfg is TwoTowerConfig:
             line += (
-                f"  context-reuse speed-up {t['recompute_kv'] / t['cached_general']:5.2f}x"
-                f"  fast denoiser speed-up {t['cached_general'] / fast:5.2f}x"
+                f"  context-reuse speed-up {paired(rounds, 'recompute_kv', 'cached_general'):5.2f}x"
+                f"  fast denoiser speed-up {paired(rounds, 'cached_general', 'cached'):5.2f}x"
             )
         print(line)
 
