@@ -6,7 +6,9 @@
 
 Default: for each family, concepts/s and latency per concept with the KV cache against
 recomputing the context for every concept; for Two-Tower also the per-concept cross-attention
-K/V reuse against recomputing it at every denoising step. Diffusion uses the paper's settings
+K/V reuse against recomputing it at every denoising step; with ``--compile true`` also the
+cached step through ``torch.compile`` against eager. Ratios are medians over rounds of each
+round's side-by-side ratio. Diffusion uses the paper's settings
 (40 steps, guidance 3).
 
 ``--two_tower_denoiser``: Two-Tower time per concept, the old denoiser path (``fast=False``)
@@ -159,8 +161,9 @@ def main(
         threads: torch threads (0: torch's default).
         two_tower_denoiser: instead, time the Two-Tower denoiser's old path against each
             addition of the fast path, cumulatively.
-        compile: with ``two_tower_denoiser``, also time the fast path through
-            ``torch.compile`` (compiled before the timed rounds).
+        compile: also time the cached step through ``torch.compile`` (``StepOptions.compile``:
+            compiled before the timed rounds; against eager, in the same rounds); with
+            ``two_tower_denoiser``, the fast denoiser.
         steps: DDIM steps (``two_tower_denoiser``).
         guidance: classifier-free guidance scale (``two_tower_denoiser``).
         families: comma-separated families of the default bench (BaseLCM, TwoTower, OneTower).
@@ -190,6 +193,17 @@ def main(
         if cfg is TwoTowerConfig:
             variants["recompute_kv"] = dict(reuse_context=False, fast=False)
             variants["cached_general"] = dict(fast=False)
+        if args.compile:  # compiled on first use: outside the timed rounds
+            variants["compiled"] = dict(compile=True)
+            t0 = time.perf_counter()
+            outs = {}
+            for k in ("cached", "compiled"):
+                step = make_step(model, sampling=SamplingConfig(), **variants[k])
+                g = torch.Generator(device=dev).manual_seed(0)
+                out = generate(step, prompts, norm, args.new, repeat_threshold=2.0, generator=g)
+                outs[k] = torch.cat(out.concepts)
+            diff = (outs["compiled"] - outs["cached"]).abs().max().item()
+            print(f"{name}: torch.compile + first run {time.perf_counter() - t0:.1f} s")
         t, rounds = bench(model, prompts, norm, args.new, args.repeats, variants)
         fast, slow = t["cached"], t["uncached"]
         line = (
@@ -201,6 +215,11 @@ def main(
             line += (
                 f"  context-reuse speed-up {paired(rounds, 'recompute_kv', 'cached_general'):5.2f}x"
                 f"  fast denoiser speed-up {paired(rounds, 'cached_general', 'cached'):5.2f}x"
+            )
+        if args.compile:
+            line += (
+                f"  compiled {1000 * t['compiled'] / args.new:7.1f} ms/concept, speed-up vs "
+                f"eager cached {paired(rounds, 'cached', 'compiled'):5.2f}x (max|diff| {diff:.1e})"
             )
         print(line)
 

@@ -34,7 +34,7 @@ import torch  # noqa: E402
 
 from lcm.models import FAMILIES  # noqa: E402
 from lcm.objectives import MSEObjective, OneTowerDiffusion, TwoTowerDiffusion  # noqa: E402
-from lcm.train.compile import compile_network  # noqa: E402
+from lcm.train.compile import compile_network, compile_optimizer  # noqa: E402
 
 OBJECTIVES = {
     "base_lcm": MSEObjective,
@@ -56,6 +56,8 @@ class Runner:
         if compiled:
             compile_network(SimpleNamespace(objective=self.objective), dynamic=False)
         self.opt = torch.optim.AdamW(self.objective.parameters(), lr=1e-4, fused=dev.type == "cuda")
+        if compiled and args.compile_optimizer:
+            compile_optimizer(self.opt)
         B, T, D = args.batch, args.seq, args.sonar_dim
         x = torch.randn(B, T, D, device=dev, generator=torch.Generator().manual_seed(1))
         mask = torch.ones(B, T, dtype=torch.bool, device=dev)
@@ -124,6 +126,7 @@ def main(
     warmup: int = 2,
     peak_tflops: float = 989.0,
     compile: bool = False,
+    compile_optimizer: bool = False,
     threads: int = 0,
 ) -> None:
     """Training throughput (concepts/s), peak memory and MFU per family and preset.
@@ -140,6 +143,8 @@ def main(
         warmup: untimed steps first.
         peak_tflops: the device's peak TFLOP/s for MFU (989: H100 bf16 dense).
         compile: also run compiled (``torch.compile``) and print the ratio.
+        compile_optimizer: the compiled run also compiles the AdamW update
+            (:func:`lcm.train.compile.compile_optimizer`).
         threads: torch threads (0: torch's default).
     """
     args = SimpleNamespace(**locals())
