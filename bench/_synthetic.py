@@ -9,13 +9,13 @@ retrieval bank), as the benchmarks did before it was shared.
 
 from __future__ import annotations
 
-import hashlib
 import json
 from pathlib import Path
 
 import torch
 
 from encoders.base import SentenceCodec
+from encoders.hashing import hash_vector
 from encoders.registry import register_codec
 from encoders.retrieval import RetrievalBank
 
@@ -23,8 +23,8 @@ WORDS = "alpha beta gamma delta epsilon zeta eta theta iota kappa lambda mu nu x
 
 
 class HashCodec(SentenceCodec):
-    """A sentence's vector is a seeded hash of its text (no encoding cost); decoding retrieves
-    from a bank.
+    """A sentence's vector is :func:`encoders.hashing.hash_vector` of its text (no encoding
+    cost); decoding retrieves from a bank.
 
     Args:
         dim: Vector width.
@@ -42,8 +42,7 @@ class HashCodec(SentenceCodec):
     def _encode(self, sentences: list[str], lang: str) -> torch.Tensor:
         out = torch.empty(len(sentences), self.dim)
         for i, s in enumerate(sentences):
-            h = int.from_bytes(hashlib.blake2b(s.encode(), digest_size=8).digest(), "little")
-            out[i] = torch.randn(self.dim, generator=torch.Generator().manual_seed(h >> 1))
+            out[i] = hash_vector(s, self.dim)
         return out
 
     def decode(self, vectors: torch.Tensor, lang: str) -> list[str]:

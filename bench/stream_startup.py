@@ -37,8 +37,11 @@ DIM = 32
 VARIANTS = ("memory", "memory-quick", "streaming")
 
 
-def make_folder(folder: Path, n_docs: int, docs_per_shard: int = 1000, seed: int = 0) -> Path:
-    """A prepared folder of ``n_docs`` synthetic documents (see the module docstring)."""
+def make_folder(
+    folder: Path, n_docs: int, docs_per_shard: int = 1000, seed: int = 0, dim: int = DIM
+) -> Path:
+    """A prepared folder of ``n_docs`` synthetic documents of ``dim``-d vectors (see the module
+    docstring)."""
     import numpy as np
     import pyarrow as pa
     import pyarrow.parquet as pq
@@ -56,11 +59,11 @@ def make_folder(folder: Path, n_docs: int, docs_per_shard: int = 1000, seed: int
         n = min(docs_per_shard, n_docs - first)
         counts = rng.integers(4, 21, size=n)
         offsets = np.concatenate([[0], np.cumsum(counts)]).astype(np.int32)
-        vecs = rng.standard_normal((int(offsets[-1]), DIM), dtype=np.float32)
+        vecs = rng.standard_normal((int(offsets[-1]), dim), dtype=np.float32)
         if len(sample) < 20:
             sample.append(vecs[:2000])
         emb = pa.ListArray.from_arrays(
-            offsets, pa.FixedSizeListArray.from_arrays(pa.array(vecs.reshape(-1)), DIM)
+            offsets, pa.FixedSizeListArray.from_arrays(pa.array(vecs.reshape(-1)), dim)
         )
         sents = pa.ListArray.from_arrays(
             offsets, pa.array([f"Sentence {j}." for j in range(int(offsets[-1]))])
@@ -74,7 +77,7 @@ def make_folder(folder: Path, n_docs: int, docs_per_shard: int = 1000, seed: int
         pq.write_table(table, folder / "shards" / name)
         records[name] = file_record(folder / "shards" / name)
     RobustNormalizer.fit(torch.from_numpy(np.concatenate(sample))).save(folder / "normalizer.pt")
-    manifest = {"version": 1, "codec": "bench-synthetic-32", "text_field": "text",
+    manifest = {"version": 1, "codec": f"bench-synthetic-{dim}", "text_field": "text",
                 "target_fields": [], "id_field": "id", "lang_field": "lang",
                 "shards": records}  # fmt: skip
     (folder / "manifest.json").write_text(json.dumps(manifest))

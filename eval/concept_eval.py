@@ -413,10 +413,10 @@ def run_concepts(
 
 def _shard_columns(folder: Path) -> list[str]:
     """Column names of a prepared folder's shards (from the first shard's schema)."""
-    import pyarrow.parquet as pq
+    from lcm.data.shards import read_schema
 
     shards = sorted((folder / "shards").glob("*.parquet"))
-    return list(pq.read_schema(shards[0]).names) if shards else []
+    return list(read_schema(shards[0]).names) if shards else []
 
 
 def _group_of(value: Any, pattern: str | None) -> str:

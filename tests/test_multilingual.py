@@ -229,6 +229,7 @@ def test_zero_shot_demo_end_to_end_on_a_tiny_slice(tmp_path):
         rows = [json.loads(x) for x in (ROOT / f"eval/data/debian_{lang}.jsonl").open()][:24]
         for r in rows:
             r["md5"] = r["id"]
+        rows[0]["summary"] = rows[18]["summary"]  # a training synopsis equal to a test reference
         for split, part in (("train", rows[:18]), ("test", rows[18:])):
             (data / f"debian_descriptions.{lang}.{split}.jsonl").write_text(
                 "".join(json.dumps(r, ensure_ascii=False) + "\n" for r in part)
@@ -250,6 +251,13 @@ def test_zero_shot_demo_end_to_end_on_a_tiny_slice(tmp_path):
     assert set(res) == {"en", "fr", "de"} and set(res["en"]) == {"into_en"}
     fr_train = (data / "debian_descriptions.fr.train.jsonl").read_text().splitlines()
     fr_bank = {json.loads(x)["summary"].strip() for x in fr_train}
+    fr_ref = json.loads(fr_train[0])["summary"].strip()
+    assert got["references_in_bank"] is False
+    # The training synopsis equal to a test reference is left out of both banks it was in.
+    assert res["fr"]["into_own"]["references_left_out_of_bank"] == 1
+    assert res["fr"]["into_own"]["bank_sentences"] == len(fr_bank) - 1
+    assert res["en"]["into_en"]["references_left_out_of_bank"] >= 1
+    fr_bank.discard(fr_ref)
     for lang in ("fr", "de"):
         assert set(res[lang]) == {"into_en", "into_own"}
         for s in res[lang].values():

@@ -128,3 +128,46 @@ def test_report_readme_intervals_are_the_jsons():
     assert quoted, "the README quotes no interval"
     missing = [q for q in quoted if q not in known]
     assert not missing, f"README intervals not in results.json: {missing}"
+
+
+@pytest.mark.slow
+def test_guidance_sweep_scores_the_reports_checkpoints(tmp_path):
+    """The sweep scores a report's diffusion checkpoint at each scale: at guidance 1 and at the
+    checkpoint's own guidance (3) it gives the report's CA; the scale is chosen on the selection
+    set; the outputs are written."""
+    from dataclasses import replace
+
+    from experiments.pretraining.guidance_sweep import main as sweep_main
+
+    p = replace(PRESETS["ci"], families=("two_tower+context_mean",), generate_docs=0)
+    rep = run_report(p, str(tmp_path / "rep"), "ci")
+    run_dir = tmp_path / "rep" / "work" / f"runs_ci_steps{p.steps}_d{p.d_model}_seed{p.seed}"
+    eval_dirs = rep["setup"]["eval_dirs"]
+    res = sweep_main(
+        str(run_dir), str(tmp_path / "sweep"), eval_dirs=eval_dirs,
+        systems=["two_tower+context_mean"], scales=[1.0, 3.0, 5.0], bootstrap_draws=50,
+        window=p.window,
+    )  # fmt: skip
+    for name in ("results.json", "table.md", "ca_vs_guidance.png"):
+        assert (tmp_path / "sweep" / name).stat().st_size > 0
+    for set_name, st in res["sets"].items():
+        rows, report_rows = st["systems"], rep["sets"][set_name]["systems"]
+        got = rows["two_tower+context_mean"]
+        assert set(got) == {"1", "3", "5"}
+        assert got["1"]["ca"]["mean"] == pytest.approx(
+            report_rows["two_tower+context_mean@g1"]["ca"]["mean"], abs=1e-9
+        )
+        assert got["3"]["ca"]["mean"] == pytest.approx(
+            report_rows["two_tower+context_mean"]["ca"]["mean"], abs=1e-9
+        )
+        assert rows["context_mean"]["ca"]["mean"] == pytest.approx(
+            report_rows["context_mean"]["ca"]["mean"], abs=1e-9
+        )
+        for cell in got.values():
+            diff = cell["ca_minus_context_mean"]["mean"]
+            assert diff == pytest.approx(cell["ca"]["mean"] - rows["context_mean"]["ca"]["mean"])
+    by_scale = res["sets"]["in-domain test"]["systems"]["two_tower+context_mean"]
+    best = max(by_scale, key=lambda s: by_scale[s]["ca"]["mean"])
+    assert f"{res['chosen']['two_tower+context_mean']['scale']:g}" == best
+    with pytest.raises(ValueError, match="select_on"):
+        sweep_main(str(run_dir), str(tmp_path / "x"), eval_dirs=eval_dirs, select_on="nope")

@@ -16,7 +16,7 @@ from helpers_train import make_shards
 from lcm.data.shards import ShardError, file_record
 from lcm.train import ConceptDataModule
 from lcm.train.cli import cli_main
-from lcm.train.stream import StreamingBatches
+from lcm.train.stream import StreamingBatches, read_ahead
 
 REPO = Path(__file__).resolve().parents[1]
 CONFIGS = REPO / "configs"
@@ -126,6 +126,69 @@ def test_resume_from_any_position_yields_the_remaining_batches(shards):
                 assert torch.equal(a[key], b[key]), key
 
 
+def test_read_ahead_gives_the_same_batches_and_positions(shards):
+    """A thread reading blocks ahead changes nothing: same batches, same saved positions (so
+    resume is unchanged), for any depth."""
+    runs = []
+    for ahead in (0, 1, 3):
+        s = _dm(shards, True, shuffle_buffer=5, read_ahead=ahead)._stream
+        s.set_position(1)
+        batches, positions = [], []
+        for b in s:
+            batches.append(b)
+            positions.append(json.dumps(s.position))
+        runs.append((batches, positions))
+    (ref, ref_pos), *others = runs
+    assert len(ref) > 8
+    for batches, positions in others:
+        assert positions == ref_pos
+        assert len(batches) == len(ref)
+        for a, b in zip(batches, ref):
+            assert all(torch.equal(a[k], b[k]) for k in a)
+
+
+def test_read_ahead_stays_at_most_depth_items_ahead_and_stops_when_closed(shards):
+    import threading
+    import time
+
+    made = []
+
+    def items():
+        for i in range(100):
+            made.append(i)
+            yield i
+
+    def settle():  # until the thread stops producing (it blocks on its slots)
+        n, deadline = -1, time.monotonic() + 10
+        while n != len(made) and time.monotonic() < deadline:
+            n = len(made)
+            time.sleep(0.05)
+        return len(made)
+
+    gen = read_ahead(items(), 2)
+    assert [next(gen) for _ in range(3)] == [0, 1, 2]
+    assert settle() == 3 + 2  # 3 taken, 2 read ahead, no more
+    gen.close()
+    deadline = time.monotonic() + 10
+    while any(t.name == "lcm-stream-read-ahead" for t in threading.enumerate()):
+        assert time.monotonic() < deadline, "the read-ahead thread did not stop"
+        time.sleep(0.02)
+    assert len(made) <= 6  # at most the item it was producing when told to stop
+
+    def failing():
+        yield "a"
+        raise OSError("disk gone")
+
+    got = []
+    with pytest.raises(OSError, match="disk gone"):
+        for x in read_ahead(failing(), 1):
+            got.append(x)
+    assert got == ["a"]  # raised where the item would have been read
+    assert list(read_ahead(iter(range(5)), 0)) == list(range(5))
+    with pytest.raises(ValueError, match="read_ahead"):
+        ConceptDataModule(str(shards), streaming=True, val_fraction=0, read_ahead=-1)
+
+
 def _corrupt(folder: Path, shard: str, row: int) -> None:
     """Put a NaN in one document's vectors and re-record the shard (size and rows still pass)."""
     path = folder / "shards" / shard
@@ -143,10 +206,11 @@ def _corrupt(folder: Path, shard: str, row: int) -> None:
     (folder / "manifest.json").write_text(json.dumps(manifest))
 
 
-def test_corrupt_data_while_streaming_names_shard_and_document(tmp_path):
+@pytest.mark.parametrize("ahead", [0, 1])  # read in the loop, or by the read-ahead thread
+def test_corrupt_data_while_streaming_names_shard_and_document(tmp_path, ahead):
     folder = make_shards(tmp_path / "bad", 12, seed=3)
     _corrupt(folder, "shard-00002.parquet", 1)
-    loader = _dm(folder, True).train_dataloader()  # the quick check at start passes
+    loader = _dm(folder, True, read_ahead=ahead).train_dataloader()  # the quick check passes
     with pytest.raises(ShardError, match=r"shard-00002\.parquet.*'doc9' \(row 1\).*NaN"):
         list(loader)
 

@@ -15,7 +15,7 @@ import torch
 from torch import Tensor, nn
 
 from lcm.generation import NextConceptStep, register_step
-from lcm.models import TransformerConfig
+from lcm.models import ConceptNetwork, TransformerConfig
 from lcm.objectives import Objective, ObjectiveOutput, last_valid, masked_mse, target_weight
 from lcm.train.module import LCMModule
 
@@ -30,16 +30,12 @@ class ToyConfig(TransformerConfig):
 
     residual: bool = True
 
-    def build(self) -> ToyNet:
-        return ToyNet(self)
 
-
-class ToyNet(nn.Module):
+class ToyNet(ConceptNetwork, config=ToyConfig):  # ToyConfig(...).build() -> ToyNet
     """(B, T, D) -> (B, T, D): output t is a guess of concept t+1 from concepts <= t."""
 
     def __init__(self, config: ToyConfig) -> None:
-        super().__init__()
-        self.config = config
+        super().__init__(config)
         self.proj = nn.Linear(config.sonar_dim, config.sonar_dim)
 
     def forward(self, x: Tensor, mask: Tensor | None = None) -> Tensor:

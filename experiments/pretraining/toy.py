@@ -8,41 +8,19 @@ sentences never occur in training.
 
 from __future__ import annotations
 
-import hashlib
 import json
 import random
 from pathlib import Path
 
-import torch
-
-from encoders.base import SentenceCodec
+from encoders.hashing import HashCodec as _HashCodec
 
 P = 23
 
 
-class HashCodec(SentenceCodec):
+class HashCodec(_HashCodec):
     """Sentence -> a fixed N(0, I) vector seeded by a hash of the text (16-d)."""
 
     codec_id = "toy-hash-codec-16"
-    dim = 16
-    langs = ("eng_Latn",)
-
-    def __init__(self) -> None:
-        super().__init__(cache=None)
-        self.seen: dict[str, torch.Tensor] = {}
-
-    def _encode(self, sentences: list[str], lang: str) -> torch.Tensor:
-        rows = []
-        for s in sentences:
-            seed = int.from_bytes(hashlib.blake2b(s.encode(), digest_size=8).digest(), "little")
-            rows.append(torch.randn(self.dim, generator=torch.Generator().manual_seed(seed >> 1)))
-            self.seen[s] = rows[-1]
-        return torch.stack(rows)
-
-    def decode(self, vectors: torch.Tensor, lang: str) -> list[str]:
-        names = list(self.seen)
-        table = torch.stack([self.seen[n] for n in names])
-        return [names[int(i)] for i in torch.cdist(vectors.float(), table).argmin(dim=1)]
 
 
 def _docs(template: str, n: int, seed: int, prefix: str) -> list[dict]:

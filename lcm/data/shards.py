@@ -94,6 +94,16 @@ def _num_rows(path: Location) -> int:
         return pq.ParquetFile(fh).metadata.num_rows
 
 
+def read_schema(path: str | Path):
+    """The pyarrow schema of a parquet file (local path or URL); reads its metadata only."""
+    import pyarrow.parquet as pq
+
+    if not is_url(path):
+        return pq.read_schema(path)
+    with open_binary(path) as fh:
+        return pq.read_schema(fh)
+
+
 def read_table(path: str | Path, columns: Sequence[str] | None = None):
     """The pyarrow Table of a parquet file (local path or URL), ``columns`` only if given."""
     import pyarrow.parquet as pq

@@ -9,6 +9,7 @@ Example:
 
 from lcm.models.base_lcm import BaseLCM, BaseLCMConfig
 from lcm.models.common import (
+    TINY_WIDTHS,
     ConceptNetwork,
     PresetConfig,
     TransformerConfig,
@@ -48,6 +49,7 @@ __all__ = [
     "QuantLCMConfig",
     "RecurrentRefinerLCM",
     "RefinerConfig",
+    "TINY_WIDTHS",
     "TRANSFORMER_LAYERS",
     "TransformerConfig",
     "TwoTowerConfig",

@@ -29,10 +29,9 @@ from __future__ import annotations
 from dataclasses import dataclass
 from typing import Any, ClassVar
 
-import torch
 from torch import Tensor, nn
 
-from lcm.models.common import ConceptNetwork, TransformerConfig, build
+from lcm.models.common import TINY_WIDTHS, ConceptNetwork, TransformerConfig
 from lcm.nn import KVCache
 
 
@@ -49,28 +48,19 @@ class BaseLCMConfig(TransformerConfig):
 
     presets: ClassVar[dict[str, dict[str, Any]]] = {
         # CPU tests and the quickstart: trains in seconds.
-        "tiny": dict(
-            d_model=32, n_layers=2, n_heads=4, ffn_dim=128, ffn_multiple_of=16, dropout=0.0
-        ),
+        "tiny": {**TINY_WIDTHS, "n_layers": 2},
         # One GPU: 207,825,920 parameters with sonar_dim=1024.
         "small": dict(d_model=1024, n_layers=16, n_heads=16, ffn_dim=4096),
         # Paper / Meta `base_lcm_1_6B`: 1,649,185,792 parameters (see module docstring).
         "1.6B": dict(d_model=2048, n_layers=32, n_heads=16, ffn_dim=8192),
     }
 
-    def build(
-        self, device: str | torch.device | None = None, dtype: torch.dtype | None = None
-    ) -> BaseLCM:
-        """Build the network; `device="meta"` allocates nothing (for counting, FSDP)."""
-        return build(BaseLCM, self, device, dtype)
 
-
-class BaseLCM(ConceptNetwork):
+class BaseLCM(ConceptNetwork, config=BaseLCMConfig):
     """PreNet -> causal transformer -> PostNet. Output position t predicts concept t+1."""
 
     def __init__(self, config: BaseLCMConfig) -> None:
-        super().__init__()
-        self.config = config
+        super().__init__(config)
         c = config
         self.prenet = nn.Linear(c.sonar_dim, c.d_model)
         self.transformer = c.causal_transformer(c.n_layers)

@@ -1,4 +1,17 @@
-"""What every LCM family shares: named presets, building (also on `meta`), parameter counting."""
+"""What every LCM family shares: named presets, building (also on `meta`), parameter counting.
+
+A family plugs its network into its config with one class keyword:
+
+    @dataclass
+    class MyConfig(TransformerConfig):
+        n_layers: int = 4
+        presets = {"tiny": {**TINY_WIDTHS, "n_layers": 2}}
+
+    class MyLCM(ConceptNetwork, config=MyConfig):   # MyConfig(...).build() -> MyLCM
+        def __init__(self, config: MyConfig) -> None:
+            super().__init__(config)                 # keeps self.config
+            ...
+"""
 
 from __future__ import annotations
 
@@ -30,6 +43,8 @@ class PresetConfig:
     """
 
     presets: ClassVar[dict[str, dict[str, Any]]] = {}
+    network_cls: ClassVar[type[nn.Module] | None] = None
+    """The network :meth:`build` constructs; set by ``class Net(ConceptNetwork, config=Cfg)``."""
 
     @classmethod
     def from_name(cls: type[C], name: str, **overrides: Any) -> C:
@@ -43,6 +58,24 @@ class PresetConfig:
 
     def to_dict(self) -> dict[str, Any]:
         return dataclasses.asdict(self)  # type: ignore[call-overload]
+
+    def build(
+        self, device: str | torch.device | None = None, dtype: torch.dtype | None = None
+    ) -> nn.Module:
+        """Build the network; `device="meta"` allocates nothing (for counting, FSDP)."""
+        if self.network_cls is None:
+            raise TypeError(
+                f"{type(self).__name__} has no network: declare one with "
+                f"`class Net(ConceptNetwork, config={type(self).__name__})`"
+            )
+        return build(self.network_cls, self, device, dtype)
+
+
+TINY_WIDTHS: dict[str, Any] = dict(
+    d_model=32, n_heads=4, ffn_dim=128, ffn_multiple_of=16, dropout=0.0
+)
+"""The widths every family's ``tiny`` preset shares (CPU tests and the quickstart: trains in
+seconds); a family's preset adds its layer counts."""
 
 
 @dataclasses.dataclass
@@ -114,7 +147,20 @@ def build(
 
 
 class ConceptNetwork(nn.Module):
-    """Base class of the LCM networks: only adds `param_count()`."""
+    """Base class of the LCM networks: keeps `config`, adds `param_count()`.
+
+    ``class Net(ConceptNetwork, config=NetConfig)`` makes ``NetConfig(...).build()`` construct a
+    ``Net`` (the module docstring's example).
+    """
+
+    def __init_subclass__(cls, config: type[PresetConfig] | None = None, **kwargs: Any) -> None:
+        super().__init_subclass__(**kwargs)
+        if config is not None:
+            config.network_cls = cls
+
+    def __init__(self, config: Any) -> None:
+        super().__init__()
+        self.config = config
 
     def param_count(self, trainable_only: bool = False) -> int:
         return param_count(self, trainable_only)

@@ -34,7 +34,7 @@ import torch
 from torch import Tensor, nn
 
 from lcm.models.base_lcm import BaseLCMConfig
-from lcm.models.common import ConceptNetwork, TransformerConfig, build
+from lcm.models.common import ConceptNetwork, TransformerConfig
 from lcm.nn import KVCache, TimestepEmbedding
 from lcm.nn.transformer import StackPlan
 
@@ -56,19 +56,12 @@ class OneTowerConfig(TransformerConfig):
     # 1,653,908,480 (sonar_dim=1024).
     presets: ClassVar[dict[str, dict[str, Any]]] = BaseLCMConfig.presets
 
-    def build(
-        self, device: str | torch.device | None = None, dtype: torch.dtype | None = None
-    ) -> OneTowerLCM:
-        """Build the network; `device="meta"` allocates nothing (for counting, FSDP)."""
-        return build(OneTowerLCM, self, device, dtype)
 
-
-class OneTowerLCM(ConceptNetwork):
+class OneTowerLCM(ConceptNetwork, config=OneTowerConfig):
     """One causal tower over [x~_0, x_0, x~_1, x_1, ...]; slot 2i predicts the clean x_i."""
 
     def __init__(self, config: OneTowerConfig) -> None:
-        super().__init__()
-        self.config = config
+        super().__init__(config)
         c = config
         self.prenet = nn.Linear(c.sonar_dim, c.d_model)
         self.time_embed = TimestepEmbedding(c.d_model, c.timestep_freq_dim)

@@ -33,7 +33,7 @@ from typing import Any, ClassVar
 import torch
 from torch import Tensor, nn
 
-from lcm.models.common import ConceptNetwork, TransformerConfig, build
+from lcm.models.common import TINY_WIDTHS, ConceptNetwork, TransformerConfig
 from lcm.nn import KVCache
 from lcm.quant import RVQ
 
@@ -61,30 +61,14 @@ class QuantLCMConfig(TransformerConfig):
 
     presets: ClassVar[dict[str, dict[str, Any]]] = {
         # CPU tests: the "tiny" RVQ (4 x 64).
-        "tiny": dict(
-            d_model=32,
-            n_heads=4,
-            ffn_dim=128,
-            ffn_multiple_of=16,
-            n_layers=2,
-            depth_layers=1,
-            n_codebooks=4,
-            n_units=64,
-            dropout=0.0,
-        ),
+        "tiny": {**TINY_WIDTHS, "n_layers": 2, "depth_layers": 1, "n_codebooks": 4, "n_units": 64},
         # One GPU, the paper's 64 x 8192 RVQ: 235,182,144 parameters (D = 1024),
         # plus the 64 x 8192 x 1024 codebook buffer (2.1 GB in fp32).
         "small": dict(d_model=1024, n_heads=16, ffn_dim=4096, n_layers=16, depth_layers=2),
     }
 
-    def build(
-        self, device: str | torch.device | None = None, dtype: torch.dtype | None = None
-    ) -> QuantLCM:
-        """Build the network; `device="meta"` allocates nothing (for counting, FSDP)."""
-        return build(QuantLCM, self, device, dtype)
 
-
-class QuantLCM(ConceptNetwork):
+class QuantLCM(ConceptNetwork, config=QuantLCMConfig):
     """Causal transformer over concepts + depth transformer over the codes of the next one.
 
     The RVQ codebooks are the buffers of the `rvq` submodule: load a fitted RVQ with
@@ -92,8 +76,7 @@ class QuantLCM(ConceptNetwork):
     """
 
     def __init__(self, config: QuantLCMConfig) -> None:
-        super().__init__()
-        self.config = config
+        super().__init__(config)
         c = config
         self.rvq = RVQ(c.sonar_dim, c.n_codebooks, c.n_units)
         self.prenet = nn.Linear(c.sonar_dim, c.d_model)

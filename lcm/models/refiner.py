@@ -40,7 +40,7 @@ import torch
 from torch import Tensor, nn
 
 from diffusion.utils import Generators, per_row
-from lcm.models.common import ConceptNetwork, TransformerConfig, build
+from lcm.models.common import TINY_WIDTHS, ConceptNetwork, TransformerConfig
 from lcm.nn import KVCache, MultiheadAttention, RMSNorm, SwiGLU
 
 CrossKV = list[tuple[Tensor, Tensor]]
@@ -77,24 +77,10 @@ class RefinerConfig(TransformerConfig):
 
     presets: ClassVar[dict[str, dict[str, Any]]] = {
         # CPU tests and pilots: a 1-layer core, as in the pilot that made r matter.
-        "tiny": dict(
-            d_model=32,
-            n_heads=4,
-            ffn_dim=128,
-            ffn_multiple_of=16,
-            ctx_layers=2,
-            core_layers=1,
-            dropout=0.0,
-        ),
+        "tiny": {**TINY_WIDTHS, "ctx_layers": 2, "core_layers": 1},
         # One GPU: 132,779,008 parameters with sonar_dim=1024.
         "small": dict(d_model=1024, n_heads=16, ffn_dim=4096, ctx_layers=8, core_layers=2),
     }
-
-    def build(
-        self, device: str | torch.device | None = None, dtype: torch.dtype | None = None
-    ) -> RecurrentRefinerLCM:
-        """Build the network; `device="meta"` allocates nothing (for counting, FSDP)."""
-        return build(RecurrentRefinerLCM, self, device, dtype)
 
 
 @dataclass
@@ -144,12 +130,11 @@ class CoreBlock(nn.Module):
         return x + self.drop(self.ffn(self.ffn_norm(x)))  # (B, Tq, d)
 
 
-class RecurrentRefinerLCM(ConceptNetwork):
+class RecurrentRefinerLCM(ConceptNetwork, config=RefinerConfig):
     """Contextualizer once per concept + weight-tied core iterated on the next-concept state."""
 
     def __init__(self, config: RefinerConfig) -> None:
-        super().__init__()
-        self.config = config
+        super().__init__(config)
         c = config
         self.prenet = nn.Linear(c.sonar_dim, c.d_model)
         self.contextualizer = c.causal_transformer(c.ctx_layers)

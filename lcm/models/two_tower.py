@@ -50,7 +50,7 @@ from typing import Any, ClassVar
 import torch
 from torch import Tensor, nn
 
-from lcm.models.common import ConceptNetwork, TransformerConfig, build
+from lcm.models.common import TINY_WIDTHS, ConceptNetwork, TransformerConfig
 from lcm.nn import (
     DenoiserBlock,
     KVCache,
@@ -112,15 +112,7 @@ class TwoTowerConfig(TransformerConfig):
     timestep_freq_dim: int = 256
 
     presets: ClassVar[dict[str, dict[str, Any]]] = {
-        "tiny": dict(
-            d_model=32,
-            n_heads=4,
-            ffn_dim=128,
-            ffn_multiple_of=16,
-            ctx_layers=2,
-            den_layers=2,
-            dropout=0.0,
-        ),
+        "tiny": {**TINY_WIDTHS, "ctx_layers": 2, "den_layers": 2},
         # One GPU: 241,420,800 parameters with sonar_dim=1024.
         "small": dict(d_model=1024, n_heads=16, ffn_dim=4096, ctx_layers=4, den_layers=7),
         # Paper / Meta `two_tower_diffusion_lcm_1_6B`: 1,645,538,304 (see module docstring).
@@ -129,19 +121,12 @@ class TwoTowerConfig(TransformerConfig):
         "7B": dict(d_model=4096, n_heads=32, ffn_dim=16384, ctx_layers=5, den_layers=14),
     }
 
-    def build(
-        self, device: str | torch.device | None = None, dtype: torch.dtype | None = None
-    ) -> TwoTowerLCM:
-        """Build the network; `device="meta"` allocates nothing (for counting, FSDP)."""
-        return build(TwoTowerLCM, self, device, dtype)
 
-
-class TwoTowerLCM(ConceptNetwork):
+class TwoTowerLCM(ConceptNetwork, config=TwoTowerConfig):
     """Causal contextualizer over clean concepts + AdaLN denoiser cross-attending to it."""
 
     def __init__(self, config: TwoTowerConfig) -> None:
-        super().__init__()
-        self.config = config
+        super().__init__(config)
         c = config
         # Contextualizer tower.
         self.ctx_prenet = nn.Linear(c.sonar_dim, c.d_model)

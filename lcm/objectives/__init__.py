@@ -13,9 +13,11 @@ from lcm.objectives.base import (
     Batch,
     Objective,
     ObjectiveOutput,
+    SampledObjective,
     last_valid,
     masked_mse,
     target_weight,
+    with_overrides,
 )
 from lcm.objectives.diffusion import (
     DiffusionObjective,
@@ -38,6 +40,7 @@ __all__ = [
     "QuantObjective",
     "RefinerObjective",
     "RefinerOutput",
+    "SampledObjective",
     "ExitRule",
     "SamplingConfig",
     "TwoTowerDiffusion",
@@ -47,4 +50,5 @@ __all__ = [
     "sample_logits",
     "sample_num_iterations",
     "target_weight",
+    "with_overrides",
 ]

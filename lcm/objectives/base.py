@@ -17,13 +17,14 @@ from __future__ import annotations
 
 import copy
 from abc import ABC, abstractmethod
-from dataclasses import dataclass
-from typing import ClassVar, Literal, get_args
+from dataclasses import dataclass, replace
+from typing import Any, ClassVar, Literal, TypeVar, get_args
 
 import torch
 from torch import Tensor, nn
 
 Batch = dict[str, Tensor]
+D = TypeVar("D")
 
 Residual = Literal["none", "last", "context_mean"]
 """What a family's prediction of concept t+1 is a residual over (see :func:`residual_base`):
@@ -116,9 +117,15 @@ def residual_base(x: Tensor, mask: Tensor | None, residual: Residual) -> Tensor 
 
 
 def shift_right(y: Tensor) -> Tensor:
-    """(B, T, D): ``y`` moved one position later with zeros first, so that the output made at
+    """(B, T, ...): ``y`` moved one position later with zeros first, so that the output made at
     position t (about concept t+1) is aligned to target t+1."""
     return torch.cat((torch.zeros_like(y[:, :1]), y[:, :-1]), dim=1)
+
+
+def with_overrides(config: D, **overrides: Any) -> D:
+    """``config`` (a dataclass, e.g. a family's default sampling settings) with the fields given
+    replaced; an override of None keeps the field."""
+    return replace(config, **{k: v for k, v in overrides.items() if v is not None})
 
 
 class Objective(nn.Module, ABC):
@@ -177,3 +184,70 @@ class Objective(nn.Module, ABC):
         self, x: Tensor, mask: Tensor | None = None, generator: torch.Generator | None = None
     ) -> Tensor:
         """(B, D): the concept that follows each right-padded sequence ``x`` (B, T, D)."""
+
+
+class SampledObjective(Objective):
+    """An objective whose predictions are drawn with per-call options and come with information
+    about each prediction (exit steps, codes, ...).
+
+    A family implements :meth:`options` (its typed keyword options, None = the objective's
+    default, resolved into whatever its sampler takes), :meth:`sample_all` and
+    :meth:`sample_next` (its own sampling); the public ``predict_*`` methods, which take the
+    options as keywords, are written once here.
+    """
+
+    @abstractmethod
+    def options(self, **overrides: Any) -> Any:
+        """The sampling options of one call: the objective's defaults with ``overrides`` put in
+        (None keeps a default); an unknown name is a TypeError."""
+
+    @abstractmethod
+    def sample_all(
+        self, batch: Batch, generator: torch.Generator | None, options: Any
+    ) -> tuple[Tensor, Tensor | None]:
+        """Teacher-forced predictions (B, T, D) aligned to targets, and the family's information
+        about each (B, T, ...) aligned the same way, or None."""
+
+    @abstractmethod
+    def sample_next(
+        self, x: Tensor, mask: Tensor | None, generator: torch.Generator | None, options: Any
+    ) -> tuple[Tensor, Tensor | None]:
+        """The concept after each right-padded sequence x (B, T, D): (B, D), and the family's
+        information about each (B, ...), or None."""
+
+    @torch.no_grad()
+    def predict_all_with_info(
+        self, batch: Batch, generator: torch.Generator | None = None, **options: Any
+    ) -> tuple[Tensor, Tensor | None]:
+        """:meth:`sample_all` with the options of :meth:`options` as keywords."""
+        return self.sample_all(batch, generator, self.options(**options))
+
+    @torch.no_grad()
+    def predict_all(
+        self, batch: Batch, generator: torch.Generator | None = None, **options: Any
+    ) -> Tensor:
+        """(B, T, D) teacher-forced predictions; ``options``: the keywords of :meth:`options`."""
+        return self.predict_all_with_info(batch, generator, **options)[0]
+
+    @torch.no_grad()
+    def predict_next_with_info(
+        self,
+        x: Tensor,
+        mask: Tensor | None = None,
+        generator: torch.Generator | None = None,
+        **options: Any,
+    ) -> tuple[Tensor, Tensor | None]:
+        """:meth:`sample_next` with the options of :meth:`options` as keywords."""
+        return self.sample_next(x, mask, generator, self.options(**options))
+
+    @torch.no_grad()
+    def predict_next(
+        self,
+        x: Tensor,
+        mask: Tensor | None = None,
+        generator: torch.Generator | None = None,
+        **options: Any,
+    ) -> Tensor:
+        """(B, D): the concept after each right-padded sequence x (B, T, D); ``options``: the
+        keywords of :meth:`options`."""
+        return self.predict_next_with_info(x, mask, generator, **options)[0]

@@ -32,7 +32,7 @@ forward process still noises the concept itself, not the residual ``x_i - base``
 from __future__ import annotations
 
 from abc import abstractmethod
-from dataclasses import dataclass, replace
+from dataclasses import dataclass
 from typing import Literal, get_args
 
 import torch
@@ -42,13 +42,14 @@ from diffusion import DDIMScheduler, DPMSolverMultistepScheduler, ModelFn, ddim_
 from diffusion.utils import randn_tensor
 from lcm.objectives.base import (
     Batch,
-    Objective,
     ObjectiveOutput,
     Residual,
+    SampledObjective,
     masked_mse,
     residual_base,
     shift_right,
     target_weight,
+    with_overrides,
 )
 
 Solver = Literal["ddim", "dpmsolver++"]
@@ -116,7 +117,7 @@ def with_base(model_fn: ModelFn, base: Tensor | None) -> ModelFn:
     return fn
 
 
-class DiffusionObjective(Objective):
+class DiffusionObjective(SampledObjective):
     """x0-prediction diffusion loss and DDIM sampling for a denoiser with the signature
     ``model(x_clean, x_noisy, t, mask, drop_context) -> (B, T, D)``.
 
@@ -182,7 +183,26 @@ class DiffusionObjective(Objective):
     # ---------------------------------------------------------------------------- sampling
     def sampling_with(self, **overrides) -> SamplingConfig:
         """This objective's sampling settings with the given fields replaced (None keeps one)."""
-        return replace(self.sampling, **{k: v for k, v in overrides.items() if v is not None})
+        return with_overrides(self.sampling, **overrides)
+
+    def options(
+        self,
+        *,
+        num_inference_steps: int | None = None,
+        guidance_scale: float | None = None,
+        guidance_rescale: float | None = None,
+        init_noise_scale: float | None = None,
+        solver: Solver | None = None,
+    ) -> SamplingConfig:
+        """This objective's :class:`SamplingConfig` with the given fields replaced (None keeps
+        one); every sampling method takes these keywords."""
+        return self.sampling_with(
+            num_inference_steps=num_inference_steps,
+            guidance_scale=guidance_scale,
+            guidance_rescale=guidance_rescale,
+            init_noise_scale=init_noise_scale,
+            solver=solver,
+        )
 
     def _sample(
         self,
@@ -190,9 +210,8 @@ class DiffusionObjective(Objective):
         shape: tuple[int, ...],
         like: Tensor,
         generator: torch.Generator | None,
-        overrides: dict,
+        s: SamplingConfig,
     ) -> Tensor:
-        s = self.sampling_with(**overrides)
         guided = s.guidance_scale != 1.0
         model_fn = fn_factory(2 if guided else 1)
         return ddim_sample(
@@ -208,67 +227,39 @@ class DiffusionObjective(Objective):
             dtype=like.dtype,
         )
 
-    @torch.no_grad()
-    def predict_all(
-        self,
-        batch: Batch,
-        generator: torch.Generator | None = None,
-        *,
-        num_inference_steps: int | None = None,
-        guidance_scale: float | None = None,
-        guidance_rescale: float | None = None,
-        init_noise_scale: float | None = None,
-        solver: Solver | None = None,
-    ) -> Tensor:
+    def sample_all(
+        self, batch: Batch, generator: torch.Generator | None, options: SamplingConfig
+    ) -> tuple[Tensor, None]:
         """(B, T, D): every concept sampled from its gold prefix, all positions in one DDIM loop
         (denoising positions never see each other, so this equals T separate generations)."""
         x, mask = batch["x"], batch["mask"]
-        overrides = dict(
-            num_inference_steps=num_inference_steps,
-            guidance_scale=guidance_scale,
-            guidance_rescale=guidance_rescale,
-            init_noise_scale=init_noise_scale,
-            solver=solver,
-        )
         base = self.teacher_forced_base(x, mask)
-        return self._sample(
+        out = self._sample(
             lambda n: with_base(self._teacher_forced_fn(x, mask, n), base),
             tuple(x.shape),
             x,
             generator,
-            overrides,
+            options,
         )
+        return out, None
 
-    @torch.no_grad()
-    def predict_next(
+    def sample_next(
         self,
         x: Tensor,
-        mask: Tensor | None = None,
-        generator: torch.Generator | None = None,
-        *,
-        num_inference_steps: int | None = None,
-        guidance_scale: float | None = None,
-        guidance_rescale: float | None = None,
-        init_noise_scale: float | None = None,
-        solver: Solver | None = None,
-    ) -> Tensor:
+        mask: Tensor | None,
+        generator: torch.Generator | None,
+        options: SamplingConfig,
+    ) -> tuple[Tensor, None]:
         """(B, D): sample the concept after each right-padded sequence ``x`` (B, T, D)."""
         if mask is None:
             mask = torch.ones(x.shape[:2], dtype=torch.bool, device=x.device)
-        overrides = dict(
-            num_inference_steps=num_inference_steps,
-            guidance_scale=guidance_scale,
-            guidance_rescale=guidance_rescale,
-            init_noise_scale=init_noise_scale,
-            solver=solver,
-        )
         shape = (x.shape[0], 1, x.shape[2])
         base = self.next_base(x, mask)
         base = None if base is None else base[:, None]  # (B, 1, D)
         out = self._sample(
-            lambda n: with_base(self._next_fn(x, mask, n), base), shape, x, generator, overrides
+            lambda n: with_base(self._next_fn(x, mask, n), base), shape, x, generator, options
         )
-        return out[:, 0]  # (B, D)
+        return out[:, 0], None  # (B, D)
 
     @abstractmethod
     def _teacher_forced_fn(self, x: Tensor, mask: Tensor, copies: int) -> ModelFn:

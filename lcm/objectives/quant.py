@@ -21,7 +21,14 @@ from torch import Tensor
 
 from diffusion.utils import Generators, per_row
 from lcm.models.quant_lcm import QuantLCM
-from lcm.objectives.base import Batch, Objective, ObjectiveOutput, last_valid, target_weight
+from lcm.objectives.base import (
+    Batch,
+    ObjectiveOutput,
+    SampledObjective,
+    last_valid,
+    shift_right,
+    target_weight,
+)
 
 
 def sample_logits(
@@ -59,7 +66,7 @@ def sample_logits(
     return draw.to(logits.device)
 
 
-class QuantObjective(Objective):
+class QuantObjective(SampledObjective):
     """Code cross-entropy and code sampling for :class:`~lcm.models.quant_lcm.QuantLCM`.
 
     Args:
@@ -103,7 +110,7 @@ class QuantObjective(Objective):
 
         with torch.no_grad():
             y = self.rvq.decode(logits.argmax(dim=-1))  # (B, T, D) output t ~ concept t+1
-            pred = torch.cat((torch.zeros_like(y[:, :1]), y[:, :-1]), dim=1)
+            pred = shift_right(y)
         return ObjectiveOutput(loss, pred, x, weight)
 
     # ---------------------------------------------------------------------------- sampling
@@ -131,40 +138,39 @@ class QuantObjective(Objective):
             prefix = prefix + model.rvq.codebooks[j, c]
         return torch.stack(codes, dim=1)  # (N, K)
 
-    @torch.no_grad()
-    def predict_all_with_codes(
-        self,
-        batch: Batch,
-        generator: torch.Generator | None = None,
-        *,
-        temperature: float | None = None,
-        top_p: float | None = None,
+    def options(
+        self, *, temperature: float | None = None, top_p: float | None = None
+    ) -> dict[str, float | None]:
+        """The keywords of :meth:`sample_codes` (None = this objective's default).
+
+        Args:
+            temperature: Sampling temperature (0 = greedy).
+            top_p: Nucleus mass.
+        """
+        return dict(temperature=temperature, top_p=top_p)
+
+    def sample_all(
+        self, batch: Batch, generator: torch.Generator | None, options: dict
     ) -> tuple[Tensor, Tensor]:
         """Teacher-forced samples (B, T, D) and their codes (B, T, K), both aligned to targets
         (position 0 is zeros)."""
         x, mask = batch["x"], batch["mask"]
         B, T, _ = x.shape
         h = self.model.contextualize(x, mask)  # (B, T, d)
-        codes = self.sample_codes(
-            h.reshape(B * T, -1), generator, temperature=temperature, top_p=top_p
-        ).reshape(B, T, -1)  # (B, T, K), output t ~ concept t+1
-        y = self.rvq.decode(codes)  # (B, T, D)
-        shift = lambda v: torch.cat((torch.zeros_like(v[:, :1]), v[:, :-1]), dim=1)  # noqa: E731
-        return shift(y), shift(codes)
+        codes = self.sample_codes(h.reshape(B * T, -1), generator, **options).reshape(B, T, -1)
+        y = self.rvq.decode(codes)  # (B, T, D), output t ~ concept t+1
+        return shift_right(y), shift_right(codes)
 
-    @torch.no_grad()
-    def predict_all(
-        self,
-        batch: Batch,
-        generator: torch.Generator | None = None,
-        *,
-        temperature: float | None = None,
-        top_p: float | None = None,
-    ) -> Tensor:
-        """(B, T, D) teacher-forced samples aligned to targets (position 0 is zeros)."""
-        return self.predict_all_with_codes(batch, generator, temperature=temperature, top_p=top_p)[
-            0
-        ]
+    def sample_next(
+        self, x: Tensor, mask: Tensor | None, generator: torch.Generator | None, options: dict
+    ) -> tuple[Tensor, Tensor]:
+        """(B, D): the sum of the sampled code vectors of the next concept, and its codes
+        (B, K)."""
+        h = last_valid(self.model.contextualize(x, mask), mask)  # (B, d)
+        codes = self.sample_codes(h, generator, **options)  # (B, K)
+        return self.rvq.decode(codes), codes
+
+    predict_all_with_codes = SampledObjective.predict_all_with_info
 
     @torch.no_grad()
     def predict_next_codes(
@@ -172,24 +178,7 @@ class QuantObjective(Objective):
         x: Tensor,
         mask: Tensor | None = None,
         generator: torch.Generator | None = None,
-        *,
-        temperature: float | None = None,
-        top_p: float | None = None,
+        **options: float | None,
     ) -> Tensor:
         """(B, K) codes of the concept after each right-padded sequence x (B, T, D)."""
-        h = last_valid(self.model.contextualize(x, mask), mask)  # (B, d)
-        return self.sample_codes(h, generator, temperature=temperature, top_p=top_p)
-
-    @torch.no_grad()
-    def predict_next(
-        self,
-        x: Tensor,
-        mask: Tensor | None = None,
-        generator: torch.Generator | None = None,
-        *,
-        temperature: float | None = None,
-        top_p: float | None = None,
-    ) -> Tensor:
-        """(B, D): the sum of the sampled code vectors of the next concept."""
-        codes = self.predict_next_codes(x, mask, generator, temperature=temperature, top_p=top_p)
-        return self.rvq.decode(codes)
+        return self.predict_next_with_info(x, mask, generator, **options)[1]

@@ -24,7 +24,7 @@ run to the cap, which the CPU pilot found a useful "did not converge" signal.
 from __future__ import annotations
 
 import math
-from dataclasses import dataclass, replace
+from dataclasses import dataclass
 
 import torch
 import torch.nn.functional as F
@@ -33,11 +33,13 @@ from torch import Tensor
 from lcm.models.refiner import CrossKV, RecurrentRefinerLCM, RefinerTrajectory
 from lcm.objectives.base import (
     Batch,
-    Objective,
     ObjectiveOutput,
+    SampledObjective,
     last_valid,
     masked_mse,
+    shift_right,
     target_weight,
+    with_overrides,
 )
 
 INIT_MODES = ("random", "embed")
@@ -121,12 +123,7 @@ class ExitRule:
         return steps
 
 
-def _aligned(y: Tensor) -> Tensor:
-    """Network outputs (output t predicts concept t+1) -> predictions aligned to targets."""
-    return torch.cat((torch.zeros_like(y[:, :1]), y[:, :-1]), dim=1)  # (B, T, ...)
-
-
-class RefinerObjective(Objective):
+class RefinerObjective(SampledObjective):
     """Next-concept MSE with a random iteration count, truncated backprop and adaptive exit.
 
     Args:
@@ -188,12 +185,12 @@ class RefinerObjective(Objective):
         max_iterations: int | None = None,
     ) -> ExitRule:
         """The default exit rule with the given fields replaced (None keeps a field)."""
-        overrides = dict(
+        return with_overrides(
+            self.exit_rule,
             exit_threshold=exit_threshold,
             exit_patience=exit_patience,
             max_iterations=max_iterations,
         )
-        return replace(self.exit_rule, **{k: v for k, v in overrides.items() if v is not None})
 
     # ---------------------------------------------------------------------------- training
     def loss(
@@ -224,7 +221,7 @@ class RefinerObjective(Objective):
         with torch.no_grad():
             state = model.iterate(state, inject, cross_kv, r - k, cmask)
         state = model.iterate(state.detach() if r > k else state, inject, cross_kv, k, cmask)
-        pred = _aligned(model.readout(state))  # (B, T, D), pred[:, i] guesses x[:, i]
+        pred = shift_right(model.readout(state))  # (B, T, D), pred[:, i] guesses x[:, i]
 
         weight = target_weight(batch).clone()  # (B, T)
         weight[:, 0] = False  # nothing predicts the first concept
@@ -317,104 +314,55 @@ class RefinerObjective(Objective):
         assert out is not None
         return (out, steps, final) if return_state else (out, steps)
 
-    def _teacher_forced(
-        self, batch: Batch, generator: torch.Generator | None, num_iterations, rule
-    ) -> tuple[Tensor, Tensor]:
-        model = self.model
-        x, mask = batch["x"], batch["mask"]
-        T = x.shape[1]
-        inject, ctx = model.contextualize(x, mask)
-        cross_kv = model.precompute_cross_kv(ctx)
-        cmask = model.cross_mask(mask, T, T, x.device)
-        y, steps = self.refine(
-            inject, cross_kv, cmask, generator, num_iterations=num_iterations, rule=rule
-        )
-        return _aligned(y), _aligned(steps)
-
-    @torch.no_grad()
-    def predict_all_with_exit(
+    def options(
         self,
-        batch: Batch,
-        generator: torch.Generator | None = None,
         *,
         num_iterations: int | None = None,
         exit_threshold: float | None = None,
         exit_patience: int | None = None,
         max_iterations: int | None = None,
+    ) -> tuple[int | None, ExitRule]:
+        """A fixed r (``num_iterations``, no early exit) or None = adaptive, and the exit rule:
+        the default one with the given fields replaced (:meth:`exit_rule_with`)."""
+        return num_iterations, self.exit_rule_with(exit_threshold, exit_patience, max_iterations)
+
+    def _refine_context(self, x: Tensor, mask: Tensor | None) -> tuple[Tensor, CrossKV]:
+        """PreNet embeddings (B, T, d) and the core's cross-attention K/V of the context."""
+        inject, ctx = self.model.contextualize(x, mask)  # (B, T, d) each
+        return inject, self.model.precompute_cross_kv(ctx)
+
+    def sample_all(
+        self, batch: Batch, generator: torch.Generator | None, options: tuple
     ) -> tuple[Tensor, Tensor]:
         """Teacher-forced predictions (B, T, D) aligned to targets and their exit steps (B, T)
         (0 at position 0, which nothing predicts). Every position exits on its own."""
-        rule = self.exit_rule_with(exit_threshold, exit_patience, max_iterations)
-        return self._teacher_forced(batch, generator, num_iterations, rule)
+        num_iterations, rule = options
+        x, mask = batch["x"], batch["mask"]
+        T = x.shape[1]
+        inject, cross_kv = self._refine_context(x, mask)
+        cmask = self.model.cross_mask(mask, T, T, x.device)
+        y, steps = self.refine(
+            inject, cross_kv, cmask, generator, num_iterations=num_iterations, rule=rule
+        )
+        return shift_right(y), shift_right(steps)
 
-    @torch.no_grad()
-    def predict_all(
-        self,
-        batch: Batch,
-        generator: torch.Generator | None = None,
-        *,
-        num_iterations: int | None = None,
-        exit_threshold: float | None = None,
-        exit_patience: int | None = None,
-        max_iterations: int | None = None,
-    ) -> Tensor:
-        """(B, T, D) teacher-forced predictions: fixed r if `num_iterations`, else adaptive."""
-        return self.predict_all_with_exit(
-            batch,
-            generator,
-            num_iterations=num_iterations,
-            exit_threshold=exit_threshold,
-            exit_patience=exit_patience,
-            max_iterations=max_iterations,
-        )[0]
-
-    @torch.no_grad()
-    def predict_next_with_exit(
-        self,
-        x: Tensor,
-        mask: Tensor | None = None,
-        generator: torch.Generator | None = None,
-        *,
-        num_iterations: int | None = None,
-        exit_threshold: float | None = None,
-        exit_patience: int | None = None,
-        max_iterations: int | None = None,
+    def sample_next(
+        self, x: Tensor, mask: Tensor | None, generator: torch.Generator | None, options: tuple
     ) -> tuple[Tensor, Tensor]:
         """The concept after each right-padded sequence x (B, T, D): (B, D), and the exit step
         of each sequence (B,) long. Only the last valid position is refined."""
-        model = self.model
-        inject, ctx = model.contextualize(x, mask)  # (B, T, d) each
-        cross_kv = model.precompute_cross_kv(ctx)
+        num_iterations, rule = options
+        inject, cross_kv = self._refine_context(x, mask)
         query = last_valid(inject, mask)[:, None]  # (B, 1, d)
         cmask = None if mask is None else mask[:, None, None, :]  # (B, 1, 1, T): all valid keys
-        rule = self.exit_rule_with(exit_threshold, exit_patience, max_iterations)
         y, steps = self.refine(
             query, cross_kv, cmask, generator, num_iterations=num_iterations, rule=rule
         )
         return y[:, 0], steps[:, 0]
 
-    @torch.no_grad()
-    def predict_next(
-        self,
-        x: Tensor,
-        mask: Tensor | None = None,
-        generator: torch.Generator | None = None,
-        *,
-        num_iterations: int | None = None,
-        exit_threshold: float | None = None,
-        exit_patience: int | None = None,
-        max_iterations: int | None = None,
-    ) -> Tensor:
-        """(B, D): the concept after each right-padded sequence (adaptive exit by default)."""
-        return self.predict_next_with_exit(
-            x,
-            mask,
-            generator,
-            num_iterations=num_iterations,
-            exit_threshold=exit_threshold,
-            exit_patience=exit_patience,
-            max_iterations=max_iterations,
-        )[0]
+    # (predictions, exit steps), with the keywords of :meth:`options`
+    predict_all_with_exit = SampledObjective.predict_all_with_info
+    predict_next_with_exit = SampledObjective.predict_next_with_info
 
     @torch.no_grad()
     def trajectory(

@@ -70,6 +70,7 @@ from lcm.data.shards import (
     join,
     location,
     open_binary,
+    read_schema,
     read_text,
     recorded_shards,
     verified_shards,
@@ -97,14 +98,7 @@ def read_manifest(data_dir: str | Path) -> dict[str, Any]:
 
 def shard_dim(data_dir: str | Path, field: str) -> int:
     """Concept dimension from the first shard's schema (reads metadata only)."""
-    import pyarrow.parquet as pq
-
-    first = _shard_files(location(data_dir))[0]
-    if is_url(first):
-        with open_binary(first) as fh:
-            schema = pq.read_schema(fh)
-    else:
-        schema = pq.read_schema(first)
+    schema = read_schema(_shard_files(location(data_dir))[0])
     name = f"{field}_embeddings"
     if name not in schema.names:
         raise KeyError(f"shards of {data_dir} have no column {name!r}; columns: {schema.names}")
@@ -599,11 +593,15 @@ class ConceptDataModule(L.LightningDataModule):
             unknown until the stream ends. Validation, test and predict keep the in-memory store
             (small folders), so streaming needs ``val_dir`` (or ``val_fraction=0``): holding out
             a share of ``data_dir`` would need an index of the whole corpus. Training batches
-            are read in the main process (``num_workers`` applies to evaluation only). With
+            are made in the main process, with blocks read ahead by a thread (``read_ahead``;
+            ``num_workers`` applies to evaluation only). With
             ``streaming``, ``data_dir`` may be an fsspec URL (``s3://bucket/prepared``; the
             store's fsspec package must be installed, e.g. ``s3fs``).
         shuffle_buffer: With ``streaming``: documents per shuffled block (the shuffle buffer);
-            memory holds one block, and resume re-reads at most one block.
+            memory holds one block (plus ``read_ahead``), and resume re-reads at most one block.
+        read_ahead: With ``streaming``: blocks a background thread reads and checks ahead of
+            training, so reading overlaps the training step (0: read in the training loop).
+            The batches are the same for any value.
     """
 
     def __init__(
@@ -629,6 +627,7 @@ class ConceptDataModule(L.LightningDataModule):
         verify_shards: Level = "full",
         streaming: bool = False,
         shuffle_buffer: int = 1000,
+        read_ahead: int = 1,
     ) -> None:
         super().__init__()
         self.save_hyperparameters()
@@ -688,6 +687,7 @@ class ConceptDataModule(L.LightningDataModule):
         self.verify_shards = verify_shards
         self.streaming = streaming
         self.shuffle_buffer = shuffle_buffer
+        self.read_ahead = read_ahead
         if streaming and self.val_dir is None and val_fraction > 0:
             raise ValueError(
                 "streaming reads data_dir without an index of its documents, so it cannot hold "
@@ -696,6 +696,8 @@ class ConceptDataModule(L.LightningDataModule):
             )
         if streaming and shuffle_buffer < 1:
             raise ValueError(f"shuffle_buffer must be >= 1, got {shuffle_buffer}")
+        if read_ahead < 0:
+            raise ValueError(f"read_ahead must be >= 0 blocks, got {read_ahead}")
         #: Concept dimension D, read from the shards (the CLI links it to the model's sonar_dim).
         self.dim = shard_dim(self.data_dir, self.text_field)
         self.normalizer: RobustNormalizer | None = None
@@ -804,6 +806,7 @@ class ConceptDataModule(L.LightningDataModule):
             self.max_batch_size,
             seed=self.seed,
             block_docs=self.shuffle_buffer,
+            read_ahead=self.read_ahead,
             rank=rank,
             world_size=world,
         )

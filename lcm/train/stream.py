@@ -33,6 +33,12 @@ The checkpoint holds every rank's stream position (gathered when Lightning saves
 resumed run continues each rank exactly; resuming with another number of ranks restarts the saved
 epoch, with a warning (another rank count reads other shards per rank).
 
+Read-ahead: by default a background thread reads (and checks) the next block while the current
+one trains (``read_ahead`` blocks at most; ``datasets``/pyarrow release the GIL while they read and
+decode, so reading overlaps the training step). The blocks, their stream positions and so the
+batches are exactly those of reading in the training loop (``read_ahead=0``); an error met while
+reading ahead is raised in the training loop, where the block would have been read.
+
 Values are checked as they stream: a NaN/inf vector or a sentence list that does not match its
 vectors stops training with a :class:`~lcm.data.shards.ShardError` naming the shard file and the
 document (never skipped). Sizes and row counts are checked at start from the manifest
@@ -43,6 +49,8 @@ from __future__ import annotations
 
 import copy
 import hashlib
+import queue
+import threading
 import warnings
 from collections import OrderedDict
 from collections.abc import Callable, Iterator
@@ -53,10 +61,56 @@ import numpy as np
 import torch
 from torch.utils.data import DataLoader, IterableDataset
 
-from lcm.data.shards import ShardError, table_problems
+from lcm.data.shards import ShardError, name_of, read_schema, read_table, table_problems
 from lcm.normalizer import RobustNormalizer
 
-__all__ = ["BlockStore", "StreamingBatches", "StreamingLoader"]
+__all__ = ["BlockStore", "StreamingBatches", "StreamingLoader", "read_ahead"]
+
+_END = object()
+
+
+def read_ahead(items: Iterator[Any], depth: int) -> Iterator[Any]:
+    """Yield the items of ``items`` in order, produced by a background thread that stays at most
+    ``depth`` items ahead of the consumer (``depth`` 0: no thread, plain iteration).
+
+    An exception raised by ``items`` is raised here, at the item where it happened. When the
+    consumer stops early (the generator is closed or collected), the thread stops after the
+    item it is producing; ``items`` is then left unfinished, never touched by two threads.
+    """
+    if depth <= 0:
+        yield from items
+        return
+    slots = threading.Semaphore(depth)  # items the thread may produce before we take one
+    ready: queue.SimpleQueue = queue.SimpleQueue()
+    stop = threading.Event()
+
+    def produce() -> None:
+        try:
+            while True:
+                slots.acquire()
+                if stop.is_set():
+                    return
+                item = next(items, _END)
+                ready.put((item, None))
+                if item is _END:
+                    return
+        except BaseException as err:  # noqa: BLE001 - handed to the consumer, raised there
+            ready.put((_END, err))
+
+    worker = threading.Thread(target=produce, name="lcm-stream-read-ahead", daemon=True)
+    worker.start()
+    try:
+        while True:
+            item, err = ready.get()
+            if err is not None:
+                raise err
+            if item is _END:
+                return
+            slots.release()  # the thread may read the next one while this one is used
+            yield item
+    finally:
+        stop.set()
+        slots.release()  # wake the thread if it waits for a slot, so it exits
 
 
 def _seed(*parts: int) -> int:
@@ -147,6 +201,8 @@ class StreamingBatches(IterableDataset):
         max_batch_size: Optional bound on sequences per batch.
         seed: Base seed of the shard order and the block shuffles.
         block_docs: Documents per shuffled block (the shuffle buffer).
+        read_ahead: Blocks a background thread reads ahead of training (0: read in the training
+            loop). The batches are the same either way; each adds one block's memory.
         rank: This process's rank.
         world_size: Number of ranks.
         sync: Called after each batch with "this rank is done"; returns True when every rank is
@@ -165,6 +221,7 @@ class StreamingBatches(IterableDataset):
         max_batch_size: int | None = None,
         seed: int = 0,
         block_docs: int = 1000,
+        read_ahead: int = 1,
         rank: int = 0,
         world_size: int = 1,
         sync: Callable[[bool], bool] | None = None,
@@ -181,6 +238,9 @@ class StreamingBatches(IterableDataset):
         self.max_batch_size = max_batch_size
         self.seed = seed
         self.block_docs = block_docs
+        if read_ahead < 0:
+            raise ValueError(f"read_ahead must be >= 0 blocks, got {read_ahead}")
+        self.read_ahead = read_ahead
         self.rank = rank
         self.world_size = world_size
         self.sync = sync or _all_ranks_done
@@ -198,11 +258,7 @@ class StreamingBatches(IterableDataset):
     def columns(self) -> list[str]:
         """Columns read: id, the vectors, and the sentence lists (for the alignment check)."""
         if self._columns is None:
-            import fsspec
-            import pyarrow.parquet as pq
-
-            with fsspec.open(self.files[0], "rb") as fh:  # local paths and URLs (s3://...)
-                names = pq.read_schema(fh).names
+            names = read_schema(self.files[0]).names  # local paths and URLs (s3://...)
             cols = ["id"]
             for f in self.fields:
                 cols.append(f"{f}_embeddings")
@@ -264,19 +320,14 @@ class StreamingBatches(IterableDataset):
         non-finite vector or a sentence list that does not match its vectors."""
         if not table_problems(table, "stream", self.fields):
             return
-        import fsspec
-        import pyarrow.parquet as pq
-
         ids = set(table.column("id").to_pylist())
         problems: list[str] = []
         for path in self.files:  # only on the error path: find the shard that holds them
-            with fsspec.open(path, "rb") as fh:
-                shard_ids = pq.read_table(fh, columns=["id"]).column("id").to_pylist()
+            shard_ids = read_table(path, columns=["id"]).column("id").to_pylist()
             if not ids.intersection(shard_ids):
                 continue
-            with fsspec.open(path, "rb") as fh:
-                shard = pq.read_table(fh, columns=self.columns())
-            for problem in table_problems(shard, Path(path).name, self.fields):
+            shard = read_table(path, columns=self.columns())
+            for problem in table_problems(shard, name_of(path), self.fields):
                 problems.append(f"{path}: {problem.split(': ', 1)[1]}")
         if not problems:
             problems = table_problems(table, "streamed block", self.fields)
@@ -337,7 +388,7 @@ class StreamingBatches(IterableDataset):
         self.stats = {}
         counter = 0  # batches of this rank in this epoch, for batch ids
         first_example = 0
-        for block, anchor, table in self.blocks(epoch, resume):
+        for block, anchor, table in read_ahead(self.blocks(epoch, resume), self.read_ahead):
             store, plan = self.block_batches(epoch, block, table)
             if resume is not None:
                 counter = int(resume.get("counter", 0)) - skip
