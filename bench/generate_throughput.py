@@ -6,7 +6,9 @@
 
 Default: for each family, concepts/s and latency per concept with the KV cache against
 recomputing the context for every concept; for Two-Tower also the per-concept cross-attention
-K/V reuse against recomputing it at every denoising step. Diffusion uses the paper's settings
+K/V reuse against recomputing it at every denoising step; with ``--compile true`` also the
+cached step through ``torch.compile`` against eager. Ratios are medians over rounds of each
+round's side-by-side ratio. Diffusion uses the paper's settings
 (40 steps, guidance 3).
 
 ``--two_tower_denoiser``: Two-Tower time per concept, the old denoiser path (``fast=False``)
@@ -37,11 +39,19 @@ from lcm.models import BaseLCMConfig, OneTowerConfig, TwoTowerConfig  # noqa: E4
 from lcm.normalizer import RobustNormalizer  # noqa: E402
 
 
-def bench(model, prompts, norm, n_new, repeats, variants: dict[str, dict]) -> dict[str, float]:
+def paired(times: dict[str, list[float]], slow: str, fast: str) -> float:
+    """Median over rounds of slow/fast, each ratio from one round's side-by-side runs: load
+    drifts between rounds cancel in the ratio (a ratio of two medians does not pair them)."""
+    return statistics.median(s / f for s, f in zip(times[slow], times[fast], strict=True))
+
+
+def bench(
+    model, prompts, norm, n_new, repeats, variants: dict[str, dict]
+) -> tuple[dict[str, float], dict[str, list[float]]]:
     """Median seconds to generate ``n_new`` concepts for every prompt, per variant (make_step
-    options). Variants run interleaved, round by round, in alternating order, so that load
-    swings on a shared machine hit them alike (measured in blocks, a 3-8% difference such as
-    One-Tower's KV cache flipped sign from run to run)."""
+    options), and every round's seconds. Variants run interleaved, round by round, in
+    alternating order, so that load swings on a shared machine hit them alike (measured in
+    blocks, a 3-8% difference such as One-Tower's KV cache flipped sign from run to run)."""
     times: dict[str, list[float]] = {k: [] for k in variants}
     names = list(variants)
     for r in range(repeats + 1):
@@ -54,7 +64,7 @@ def bench(model, prompts, norm, n_new, repeats, variants: dict[str, dict]) -> di
                 torch.cuda.synchronize()
             if r:  # the first round is a warm-up
                 times[name].append(time.perf_counter() - t0)
-    return {k: statistics.median(v) for k, v in times.items()}
+    return {k: statistics.median(v) for k, v in times.items()}, times
 
 
 DENOISER_VARIANTS = {
@@ -136,6 +146,7 @@ def main(
     compile: bool = False,
     steps: int = 40,
     guidance: float = 3.0,
+    families: str = "BaseLCM,TwoTower,OneTower",
 ) -> None:
     """Generation throughput per family: KV cache, Two-Tower context reuse, fast denoiser.
 
@@ -150,10 +161,12 @@ def main(
         threads: torch threads (0: torch's default).
         two_tower_denoiser: instead, time the Two-Tower denoiser's old path against each
             addition of the fast path, cumulatively.
-        compile: with ``two_tower_denoiser``, also time the fast path through
-            ``torch.compile`` (compiled before the timed rounds).
+        compile: also time the cached step through ``torch.compile`` (``StepOptions.compile``:
+            compiled before the timed rounds; against eager, in the same rounds); with
+            ``two_tower_denoiser``, the fast denoiser.
         steps: DDIM steps (``two_tower_denoiser``).
         guidance: classifier-free guidance scale (``two_tower_denoiser``).
+        families: comma-separated families of the default bench (BaseLCM, TwoTower, OneTower).
     """
     args = SimpleNamespace(**locals())
     if args.threads:
@@ -172,23 +185,41 @@ def main(
         f"{args.new} new concepts each, device {args.device}"
     )
     for cfg in (BaseLCMConfig, TwoTowerConfig, OneTowerConfig):
-        model = cfg.from_name(args.preset, sonar_dim=D).build(device=dev).eval()
         name = cfg.__name__.replace("Config", "")
+        if name not in args.families.split(","):
+            continue
+        model = cfg.from_name(args.preset, sonar_dim=D).build(device=dev).eval()
         variants = {"cached": {}, "uncached": dict(use_cache=False)}
         if cfg is TwoTowerConfig:
             variants["recompute_kv"] = dict(reuse_context=False, fast=False)
             variants["cached_general"] = dict(fast=False)
-        t = bench(model, prompts, norm, args.new, args.repeats, variants)
+        if args.compile:  # compiled on first use: outside the timed rounds
+            variants["compiled"] = dict(compile=True)
+            t0 = time.perf_counter()
+            outs = {}
+            for k in ("cached", "compiled"):
+                step = make_step(model, sampling=SamplingConfig(), **variants[k])
+                g = torch.Generator(device=dev).manual_seed(0)
+                out = generate(step, prompts, norm, args.new, repeat_threshold=2.0, generator=g)
+                outs[k] = torch.cat(out.concepts)
+            diff = (outs["compiled"] - outs["cached"]).abs().max().item()
+            print(f"{name}: torch.compile + first run {time.perf_counter() - t0:.1f} s")
+        t, rounds = bench(model, prompts, norm, args.new, args.repeats, variants)
         fast, slow = t["cached"], t["uncached"]
         line = (
             f"{name:10s} cached {n / fast:8.1f} concepts/s ({1000 * fast / args.new:7.1f} "
             f"ms/concept)  uncached {n / slow:8.1f} concepts/s  KV-cache speed-up "
-            f"{slow / fast:5.2f}x"
+            f"{paired(rounds, 'uncached', 'cached'):5.2f}x"
         )
         if cfg is TwoTowerConfig:
             line += (
-                f"  context-reuse speed-up {t['recompute_kv'] / t['cached_general']:5.2f}x"
-                f"  fast denoiser speed-up {t['cached_general'] / fast:5.2f}x"
+                f"  context-reuse speed-up {paired(rounds, 'recompute_kv', 'cached_general'):5.2f}x"
+                f"  fast denoiser speed-up {paired(rounds, 'cached_general', 'cached'):5.2f}x"
+            )
+        if args.compile:
+            line += (
+                f"  compiled {1000 * t['compiled'] / args.new:7.1f} ms/concept, speed-up vs "
+                f"eager cached {paired(rounds, 'cached', 'compiled'):5.2f}x (max|diff| {diff:.1e})"
             )
         print(line)
 

@@ -13,7 +13,9 @@ numbers from one run only.
 ``--compile``: each family/preset also runs with the network compiled the way training compiles
 it (:func:`lcm.train.compile.compile_network`, ``torch.compile`` through ``nn.Module.compile``),
 after its compilation warm-up, steps alternating with the eager run's, and prints the
-compiled/eager step-time ratio and the largest loss difference over the steps.
+eager/compiled step-time ratio (median over steps of adjacent steps' ratios) and the largest
+loss difference over the steps. ``--compile_optimizer`` adds a run that also compiles the AdamW
+update (:func:`lcm.train.compile.compile_optimizer`).
 """
 
 from __future__ import annotations
@@ -34,7 +36,7 @@ import torch  # noqa: E402
 
 from lcm.models import FAMILIES  # noqa: E402
 from lcm.objectives import MSEObjective, OneTowerDiffusion, TwoTowerDiffusion  # noqa: E402
-from lcm.train.compile import compile_network  # noqa: E402
+from lcm.train.compile import compile_network, compile_optimizer  # noqa: E402
 
 OBJECTIVES = {
     "base_lcm": MSEObjective,
@@ -46,7 +48,9 @@ OBJECTIVES = {
 class Runner:
     """One network, its objective and optimizer; ``step(i)`` times one optimizer step."""
 
-    def __init__(self, family: str, preset: str, args, compiled: bool = False) -> None:
+    def __init__(
+        self, family: str, preset: str, args, compiled: bool = False, optimizer: bool = False
+    ) -> None:
         self.dev = dev = torch.device(args.device)
         cfg = FAMILIES[family].from_name(preset, sonar_dim=args.sonar_dim)
         torch.manual_seed(0)
@@ -56,11 +60,15 @@ class Runner:
         if compiled:
             compile_network(SimpleNamespace(objective=self.objective), dynamic=False)
         self.opt = torch.optim.AdamW(self.objective.parameters(), lr=1e-4, fused=dev.type == "cuda")
+        self.compiled_optimizer = optimizer
+        if optimizer:
+            compile_optimizer(self.opt)
         B, T, D = args.batch, args.seq, args.sonar_dim
         x = torch.randn(B, T, D, device=dev, generator=torch.Generator().manual_seed(1))
         mask = torch.ones(B, T, dtype=torch.bool, device=dev)
         self.batch = {"x": x, "mask": mask, "loss_mask": mask}
         self.dtype = torch.bfloat16 if args.precision == "bf16" else None
+        self.label = "compiled+opt" if optimizer else "compiled" if compiled else "eager"
         self.times: list[float] = []
         self.losses: list[float] = []
 
@@ -85,6 +93,8 @@ def run(family: str, preset: str, args) -> list[tuple[str, Runner]]:
     runners = [Runner(family, preset, args)]
     if args.compile:
         runners.append(Runner(family, preset, args, compiled=True))
+    if args.compile and args.compile_optimizer:
+        runners.append(Runner(family, preset, args, compiled=True, optimizer=True))
     if args.device == "cuda":
         torch.cuda.reset_peak_memory_stats()
     for i in range(args.warmup + args.steps):
@@ -104,7 +114,7 @@ def run(family: str, preset: str, args) -> list[tuple[str, Runner]]:
             rss = resource.getrusage(resource.RUSAGE_SELF).ru_maxrss / 2**20  # KiB -> GiB
             extra = f"peak process RSS {rss:6.2f} GiB"
         line = (
-            f"{family:10s} {preset:6s} {'compiled' if r.compiled else 'eager':8s} "
+            f"{family:10s} {preset:6s} {r.label:12s} "
             f"{n_params / 1e6:9.2f}M params  {1000 * step:8.1f} ms/step"
             f"  {concepts_s:9.1f} concepts/s  {extra}"
         )
@@ -124,6 +134,7 @@ def main(
     warmup: int = 2,
     peak_tflops: float = 989.0,
     compile: bool = False,
+    compile_optimizer: bool = False,
     threads: int = 0,
 ) -> None:
     """Training throughput (concepts/s), peak memory and MFU per family and preset.
@@ -140,6 +151,8 @@ def main(
         warmup: untimed steps first.
         peak_tflops: the device's peak TFLOP/s for MFU (989: H100 bf16 dense).
         compile: also run compiled (``torch.compile``) and print the ratio.
+        compile_optimizer: with ``compile``, a third run that also compiles the AdamW update
+            (:func:`lcm.train.compile.compile_optimizer`).
         threads: torch threads (0: torch's default).
     """
     args = SimpleNamespace(**locals())
@@ -156,14 +169,20 @@ def main(
             for line, _ in results:
                 print(line, flush=True)
             if args.compile:
-                (_, eager), (_, comp) = results
-                ratio = statistics.median(eager.times) / statistics.median(comp.times)
-                print(
-                    f"{'':17s} compiled speed-up {ratio:5.2f}x  losses equal to "
-                    f"{max(abs(a - b) for a, b in zip(eager.losses, comp.losses)):.1e} "
-                    f"over {len(eager.losses)} steps",
-                    flush=True,
-                )
+                (_, eager), *compiled = results
+                for _, comp in compiled:
+                    # median over steps of each step's eager/compiled ratio (adjacent steps)
+                    ratio = statistics.median(
+                        e / c for e, c in zip(eager.times, comp.times, strict=True)
+                    )
+                    print(
+                        f"{'':17s} {comp.label} speed-up {ratio:5.2f}x (ratio of medians "
+                        f"{statistics.median(eager.times) / statistics.median(comp.times):5.2f}x)"
+                        f"  losses equal to "
+                        f"{max(abs(a - b) for a, b in zip(eager.losses, comp.losses)):.1e} "
+                        f"over {len(eager.losses)} steps",
+                        flush=True,
+                    )
 
 
 if __name__ == "__main__":

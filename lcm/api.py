@@ -53,8 +53,9 @@ class Settings:
             each document draws from its own generator, seeded by this seed and the document,
             so the same seed gives the same output for a document whatever it is batched with.
         use_cache: KV-cache the context across generated concepts.
-        compile: Two-Tower: run the fast denoiser through ``torch.compile`` (compiled once per
-            model, seconds to minutes; it pays off on GPUs and long runs, not on small CPU jobs).
+        compile: run the generation step through ``torch.compile`` (Two-Tower's fast denoiser,
+            Base-LCM's forward, One-Tower's denoising step; compiled once per model, seconds to
+            minutes; it pays off on GPUs and long runs, not on small CPU jobs).
         num_iterations: refiner: a fixed number of core iterations per concept instead of the
             adaptive exit.
         exit_threshold: refiner: adaptive exit when 1 - cos between successive predictions

@@ -36,6 +36,7 @@ from torch import Tensor, nn
 from lcm.models.base_lcm import BaseLCMConfig
 from lcm.models.common import ConceptNetwork, TransformerConfig
 from lcm.nn import KVCache, TimestepEmbedding
+from lcm.nn.transformer import StackPlan
 
 
 @dataclass
@@ -129,29 +130,46 @@ class OneTowerLCM(ConceptNetwork, config=OneTowerConfig):
         """Append clean concepts (B, T_new, D) to the cache (their RoPE positions continue it)."""
         self.transformer(self.prenet(x_clean), mask, cache)
 
+    def denoise_plan(
+        self,
+        cache: KVCache,
+        drop_context: Tensor | None,
+        batch: int,
+        device: torch.device | None = None,
+    ) -> StackPlan:
+        """The structure of :meth:`denoise_next`'s query at this cache length (attention mask
+        with ``drop_context``, RoPE angles of the next concept): the same for every denoising
+        step of one concept, so a sampler builds it once and passes it to each step."""
+        attn = None
+        if drop_context is not None:
+            S = cache.length + 1
+            only_self = torch.arange(S, device=device) == S - 1  # (S,)
+            attn = torch.where(drop_context[:, None, None], only_self, torch.ones_like(only_self))
+            attn = attn.expand(batch, 1, S)  # (B, 1, S)
+        shape_of = torch.empty(batch, 1, 0, device=device)  # the plan reads shape and device
+        return self.transformer.plan(shape_of, None, cache, attn_mask=attn)
+
     def denoise_next(
         self,
         x_noisy: Tensor,
         t: Tensor,
         cache: KVCache,
         drop_context: Tensor | None = None,
+        plan: StackPlan | None = None,
     ) -> Tensor:
         """x0-prediction of concept `cache.length` from its noisy version.
 
         Args:
             x_noisy: (B, 1, D); t: (B, 1) or (B,); drop_context: (B,) bool.
             cache: clean concepts 0..cache.length-1 from `encode_clean`; left unchanged.
+            plan: :meth:`denoise_plan` of the same cache and ``drop_context`` (built here when
+                None).
 
         Returns:
             (B, 1, D)
         """
-        B = x_noisy.size(0)
         h = self._embed_noisy(x_noisy, t)  # (B, 1, d)
-        attn = None
-        if drop_context is not None:
-            S = cache.length + 1
-            only_self = torch.arange(S, device=h.device) == S - 1  # (S,)
-            attn = torch.where(drop_context[:, None, None], only_self, torch.ones_like(only_self))
-            attn = attn.expand(B, 1, S)  # (B, 1, S)
-        out = self.transformer(h, None, cache, attn_mask=attn, update_cache=False)  # (B, 1, d)
+        if plan is None:
+            plan = self.denoise_plan(cache, drop_context, x_noisy.size(0), h.device)
+        out = self.transformer(h, None, cache, update_cache=False, plan=plan)  # (B, 1, d)
         return self.postnet(out)  # (B, 1, D)

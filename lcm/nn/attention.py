@@ -13,7 +13,7 @@ import torch
 import torch.nn.functional as F
 from torch import Tensor, nn
 
-from lcm.nn.layers import RotaryEmbedding
+from lcm.nn.layers import RotaryEmbedding, Rotation
 
 
 class LayerKVCache:
@@ -124,7 +124,7 @@ class MultiheadAttention(nn.Module):
         *,
         attn_mask: Tensor | None = None,
         is_causal: bool = False,
-        positions: Tensor | None = None,
+        positions: Tensor | Rotation | None = None,
         kv: tuple[Tensor, Tensor] | None = None,
         cache: LayerKVCache | None = None,
         update_cache: bool = True,
@@ -136,7 +136,7 @@ class MultiheadAttention(nn.Module):
             attn_mask: bool, broadcastable to (B, H, T, S); True = may attend.
             is_causal: plain causal mask without materializing it (lets SDPA use flash kernels).
             positions: (T,) or (B, T) RoPE positions of the queries, and of the new keys in
-                self-attention. Required when the layer has RoPE.
+                self-attention, or their ``rope.rotation``. Required when the layer has RoPE.
             kv: precomputed (k, v) from `project_kv`; skips the key/value projections.
             cache: self-attention KV cache; new keys/values are appended (if update_cache).
 

@@ -14,6 +14,7 @@ from __future__ import annotations
 
 import math
 from dataclasses import dataclass
+from typing import NamedTuple
 
 import torch
 import torch.nn.functional as F
@@ -37,6 +38,15 @@ class RMSNorm(nn.Module):
         return (y * self.weight.float()).type_as(x)
 
 
+class Rotation(NamedTuple):
+    """Precomputed RoPE angles (:meth:`RotaryEmbedding.rotation`)."""
+
+    cos: Tensor  # (T, hd/2) or (B, 1, T, hd/2)
+    sin: Tensor
+    head_dim: int
+    theta: float
+
+
 class RotaryEmbedding(nn.Module):
     """Rotary position embedding (Su et al. 2021, RoFormer eq. 34) on interleaved pairs.
 
@@ -55,14 +65,27 @@ class RotaryEmbedding(nn.Module):
         self.head_dim = head_dim
         self.theta = theta
 
-    def forward(self, x: Tensor, positions: Tensor) -> Tensor:
-        """x: (B, H, T, head_dim); positions: (T,) or (B, T) integer positions."""
-        exponent = torch.arange(0, self.head_dim, 2, device=x.device, dtype=torch.float32)
+    def rotation(self, positions: Tensor, device: torch.device | None = None) -> Rotation:
+        """(cos, sin) of the angles of ``positions`` ((T,) or (B, T)), shaped to broadcast over
+        (B, H, T, hd/2); :meth:`forward` takes them in place of the positions, so a stack whose
+        layers share head_dim and theta computes them once per forward instead of per layer."""
+        device = positions.device if device is None else device
+        exponent = torch.arange(0, self.head_dim, 2, device=device, dtype=torch.float32)
         inv_freq = self.theta ** (-exponent / self.head_dim)  # (hd/2,)
-        angles = positions.to(x.device, torch.float32)[..., None] * inv_freq  # (T|B,T, hd/2)
+        angles = positions.to(device, torch.float32)[..., None] * inv_freq  # (T|B,T, hd/2)
         if angles.dim() == 3:
             angles = angles[:, None]  # (B, 1, T, hd/2): broadcast over heads
-        cos, sin = angles.cos(), angles.sin()
+        return Rotation(angles.cos(), angles.sin(), self.head_dim, self.theta)
+
+    def forward(self, x: Tensor, positions: Tensor | Rotation) -> Tensor:
+        """x: (B, H, T, head_dim); positions: (T,) or (B, T) integer positions, or their
+        :meth:`rotation` (computed by a RotaryEmbedding of the same head_dim and theta)."""
+        if isinstance(positions, Rotation):
+            if (positions.head_dim, positions.theta) != (self.head_dim, self.theta):
+                raise ValueError("a rotation computed for another head_dim or theta")
+            cos, sin = positions.cos, positions.sin
+        else:
+            cos, sin = self.rotation(positions, x.device)[:2]
         x1, x2 = x.float().unflatten(-1, (-1, 2)).unbind(-1)  # (B, H, T, hd/2) each
         out = torch.stack((x1 * cos - x2 * sin, x1 * sin + x2 * cos), dim=-1)  # (B,H,T,hd/2,2)
         return out.flatten(-2).type_as(x)  # (B, H, T, hd)

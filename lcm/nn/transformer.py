@@ -7,14 +7,14 @@ SwiGLU FFN, residual dropout, and a final RMSNorm after the last layer.
 
 from __future__ import annotations
 
-from typing import NamedTuple
+from typing import Any, NamedTuple
 
 import torch
 import torch.nn.functional as F
 from torch import Tensor, nn
 
 from lcm.nn.attention import KVCache, LayerKVCache, MultiheadAttention
-from lcm.nn.layers import AdaLNModulation, PreparedLinear, RMSNorm, SwiGLU, modulate
+from lcm.nn.layers import AdaLNModulation, PreparedLinear, RMSNorm, Rotation, SwiGLU, modulate
 
 
 class TransformerBlock(nn.Module):
@@ -48,7 +48,7 @@ class TransformerBlock(nn.Module):
         *,
         attn_mask: Tensor | None,
         is_causal: bool,
-        positions: Tensor,
+        positions: Tensor | Rotation,
         cache: LayerKVCache | None = None,
         update_cache: bool = True,
     ) -> Tensor:
@@ -113,7 +113,7 @@ class CausalTransformer(nn.Module):
     def new_cache(self) -> KVCache:
         return KVCache(len(self.layers))
 
-    def forward(
+    def plan(
         self,
         x: Tensor,
         mask: Tensor | None = None,
@@ -121,26 +121,23 @@ class CausalTransformer(nn.Module):
         *,
         attn_mask: Tensor | None = None,
         positions: Tensor | None = None,
-        update_cache: bool = True,
-    ) -> Tensor:
-        """
-        Args:
-            x: (B, T, d) inputs for the T new positions.
-            mask: (B, T) bool padding mask of the new positions, True = valid. None = all valid.
-            cache: KV cache of earlier positions; updated in place unless update_cache=False.
-            attn_mask: (B|1, T, S) bool structure mask replacing the causal one (S = cached + T),
-                e.g. One-Tower's interleaved mask. Padding and the self-diagonal are still applied.
-            positions: (T,) or (B, T) RoPE positions; default cache.length + arange(T).
-            update_cache: False attends to the cache and the new positions without storing them.
+    ) -> StackPlan:
+        """What :meth:`forward` derives from its arguments besides ``x``'s values: the final
+        attention mask, RoPE angles (once for every layer) and the key mask to store. A caller
+        that queries the same cache several times with the same structure (One-Tower's
+        denoising steps) builds it once and passes it to ``forward(plan=...)``.
 
-        Returns:
-            (B, T, d) final-normed hidden states of the new positions.
+        Generation fast path: a cache prefilled (``offset == 0``) with an all-valid ``mask``
+        stores no key mask (one check per prompt), so later single-position steps need no mask
+        at all; training (no cache) never checks (no host sync, no graph break under compile).
         """
         B, T, _ = x.shape
         offset = cache.length if cache is not None else 0
         S = offset + T
         if positions is None:
             positions = torch.arange(offset, S, device=x.device)  # (T,)
+        if cache is not None and offset == 0 and mask is not None and bool(mask.all()):
+            mask = None
 
         key_mask = mask
         if cache is not None and cache.key_mask is not None:
@@ -152,31 +149,85 @@ class CausalTransformer(nn.Module):
         # Plain causal, nothing cached, no padding: let SDPA pick its fused causal kernel.
         is_causal = attn_mask is None and key_mask is None and offset == 0
         allowed = None
-        if not is_causal:
+        if is_causal:
+            pass
+        elif T == 1 and attn_mask is None and mask is None:
+            # One valid new query after the cache: every stored key is earlier and the new key
+            # is itself, so the mask is the keys' validity alone.
+            if key_mask is not None:
+                allowed = key_mask[:, None, None, :]  # (B, 1, 1, S)
+        else:
             q_pos = torch.arange(offset, S, device=x.device)[:, None]  # (T, 1) absolute index
             k_pos = torch.arange(S, device=x.device)[None, :]  # (1, S)
             allowed = attn_mask if attn_mask is not None else (k_pos <= q_pos)[None]  # (B|1,T,S)
             if key_mask is not None:
                 allowed = allowed & key_mask[:, None, :]  # (B, T, S)
             allowed = (allowed | (k_pos == q_pos)[None])[:, None]  # (B|1, 1, T, S)
-            if T == 1 and attn_mask is None and key_mask is None:
-                allowed = None  # one new query that sees every cached key: no mask needed
+        rope = self.layers[0].attn.rope if len(self.layers) else None
+        rotation = rope.rotation(positions, x.device) if rope is not None else positions
+        return StackPlan(allowed, is_causal, rotation, key_mask, S)
 
+    def forward(
+        self,
+        x: Tensor,
+        mask: Tensor | None = None,
+        cache: KVCache | None = None,
+        *,
+        attn_mask: Tensor | None = None,
+        positions: Tensor | None = None,
+        update_cache: bool = True,
+        plan: StackPlan | None = None,
+    ) -> Tensor:
+        """
+        Args:
+            x: (B, T, d) inputs for the T new positions.
+            mask: (B, T) bool padding mask of the new positions, True = valid. None = all valid.
+            cache: KV cache of earlier positions; updated in place unless update_cache=False.
+            attn_mask: (B|1, T, S) bool structure mask replacing the causal one (S = cached + T),
+                e.g. One-Tower's interleaved mask. Padding and the self-diagonal are still applied.
+            positions: (T,) or (B, T) RoPE positions; default cache.length + arange(T).
+            update_cache: False attends to the cache and the new positions without storing them.
+            plan: :meth:`plan` of the same arguments, built earlier (then ``mask``,
+                ``attn_mask`` and ``positions`` are not read).
+
+        Returns:
+            (B, T, d) final-normed hidden states of the new positions.
+        """
+        if plan is None:
+            plan = self.plan(x, mask, cache, attn_mask=attn_mask, positions=positions)
         for i, layer in enumerate(self.layers):
             x = layer(
                 x,
-                attn_mask=allowed,
-                is_causal=is_causal,
-                positions=positions,
+                attn_mask=plan.allowed,
+                is_causal=plan.is_causal,
+                positions=plan.rotation,
                 cache=cache.layers[i] if cache is not None else None,
                 update_cache=update_cache,
             )  # (B, T, d)
 
         if cache is not None and update_cache:
-            if key_mask is not None:
-                cache.key_mask = key_mask
-            cache.length = S
+            if plan.key_mask is not None:
+                cache.key_mask = plan.key_mask
+            cache.length = plan.length
         return self.norm(x)  # (B, T, d)
+
+
+class StackPlan(NamedTuple):
+    """:meth:`CausalTransformer.plan`: everything a forward derives from the structure.
+
+    Attributes:
+        allowed: bool (B|1, 1, T, S) attention mask, True = may attend; None = no mask.
+        is_causal: plain causal attention without a mask (SDPA's fused kernel).
+        rotation: RoPE angles of the new positions (or the positions, without RoPE).
+        key_mask: (B, S) validity of every key after this forward, or None (all valid).
+        length: S, the cache length after this forward (if it updates the cache).
+    """
+
+    allowed: Tensor | None
+    is_causal: bool
+    rotation: Any
+    key_mask: Tensor | None
+    length: int
 
 
 class PreparedDenoiserBlock(NamedTuple):

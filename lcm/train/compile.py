@@ -15,9 +15,11 @@ its ``forward`` (what the training loss calls) runs through the compiler. Sampli
 
 from __future__ import annotations
 
+from collections.abc import Callable
 from typing import Any, Literal
 
 import lightning as L
+import torch
 from torch import nn
 
 CompileMode = Literal["default", "reduce-overhead", "max-autotune", "max-autotune-no-cudagraphs"]
@@ -47,6 +49,47 @@ def compile_network(
     return network
 
 
+def compile_optimizer(
+    optimizer: torch.optim.Optimizer, backend: str = "inductor"
+) -> torch.optim.Optimizer:
+    """Run ``optimizer``'s update through ``torch.compile``, in place, and return it.
+
+    The reference (non-fused) AdamW on CPU is a Python loop of about a dozen small ops per
+    parameter; compiled, it is a few fused kernels for all of them. The closure (Lightning's
+    forward and backward) still runs eagerly before the update. Learning rates become 0-d
+    tensors, so that a schedule (``LambdaLR`` fills them in place) does not recompile the
+    update at every step. The update computes what the eager one does (tested).
+
+    Args:
+        optimizer: a ``torch.optim`` optimizer, not fused (a fused one is one kernel already).
+        backend: ``torch.compile`` backend.
+    """
+    if any(group.get("fused") for group in optimizer.param_groups):
+        return optimizer
+    for group in optimizer.param_groups:
+        if not isinstance(group["lr"], torch.Tensor):
+            group["lr"] = torch.tensor(float(group["lr"]))
+    eager_step = optimizer.step
+
+    @torch.compile(backend=backend)
+    def update() -> None:
+        eager_step()
+
+    def step(closure: Callable[[], Any] | None = None) -> Any:
+        loss = None
+        if closure is not None:
+            with torch.enable_grad():
+                loss = closure()
+        update()
+        optimizer._opt_called = True  # what an LR scheduler's own wrapper of `step` records
+        return loss
+
+    if hasattr(eager_step, "_wrapped_by_lr_sched"):  # the scheduler checks the order of calls
+        step._wrapped_by_lr_sched = True  # type: ignore[attr-defined]
+    optimizer.step = step  # type: ignore[method-assign]
+    return optimizer
+
+
 class CompileModel(L.Callback):
     """Compile the trained network with ``torch.compile`` when training sets up.
 
@@ -56,6 +99,8 @@ class CompileModel(L.Callback):
         dynamic: dynamic shapes (None: torch decides after a recompilation).
         fullgraph: require one graph (error on graph breaks).
         backend: ``torch.compile`` backend.
+        optimizer: also compile the optimizers' updates (:func:`compile_optimizer`; non-fused
+            optimizers only, i.e. AdamW on CPU).
     """
 
     def __init__(
@@ -65,10 +110,17 @@ class CompileModel(L.Callback):
         dynamic: bool | None = None,
         fullgraph: bool = False,
         backend: str = "inductor",
+        optimizer: bool = False,
     ) -> None:
         super().__init__()
         self.compile, self.mode, self.dynamic = compile, mode, dynamic
         self.fullgraph, self.backend = fullgraph, backend
+        self.optimizer = optimizer
+
+    def on_fit_start(self, trainer: L.Trainer, pl_module: L.LightningModule) -> None:
+        if self.compile and self.optimizer:  # the optimizers exist by now (not at setup)
+            for opt in trainer.optimizers:
+                compile_optimizer(opt, backend=self.backend)
 
     def setup(self, trainer: L.Trainer, pl_module: L.LightningModule, stage: str) -> None:
         if self.compile and stage == "fit":
