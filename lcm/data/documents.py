@@ -139,6 +139,21 @@ def _decode(data: bytes) -> tuple[str, bool]:
         return data.decode("utf-8", errors="surrogateescape"), False
 
 
+def parse_json_line(line: bytes) -> tuple[dict | None, str | None]:
+    """One JSON-lines row: ``(record, None)`` or ``(None, "<kind>: <message>")``."""
+    text, clean = _decode(line.rstrip(b"\r\n"))
+    if not clean:
+        return None, _NON_UTF8.format(where="row")
+    try:
+        value = json.loads(text)
+    except json.JSONDecodeError as ex:
+        msg = ex.msg.removesuffix(" at")
+        return None, f"malformed_json: invalid JSON ({msg}, column {ex.colno})"
+    if not isinstance(value, dict):
+        return None, f"malformed_json: a JSON {type(value).__name__}, expected an object"
+    return value, None
+
+
 def _jsonl_rows(path: Path) -> Iterator[tuple[str, int, dict | None, str | None]]:
     """Per-line jsonl reader for a file the Arrow engine could not read.
 
@@ -152,19 +167,6 @@ def _jsonl_rows(path: Path) -> Iterator[tuple[str, int, dict | None, str | None]
             for n, line in enumerate(fh, start=1):
                 if line.strip():
                     yield n, line
-
-    def parse(line: bytes) -> tuple[dict | None, str | None]:
-        text, clean = _decode(line.rstrip(b"\r\n"))
-        if not clean:
-            return None, _NON_UTF8.format(where="row")
-        try:
-            value = json.loads(text)
-        except json.JSONDecodeError as ex:
-            msg = ex.msg.removesuffix(" at")
-            return None, f"malformed_json: invalid JSON ({msg}, column {ex.colno})"
-        if not isinstance(value, dict):
-            return None, f"malformed_json: a JSON {type(value).__name__}, expected an object"
-        return value, None
 
     with open(path, "rb") as fh:
         head = fh.read(4096).lstrip()
@@ -188,11 +190,11 @@ def _jsonl_rows(path: Path) -> Iterator[tuple[str, int, dict | None, str | None]
         return
     columns: dict[str, None] = {}
     for _, line in lines():  # pass 1: the columns (memory stays bounded on large files)
-        record, _ = parse(line)
+        record, _ = parse_json_line(line)
         if record is not None:
             columns.update(dict.fromkeys(record))
     for row, (n, line) in enumerate(lines()):
-        record, error = parse(line)
+        record, error = parse_json_line(line)
         if error is not None:
             kind, _, message = error.partition(": ")
             yield str(path), row, None, f"{kind}: line {n}: {message}"

@@ -17,7 +17,6 @@ file holding one JSON array) are not planned here:
 
 from __future__ import annotations
 
-import json
 import os
 from collections.abc import Iterator, Sequence
 from dataclasses import dataclass
@@ -25,7 +24,7 @@ from pathlib import Path
 
 import numpy as np
 
-from lcm.data.documents import _NON_UTF8, _decode, file_format
+from lcm.data.documents import _NON_UTF8, _decode, file_format, parse_json_line
 
 PLAN_VERSION = 1
 _BLOCK = 1 << 22  # bytes per scan block
@@ -46,21 +45,6 @@ def locatable(path: Path, fmt: str, txt_sample_by: str = "document") -> bool:
     with open(path, "rb") as fh:
         head = fh.read(4096).lstrip()
     return not head.startswith(b"[")
-
-
-def parse_json_line(line: bytes) -> tuple[dict | None, str | None]:
-    """One JSON-lines row: ``(record, None)`` or ``(None, "<kind>: <message>")``."""
-    text, clean = _decode(line.rstrip(b"\r\n"))
-    if not clean:
-        return None, _NON_UTF8.format(where="row")
-    try:
-        value = json.loads(text)
-    except json.JSONDecodeError as ex:
-        msg = ex.msg.removesuffix(" at")
-        return None, f"malformed_json: invalid JSON ({msg}, column {ex.colno})"
-    if not isinstance(value, dict):
-        return None, f"malformed_json: a JSON {type(value).__name__}, expected an object"
-    return value, None
 
 
 def _lone_cr(path: Path) -> bool:
