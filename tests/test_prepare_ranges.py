@@ -12,6 +12,7 @@ import pyarrow as pa
 import pyarrow.parquet as pq
 import pytest
 
+from encoders.hashing import HashCodec
 from lcm.data import prepare as prep
 from lcm.data import ranges
 from lcm.data.ranges import plan_rows
@@ -247,3 +248,38 @@ def test_text_read_by_line_is_planned_by_rows_like_the_full_pass(tmp_path):
     assert by_rows == by_pass
     assert [src.rpartition(":")[2] for src, _ in by_rows[0]] == ["0", "3", "4"]
     assert by_rows[0][1][1] == ["Windows line."] and by_rows[1] == {"empty": 1, "non_utf8": 1}
+
+
+class _CountingCodec(HashCodec):
+    """Counts a sentence with "LONG" as truncated and one with "??" as mostly unknown."""
+
+    def count_truncated(self, sentences, lang):
+        return sum("LONG" in s for s in sentences)
+
+    def unknown_ratio(self, sentences, lang):
+        return [1.0 if "??" in s else 0.0 for s in sentences]
+
+
+def test_counts_add_up_after_a_duplicate_is_dropped_from_its_shard(tmp_path):
+    rows = [{"id": f"d{i}", "text": f"Document {i}. It ends."} for i in range(9)]
+    rows[1]["text"] = "A LONG one. Fine. Then ?? here."
+    # shard 2 repeats d1 with the same counted sentences, and its summary field too
+    rows[7] = {"id": "d1", "text": "A LONG one. Fine. Then ?? here. And LONG again."}
+    for r in rows:
+        r["summary"] = f"Sum of {r['id']}. LONG ??."
+    clean_rows = [r for i, r in enumerate(rows) if i != 7]
+    _jsonl(tmp_path / "d.jsonl", rows)
+    _jsonl(tmp_path / "clean.jsonl", clean_rows)
+    kw = dict(codec=_CountingCodec(), shard_size=3, progress=False, cache=False,
+              target_fields=["summary"])  # fmt: skip
+    s = prep.prepare(str(tmp_path / "d.jsonl"), str(tmp_path / "out"), **kw)
+    c = prep.prepare(str(tmp_path / "clean.jsonl"), str(tmp_path / "clean"), **kw)
+    assert s["rejected_by_reason"] == {"duplicate_id": 1}
+    # every summary has one truncated and one unknown sentence, d1's text one of each; the
+    # dropped row had 2 truncated and 1 unknown text sentences and 1 + 1 in its summary
+    assert c["truncated_sentences"] == 8 + 1 and c["unknown_token_sentences"] == 8 + 1
+    for key in ("documents", "sentences", "truncated_sentences", "unknown_token_sentences"):
+        assert s[key] == c[key], key
+    stats = json.loads((tmp_path / "out" / "stats" / "shard-00002.json").read_text())
+    assert (stats["documents"], stats["truncated"], stats["unknown_sentences"]) == (2, 2, 2)
+    assert stats["sentences"] == 4

@@ -300,20 +300,17 @@ class ShardStream(torch.utils.data.IterableDataset):
                 del docs, rejects
                 yield plan
                 del plan  # the consumer holds it while it is encoded, not us
-            self.finished = True
-            if self.read_bar is not None:
-                self.read_bar.set_total(self.rows_read)
-                self.read_bar.close()
-            if self.encode_bar is not None:
-                self.encode_bar.set_total(self.mine_documents)
+            self._end_of_input()
         finally:
             release_row_group_cache()
 
     def _keep(self, index: int) -> bool:
         return index % self.world == self.rank and index not in self.done
 
-    def _end_of_input(self, sink, tmp: Path, rejects_path: Path) -> None:
-        """The whole input is read: publish the rejects file and fix the progress totals."""
+    def _end_of_input(self, sink=None, tmp: Path | None = None, rejects_path: Path | None = None):
+        """The whole input (or, with row planning, every pending shard) is read: publish the full
+        pass's rejects file (``sink``, written to ``tmp``) and fix the progress totals. Both the
+        full pass and the row-range pass end here."""
         if sink is not None:
             sink.close()
             os.replace(tmp, rejects_path)
@@ -753,7 +750,7 @@ def prepare(
         input_rejects, rows_read = stream.input_rejects, stream.rows_read
     else:
         _missing_shards(out, stream.shards)
-        _drop_duplicates_across_shards(out, stream.shards, text_field)
+        _drop_duplicates_across_shards(out, stream.shards, codec, [text_field, *target_fields])
         input_rejects, rows_read = _merge_input_rejects(out, stream.shards, files)
     summary = _finalize(
         out, stream.shards, input_rejects, splitter, text_field, normalizer_sample, seed, show
@@ -846,7 +843,9 @@ def _missing_shards(out: Path, n_shards: int) -> None:
         raise RuntimeError(f"shards {missing[:5]}... were not written; rerun to resume")
 
 
-def _drop_duplicates_across_shards(out: Path, n_shards: int, text_field: str) -> int:
+def _drop_duplicates_across_shards(
+    out: Path, n_shards: int, codec: SentenceCodec, fields: Sequence[str]
+) -> int:
     """Row planning reads each shard's rows alone, so an id may repeat in two shards. Find such
     ids from the hashes every shard recorded in ``stats/`` (up to 40 bytes per document while this
     runs), confirm them on the ids themselves (a hash collision keeps both), and drop every
@@ -855,7 +854,9 @@ def _drop_duplicates_across_shards(out: Path, n_shards: int, text_field: str) ->
     listed in ``rejects/input.jsonl``). The rewrite is safe to kill: the new shard is written
     aside, its stats (new checksum) replace the old, then the shard is renamed into place; a
     shard that does not match its stats is rebuilt from its rows on the next run and checked
-    again. Returns the number of rows dropped."""
+    again. Every count of the shard's stats loses the dropped rows' share (documents, sentences,
+    truncated and mostly-unknown sentences, counted again by ``codec`` on the dropped rows'
+    sentences of every field in ``fields``). Returns the number of rows dropped."""
     import pyarrow.parquet as pq
 
     keys, where = [], []
@@ -903,12 +904,15 @@ def _drop_duplicates_across_shards(out: Path, n_shards: int, text_field: str) ->
             reject = Reject(file, int(r), "duplicate_id", message, doc_id).as_dict()
             drops.setdefault(code >> 32, {})[code & 0xFFFFFFFF] = reject
     for shard, rows in sorted(drops.items()):
-        _rewrite_without(out, shard, rows, text_field)
+        _rewrite_without(out, shard, rows, codec, fields)
     return sum(len(r) for r in drops.values())
 
 
-def _rewrite_without(out: Path, index: int, drop: dict[int, dict], text_field: str) -> None:
-    """Rewrite shard ``index`` without the rows in ``drop`` (row -> its reject)."""
+def _rewrite_without(
+    out: Path, index: int, drop: dict[int, dict], codec: SentenceCodec, fields: Sequence[str]
+) -> None:
+    """Rewrite shard ``index`` without the rows in ``drop`` (row -> its reject), taking the
+    dropped rows out of every count in its stats (as :class:`ShardEncoder` counted them)."""
     import pyarrow as pa
     import pyarrow.parquet as pq
 
@@ -919,12 +923,23 @@ def _rewrite_without(out: Path, index: int, drop: dict[int, dict], text_field: s
     table = pq.read_table(path)
     keep = np.ones(table.num_rows, dtype=bool)
     keep[list(drop)] = False
-    lost = table.filter(pa.array(~keep)).column(f"{text_field}_sentences").to_pylist()
+    lost = (
+        table.filter(pa.array(~keep))
+        .select(["lang", *(f"{column}_sentences" for column in fields)])
+        .to_pylist()
+    )
     table = table.filter(pa.array(keep))
     tmp = out / "shards" / f".{name}.{os.getpid()}.tmp"
     pq.write_table(table, tmp)
     stats["documents"] = table.num_rows
-    stats["sentences"] -= sum(len(s) for s in lost)
+    stats["sentences"] -= sum(len(row[f"{fields[0]}_sentences"]) for row in lost)
+    for row in lost:
+        for column in fields:
+            sentences = row[f"{column}_sentences"]
+            stats["truncated"] -= codec.count_truncated(sentences, row["lang"])
+            ratios = codec.unknown_ratio(sentences, row["lang"])
+            if ratios is not None and stats.get("unknown_sentences") is not None:
+                stats["unknown_sentences"] -= sum(r > MOSTLY_UNKNOWN for r in ratios)
     stats["id_hashes"] = [h for h, k in zip(stats["id_hashes"], keep) if k]
     stats["duplicate_rejects"] = stats["duplicate_rejects"] + [drop[r] for r in sorted(drop)]
     stats.update(file_record(tmp))
