@@ -5,6 +5,7 @@ from __future__ import annotations
 
 import hashlib
 import json
+import os
 from pathlib import Path
 
 import numpy as np
@@ -283,3 +284,57 @@ def test_counts_add_up_after_a_duplicate_is_dropped_from_its_shard(tmp_path):
     stats = json.loads((tmp_path / "out" / "stats" / "shard-00002.json").read_text())
     assert (stats["documents"], stats["truncated"], stats["unknown_sentences"]) == (2, 2, 2)
     assert stats["sentences"] == 4
+
+
+@pytest.mark.parametrize("keep_mtime", [False, True])
+def test_an_input_edited_between_two_runs_is_refused_naming_the_file(
+    tmp_path, hash_codec, keep_mtime
+):
+    rows = [{"id": f"d{i}", "text": f"Document {i}. It ends here."} for i in range(40)]
+    _jsonl(tmp_path / "a.jsonl", rows[:2])
+    _jsonl(tmp_path / "b.jsonl", rows[2:])
+    files = [str(tmp_path / "a.jsonl"), str(tmp_path / "b.jsonl")]
+    out = tmp_path / "out"
+    kw = dict(codec=hash_codec, shard_size=4, progress=False, cache=False)
+    prep.prepare(files, str(out), **kw)
+    record = json.loads((out / "manifest.json").read_text())["input_files"][1]
+    raw = (tmp_path / "b.jsonl").read_bytes()
+    assert record["sha256"] == hashlib.sha256(raw).hexdigest() and record["bytes"] == len(raw)
+    st = (tmp_path / "b.jsonl").stat()
+    middle = raw.index(b"Document 20") + len("Document ")  # one digit in the middle: 2 -> 7
+    (tmp_path / "b.jsonl").write_bytes(raw[:middle] + b"7" + raw[middle + 1 :])
+    if keep_mtime:  # an edit that hides behind the old modification time: a sampled block
+        os.utime(tmp_path / "b.jsonl", ns=(st.st_atime_ns, st.st_mtime_ns))
+    why = "differs although its modification" if keep_mtime else r"differs \(SHA-256\)"
+    with pytest.raises(ValueError, match=rf"input {tmp_path / 'b.jsonl'} changed.*{why}"):
+        prep.prepare(files, str(out), **kw)
+    (tmp_path / "b.jsonl").write_bytes(raw[:-10])  # a shorter file: named by its size
+    with pytest.raises(ValueError, match=rf"b.jsonl changed .*size is {len(raw) - 10} bytes"):
+        prep.prepare(files, str(out), **kw)
+
+
+def test_an_unchanged_input_is_checked_cheaply_and_a_touched_one_by_its_checksum(
+    tmp_path, hash_codec, monkeypatch
+):
+    rows = [{"id": f"d{i}", "text": f"Document {i}. It ends here."} for i in range(20)]
+    _jsonl(tmp_path / "d.jsonl", rows)
+    out = tmp_path / "out"
+    kw = dict(codec=hash_codec, shard_size=4, progress=False, cache=False)
+    prep.prepare(str(tmp_path / "d.jsonl"), str(out), **kw)
+    digests = _digests(out)
+    for k in (1, 3):  # two unfinished shards
+        (out / "shards" / f"shard-0000{k}.parquet").unlink()
+    full_reads = []
+    real = prep.file_sha256
+    monkeypatch.setattr(prep, "file_sha256", lambda p: full_reads.append(p) or real(p))
+    monkeypatch.setattr(ranges, "_scan_lines", None)  # no new planning scan either
+    s = prep.prepare(str(tmp_path / "d.jsonl"), str(out), **kw)
+    assert full_reads == [] and s["rows_read_this_run"] == 8 and _digests(out) == digests
+    before = json.loads((out / "manifest.json").read_text())["input_files"][0]
+    os.utime(tmp_path / "d.jsonl")  # touched, content unchanged: one full read, then cheap
+    s = prep.prepare(str(tmp_path / "d.jsonl"), str(out), **kw)
+    assert len(full_reads) == 1 and s["rows_read_this_run"] == 0
+    after = json.loads((out / "manifest.json").read_text())["input_files"][0]
+    assert after["mtime_ns"] != before["mtime_ns"] and after["sha256"] == before["sha256"]
+    prep.prepare(str(tmp_path / "d.jsonl"), str(out), **kw)
+    assert len(full_reads) == 1

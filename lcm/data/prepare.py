@@ -80,6 +80,7 @@ Output folder::
 
 from __future__ import annotations
 
+import hashlib
 import json
 import logging
 import os
@@ -111,7 +112,13 @@ from lcm.data.documents import (
     iter_documents,
     iter_rows,
 )
-from lcm.data.ranges import RowPlan, locatable, plan_rows, release_row_group_cache
+from lcm.data.ranges import (
+    RowPlan,
+    file_sha256,
+    locatable,
+    plan_rows,
+    release_row_group_cache,
+)
 from lcm.data.shards import ShardError, check_shard, file_record, table_problems
 from lcm.normalizer import RobustNormalizer
 from lcm.progress import Progress
@@ -628,7 +635,6 @@ def prepare(
     settings = {
         "version": MANIFEST_VERSION,
         "inputs": [str(f) for f in files],
-        "input_sha256": fingerprint(files),
         "codec": codec.codec_id,
         "text_field": text_field,
         "target_fields": target_fields,
@@ -647,6 +653,7 @@ def prepare(
         "planning": planning,
     }
     manifest = out / "manifest.json"
+    row_plan = None
     if manifest.exists():
         old = json.loads(manifest.read_text())
         if old.get("version") != MANIFEST_VERSION:
@@ -663,7 +670,28 @@ def prepare(
                 f"{out} was prepared with other settings ({', '.join(changed)} differ); "
                 "use a new output_dir or delete this one"
             )
+        # the inputs are those the finished shards were made from: a cheap check per file
+        settings["input_files"] = _check_inputs(out, old, files)
+        settings["input_sha256"] = inputs_fingerprint(settings["input_files"])
+        if settings["input_files"] != old.get("input_files"):  # new mtimes, same content
+            old.update(input_files=settings["input_files"], input_sha256=settings["input_sha256"])
+            _atomic_write(manifest, json.dumps(old, indent=2))
+        if planning == "rows":
+            row_plan = _row_plan(out, files, input_format, shard_size)
     else:
+        # a new folder: the one full read of the inputs, which the row planning's byte scan
+        # makes anyway (parquet: one extra read); a resume then checks each file cheaply
+        stats_before = [os.stat(f) for f in files]  # before reading: an edit during it shows
+        if planning == "rows":
+            row_plan = plan_rows(files, input_format, shard_size)
+            row_plan.save(out / "plan.npz")
+            digests = row_plan.sha256
+        else:
+            digests = [file_sha256(f) for f in files]
+        settings["input_files"] = [
+            input_record(f, st, d) for f, st, d in zip(files, stats_before, digests)
+        ]
+        settings["input_sha256"] = inputs_fingerprint(settings["input_files"])
         _atomic_write(manifest, json.dumps(settings, indent=2))
     show = progress and rank_zero_only.rank == 0
 
@@ -672,7 +700,6 @@ def prepare(
     # checks them all before any rank writes, so all ranks skip the same shards
     _remove_stale_tmp(out / "shards")
     _remove_stale_tmp(out / "rejects")
-    row_plan = _row_plan(out, files, input_format, shard_size) if planning == "rows" else None
     done, rebuilt = set(), {}
     for path in sorted((out / "shards").glob("shard-*.parquet")):
         index = int(path.stem.split("-")[1])
@@ -773,6 +800,84 @@ def prepare(
     # finished folder does not keep a second copy of the corpus.
     shutil.rmtree(out / ".hf_cache", ignore_errors=True)
     return summary
+
+
+#: the cheap check of an input on resume reads this many blocks of this many bytes
+_SAMPLE_BLOCKS, _SAMPLE_BYTES = 16, 1 << 16
+
+
+def _sampled_sha256(path: Path, size: int) -> str:
+    """SHA-256 of ``_SAMPLE_BLOCKS`` blocks spread evenly over ``path`` (first and last
+    included): 1 MiB read, whatever the file's size."""
+    h = hashlib.sha256()
+    with open(path, "rb") as fh:
+        for k in range(_SAMPLE_BLOCKS):
+            fh.seek(max(size - _SAMPLE_BYTES, 0) * k // (_SAMPLE_BLOCKS - 1))
+            h.update(fh.read(_SAMPLE_BYTES))
+    return h.hexdigest()
+
+
+def input_record(path: Path, st: os.stat_result, sha256: str) -> dict:
+    """What the manifest records of one input (``input_files``): its size and modification
+    time as ``st`` (taken before it was read), its SHA-256 and that of its sampled blocks."""
+    return {
+        "file": str(path),
+        "bytes": st.st_size,
+        "mtime_ns": st.st_mtime_ns,
+        "sha256": sha256,
+        "sampled_sha256": _sampled_sha256(path, st.st_size),
+    }
+
+
+def inputs_fingerprint(records: Sequence[dict]) -> str:
+    """One content hash of all inputs (``input_sha256``), from their per-file checksums."""
+    h = hashlib.sha256()
+    for r in records:
+        h.update(f"{r['file']}\0{r['sha256']}\0".encode())
+    return h.hexdigest()
+
+
+def _check_inputs(out: Path, old: dict, files: list[Path]) -> list[dict]:
+    """Refuse a resume over an input that changed since the folder was prepared, naming the
+    file; return the inputs' records (new modification times where the content is unchanged).
+
+    The check is cheap where nothing changed: per file a ``stat`` and 1 MiB of sampled blocks.
+    A file whose modification time moved (touched, copied, edited) is read whole once and
+    compared with its recorded SHA-256; an edit that keeps both the size and the modification
+    time is found only if it touches a sampled block. A folder from before per-file records
+    (one hash of all inputs) is checked once against that hash, in one full read."""
+    if "input_files" not in old:
+        if fingerprint(files) != old.get("input_sha256"):
+            raise ValueError(
+                f"{out}: the inputs changed since this folder was prepared (their SHA-256 "
+                "differs); restore them, or use a new output_dir (or delete this one)"
+            )
+        return [input_record(f, os.stat(f), file_sha256(f)) for f in files]
+    records = []
+    for rec in old["input_files"]:
+        path = Path(rec["file"])
+        why = None
+        try:
+            st = os.stat(path)
+        except FileNotFoundError:
+            st, why = None, "it is missing"
+        if why is None and st.st_size != rec["bytes"]:
+            why = f"its size is {st.st_size} bytes, was {rec['bytes']}"
+        elif why is None and st.st_mtime_ns == rec["mtime_ns"]:
+            if _sampled_sha256(path, st.st_size) != rec["sampled_sha256"]:
+                why = "its content differs although its modification time does not"
+        elif why is None:
+            if file_sha256(path) != rec["sha256"]:
+                why = "its content differs (SHA-256); it was modified"
+            rec = {**rec, "mtime_ns": st.st_mtime_ns}
+        if why is not None:
+            raise ValueError(
+                f"{out}: input {path} changed since this folder was prepared ({why}); its "
+                "finished shards hold the old content. Restore the file, or prepare the new "
+                "content into a new output_dir (or delete this one)"
+            )
+        records.append(rec)
+    return records
 
 
 def _remove_stale_tmp(folder: Path) -> None:

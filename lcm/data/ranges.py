@@ -17,6 +17,7 @@ file holding one JSON array) are not planned here:
 
 from __future__ import annotations
 
+import hashlib
 import os
 from collections.abc import Iterator, Sequence
 from dataclasses import dataclass
@@ -26,7 +27,8 @@ import numpy as np
 
 from lcm.data.documents import _NON_UTF8, _decode, file_format, parse_json_line
 
-PLAN_VERSION = 1
+#: 2: the plan records each input file's SHA-256, computed by the planning scan itself
+PLAN_VERSION = 2
 _BLOCK = 1 << 22  # bytes per scan block
 _WS = np.zeros(256, dtype=bool)
 _WS[[9, 10, 11, 12, 13, 32]] = True  # what bytes.strip() strips: a line of only these is blank
@@ -61,11 +63,12 @@ def _lone_cr(path: Path) -> bool:
 
 
 def _scan_lines(
-    path: Path, first_row: int, shard_size: int, skip_blank: bool = True
+    path: Path, first_row: int, shard_size: int, skip_blank: bool = True, digest=None
 ) -> tuple[int, list, list]:
     """Rows of ``path`` (its non-blank lines, or every line without ``skip_blank``), and the
     byte offset and 1-based line of every row whose global index (``first_row`` + its index
-    here) is a multiple of ``shard_size``."""
+    here) is a multiple of ``shard_size``. ``digest`` (a hashlib object) is fed every byte of
+    the file as it is scanned, so the file's checksum costs no second read."""
     rows = lines = pos = 0  # rows and lines before buf; pos: file offset of buf[0]
     offsets: list[int] = []
     line_nos: list[int] = []
@@ -73,6 +76,8 @@ def _scan_lines(
     with open(path, "rb") as fh:
         while True:
             block = fh.read(_BLOCK)
+            if digest is not None:
+                digest.update(block)
             buf = carry + block
             if not buf:
                 break
@@ -125,6 +130,8 @@ class RowPlan:
     shard_size: int
     offsets: np.ndarray  # int64, one per shard
     lines: np.ndarray  # int64, one per shard
+    #: SHA-256 of each file as planned (hex); the manifest records them (``input_files``)
+    sha256: list[str] | None = None
 
     def __post_init__(self) -> None:
         self._starts = np.concatenate(([0], np.cumsum(self.file_rows))).astype(np.int64)
@@ -189,6 +196,7 @@ class RowPlan:
                 shard_size=np.int64(self.shard_size),
                 offsets=self.offsets,
                 lines=self.lines,
+                sha256=np.array(self.sha256 or []),
             )
         os.replace(tmp, path)
 
@@ -204,12 +212,16 @@ class RowPlan:
                 int(z["shard_size"]),
                 z["offsets"],
                 z["lines"],
+                z["sha256"].tolist() or None,
             )
 
 
 def plan_rows(files: Sequence[Path], fmt: str, shard_size: int) -> RowPlan:
-    """Plan shards of ``shard_size`` input rows over ``files`` (all :func:`locatable`)."""
+    """Plan shards of ``shard_size`` input rows over ``files`` (all :func:`locatable`), with
+    each file's SHA-256 (JSON lines and text: from the byte scan itself; parquet: one extra
+    read, once per folder)."""
     kinds = [file_format(f, fmt) for f in files]
+    digests: list[str] = []
     file_rows: list[int] = []
     offsets: list[int] = []
     lines: list[int] = []
@@ -217,12 +229,15 @@ def plan_rows(files: Sequence[Path], fmt: str, shard_size: int) -> RowPlan:
     for path, kind in zip(files, kinds):
         if kind == "parquet":
             n = _parquet_rows_count(path)
+            digests.append(file_sha256(path))
             first = -(-total // shard_size) * shard_size  # the first shard start in this file
             for _ in range(first, total + n, shard_size):
                 offsets.append(-1)
                 lines.append(-1)
         elif kind in ("jsonl", "txt"):  # txt: locatable() has checked it is read by line
-            n, offs, nos = _scan_lines(path, total, shard_size, skip_blank=kind == "jsonl")
+            h = hashlib.sha256()
+            n, offs, nos = _scan_lines(path, total, shard_size, kind == "jsonl", h)
+            digests.append(h.hexdigest())
             offsets.extend(offs)
             lines.extend(nos)
         else:
@@ -231,8 +246,17 @@ def plan_rows(files: Sequence[Path], fmt: str, shard_size: int) -> RowPlan:
         total += n
     return RowPlan(
         list(files), kinds, np.array(file_rows, dtype=np.int64), shard_size,
-        np.array(offsets, dtype=np.int64), np.array(lines, dtype=np.int64),
+        np.array(offsets, dtype=np.int64), np.array(lines, dtype=np.int64), digests,
     )  # fmt: skip
+
+
+def file_sha256(path: Path) -> str:
+    """SHA-256 (hex) of every byte of ``path``."""
+    h = hashlib.sha256()
+    with open(path, "rb") as fh:
+        while block := fh.read(_BLOCK):
+            h.update(block)
+    return h.hexdigest()
 
 
 def _jsonl_range(
