@@ -185,16 +185,66 @@ def test_a_run_killed_before_the_duplicate_check_resumes_to_the_same_folder(
         assert s[key] == clean[key]
 
 
-def test_a_folder_of_the_old_planning_is_refused_with_a_clear_message(tmp_path, hash_codec):
-    _jsonl(tmp_path / "d.jsonl", [{"id": "a", "text": "One. Two."}])
-    out = tmp_path / "out"
-    prep.prepare(str(tmp_path / "d.jsonl"), str(out), codec=hash_codec, progress=False)
+def _as_v1(out: Path, files: list[Path], finished: bool = True) -> None:
+    """Make ``out`` look as an older `lcm prepare` (manifest version 1) left it."""
+    from lcm.data.documents import fingerprint
+
     manifest = json.loads((out / "manifest.json").read_text())
     manifest["version"] = 1
-    del manifest["planning"]
+    manifest["input_sha256"] = fingerprint(files)
+    for key in ("planning", "input_files", *([] if finished else ["shards"])):
+        del manifest[key]
     (out / "manifest.json").write_text(json.dumps(manifest))
-    with pytest.raises(ValueError, match="older `lcm prepare`.*input rows.*new output_dir"):
-        prep.prepare(str(tmp_path / "d.jsonl"), str(out), codec=hash_codec, progress=False)
+
+
+def test_a_finished_folder_of_manifest_version_1_is_upgraded_in_place_without_encoding(
+    tmp_path, hash_codec, monkeypatch
+):
+    rows = [{"id": f"d{i}", "text": f"Document {i}. It ends."} for i in range(10)]
+    rows[4] = "{not json"
+    _jsonl(tmp_path / "d.jsonl", rows)
+    out = tmp_path / "out"
+    kw = dict(codec=hash_codec, shard_size=3, progress=False, cache=False)
+    with monkeypatch.context() as m:  # version 1 cut every input by valid documents
+        m.setattr(prep, "locatable", lambda *a: False)
+        first = prep.prepare(str(tmp_path / "d.jsonl"), str(out), **kw)
+    _as_v1(out, [tmp_path / "d.jsonl"])
+    digests = _digests(out)
+
+    def encode(*args):
+        raise AssertionError("an upgrade encodes nothing")
+
+    monkeypatch.setattr(hash_codec, "_encode", encode)
+    s = prep.prepare(str(tmp_path / "d.jsonl"), str(out), **kw)
+    assert _digests(out) == digests and s["planning"] == "documents"
+    for key in ("documents", "sentences", "rejected", "rows_read", "shards"):
+        assert s[key] == first[key], key
+    manifest = json.loads((out / "manifest.json").read_text())
+    assert manifest["version"] == 2 and manifest["upgraded_from"] == 1
+    assert manifest["planning"] == "documents" and len(manifest["shards"]) == 3
+    again = prep.prepare(str(tmp_path / "d.jsonl"), str(out), **kw)  # a v2 folder now
+    assert again["documents"] == first["documents"] and _digests(out) == digests
+
+
+def test_a_folder_of_manifest_version_1_that_cannot_be_upgraded_says_what_to_do(
+    tmp_path, hash_codec
+):
+    _jsonl(tmp_path / "d.jsonl", [{"id": "a", "text": "One. Two."}])
+    files = [tmp_path / "d.jsonl"]
+    out = tmp_path / "out"
+    kw = dict(codec=hash_codec, progress=False)
+    prep.prepare(str(files[0]), str(out), **kw)
+    v2 = (out / "manifest.json").read_text()
+    _as_v1(out, files, finished=False)
+    with pytest.raises(ValueError, match="did not finish.*delete .*out.* rerun the same command"):
+        prep.prepare(str(files[0]), str(out), **kw)
+    (out / "manifest.json").write_text(v2)
+    _as_v1(out, files)  # finished, but its input changed since
+    _jsonl(files[0], [{"id": "a", "text": "One. Three."}])
+    with pytest.raises(ValueError, match="inputs that have changed.*restore them.*or delete"):
+        prep.prepare(str(files[0]), str(out), **kw)
+    with pytest.raises(ValueError, match=r"other settings \(shard_size differ\)"):
+        prep.prepare(str(files[0]), str(out), shard_size=7, **kw)
 
 
 def test_csv_keeps_the_full_pass(tmp_path, hash_codec):

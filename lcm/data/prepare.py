@@ -657,13 +657,10 @@ def prepare(
     if manifest.exists():
         old = json.loads(manifest.read_text())
         if old.get("version") != MANIFEST_VERSION:
-            raise ValueError(
-                f"{out} was prepared by an older `lcm prepare` (manifest version "
-                f"{old.get('version')}, shards cut by valid documents); this version (manifest "
-                f"version {MANIFEST_VERSION}) plans shards as ranges of input rows and cannot "
-                "resume it: use a new output_dir or delete this one (its finished shards "
-                "remain readable for training)"
-            )
+            old = _upgrade_v1(out, old, settings, files)
+        if old.get("upgraded_from") == 1:  # its shards are cut by valid documents: keep that
+            planning = settings["planning"] = "documents"
+            settings["upgraded_from"] = 1
         changed = sorted(k for k in settings if old.get(k) != settings[k])
         if changed:
             raise ValueError(
@@ -878,6 +875,54 @@ def _check_inputs(out: Path, old: dict, files: list[Path]) -> list[dict]:
             )
         records.append(rec)
     return records
+
+
+def _upgrade_v1(out: Path, old: dict, settings: dict, files: list[Path]) -> dict:
+    """Upgrade the manifest of a finished folder of manifest version 1 in place, without
+    encoding anything, when it was prepared from these very inputs (their SHA-256, one full
+    read) with the same settings; refuse any other folder of an older version, saying what to
+    do. Version 1 cut every input by valid documents, which is this version's full pass
+    (``planning: documents``), so the folder keeps that planning (``upgraded_from: 1``); the
+    run that follows verifies every shard against its stats and rewrites the summary."""
+    version = old.get("version")
+    redo = (
+        f"delete {out} (or choose a new output_dir) and rerun the same command to prepare it again"
+    )
+    if version != 1:
+        raise ValueError(f"{out}: manifest version {version} is unknown to this `lcm prepare`")
+    if "shards" not in old:
+        raise ValueError(
+            f"{out} was prepared by an older `lcm prepare` (manifest version 1) that did not "
+            f"finish: only a finished folder can be upgraded; {redo}"
+        )
+    changed = sorted(k for k in settings if k != "planning" and old.get(k, None) != settings[k])
+    changed = [k for k in changed if k != "version"]
+    if changed:
+        raise ValueError(
+            f"{out} was prepared by an older `lcm prepare` (manifest version 1) with other "
+            f"settings ({', '.join(changed)} differ); rerun with its settings to upgrade it in "
+            f"place, or {redo}"
+        )
+    if fingerprint(files) != old.get("input_sha256"):
+        raise ValueError(
+            f"{out} was prepared by an older `lcm prepare` (manifest version 1) from inputs "
+            f"that have changed since (their SHA-256 differs); restore them to upgrade it in "
+            f"place, or {redo}"
+        )
+    records = [input_record(f, os.stat(f), file_sha256(f)) for f in files]
+    new = {
+        **old,
+        **settings,
+        "version": MANIFEST_VERSION,
+        "planning": "documents",
+        "upgraded_from": 1,
+        "input_files": records,
+        "input_sha256": inputs_fingerprint(records),
+        "shards": old["shards"],
+    }
+    _atomic_write(out / "manifest.json", json.dumps(new, indent=2))
+    log.warning("%s: upgraded from manifest version 1 (planning: documents)", out)
+    return new
 
 
 def _remove_stale_tmp(folder: Path) -> None:
