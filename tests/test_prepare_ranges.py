@@ -388,3 +388,35 @@ def test_an_unchanged_input_is_checked_cheaply_and_a_touched_one_by_its_checksum
     assert after["mtime_ns"] != before["mtime_ns"] and after["sha256"] == before["sha256"]
     prep.prepare(str(tmp_path / "d.jsonl"), str(out), **kw)
     assert len(full_reads) == 1
+
+
+def test_the_duplicate_check_in_small_buckets_finds_every_duplicate_across_shards(
+    tmp_path, hash_codec, monkeypatch
+):
+    rows = [{"id": f"d{i}", "text": f"Document {i}. It ends."} for i in range(30)]
+    for i, j in [(7, 1), (12, 1), (20, 5), (29, 5), (25, 13), (14, 0)]:
+        rows[i]["id"] = f"d{j}"  # 6 later repeats of 4 ids, all in other shards
+    _jsonl(tmp_path / "d.jsonl", rows)
+    kw = dict(codec=hash_codec, shard_size=4, progress=False, cache=False)
+    one = prep.prepare(str(tmp_path / "d.jsonl"), str(tmp_path / "one"), **kw)
+    loaded = []
+    monkeypatch.setattr(prep, "DUPLICATE_BUCKET_ROWS", 4)  # 8 buckets of about 4 documents
+    real = prep._load_bucket
+    monkeypatch.setattr(prep, "_load_bucket", lambda p: loaded.append(len(real(p))) or real(p))
+    s = prep.prepare(str(tmp_path / "d.jsonl"), str(tmp_path / "out"), **kw)
+    assert len(loaded) == 8 and sum(loaded) == 30 and max(loaded) < 30
+    assert (s["documents"], s["rejected"], s["rows_read"]) == (24, 6, 30)
+    assert s["documents"] + s["rejected"] == s["rows_read"]
+    dropped = sorted((r["row"], r["reason"]) for r in _rejects(tmp_path / "out"))
+    assert [r for r, _ in dropped] == [7, 12, 14, 20, 25, 29]
+    assert dropped[0][1] == "duplicate id 'd1' (first at d.jsonl:1)"
+    ids = [i for p in sorted((tmp_path / "out" / "shards").glob("*.parquet"))
+           for i in pq.read_table(p)["id"].to_pylist()]  # fmt: skip
+    assert len(ids) == len(set(ids)) == 24
+    assert _digests(tmp_path / "out") == _digests(tmp_path / "one")
+    assert _rejects(tmp_path / "out") == _rejects(tmp_path / "one") and one == {
+        **s,
+        "seconds": one["seconds"],
+        "encode_seconds": one["encode_seconds"],
+    }
+    assert not (tmp_path / "out" / ".duplicates").exists()

@@ -30,9 +30,11 @@ Steps:
    Duplicate ids are found with 64-bit hashes of the ids (:class:`~lcm.data.documents.SeenIds`,
    16 bytes per document). The full pass sees every id in order. Row planning sees one shard at
    a time: a duplicate inside a shard is rejected while reading, and every shard records its
-   documents' id hashes in ``stats/``; at the end rank 0 sorts all hashes, confirms each repeat
-   on the ids themselves, and drops every occurrence after the first (input order) by
-   rewriting its shard without that row (written aside, stats with the new checksum, then
+   documents' id hashes in ``stats/``; at the end rank 0 spreads all hashes by value over
+   on-disk buckets of at most ~4M documents, sorts one bucket at a time (bounded memory),
+   confirms each repeat on the ids themselves, and drops every occurrence after the first
+   (input order) by rewriting its shard without that row (every count in its stats loses the
+   row's share) (written aside, stats with the new checksum, then
    renamed; a kill in between makes the shard fail verification, so it is rebuilt from its
    rows and checked again). The dropped row is a ``duplicate_id`` reject naming its file, row
    and the first occurrence; no document is lost or kept twice.
@@ -60,10 +62,19 @@ returns the very vectors the killed run computed.
 
 Output folder::
 
-    manifest.json            settings (with ``planning``), input fingerprint (a rerun must
-                             match them; a folder of an older manifest version is refused with
-                             a message) and, once finished, {"shards": {name: {rows, bytes,
-                             sha256}}}
+    manifest.json            settings (with ``planning``; a rerun must match them), the inputs
+                             (``input_files``: per file its bytes, mtime_ns, SHA-256 and the
+                             SHA-256 of 16 sampled 64 KiB blocks; ``input_sha256`` sums them
+                             up) and, once finished, {"shards": {name: {rows, bytes, sha256}}}.
+                             The SHA-256 of each input is computed once, when a new folder is
+                             planned (by the byte scan of row planning itself); a resume checks
+                             each input by size, mtime and the sampled blocks, reads a file
+                             whole only if its mtime moved, and refuses a changed input naming
+                             it (an edit that keeps size and mtime is caught only in a sampled
+                             block). A finished folder of manifest version 1 is upgraded in
+                             place (``planning: documents``, nothing encoded) when its inputs
+                             (one full read) and settings are unchanged; any other older
+                             folder is refused with what to do
     plan.npz                 rows planning: rows per file, offset and line of each range start
     shards/shard-00000.parquet
     stats/shard-00000.json   per-shard counts (documents, sentences, truncations, unknown-token
@@ -774,7 +785,8 @@ def prepare(
         input_rejects, rows_read = stream.input_rejects, stream.rows_read
     else:
         _missing_shards(out, stream.shards)
-        _drop_duplicates_across_shards(out, stream.shards, codec, [text_field, *target_fields])
+        fields = [text_field, *target_fields]
+        _drop_duplicates_across_shards(out, stream.shards, codec, fields, row_plan.n_rows)
         input_rejects, rows_read = _merge_input_rejects(out, stream.shards, files)
     summary = _finalize(
         out, stream.shards, input_rejects, splitter, text_field, normalizer_sample, seed, show
@@ -993,58 +1005,77 @@ def _missing_shards(out: Path, n_shards: int) -> None:
         raise RuntimeError(f"shards {missing[:5]}... were not written; rerun to resume")
 
 
+#: most id hashes one bucket of the cross-shard duplicate check holds in memory (16 bytes each,
+#: 24 while it is sorted): the check's memory is bounded by this, not by the corpus
+DUPLICATE_BUCKET_ROWS = 1 << 22
+
+
 def _drop_duplicates_across_shards(
-    out: Path, n_shards: int, codec: SentenceCodec, fields: Sequence[str]
+    out: Path, n_shards: int, codec: SentenceCodec, fields: Sequence[str], n_rows: int
 ) -> int:
     """Row planning reads each shard's rows alone, so an id may repeat in two shards. Find such
-    ids from the hashes every shard recorded in ``stats/`` (up to 40 bytes per document while this
-    runs), confirm them on the ids themselves (a hash collision keeps both), and drop every
-    occurrence after the first (in input order) from its shard: the shard is rewritten without
-    those rows, and each dropped row is recorded in the shard's stats (``duplicate_rejects``,
-    listed in ``rejects/input.jsonl``). The rewrite is safe to kill: the new shard is written
-    aside, its stats (new checksum) replace the old, then the shard is renamed into place; a
-    shard that does not match its stats is rebuilt from its rows on the next run and checked
-    again. Every count of the shard's stats loses the dropped rows' share (documents, sentences,
-    truncated and mostly-unknown sentences, counted again by ``codec`` on the dropped rows'
-    sentences of every field in ``fields``). Returns the number of rows dropped."""
+    ids from the hashes every shard recorded in ``stats/``, confirm them on the ids themselves (a
+    hash collision keeps both), and drop every occurrence after the first (in input order) from
+    its shard: the shard is rewritten without those rows, and each dropped row is recorded in
+    the shard's stats (``duplicate_rejects``, listed in ``rejects/input.jsonl``). The rewrite is
+    safe to kill: the new shard is written aside, its stats (new checksum) replace the old, then
+    the shard is renamed into place; a shard that does not match its stats is rebuilt from its
+    rows on the next run and checked again. Every count of the shard's stats loses the dropped
+    rows' share (documents, sentences, truncated and mostly-unknown sentences, counted again by
+    ``codec`` on the dropped rows' sentences of every field in ``fields``).
+
+    Memory is bounded whatever the corpus size: the (hash, shard and row) pairs are spread by
+    hash over on-disk buckets of at most about :data:`DUPLICATE_BUCKET_ROWS` documents
+    (``n_rows``, the input rows, bounds the documents), each sorted alone (equal hashes meet
+    in one bucket); only the rows whose hash repeats are kept, and their ids are read one shard
+    at a time. Returns the number of rows dropped."""
     import pyarrow.parquet as pq
 
-    keys, where = [], []
-    for i in range(n_shards):
-        st = json.loads((out / "stats" / f"{shard_name(i)}.json").read_text())
-        h = np.array(st["id_hashes"], dtype=np.uint64)
-        keys.append(h)
-        where.append((np.int64(i) << 32) | np.arange(len(h), dtype=np.int64))
-    if not keys:
+    n_buckets = max(1, -(-n_rows // DUPLICATE_BUCKET_ROWS))
+    tmp = out / ".duplicates"
+    shutil.rmtree(tmp, ignore_errors=True)  # a killed run's buckets
+    tmp.mkdir()
+    try:
+        sinks = [open(tmp / f"{b}.bin", "wb") for b in range(n_buckets)]  # noqa: SIM115
+        try:
+            for i in range(n_shards):
+                st = json.loads((out / "stats" / f"{shard_name(i)}.json").read_text())
+                h = np.array(st["id_hashes"], dtype=np.uint64)
+                pair = np.empty((len(h), 2), dtype=np.uint64)  # (hash, shard << 32 | row)
+                pair[:, 0] = h
+                pair[:, 1] = (np.uint64(i) << np.uint64(32)) | np.arange(len(h), dtype=np.uint64)
+                bucket = h % np.uint64(n_buckets)
+                for b in np.unique(bucket).tolist():
+                    pair[bucket == b].tofile(sinks[b])  # in input order within a bucket
+        finally:
+            for sink in sinks:
+                sink.close()
+        groups: list[list[int]] = []  # the (shard << 32 | row) of each hash that occurs again
+        for b in range(n_buckets):
+            groups += _repeated_hashes(_load_bucket(tmp / f"{b}.bin"))
+    finally:
+        shutil.rmtree(tmp, ignore_errors=True)
+    if not groups:
         return 0
-    key, at = np.concatenate(keys), np.concatenate(where)
-    del keys, where
-    order = np.argsort(key, kind="stable")  # stable: equal hashes stay in input order
-    key, at = key[order], at[order]
-    del order
-    same = np.flatnonzero(key[1:] == key[:-1])  # a later occurrence of the previous hash
-    if not len(same):
-        return 0
-    groups: list[list[int]] = []  # the (shard << 32 | row) of each hash that occurs again
-    for j in same.tolist():
-        if not groups or groups[-1][-1] != int(at[j]):
-            groups.append([int(at[j])])
-        groups[-1].append(int(at[j + 1]))
-    del key, at
-    tables: dict[int, dict[str, list]] = {}
-
-    def row(code: int) -> tuple[str, str]:
-        shard, r = code >> 32, code & 0xFFFFFFFF
-        if shard not in tables:
-            path = out / "shards" / f"{shard_name(shard)}.parquet"
-            tables[shard] = pq.read_table(path, columns=["id", "source"]).to_pydict()
-        return tables[shard]["id"][r], tables[shard]["source"][r]
+    # the ids and sources of the rows whose hash repeats only, one shard at a time
+    wanted: dict[int, list[int]] = {}
+    for members in groups:
+        for code in members:
+            wanted.setdefault(code >> 32, []).append(code & 0xFFFFFFFF)
+    found: dict[int, tuple[str, str]] = {}
+    for shard, rows in sorted(wanted.items()):
+        path = out / "shards" / f"{shard_name(shard)}.parquet"
+        table = pq.read_table(path, columns=["id", "source"]).take(sorted(set(rows))).to_pydict()
+        for r, doc_id, source in zip(sorted(set(rows)), table["id"], table["source"]):
+            found[(shard << 32) | r] = (doc_id, source)
+        del table
+    del wanted
 
     drops: dict[int, dict[int, dict]] = {}
     for members in groups:
         first: dict[str, str] = {}  # id -> source of its first occurrence
         for code in members:
-            doc_id, source = row(code)
+            doc_id, source = found[code]
             if doc_id not in first:
                 first[doc_id] = source
                 continue
@@ -1056,6 +1087,28 @@ def _drop_duplicates_across_shards(
     for shard, rows in sorted(drops.items()):
         _rewrite_without(out, shard, rows, codec, fields)
     return sum(len(r) for r in drops.values())
+
+
+def _load_bucket(path: Path) -> np.ndarray:
+    """The (hash, code) pairs of one bucket, shape ``(n, 2)``."""
+    return np.fromfile(path, dtype=np.uint64).reshape(-1, 2)
+
+
+def _repeated_hashes(pairs: np.ndarray) -> list[list[int]]:
+    """The codes (``shard << 32 | row``) of each hash in ``pairs`` that occurs more than once,
+    in input order."""
+    if not len(pairs):
+        return []
+    order = np.argsort(pairs[:, 0], kind="stable")  # stable: equal hashes stay in input order
+    key, at = pairs[order, 0], pairs[order, 1]
+    del order
+    same = np.flatnonzero(key[1:] == key[:-1])  # a later occurrence of the previous hash
+    groups: list[list[int]] = []
+    for j in same.tolist():
+        if not groups or groups[-1][-1] != int(at[j]):
+            groups.append([int(at[j])])
+        groups[-1].append(int(at[j + 1]))
+    return groups
 
 
 def _rewrite_without(
