@@ -15,7 +15,8 @@ it (:func:`lcm.train.compile.compile_network`, ``torch.compile`` through ``nn.Mo
 after its compilation warm-up, steps alternating with the eager run's, and prints the
 eager/compiled step-time ratio (median over steps of adjacent steps' ratios) and the largest
 loss difference over the steps. ``--compile_optimizer`` adds a run that also compiles the AdamW
-update (:func:`lcm.train.compile.compile_optimizer`).
+update (:func:`lcm.train.compile.compile_optimizer`); ``--compile_loss`` (Base-LCM) one that
+compiles the loss with the network (:func:`lcm.train.compile.compile_loss`).
 """
 
 from __future__ import annotations
@@ -36,7 +37,7 @@ import torch  # noqa: E402
 
 from lcm.models import FAMILIES  # noqa: E402
 from lcm.objectives import MSEObjective, OneTowerDiffusion, TwoTowerDiffusion  # noqa: E402
-from lcm.train.compile import compile_network, compile_optimizer  # noqa: E402
+from lcm.train.compile import compile_loss, compile_network, compile_optimizer  # noqa: E402
 
 OBJECTIVES = {
     "base_lcm": MSEObjective,
@@ -49,7 +50,13 @@ class Runner:
     """One network, its objective and optimizer; ``step(i)`` times one optimizer step."""
 
     def __init__(
-        self, family: str, preset: str, args, compiled: bool = False, optimizer: bool = False
+        self,
+        family: str,
+        preset: str,
+        args,
+        compiled: bool = False,
+        optimizer: bool = False,
+        loss: bool = False,
     ) -> None:
         self.dev = dev = torch.device(args.device)
         cfg = FAMILIES[family].from_name(preset, sonar_dim=args.sonar_dim)
@@ -59,6 +66,8 @@ class Runner:
         self.compiled = compiled
         if compiled:
             compile_network(SimpleNamespace(objective=self.objective), dynamic=False)
+        if loss and not compile_loss(self.objective, dynamic=False):
+            raise ValueError(f"{family}: its loss draws random numbers; not compiled with it")
         self.opt = torch.optim.AdamW(self.objective.parameters(), lr=1e-4, fused=dev.type == "cuda")
         self.compiled_optimizer = optimizer
         if optimizer:
@@ -68,7 +77,7 @@ class Runner:
         mask = torch.ones(B, T, dtype=torch.bool, device=dev)
         self.batch = {"x": x, "mask": mask, "loss_mask": mask}
         self.dtype = torch.bfloat16 if args.precision == "bf16" else None
-        self.label = "compiled+opt" if optimizer else "compiled" if compiled else "eager"
+        self.label = "eager" if not compiled else "compiled" + "+loss" * loss + "+opt" * optimizer
         self.times: list[float] = []
         self.losses: list[float] = []
 
@@ -95,6 +104,9 @@ def run(family: str, preset: str, args) -> list[tuple[str, Runner]]:
         runners.append(Runner(family, preset, args, compiled=True))
     if args.compile and args.compile_optimizer:
         runners.append(Runner(family, preset, args, compiled=True, optimizer=True))
+    if args.compile and args.compile_loss and family == "base_lcm":
+        opt = args.compile_optimizer
+        runners.append(Runner(family, preset, args, compiled=True, optimizer=opt, loss=True))
     if args.device == "cuda":
         torch.cuda.reset_peak_memory_stats()
     for i in range(args.warmup + args.steps):
@@ -135,6 +147,7 @@ def main(
     peak_tflops: float = 989.0,
     compile: bool = False,
     compile_optimizer: bool = False,
+    compile_loss: bool = False,
     threads: int = 0,
 ) -> None:
     """Training throughput (concepts/s), peak memory and MFU per family and preset.
@@ -153,6 +166,9 @@ def main(
         compile: also run compiled (``torch.compile``) and print the ratio.
         compile_optimizer: with ``compile``, a third run that also compiles the AdamW update
             (:func:`lcm.train.compile.compile_optimizer`).
+        compile_loss: with ``compile``, a run that compiles the loss with the network as one
+            graph (:func:`lcm.train.compile.compile_loss`; Base-LCM only: the diffusion losses
+            draw random numbers), and the optimizer too with ``compile_optimizer``.
         threads: torch threads (0: torch's default).
     """
     args = SimpleNamespace(**locals())

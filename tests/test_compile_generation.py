@@ -64,3 +64,32 @@ def test_compiled_step_equals_the_eager_one(cfg, backend, monkeypatch):
     for eager, compiled in zip(outs[0].concepts, outs[1].concepts, strict=True):
         assert eager.shape == compiled.shape == (4, D)
         assert (compiled - eager).abs().max() <= 1e-5 * max(1.0, eager.abs().max().item())
+
+
+def test_cached_base_lcm_step_is_one_graph():
+    """A cached single-concept step of Base-LCM compiles to one graph, whatever the cache
+    length: SDPA's ``is_causal`` stays a real bool under symbolic shapes (it was a SymBool, a
+    graph break in every layer, so ~3 graphs per layer and step). A growing cache adds graphs
+    for the buffer's growth (the first growth also makes its capacity symbolic), not one per
+    length: 4 for 40 steps past 3 growths (capacities 16, 34, 70)."""
+    from torch._dynamo.testing import CompileCounter
+
+    torch._dynamo.reset()
+    model = _random(BaseLCMConfig)
+    counter = CompileCounter()
+    forward = torch.compile(type(model).forward, dynamic=True, backend=counter)
+    x = torch.randn(2, 5, D)
+    with torch.no_grad():
+        cache = model.new_cache()
+        forward(model, x, torch.ones(2, 5, dtype=torch.bool), cache)  # prefill
+        after_prefill = counter.frame_count
+        eager_cache = model.new_cache()
+        model(x, torch.ones(2, 5, dtype=torch.bool), eager_cache)
+        for _ in range(40):
+            y = torch.randn(2, 1, D)
+            got = forward(model, y, None, cache)
+            want = model(y, None, eager_cache)
+            assert (got - want).abs().max() <= 1e-5
+    assert cache.length == eager_cache.length == 45
+    # a step and a growing step, each with capacity 16, then both with a symbolic capacity
+    assert counter.frame_count - after_prefill == 4

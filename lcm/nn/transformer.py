@@ -147,7 +147,13 @@ class CausalTransformer(nn.Module):
             key_mask = torch.cat((mask.new_ones(B, offset), mask), dim=1)  # (B, S)
 
         # Plain causal, nothing cached, no padding: let SDPA pick its fused causal kernel.
-        is_causal = attn_mask is None and key_mask is None and offset == 0
+        # A branch, not `... and offset == 0`: under torch.compile(dynamic=True) the cache
+        # length is symbolic and SDPA's is_causal must be a real bool (a SymBool graph-breaks in
+        # every layer); the branch guards on "empty cache" (one graph for the prefill, one for
+        # cached steps).
+        is_causal = False
+        if attn_mask is None and key_mask is None and offset == 0:
+            is_causal = True
         allowed = None
         if is_causal:
             pass

@@ -15,6 +15,7 @@ its ``forward`` (what the training loss calls) runs through the compiler. Sampli
 
 from __future__ import annotations
 
+import functools
 from collections.abc import Callable
 from typing import Any, Literal
 
@@ -90,6 +91,41 @@ def compile_optimizer(
     return optimizer
 
 
+def compile_loss(
+    objective: nn.Module,
+    *,
+    mode: CompileMode | None = None,
+    dynamic: bool | None = None,
+    backend: str = "inductor",
+) -> bool:
+    """Run ``objective.loss`` (network, alignment and loss) through ``torch.compile`` as one
+    graph, in place, when the loss draws no random numbers; return whether it did.
+
+    Only Base-LCM's :class:`~lcm.objectives.MSEObjective` qualifies: the diffusion losses draw
+    noise and timesteps from a ``torch.Generator``, which dynamo does not trace. Compiling the
+    network alone leaves the loss over the (B, T, D) outputs (shift, weights, squared error, mean
+    and their backward) to eager kernels; at tiny widths that is a large share of a step
+    (bench/RESULTS.md). The ``generator`` argument is accepted and not passed on (the loss does
+    not read it), so a new generator per step does not recompile.
+    """
+    from lcm.objectives import MSEObjective
+
+    if not isinstance(objective, MSEObjective):
+        return False
+    compiled = torch.compile(
+        functools.partial(type(objective).loss, objective),
+        mode=mode,
+        dynamic=dynamic,
+        backend=backend,
+    )
+
+    def loss(batch: Any, generator: torch.Generator | None = None) -> Any:
+        return compiled(batch)
+
+    objective.loss = loss  # type: ignore[method-assign]
+    return True
+
+
 class CompileModel(L.Callback):
     """Compile the trained network with ``torch.compile`` when training sets up.
 
@@ -101,6 +137,8 @@ class CompileModel(L.Callback):
         backend: ``torch.compile`` backend.
         optimizer: also compile the optimizers' updates (:func:`compile_optimizer`; non-fused
             optimizers only, i.e. AdamW on CPU).
+        loss: also compile the objective's loss with the network (:func:`compile_loss`; the
+            losses that draw no random numbers, i.e. Base-LCM's).
     """
 
     def __init__(
@@ -111,11 +149,12 @@ class CompileModel(L.Callback):
         fullgraph: bool = False,
         backend: str = "inductor",
         optimizer: bool = False,
+        loss: bool = False,
     ) -> None:
         super().__init__()
         self.compile, self.mode, self.dynamic = compile, mode, dynamic
         self.fullgraph, self.backend = fullgraph, backend
-        self.optimizer = optimizer
+        self.optimizer, self.loss = optimizer, loss
 
     def on_fit_start(self, trainer: L.Trainer, pl_module: L.LightningModule) -> None:
         if self.compile and self.optimizer:  # the optimizers exist by now (not at setup)
@@ -131,6 +170,10 @@ class CompileModel(L.Callback):
                 fullgraph=self.fullgraph,
                 backend=self.backend,
             )
+            if self.loss:
+                compile_loss(
+                    pl_module.objective, mode=self.mode, dynamic=self.dynamic, backend=self.backend
+                )
 
 
 def compiler_available() -> bool:
