@@ -33,7 +33,7 @@ from typing import Any
 import torch
 from torch import Tensor
 
-from diffusion import DDIMScheduler, ddim_sample
+from diffusion import DDIMScheduler
 from lcm.models import BaseLCM, OneTowerLCM, QuantLCM, RecurrentRefinerLCM, TwoTowerLCM
 from lcm.objectives import (
     ExitRule,
@@ -45,7 +45,7 @@ from lcm.objectives import (
     TwoTowerDiffusion,
 )
 from lcm.objectives.base import Residual, check_residual, residual_base
-from lcm.objectives.diffusion import SamplingConfig, solver_scheduler, with_base
+from lcm.objectives.diffusion import SamplingConfig, sample_with, solver_scheduler, with_base
 
 
 class NextConceptStep:
@@ -86,18 +86,7 @@ class NextConceptStep:
         model_fn = with_base(model_fn, None if base is None else base[:, None])  # (B, 1, D)
         if self._solver is None or self._solver[0] != s.solver:  # built once per step object
             self._solver = (s.solver, solver_scheduler(self.scheduler, s.solver))
-        y = ddim_sample(
-            model_fn,
-            (batch, 1, dim),
-            self._solver[1],
-            s.num_inference_steps,
-            guidance_scale=s.guidance_scale,
-            guidance_rescale=s.guidance_rescale,
-            init_noise_scale=s.init_noise_scale,
-            generator=generator,
-            device=like.device,
-            dtype=like.dtype,
-        )
+        y = sample_with(model_fn, (batch, 1, dim), self._solver[1], s, generator, like)
         return y[:, 0]  # (B, D)
 
 

@@ -77,6 +77,42 @@ class SamplingConfig:
     solver: Solver = "ddim"
 
 
+def sample_with(
+    model_fn: ModelFn,
+    shape: tuple[int, ...],
+    scheduler: DDIMScheduler,
+    s: SamplingConfig,
+    generator: torch.Generator | None,
+    like: Tensor,
+) -> Tensor:
+    """:func:`diffusion.ddim_sample` with ``s``'s settings: the one place the objectives and the
+    cached generation steps call the sampler.
+
+    Args:
+        model_fn: the denoiser (guided rows stacked as :func:`diffusion.ddim_sample` expects).
+        shape: shape of the sample, e.g. ``(B, 1, D)``.
+        scheduler: the schedule, already turned into ``s.solver``'s (:func:`solver_scheduler`).
+        s: sampling settings (steps, guidance, rescale, initial noise scale).
+        generator: random generator of the initial noise.
+        like: a tensor on the device and dtype of the sample.
+
+    Returns:
+        The sample, of ``shape``.
+    """
+    return ddim_sample(
+        model_fn,
+        shape,
+        scheduler,
+        s.num_inference_steps,
+        guidance_scale=s.guidance_scale,
+        guidance_rescale=s.guidance_rescale,
+        init_noise_scale=s.init_noise_scale,
+        generator=generator,
+        device=like.device,
+        dtype=like.dtype,
+    )
+
+
 def solver_scheduler(scheduler: DDIMScheduler, solver: str) -> DDIMScheduler:
     """The scheduler that samples with ``solver`` on ``scheduler``'s noise schedule."""
     if solver == "ddim":
@@ -214,18 +250,8 @@ class DiffusionObjective(SampledObjective):
     ) -> Tensor:
         guided = s.guidance_scale != 1.0
         model_fn = fn_factory(2 if guided else 1)
-        return ddim_sample(
-            model_fn,
-            shape,
-            solver_scheduler(self.scheduler, s.solver),
-            s.num_inference_steps,
-            guidance_scale=s.guidance_scale,
-            guidance_rescale=s.guidance_rescale,
-            init_noise_scale=s.init_noise_scale,
-            generator=generator,
-            device=like.device,
-            dtype=like.dtype,
-        )
+        scheduler = solver_scheduler(self.scheduler, s.solver)
+        return sample_with(model_fn, shape, scheduler, s, generator, like)
 
     def sample_all(
         self, batch: Batch, generator: torch.Generator | None, options: SamplingConfig
