@@ -29,6 +29,19 @@ INDUCTOR = pytest.param(
 )
 
 
+def _losses_and_grads(objectives, batch, seed: int, layer: str):
+    """Each objective's loss on ``batch`` (noise from ``seed``) and the gradient of its network's
+    ``layer.weight``, after one backward pass."""
+    losses, grads = [], []
+    for obj in objectives:
+        obj.zero_grad()
+        out = obj.loss(batch, torch.Generator().manual_seed(seed))
+        out.loss.backward()
+        losses.append(out.loss.detach())
+        grads.append(getattr(obj.model, layer).weight.grad.clone())
+    return losses, grads
+
+
 @pytest.mark.slow
 @pytest.mark.parametrize("backend", ["aot_eager", INDUCTOR])
 def test_compiled_loss_equals_eager(backend):
@@ -50,13 +63,7 @@ def test_compiled_loss_equals_eager(backend):
     mask[1, 4:] = False
     batch = {"x": x, "mask": mask, "loss_mask": mask}
     for seed in range(2):  # a second call reuses the compiled graph (same shapes)
-        losses, grads = [], []
-        for obj in (eager, compiled):
-            obj.zero_grad()
-            out = obj.loss(batch, torch.Generator().manual_seed(seed))
-            out.loss.backward()
-            losses.append(out.loss.detach())
-            grads.append(obj.model.den_postnet.weight.grad.clone())
+        losses, grads = _losses_and_grads((eager, compiled), batch, seed, "den_postnet")
         torch.testing.assert_close(losses[1], losses[0], atol=1e-5, rtol=1e-5)
         torch.testing.assert_close(grads[1], grads[0], atol=1e-5, rtol=1e-4)
 
@@ -147,13 +154,7 @@ def test_compiled_base_lcm_loss_equals_eager():
     mask[1, 4:] = False
     batch = {"x": torch.randn(2, 6, D), "mask": mask, "loss_mask": mask}
     for seed in range(3):
-        losses, grads = [], []
-        for obj in (eager, compiled):
-            obj.zero_grad()
-            out = obj.loss(batch, torch.Generator().manual_seed(seed))
-            out.loss.backward()
-            losses.append(out.loss.detach())
-            grads.append(obj.model.prenet.weight.grad.clone())
+        losses, grads = _losses_and_grads((eager, compiled), batch, seed, "prenet")
         torch.testing.assert_close(losses[1], losses[0], atol=1e-6, rtol=1e-6)
         torch.testing.assert_close(grads[1], grads[0], atol=1e-5, rtol=1e-4)
     assert counter.frame_count == 1  # one graph, compiled once for three generators
