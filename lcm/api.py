@@ -17,7 +17,7 @@ from __future__ import annotations
 import json
 import math
 from collections.abc import Sequence
-from dataclasses import dataclass
+from dataclasses import dataclass, fields
 from pathlib import Path
 from typing import Any, Literal
 
@@ -25,7 +25,8 @@ import torch
 
 from encoders.base import SentenceCodec
 from encoders.registry import codec_from_id
-from lcm.generation import GenerationOutput, document_seed, generate, make_step
+from lcm.generation import GenerationOutput, SamplingConfig, document_seed, generate, make_step
+from lcm.objectives import ExitRule
 from lcm.splitting import SentenceSplitter
 
 Text = str | Sequence[str]
@@ -427,23 +428,19 @@ def _documents(docs: object) -> list:
 
 
 def generation_options(s: Settings) -> dict[str, Any]:
-    """:func:`lcm.generation.make_step` options from settings; None keeps the checkpoint's."""
+    """:func:`lcm.generation.make_step` options from settings; None keeps the checkpoint's.
+    The sampling and exit-rule overrides are the settings named as the fields of
+    :class:`SamplingConfig` and :class:`~lcm.objectives.ExitRule`."""
+
+    def named_as(config: type) -> dict[str, Any]:
+        return {f.name: getattr(s, f.name) for f in fields(config)}
+
     return dict(
-        sampling_overrides=dict(
-            num_inference_steps=s.num_inference_steps,
-            guidance_scale=s.guidance_scale,
-            guidance_rescale=s.guidance_rescale,
-            init_noise_scale=s.init_noise_scale,
-            solver=s.solver,
-        ),
+        sampling_overrides=named_as(SamplingConfig),
         use_cache=s.use_cache,
         compile=s.compile,
         num_iterations=s.num_iterations,
-        exit_overrides=dict(
-            exit_threshold=s.exit_threshold,
-            exit_patience=s.exit_patience,
-            max_iterations=s.max_iterations,
-        ),
+        exit_overrides=named_as(ExitRule),
         warm_start=s.warm_start,
         temperature=s.temperature,
         top_p=s.top_p,

@@ -1,6 +1,7 @@
 """A toy model family plugged into the toolkit from this one file: its config, network,
-objective, generation step and LightningModule, and the one registration call generation needs
-(the LightningModule registers itself by its ``family`` name when it is defined).
+objective (with its generation step) and LightningModule. Nothing else registers it: the
+objective names its network (``network=ToyNet``) and builds its step, and the LightningModule
+registers itself by its ``family`` name when it is defined.
 
 The toy network predicts the next concept as a learned affine map of the running mean of the
 context: nothing a real LCM would use, but it trains, generates and evaluates like one.
@@ -14,9 +15,9 @@ from typing import Any
 import torch
 from torch import Tensor, nn
 
-from lcm.generation import NextConceptStep, register_step
 from lcm.models import ConceptNetwork, TransformerConfig
 from lcm.objectives import Objective, ObjectiveOutput, last_valid, masked_mse, target_weight
+from lcm.objectives.step import NextConceptStep, StepOptions
 from lcm.train.module import LCMModule
 
 
@@ -44,7 +45,7 @@ class ToyNet(ConceptNetwork, config=ToyConfig):  # ToyConfig(...).build() -> Toy
         return self.proj(mean) + (mean if self.config.residual else 0)
 
 
-class ToyObjective(Objective):
+class ToyObjective(Objective, network=ToyNet):
     """Next-concept MSE, like Base-LCM's."""
 
     predicts_first_concept = False
@@ -65,6 +66,9 @@ class ToyObjective(Objective):
     @torch.no_grad()
     def predict_next(self, x, mask=None, generator=None) -> Tensor:
         return last_valid(self.model(x, mask), mask)
+
+    def generation_step(self, options: StepOptions) -> ToyStep:
+        return ToyStep(self)
 
 
 class ToyStep(NextConceptStep):
@@ -98,6 +102,3 @@ class ToyModule(LCMModule):
     def __init__(self, arch: ToyConfig = ToyConfig(d_model=8, n_heads=1), **kwargs: Any) -> None:  # noqa: B008
         super().__init__(arch=arch, **kwargs)
         self.attach(ToyObjective(self.arch.build()))
-
-
-register_step(ToyObjective, lambda objective, options: ToyStep(objective), ToyNet)

@@ -1,7 +1,8 @@
-"""Generation: one loop for every family (stopping, trimming, batching) and per-family steps."""
+"""Generation: one loop for every family (stopping, trimming, batching); each family's step is
+built by its objective (:meth:`lcm.objectives.Objective.generation_step`)."""
 
 from lcm.generation.generator import GenerationOutput, document_seed, generate, left_pad
-from lcm.generation.steps import NextConceptStep, StepOptions, make_step, register_step
+from lcm.generation.steps import NextConceptStep, StepOptions, make_step
 from lcm.objectives.diffusion import SamplingConfig
 
 __all__ = [
@@ -12,6 +13,5 @@ __all__ = [
     "generate",
     "left_pad",
     "make_step",
-    "register_step",
     "StepOptions",
 ]

@@ -41,7 +41,7 @@ from torch import Tensor, nn
 
 from diffusion.utils import Generators, per_row
 from lcm.models.common import TINY_WIDTHS, ConceptNetwork, TransformerConfig
-from lcm.nn import KVCache, MultiheadAttention, RMSNorm, SwiGLU
+from lcm.nn import KVCache, MultiheadAttention, RMSNorm, SwiGLU, causal_allowed
 
 CrossKV = list[tuple[Tensor, Tensor]]
 """Per core layer: keys and values (B, H, S, hd) of the contextualizer output."""
@@ -184,12 +184,8 @@ class RecurrentRefinerLCM(ConceptNetwork, config=RefinerConfig):
         Padded keys are never seen; every query sees its own position so that no softmax row is
         empty (an all-masked row gives NaN in some SDPA kernels).
         """
-        q_pos = torch.arange(n_keys - n_query, n_keys, device=device)[:, None]  # (Tq, 1)
-        k_pos = torch.arange(n_keys, device=device)[None, :]  # (1, S)
-        allowed = (k_pos <= q_pos)[None]  # (1, Tq, S)
-        if mask is not None:
-            allowed = allowed & mask[:, None, :n_keys]  # (B, Tq, S)
-        return (allowed | (k_pos == q_pos)[None])[:, None]  # (B|1, 1, Tq, S)
+        key_mask = None if mask is None else mask[:, :n_keys]  # (B, S)
+        return causal_allowed(n_keys - n_query, n_keys, device, key_mask)  # (B|1, 1, Tq, S)
 
     # ---- the recurrence ------------------------------------------------------------------------
 

@@ -17,6 +17,7 @@ from lcm.nn.transformer import (
     DenoiserBlock,
     PreparedDenoiserBlock,
     TransformerBlock,
+    causal_allowed,
 )
 
 __all__ = [
@@ -33,6 +34,7 @@ __all__ = [
     "SwiGLU",
     "TimestepEmbedding",
     "TransformerBlock",
+    "causal_allowed",
     "modulate",
     "sinusoidal_embedding",
     "swiglu_hidden_dim",

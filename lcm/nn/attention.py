@@ -144,17 +144,15 @@ class MultiheadAttention(nn.Module):
             (B, T, d)
         """
         q = self._split_heads(self.q_proj(x))  # (B, H, T, hd)
+        if self.rope is not None and positions is None:
+            raise ValueError("this attention layer uses RoPE: pass `positions`")
         if kv is None:
             k, v = self.project_kv(x if source is None else source)  # (B, H, S_new, hd)
             if self.rope is not None:
-                if positions is None:
-                    raise ValueError("this attention layer uses RoPE: pass `positions`")
                 k = self.rope(k, positions)
         else:
             k, v = kv
         if self.rope is not None:
-            if positions is None:
-                raise ValueError("this attention layer uses RoPE: pass `positions`")
             q = self.rope(q, positions)
         if cache is not None:
             k, v = cache.extend(k, v, update=update_cache)  # (B, H, S, hd)

@@ -64,6 +64,29 @@ class TransformerBlock(nn.Module):
         return x + self.drop(self.ffn(self.ffn_norm(x)))  # (B, T, d)
 
 
+def causal_allowed(
+    start: int,
+    length: int,
+    device: torch.device | None,
+    key_mask: Tensor | None = None,
+    structure: Tensor | None = None,
+) -> Tensor:
+    """Bool (B|1, 1, T, S) attention mask of the queries at absolute positions
+    ``start .. length - 1`` (T of them) over the keys ``0 .. length - 1`` (S = ``length``).
+
+    Query t may attend key s when ``s <= start + t`` (or where ``structure`` (B|1, T, S) allows
+    it, replacing that causal rule) and s is valid (``key_mask`` (B, S), None = all valid); it
+    always sees itself, so no softmax row is empty (an all-masked row gives NaN in some SDPA
+    kernels).
+    """
+    q_pos = torch.arange(start, length, device=device)[:, None]  # (T, 1) absolute index
+    k_pos = torch.arange(length, device=device)[None, :]  # (1, S)
+    allowed = structure if structure is not None else (k_pos <= q_pos)[None]  # (B|1, T, S)
+    if key_mask is not None:
+        allowed = allowed & key_mask[:, None, :]  # (B, T, S)
+    return (allowed | (k_pos == q_pos)[None])[:, None]  # (B|1, 1, T, S)
+
+
 class CausalTransformer(nn.Module):
     """Pre-norm causal transformer decoder over a (B, T, d) sequence, with an optional KV cache.
 
@@ -163,12 +186,7 @@ class CausalTransformer(nn.Module):
             if key_mask is not None:
                 allowed = key_mask[:, None, None, :]  # (B, 1, 1, S)
         else:
-            q_pos = torch.arange(offset, S, device=x.device)[:, None]  # (T, 1) absolute index
-            k_pos = torch.arange(S, device=x.device)[None, :]  # (1, S)
-            allowed = attn_mask if attn_mask is not None else (k_pos <= q_pos)[None]  # (B|1,T,S)
-            if key_mask is not None:
-                allowed = allowed & key_mask[:, None, :]  # (B, T, S)
-            allowed = (allowed | (k_pos == q_pos)[None])[:, None]  # (B|1, 1, T, S)
+            allowed = causal_allowed(offset, S, x.device, key_mask, attn_mask)  # (B|1, 1, T, S)
         rope = self.layers[0].attn.rope if len(self.layers) else None
         rotation = rope.rotation(positions, x.device) if rope is not None else positions
         return StackPlan(allowed, is_causal, rotation, key_mask, S)

@@ -18,10 +18,13 @@ from __future__ import annotations
 import copy
 from abc import ABC, abstractmethod
 from dataclasses import dataclass, replace
-from typing import Any, ClassVar, Literal, TypeVar, get_args
+from typing import TYPE_CHECKING, Any, ClassVar, Literal, TypeVar, get_args
 
 import torch
 from torch import Tensor, nn
+
+if TYPE_CHECKING:
+    from lcm.objectives.step import NextConceptStep, StepOptions
 
 Batch = dict[str, Tensor]
 D = TypeVar("D")
@@ -128,8 +131,18 @@ def with_overrides(config: D, **overrides: Any) -> D:
     return replace(config, **{k: v for k, v in overrides.items() if v is not None})
 
 
+#: Network class -> the objective class a bare network of it is wrapped in (``network=`` of
+#: :class:`Objective`'s subclasses).
+_OBJECTIVE_OF: dict[type[nn.Module], type[Objective]] = {}
+
+
 class Objective(nn.Module, ABC):
-    """A network plus the loss it is trained with and the way it predicts the next concept.
+    """A network plus the loss it is trained with, the way it predicts the next concept and its
+    cached generation step (:meth:`generation_step`).
+
+    A family's objective names its network class when it is defined,
+    ``class MSEObjective(Objective, network=BaseLCM)``, so that a bare network can be turned
+    into its objective (:func:`objective_for`), e.g. by :func:`lcm.generation.make_step`.
 
     Args:
         model: The network; stored as ``self.model``.
@@ -146,6 +159,11 @@ class Objective(nn.Module, ABC):
     """False when position 0 of ``predict_all`` is a placeholder: the network only predicts
     concepts that follow another one (regression, refiner, quantized). Diffusion samples the
     first concept from the unconditional model."""
+
+    def __init_subclass__(cls, network: type[nn.Module] | None = None, **kwargs: Any) -> None:
+        super().__init_subclass__(**kwargs)
+        if network is not None:
+            _OBJECTIVE_OF[network] = cls
 
     def __init__(self, model: nn.Module, residual: Residual = "none") -> None:
         super().__init__()
@@ -170,6 +188,15 @@ class Objective(nn.Module, ABC):
         other._modules = {**self._modules, "model": model}
         return other
 
+    def generation_step(self, options: StepOptions) -> NextConceptStep:
+        """The family's cached generation step (:mod:`lcm.objectives.step`) for this objective:
+        its defaults (scheduler, sampling settings, exit rule, temperature) are the objective's,
+        ``options`` override them. A family without one cannot be generated from."""
+        raise TypeError(
+            f"no generation step for {type(self).__name__}: define "
+            f"{type(self).__name__}.generation_step"
+        )
+
     @abstractmethod
     def loss(self, batch: Batch, generator: torch.Generator | None = None) -> ObjectiveOutput:
         """Training loss on one batch; ``generator`` drives every random draw (noise, t, CFG)."""
@@ -184,6 +211,16 @@ class Objective(nn.Module, ABC):
         self, x: Tensor, mask: Tensor | None = None, generator: torch.Generator | None = None
     ) -> Tensor:
         """(B, D): the concept that follows each right-padded sequence ``x`` (B, T, D)."""
+
+
+def objective_for(model: nn.Module) -> Objective:
+    """``model`` (a bare network) wrapped in the objective its family registered with
+    ``network=`` (the most specific registration of its class hierarchy), with that objective's
+    defaults; a TypeError for a network no family registered."""
+    for klass in type(model).__mro__:
+        if klass in _OBJECTIVE_OF:
+            return _OBJECTIVE_OF[klass](model)
+    raise TypeError(f"no generation step for {type(model).__name__}")
 
 
 class SampledObjective(Objective):

@@ -33,13 +33,14 @@ from __future__ import annotations
 
 from abc import abstractmethod
 from dataclasses import dataclass
-from typing import Literal, get_args
+from typing import Any, Literal, get_args
 
 import torch
 from torch import Tensor, nn
 
 from diffusion import DDIMScheduler, DPMSolverMultistepScheduler, ModelFn, ddim_sample
 from diffusion.utils import randn_tensor
+from lcm.models import OneTowerLCM, TwoTowerLCM
 from lcm.objectives.base import (
     Batch,
     ObjectiveOutput,
@@ -51,6 +52,7 @@ from lcm.objectives.base import (
     target_weight,
     with_overrides,
 )
+from lcm.objectives.step import _COMPILED, NextConceptStep, StepOptions, compiled_method
 
 Solver = Literal["ddim", "dpmsolver++"]
 
@@ -240,6 +242,14 @@ class DiffusionObjective(SampledObjective):
             solver=solver,
         )
 
+    def step_settings(self, options: StepOptions) -> tuple[DDIMScheduler, SamplingConfig]:
+        """The scheduler and sampling settings of a generation step: ``options``' (whole, or
+        this objective's with ``options.sampling_overrides`` put in)."""
+        sampling = options.sampling
+        if sampling is None:
+            sampling = self.sampling_with(**(options.sampling_overrides or {}))
+        return options.scheduler or self.scheduler, sampling
+
     def _sample(
         self,
         fn_factory,
@@ -298,7 +308,7 @@ class DiffusionObjective(SampledObjective):
         """A :data:`~diffusion.ModelFn` over (copies*B, 1, D) noisy next concepts."""
 
 
-class TwoTowerDiffusion(DiffusionObjective):
+class TwoTowerDiffusion(DiffusionObjective, network=TwoTowerLCM):
     """Two-Tower: the contextualizer runs once; its cross-attention keys/values are computed once
     per call and reused by every denoising step. In eval mode the denoiser runs from its
     :class:`~lcm.models.DenoiserPlan` (timestep/AdaLN table, fused diagonal self-attention),
@@ -337,6 +347,23 @@ class TwoTowerDiffusion(DiffusionObjective):
     def _teacher_forced_fn(self, x: Tensor, mask: Tensor, copies: int) -> ModelFn:
         return self._fn(x, mask, copies, include_last=False)
 
+    def generation_step(self, options: StepOptions) -> TwoTowerStep:
+        """:class:`TwoTowerStep` (reads ``scheduler``, ``sampling``, ``sampling_overrides``,
+        ``use_cache``, ``reuse_context``, ``fast``, ``fast_options``, ``compile``)."""
+        scheduler, sampling = self.step_settings(options)
+        o = options
+        return TwoTowerStep(
+            self.model,
+            scheduler,
+            sampling,
+            o.use_cache,
+            o.reuse_context,
+            o.fast,
+            o.fast_options,
+            o.compile,
+            self.residual,
+        )
+
     def _next_fn(self, x: Tensor, mask: Tensor, copies: int) -> ModelFn:
         # S = T + 1 slots [0, ctx_0 .. ctx_{T-1}]; the single query is concept T. Padded slots
         # of shorter rows are masked, so a row of length L sees exactly [0, ctx_0 .. ctx_{L-1}].
@@ -352,9 +379,23 @@ def left_align(x: Tensor, mask: Tensor) -> tuple[Tensor, Tensor]:
     return x_left, torch.gather(mask, 1, src)
 
 
-class OneTowerDiffusion(DiffusionObjective):
+class OneTowerDiffusion(DiffusionObjective, network=OneTowerLCM):
     """One-Tower: teacher-forced sampling reruns the interleaved tower each step; next-concept
     sampling caches the clean prefix once (``encode_clean``) and denoises against it."""
+
+    def generation_step(self, options: StepOptions) -> OneTowerStep:
+        """:class:`OneTowerStep` (reads ``scheduler``, ``sampling``, ``sampling_overrides``,
+        ``use_cache``, ``compile``, ``compile_backend``)."""
+        scheduler, sampling = self.step_settings(options)
+        return OneTowerStep(
+            self.model,
+            scheduler,
+            sampling,
+            options.use_cache,
+            self.residual,
+            options.compile,
+            options.compile_backend,
+        )
 
     def _teacher_forced_fn(self, x: Tensor, mask: Tensor, copies: int) -> ModelFn:
         model = self.model
@@ -379,3 +420,188 @@ class OneTowerDiffusion(DiffusionObjective):
             return model.denoise_next(x_t, t, cache, drop_context=drop_context)  # (M, 1, D)
 
         return model_fn
+
+
+# ------------------------------------------------------------------------- generation steps
+class DiffusionStep(NextConceptStep):
+    """What the diffusion families' cached generation steps share: one concept per document
+    sampled with the step's scheduler and settings (:func:`sample_with`, the objectives' own
+    sampler), the residual base added on the conditional rows."""
+
+    def __init__(
+        self,
+        scheduler: DDIMScheduler,
+        sampling: SamplingConfig,
+        use_cache: bool = True,
+        residual: Residual = "none",
+    ) -> None:
+        super().__init__(use_cache, residual)
+        self.scheduler, self.sampling = scheduler, sampling
+        self._solver: tuple[str, DDIMScheduler] | None = None  # (name, scheduler)
+
+    def _ddim(self, model_fn, batch: int, dim: int, generator, like: Tensor) -> Tensor:
+        """One concept per document, (B, D), sampled with this step's scheduler and settings."""
+        s: SamplingConfig = self.sampling
+        base = self._base()
+        model_fn = with_base(model_fn, None if base is None else base[:, None])  # (B, 1, D)
+        if self._solver is None or self._solver[0] != s.solver:  # built once per step object
+            self._solver = (s.solver, solver_scheduler(self.scheduler, s.solver))
+        y = sample_with(model_fn, (batch, 1, dim), self._solver[1], s, generator, like)
+        return y[:, 0]  # (B, D)
+
+
+class TwoTowerStep(DiffusionStep):
+    """Two-Tower's cached generation step: contextualize once per concept (KV-cached), then DDIM
+    on the denoiser with the context's cross-attention keys/values computed once and reused by
+    every denoising step.
+
+    ``fast=True`` (default) also runs the denoiser from its :class:`~lcm.models.DenoiserPlan`:
+    the timestep embedding and every layer's AdaLN modulation come from a table computed once
+    per model and schedule (reused across concepts, documents and calls), the diagonal
+    self-attention is one fused W_o W_v map, and the cross-attention mask is built once per
+    concept. Outputs equal the ``fast=False`` path to float rounding (tested to 1e-5).
+    ``fast_options`` go to :meth:`~lcm.models.TwoTowerLCM.denoiser_plan` (``transposed``,
+    ``diagonal``), so a benchmark can measure each part's share.
+    """
+
+    def __init__(
+        self,
+        model: TwoTowerLCM,
+        scheduler: DDIMScheduler,
+        sampling: SamplingConfig,
+        use_cache: bool = True,
+        reuse_context: bool = True,
+        fast: bool = True,
+        fast_options: dict[str, Any] | None = None,
+        compile: bool = False,
+        residual: Residual = "none",
+    ) -> None:
+        super().__init__(scheduler, sampling, use_cache, residual)
+        self.model = model
+        self.reuse_context = reuse_context
+        self.fast = fast and reuse_context and not model.training
+        self.fast_options = fast_options or {}
+        self.compile = compile and self.fast
+
+    def start(self, x: Tensor, mask: Tensor) -> None:
+        self.x, self.mask = x, mask
+        if self.use_cache:
+            self.cache = self.model.new_cache()
+            self.ctx = self.model.contextualize(x, mask, self.cache)  # (B, T, d)
+
+    def next(self, generator=None) -> Tensor:
+        model, s = self.model, self.sampling
+        ctx = self.ctx if self.use_cache else self.model.contextualize(self.x, self.mask)
+        B = ctx.shape[0]
+        guided = s.guidance_scale != 1.0
+        reps = 2 if guided else 1
+        shifted = model.shift_context(ctx, include_last=True)  # (B, T+1, d): slots for concept T
+        mask = self.mask.repeat(reps, 1)  # (M, T)
+        cross_kv = None
+        if self.reuse_context:
+            kv = model.precompute_cross_kv(shifted)  # once per concept
+            cross_kv = [(k.repeat(reps, 1, 1, 1), v.repeat(reps, 1, 1, 1)) for k, v in kv]
+        shifted_rep = shifted.repeat(reps, 1, 1)  # (M, T+1, d)
+
+        if self.fast:
+            plan = model.denoiser_plan(self.scheduler.num_train_timesteps, **self.fast_options)
+            # ddim_sample's rows: [conditional] * B (+ [unconditional] * B under guidance).
+            drop = torch.arange(reps * B, device=ctx.device) >= B  # (M,)
+            cmask = model.cross_mask(reps * B, 1, shifted.size(1), mask, drop[:, None])
+
+            if self.compile:
+                denoise = compiled_denoiser(model, plan)
+
+                def fast_fn(x_t: Tensor, t: Tensor, drop_context: Tensor) -> Tensor:
+                    return denoise(x_t, t, cross_kv, cmask)
+
+            else:
+
+                def fast_fn(x_t: Tensor, t: Tensor, drop_context: Tensor) -> Tensor:
+                    return model.denoise_planned(x_t, t, plan, cross_kv, cmask)
+
+            return self._ddim(fast_fn, B, model.config.sonar_dim, generator, ctx)
+
+        def model_fn(x_t: Tensor, t: Tensor, drop: Tensor) -> Tensor:
+            kv_now = cross_kv
+            if kv_now is None:  # the slow path: project the context again at every step
+                kv_now = model.precompute_cross_kv(shifted_rep)
+            return model.denoise(x_t, t, mask=mask, drop_context=drop[:, None], cross_kv=kv_now)
+
+        return self._ddim(model_fn, B, model.config.sonar_dim, generator, ctx)
+
+    def append(self, y: Tensor) -> None:
+        self._grow(y)
+        if self.use_cache:
+            new = self.model.contextualize(y[:, None], None, self.cache)  # (B, 1, d)
+            self.ctx = torch.cat((self.ctx, new), dim=1)
+
+
+def compiled_denoiser(model: TwoTowerLCM, plan: Any):
+    """``model.denoise_planned`` with ``plan`` fixed, through ``torch.compile`` (dynamic shapes:
+    the context grows by one concept per generated concept), compiled once per model and plan and
+    shared by their steps. It computes the same values as the eager one (tested to 1e-5)."""
+    per_model = _COMPILED.setdefault(model, {})
+    fn = per_model.get(id(plan))
+    if fn is None or fn[0] is not plan:
+
+        def denoise(x_t: Tensor, t: Tensor, cross_kv: Any, cmask: Tensor) -> Tensor:
+            return model.denoise_planned(x_t, t, plan, cross_kv, cmask)
+
+        fn = per_model[id(plan)] = (plan, torch.compile(denoise, dynamic=True))
+    return fn[1]
+
+
+class OneTowerStep(DiffusionStep):
+    """One-Tower's cached generation step: clean concepts are KV-cached; each denoising step
+    queries the cache with the noisy next concept without storing it. With guidance the cache
+    holds the batch twice (the conditional and unconditional halves share it), so both passes
+    are one model call."""
+
+    def __init__(
+        self,
+        model: OneTowerLCM,
+        scheduler: DDIMScheduler,
+        sampling: SamplingConfig,
+        use_cache: bool = True,
+        residual: Residual = "none",
+        compile: bool = False,
+        compile_backend: str | None = None,
+    ) -> None:
+        super().__init__(scheduler, sampling, use_cache, residual)
+        self.model = model
+        self.reps = 2 if sampling.guidance_scale != 1.0 else 1
+        self.compile = compile
+        self.denoise = (
+            compiled_method(model, "denoise_next", compile_backend)
+            if compile
+            else model.denoise_next
+        )
+
+    def _fresh_cache(self, x: Tensor, mask: Tensor):
+        cache = self.model.new_cache()
+        self.model.encode_clean(x.repeat(self.reps, 1, 1), mask.repeat(self.reps, 1), cache)
+        return cache
+
+    def start(self, x: Tensor, mask: Tensor) -> None:
+        self.x, self.mask = x, mask
+        if self.use_cache:
+            self.cache = self._fresh_cache(x, mask)
+
+    def next(self, generator=None) -> Tensor:
+        cache = self.cache if self.use_cache else self._fresh_cache(self.x, self.mask)
+        B = self.x.shape[0]
+
+        plan: list = [None, None]  # (drop tensor, its denoise plan): ddim_sample passes one
+
+        def model_fn(x_t: Tensor, t: Tensor, drop: Tensor) -> Tensor:
+            if plan[0] is not drop:  # once per concept: mask and RoPE angles of every step
+                plan[:] = drop, self.model.denoise_plan(cache, drop, x_t.size(0), x_t.device)
+            return self.denoise(x_t, t, cache, drop, plan=plan[1])
+
+        return self._ddim(model_fn, B, self.model.config.sonar_dim, generator, self.x)
+
+    def append(self, y: Tensor) -> None:
+        self._grow(y)
+        if self.use_cache:
+            self.model.encode_clean(y[:, None].repeat(self.reps, 1, 1), None, self.cache)

@@ -6,7 +6,7 @@ counts.
 
 With ``residual`` (:data:`~lcm.objectives.base.Residual`) the prediction of concept t+1 is
 ``base_t + y[:, t]``: the network learns the correction to the last concept or to the context
-mean. The cached generation step (:class:`lcm.generation.steps.BaseLCMStep`) adds the same base.
+mean. The cached generation step (:class:`BaseLCMStep`) adds the same base.
 
 ``loss`` (:data:`RegressionLoss`) picks what the prediction is scored with: the paper's MSE
 (default), or, for a model decoded by cosine nearest-neighbour retrieval, a loss on directions:
@@ -25,6 +25,7 @@ import torch
 import torch.nn.functional as F
 from torch import Tensor
 
+from lcm.models import BaseLCM
 from lcm.objectives.base import (
     Batch,
     Objective,
@@ -36,6 +37,7 @@ from lcm.objectives.base import (
     shift_right,
     target_weight,
 )
+from lcm.objectives.step import NextConceptStep, StepOptions, compiled_method
 
 RegressionLoss = Literal["mse", "cosine", "infonce"]
 """How :class:`MSEObjective` scores a predicted concept against its target (see
@@ -96,7 +98,7 @@ def regression_loss(
     return F.cross_entropy(logits, labels)
 
 
-class MSEObjective(Objective):
+class MSEObjective(Objective, network=BaseLCM):
     """Next-concept MSE for :class:`~lcm.models.BaseLCM` (deterministic, no random draws).
 
     Args:
@@ -160,3 +162,46 @@ class MSEObjective(Objective):
     ) -> Tensor:
         """(B, D): the output at each sequence's last valid position."""
         return last_valid(self._outputs(x, mask), mask)  # (B, D)
+
+    def generation_step(self, options: StepOptions) -> BaseLCMStep:
+        """:class:`BaseLCMStep` (reads ``use_cache``, ``compile``, ``compile_backend``)."""
+        return BaseLCMStep(
+            self.model, options.use_cache, self.residual, options.compile, options.compile_backend
+        )
+
+
+class BaseLCMStep(NextConceptStep):
+    """Base-LCM's cached generation step: the regression output at the last position (plus the
+    residual base) is the next concept; the context is KV-cached (``compile``: the forward runs
+    through :func:`~lcm.objectives.step.compiled_method`)."""
+
+    def __init__(
+        self,
+        model: BaseLCM,
+        use_cache: bool = True,
+        residual: Residual = "none",
+        compile: bool = False,
+        compile_backend: str | None = None,
+    ) -> None:
+        super().__init__(use_cache, residual)
+        self.model = model
+        self.compile = compile
+        self.forward = (
+            compiled_method(model, "forward", compile_backend) if compile else model.forward
+        )
+
+    def start(self, x: Tensor, mask: Tensor) -> None:
+        self.x, self.mask = x, mask
+        if self.use_cache:
+            self.cache = self.model.new_cache()
+            self.last = self.forward(x, mask, self.cache)[:, -1]  # (B, D)
+
+    def next(self, generator=None) -> Tensor:
+        y = self.last if self.use_cache else self.forward(self.x, self.mask)[:, -1]  # (B, D)
+        base = self._base()
+        return y if base is None else y + base
+
+    def append(self, y: Tensor) -> None:
+        self._grow(y)
+        if self.use_cache:
+            self.last = self.forward(y[:, None], None, self.cache)[:, 0]  # (B, D)

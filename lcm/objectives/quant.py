@@ -29,6 +29,7 @@ from lcm.objectives.base import (
     shift_right,
     target_weight,
 )
+from lcm.objectives.step import NextConceptStep, StepOptions
 
 
 def sample_logits(
@@ -66,7 +67,7 @@ def sample_logits(
     return draw.to(logits.device)
 
 
-class QuantObjective(SampledObjective):
+class QuantObjective(SampledObjective, network=QuantLCM):
     """Code cross-entropy and code sampling for :class:`~lcm.models.quant_lcm.QuantLCM`.
 
     Args:
@@ -172,6 +173,10 @@ class QuantObjective(SampledObjective):
 
     predict_all_with_codes = SampledObjective.predict_all_with_info
 
+    def generation_step(self, options: StepOptions) -> QuantStep:
+        """:class:`QuantStep` (reads ``temperature``, ``top_p``, ``use_cache``)."""
+        return QuantStep(self, options.temperature, options.top_p, options.use_cache)
+
     @torch.no_grad()
     def predict_next_codes(
         self,
@@ -182,3 +187,39 @@ class QuantObjective(SampledObjective):
     ) -> Tensor:
         """(B, K) codes of the concept after each right-padded sequence x (B, T, D)."""
         return self.predict_next_with_info(x, mask, generator, **options)[1]
+
+
+class QuantStep(NextConceptStep):
+    """Quant-LCM's cached generation step: contextualize once per concept (KV-cached), then
+    sample the next concept's K codes coarse to fine and sum their code vectors.
+    ``last_info["codes"]`` (B, K)."""
+
+    def __init__(
+        self,
+        objective: QuantObjective,
+        temperature: float | None = None,
+        top_p: float | None = None,
+        use_cache: bool = True,
+    ) -> None:
+        super().__init__(use_cache)
+        self.objective, self.model = objective, objective.model
+        self.temperature, self.top_p = temperature, top_p
+
+    def start(self, x: Tensor, mask: Tensor) -> None:
+        self.x, self.mask = x, mask
+        if self.use_cache:
+            self.cache = self.model.new_cache()
+            self.h = self.model.contextualize(x, mask, self.cache)[:, -1]  # (B, d)
+
+    def next(self, generator=None) -> Tensor:
+        h = self.h if self.use_cache else self.model.contextualize(self.x, self.mask)[:, -1]
+        codes = self.objective.sample_codes(
+            h, generator, temperature=self.temperature, top_p=self.top_p
+        )  # (B, K)
+        self.last_info = {"codes": codes}
+        return self.model.rvq.decode(codes)  # (B, D)
+
+    def append(self, y: Tensor) -> None:
+        self._grow(y)
+        if self.use_cache:
+            self.h = self.model.contextualize(y[:, None], None, self.cache)[:, 0]

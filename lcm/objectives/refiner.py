@@ -41,6 +41,7 @@ from lcm.objectives.base import (
     target_weight,
     with_overrides,
 )
+from lcm.objectives.step import NextConceptStep, StepOptions
 
 INIT_MODES = ("random", "embed")
 
@@ -123,7 +124,7 @@ class ExitRule:
         return steps
 
 
-class RefinerObjective(SampledObjective):
+class RefinerObjective(SampledObjective, network=RecurrentRefinerLCM):
     """Next-concept MSE with a random iteration count, truncated backprop and adaptive exit.
 
     Args:
@@ -360,6 +361,13 @@ class RefinerObjective(SampledObjective):
         )
         return y[:, 0], steps[:, 0]
 
+    def generation_step(self, options: StepOptions) -> RefinerStep:
+        """:class:`RefinerStep` (reads ``exit_rule``, ``exit_overrides``, ``num_iterations``,
+        ``warm_start``, ``use_cache``)."""
+        o = options
+        rule = o.exit_rule or self.exit_rule_with(**(o.exit_overrides or {}))
+        return RefinerStep(self, rule, o.num_iterations, o.warm_start, o.use_cache)
+
     # (predictions, exit steps), with the keywords of :meth:`options`
     predict_all_with_exit = SampledObjective.predict_all_with_info
     predict_next_with_exit = SampledObjective.predict_next_with_info
@@ -377,3 +385,65 @@ class RefinerObjective(SampledObjective):
         inject = self.model.prenet(x)  # (B, T, d)
         state = self.initial_state(inject, generator)
         return self.model(x, mask, num_iterations, state=state, return_trajectory=True)[1]
+
+
+class RefinerStep(NextConceptStep):
+    """The refiner's cached generation step: contextualize once per concept (KV-cached),
+    project the core's cross-attention keys/values of the new concept once (appended to the
+    earlier ones), then iterate the core on the next concept's state until it stops moving (or
+    a fixed r).
+
+    ``warm_start`` starts each concept's state from the previous concept's exit state instead of
+    the objective's initial state (random or embedding); the first concept always uses the
+    latter. ``last_info["exit_step"]`` (B,) holds the iterations each document's concept took.
+    """
+
+    def __init__(
+        self,
+        objective: RefinerObjective,
+        rule: ExitRule | None = None,
+        num_iterations: int | None = None,
+        warm_start: bool = False,
+        use_cache: bool = True,
+    ) -> None:
+        super().__init__(use_cache)
+        self.objective, self.model = objective, objective.model
+        self.rule, self.num_iterations = rule, num_iterations
+        self.warm_start = warm_start
+        self.state: Tensor | None = None  # (B, 1, d) exit state of the last concept
+
+    def start(self, x: Tensor, mask: Tensor) -> None:
+        self.x, self.mask, self.state = x, mask, None
+        if self.use_cache:
+            self.cache = self.model.new_cache()
+            inject, ctx = self.model.contextualize(x, mask, self.cache)
+            self.query = inject[:, -1:]  # (B, 1, d); left padding: the last slot is real
+            self.cross_kv = self.model.precompute_cross_kv(ctx)
+
+    def next(self, generator=None) -> Tensor:
+        if not self.use_cache:
+            inject, ctx = self.model.contextualize(self.x, self.mask)
+            self.query = inject[:, -1:]  # (B, 1, d); left padding: the last slot is real
+            self.cross_kv = self.model.precompute_cross_kv(ctx)
+        cross_kv = self.cross_kv
+        cmask = self.mask[:, None, None, :]  # (B, 1, 1, T): every real concept
+        state = self.state if self.warm_start else None
+        y, steps, self.state = self.objective.refine(
+            self.query,
+            cross_kv,
+            cmask,
+            generator,
+            state=state,
+            num_iterations=self.num_iterations,
+            rule=self.rule,
+            return_state=True,
+        )
+        self.last_info = {"exit_step": steps[:, 0]}
+        return y[:, 0]  # (B, D)
+
+    def append(self, y: Tensor) -> None:
+        self._grow(y)
+        if self.use_cache:
+            inject, ctx = self.model.contextualize(y[:, None], None, self.cache)  # (B, 1, d)
+            self.query = inject
+            self.cross_kv = self.model.precompute_cross_kv(ctx, past=self.cross_kv)

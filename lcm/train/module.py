@@ -102,8 +102,8 @@ def derive_seed(*parts: int) -> int:
 
 #: Family name -> its LightningModule. A subclass that sets ``family`` registers itself here
 #: when it is defined; its ``arch_cls`` is the family's config, its objective (set with
-#: :meth:`LCMModule.attach`) the network's loss and sampling, and its generation step is
-#: registered with :func:`lcm.generation.register_step`.
+#: :meth:`LCMModule.attach`) the network's loss, sampling and cached generation step
+#: (:meth:`lcm.objectives.Objective.generation_step`).
 FAMILY_MODULES: dict[str, type[LCMModule]] = {}
 
 
