@@ -261,9 +261,29 @@ def test_zero_shot_demo_end_to_end_on_a_tiny_slice(tmp_path):
     for lang in ("fr", "de"):
         assert set(res[lang]) == {"into_en", "into_own"}
         for s in res[lang].values():
-            assert s["documents"] == 4
+            assert s["documents"] == 4 and s["aligned_documents"] == 6
             assert all(0 <= s[k] <= 100 for k in ("model", "mean_concept_floor", "ceiling"))
+            # The paired bootstrap interval of (model - floor) brackets the mean difference, and
+            # the verdict follows the interval's sign, never the point estimate alone.
+            low, high = s["model_minus_floor_ci95"]
+            assert low <= s["model_minus_floor"] <= high
+            gap = s["model"] - s["mean_concept_floor"]
+            assert s["model_minus_floor"] == pytest.approx(gap, abs=0.02)
+            want = "above" if low > 0 else "below" if high < 0 else "tied"
+            assert s["vs_floor"] == want
+    for target in ("into_en", "into_own"):
+        assert got["above_floor"][target] == sorted(
+            lang for lang, row in res.items() if row.get(target, {}).get("vs_floor") == "above"
+        )
     assert "lead_1" in res["fr"]["into_own"] and "lead_1" not in res["fr"]["into_en"]
     # Into French: the generated sentences come from the French bank.
     generated = [ex["generated"] for ex in res["fr"]["into_own"]["examples"]]
     assert any(generated) and all(any(s in g for s in fr_bank) for g in generated if g)
+
+
+def test_zero_shot_verdict_needs_the_whole_interval_on_one_side():
+    from lcm.demo_xling import _verdict
+
+    assert _verdict([0.1, 2.0]) == "above" and _verdict([-2.0, -0.1]) == "below"
+    assert _verdict([-0.1, 2.0]) == "tied" and _verdict([0.0, 1.0]) == "tied"
+    assert _verdict(None) == "tied"  # fewer than 2 documents: no claim
