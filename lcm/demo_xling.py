@@ -1,6 +1,7 @@
 """Zero-shot cross-lingual summarization on the offline multilingual codec (USE-m v3).
 
     python -m lcm.demo_xling [--out_dir runs/demo_xling] [--data_dir DIR] [--train_docs 2000]
+    python -m lcm.demo_xling --split valid ...   # English validation only: choose settings here
 
 The paper's zero-shot experiment at toy scale: a summarizer trained on *English* Debian
 description -> synopsis pairs only, in the shared space of a multilingual encoder, then asked to
@@ -45,6 +46,8 @@ def main(
     recipe: str = "configs/base_lcm/tiny_sft.yaml",
     report_dir: str = "reports/zero_shot",
     references_in_bank: bool = False,
+    residual: str | None = None,
+    split: str = "test",
 ) -> dict:
     """Train on English, summarize other languages into English and into themselves.
 
@@ -64,7 +67,15 @@ def main(
             language (a closed set: an upper bound). By default they are left out, as ``lcm
             eval`` does, so neither the model nor a floor can score by returning the very
             reference; how many were left out is recorded per cell.
+        residual: ``--model.init_args.residual`` for training (``none``, ``last``,
+            ``context_mean``); default: the recipe's.
+        split: ``test`` scores every language; ``valid`` scores English only (``en -> en``) on
+            the English validation split, to choose training settings without looking at the
+            test cells. Each setting trains into its own ``<out_dir>/runs/<recipe>-<steps>-
+            <residual>`` folder, so a later ``test`` run with the chosen ones reuses it.
     """
+    if split not in ("test", "valid"):
+        raise ValueError(f"--split must be 'test' or 'valid', not {split!r}")
     import torch
 
     from encoders.cache import EmbeddingCache
@@ -77,7 +88,7 @@ def main(
     from lcm.data.prepare import prepare
 
     t0 = time.time()
-    langs = langs or ["fr", "de", "it", "es", "ru", "ja", "zh_CN"]
+    langs = (langs or ["fr", "de", "it", "es", "ru", "ja", "zh_CN"]) if split == "test" else []
     out = Path(out_dir)
     out.mkdir(parents=True, exist_ok=True)
     if data_dir is None:
@@ -104,7 +115,8 @@ def main(
     )
 
     print(f"[xling] 2. fit {recipe} for {train_steps} steps on English only")
-    ckpt = out / "run" / "checkpoints" / "last.ckpt"
+    run_dir = out / "runs" / f"{Path(recipe).stem}-{train_steps}-{residual or 'recipe'}"
+    ckpt = run_dir / "checkpoints" / "last.ckpt"
     if not ckpt.exists():
         run(
             [
@@ -112,15 +124,16 @@ def main(
                 "--config", "configs/trainer/default.yaml",
                 "--config", recipe,
                 f"--data.data_dir={out / 'shards'}",
-                f"--trainer.default_root_dir={out / 'run'}",
+                f"--trainer.default_root_dir={run_dir}",
                 f"--trainer.max_steps={train_steps}",
                 "--trainer.enable_model_summary=false",
                 "--trainer.enable_progress_bar=false",
+                *([f"--model.init_args.residual={residual}"] if residual else []),
             ]
         )  # fmt: skip
     model = ConceptModel.load(ckpt, codec=codec)  # English bank: the training synopses
 
-    en_test = {r["md5"]: r for r in _rows(data / "debian_descriptions.en.test.jsonl")}
+    en_test = {r["md5"]: r for r in _rows(data / f"debian_descriptions.en.{split}.jsonl")}
     left_out = {"eng_Latn": 0}
     if not references_in_bank:
         en_refs = {r["summary"].strip() for r in en_test.values()}
@@ -205,6 +218,8 @@ def main(
         "bank_size": bank_size,
         "references_in_bank": references_in_bank,
         "recipe": recipe,
+        "residual": residual or "recipe",
+        "split": split,
         "seconds": round(time.time() - t0, 1),
         "results": results,
     }

@@ -279,6 +279,25 @@ def test_zero_shot_demo_end_to_end_on_a_tiny_slice(tmp_path):
     # Into French: the generated sentences come from the French bank.
     generated = [ex["generated"] for ex in res["fr"]["into_own"]["examples"]]
     assert any(generated) and all(any(s in g for s in fr_bank) for g in generated if g)
+    # The English validation split scores English only, reusing the same checkpoint.
+    (data / "debian_descriptions.en.valid.jsonl").write_text(
+        (data / "debian_descriptions.en.test.jsonl").read_text()
+    )
+    valid = main(
+        out_dir=str(tmp_path / "out"),
+        data_dir=str(data),
+        train_docs=18,
+        train_steps=2,
+        n_eval=4,
+        bank_size=18,
+        report_dir=str(tmp_path / "valid"),
+        split="valid",
+    )
+    assert valid["split"] == "valid" and set(valid["results"]) == {"en"}
+    assert valid["results"]["en"]["into_en"]["model"] == res["en"]["into_en"]["model"]
+    assert len(list((tmp_path / "out" / "runs").iterdir())) == 1
+    with pytest.raises(ValueError, match="--split"):
+        main(out_dir=str(tmp_path / "out"), data_dir=str(data), split="dev")
 
 
 def test_zero_shot_verdict_needs_the_whole_interval_on_one_side():
