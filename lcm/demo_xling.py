@@ -46,7 +46,7 @@ def main(
     recipe: str = "configs/base_lcm/tiny_sft.yaml",
     report_dir: str = "reports/zero_shot",
     references_in_bank: bool = False,
-    residual: str | None = None,
+    residual: str | None = "context_mean",
     split: str = "test",
 ) -> dict:
     """Train on English, summarize other languages into English and into themselves.
@@ -68,7 +68,8 @@ def main(
             eval`` does, so neither the model nor a floor can score by returning the very
             reference; how many were left out is recorded per cell.
         residual: ``--model.init_args.residual`` for training (``none``, ``last``,
-            ``context_mean``); default: the recipe's.
+            ``context_mean``; None: the recipe's). ``context_mean`` with 800 steps scored best
+            of five settings on the English validation split (``reports/zero_shot``).
         split: ``test`` scores every language; ``valid`` scores English only (``en -> en``) on
             the English validation split, to choose training settings without looking at the
             test cells. Each setting trains into its own ``<out_dir>/runs/<recipe>-<steps>-

@@ -306,3 +306,34 @@ def test_zero_shot_verdict_needs_the_whole_interval_on_one_side():
     assert _verdict([0.1, 2.0]) == "above" and _verdict([-2.0, -0.1]) == "below"
     assert _verdict([-0.1, 2.0]) == "tied" and _verdict([0.0, 1.0]) == "tied"
     assert _verdict(None) == "tied"  # fewer than 2 documents: no claim
+
+
+def test_zero_shot_report_table_equals_its_json():
+    """reports/zero_shot: every row of the README's table is the cell of results.json, and the
+    counts the README quotes are the JSON's above-the-floor lists."""
+    report = ROOT / "reports/zero_shot"
+    got = json.loads((report / "results.json").read_text())
+    text = (report / "README.md").read_text()
+    table = [ln for ln in text.splitlines() if ln.startswith("| ") and " of " in ln]
+    rows = [ln.split(" | ") for ln in table[1:]]  # the header says "documents (of aligned)"
+    cells = [(lang, t, s) for lang, row in got["results"].items() for t, s in row.items()]
+    assert len(rows) == len(cells) == 15
+    for cols, (lang, target, s) in zip(rows, cells):
+        ci = s["model_minus_floor_ci95"]
+        lead = f"{s['lead_1']:.2f}" if "lead_1" in s else "-"
+        want = [
+            f"| {lang}",
+            "en" if target == "into_en" else lang,
+            f"{s['model']:.2f}",
+            lead,
+            f"{s['mean_concept_floor']:.2f}",
+            f"{s['ceiling']:.2f}",
+            f"{s['model_minus_floor']:+.2f} [{ci[0]:+.2f}, {ci[1]:+.2f}]",
+            s["vs_floor"],
+            f"{s['documents']} of {s['aligned_documents']}",
+            f"{s['references_left_out_of_bank']} |",
+        ]
+        assert cols == want
+    above = got["above_floor"]
+    n_en = len([x for x in above["into_en"] if x != "en"])
+    assert "3 of 7" in text and n_en == 3 and len(above["into_own"]) == 2
