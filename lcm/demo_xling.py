@@ -1,6 +1,7 @@
 """Zero-shot cross-lingual summarization on the offline multilingual codec (USE-m v3).
 
     python -m lcm.demo_xling [--out_dir runs/demo_xling] [--data_dir DIR] [--train_docs 2000]
+    python -m lcm.demo_xling --split valid ...   # English validation only: choose settings here
 
 The paper's zero-shot experiment at toy scale: a summarizer trained on *English* Debian
 description -> synopsis pairs only, in the shared space of a multilingual encoder, then asked to
@@ -16,8 +17,10 @@ mean-concept floor (the bank synopsis nearest to the description's mean concept)
 retrieval ceiling (the bank synopsis nearest to the reference's own concept). The English test
 descriptions give the in-language row ``en -> en``. A bank sentence equal to a test-split
 synopsis of its language is left out (as ``lcm eval`` does), so no system scores by returning the
-very reference; each cell records how many were. Results go to ``<report_dir>/results.json`` and a
-plot.
+very reference; each cell records how many were. Each cell also carries a paired bootstrap 95%
+interval of (model - floor) over its documents: a cell is ``above`` the floor only when the whole
+interval is above 0, ``below`` when it is below 0, and ``tied`` otherwise. Results go to
+``<report_dir>/results.json`` and a plot.
 """
 
 from __future__ import annotations
@@ -38,11 +41,13 @@ def main(
     langs: list[str] | None = None,
     train_docs: int = 2000,
     train_steps: int = 800,
-    n_eval: int = 50,
+    n_eval: int = 1000,
     bank_size: int = 500,
     recipe: str = "configs/base_lcm/tiny_sft.yaml",
     report_dir: str = "reports/zero_shot",
     references_in_bank: bool = False,
+    residual: str | None = "context_mean",
+    split: str = "test",
 ) -> dict:
     """Train on English, summarize other languages into English and into themselves.
 
@@ -53,7 +58,8 @@ def main(
         langs: DDTP codes of the test languages (default: fr, de, it, es, ru, ja, zh_CN).
         train_docs: English training documents.
         train_steps: optimizer steps.
-        n_eval: test descriptions per language (each with an aligned English one).
+        n_eval: at most this many test descriptions per language (each with an aligned English
+            one; the first ones in file order); how many were available is recorded.
         bank_size: synopses of each language's train split in its decoding bank.
         recipe: the summarization recipe.
         report_dir: where results.json and the plot go.
@@ -61,19 +67,29 @@ def main(
             language (a closed set: an upper bound). By default they are left out, as ``lcm
             eval`` does, so neither the model nor a floor can score by returning the very
             reference; how many were left out is recorded per cell.
+        residual: ``--model.init_args.residual`` for training (``none``, ``last``,
+            ``context_mean``; None: the recipe's). ``context_mean`` with 800 steps scored best
+            of five settings on the English validation split (``reports/zero_shot``).
+        split: ``test`` scores every language; ``valid`` scores English only (``en -> en``) on
+            the English validation split, to choose training settings without looking at the
+            test cells. Each setting trains into its own ``<out_dir>/runs/<recipe>-<steps>-
+            <residual>`` folder, so a later ``test`` run with the chosen ones reuses it.
     """
+    if split not in ("test", "valid"):
+        raise ValueError(f"--split must be 'test' or 'valid', not {split!r}")
     import torch
 
     from encoders.cache import EmbeddingCache
     from encoders.multilingual import USECodec
     from eval.metrics.text import rouge_l
+    from eval.report import bootstrap_interval
     from lcm.api import ConceptModel
     from lcm.cli import run
     from lcm.corpora.debian import DDTP_TO_FLORES, fetch_debian_descriptions
     from lcm.data.prepare import prepare
 
     t0 = time.time()
-    langs = langs or ["fr", "de", "it", "es", "ru", "ja", "zh_CN"]
+    langs = (langs or ["fr", "de", "it", "es", "ru", "ja", "zh_CN"]) if split == "test" else []
     out = Path(out_dir)
     out.mkdir(parents=True, exist_ok=True)
     if data_dir is None:
@@ -100,7 +116,8 @@ def main(
     )
 
     print(f"[xling] 2. fit {recipe} for {train_steps} steps on English only")
-    ckpt = out / "run" / "checkpoints" / "last.ckpt"
+    run_dir = out / "runs" / f"{Path(recipe).stem}-{train_steps}-{residual or 'recipe'}"
+    ckpt = run_dir / "checkpoints" / "last.ckpt"
     if not ckpt.exists():
         run(
             [
@@ -108,15 +125,16 @@ def main(
                 "--config", "configs/trainer/default.yaml",
                 "--config", recipe,
                 f"--data.data_dir={out / 'shards'}",
-                f"--trainer.default_root_dir={out / 'run'}",
+                f"--trainer.default_root_dir={run_dir}",
                 f"--trainer.max_steps={train_steps}",
                 "--trainer.enable_model_summary=false",
                 "--trainer.enable_progress_bar=false",
+                *([f"--model.init_args.residual={residual}"] if residual else []),
             ]
         )  # fmt: skip
     model = ConceptModel.load(ckpt, codec=codec)  # English bank: the training synopses
 
-    en_test = {r["md5"]: r for r in _rows(data / "debian_descriptions.en.test.jsonl")}
+    en_test = {r["md5"]: r for r in _rows(data / f"debian_descriptions.en.{split}.jsonl")}
     left_out = {"eng_Latn": 0}
     if not references_in_bank:
         en_refs = {r["summary"].strip() for r in en_test.values()}
@@ -125,10 +143,12 @@ def main(
     for lang in ["en", *langs]:
         flores = DDTP_TO_FLORES[lang]
         if lang == "en":
-            test = list(en_test.values())[:n_eval]
+            aligned = list(en_test.values())
         else:
             all_test = _rows(data / f"debian_descriptions.{lang}.test.jsonl")
-            test = [r for r in all_test if r["md5"] in en_test][:n_eval]
+            aligned = [r for r in all_test if r["md5"] in en_test]
+        test = aligned[:n_eval]
+        if lang != "en":
             refs = set() if references_in_bank else {r["summary"].strip() for r in all_test}
             bank, left_out[flores] = [], 0
             for synopsis in dict.fromkeys(
@@ -145,7 +165,7 @@ def main(
         if not test:
             print(f"[xling] {lang}: no test descriptions aligned with English; skipped")
             continue
-        print(f"[xling] 3. {lang}: {len(test)} descriptions")
+        print(f"[xling] 3. {lang}: {len(test)} of {len(aligned)} aligned test descriptions")
         texts = [r["text"] for r in test]
         sents = [model.splitter.split(t, flores) for t in texts]
         means = torch.stack([codec.encode(s, flores).mean(dim=0) for s in sents])
@@ -158,16 +178,25 @@ def main(
             hyp = model.summarize(
                 texts, source_lang=flores, target_lang=t_flores, max_new_concepts=2
             )
+            model_r = rouge_l(hyp, refs)
+            floor_r = rouge_l(codec.decode(means, t_flores), refs)
             scores = {
-                "model": rouge_l(hyp, refs).f,
-                "mean_concept_floor": rouge_l(codec.decode(means, t_flores), refs).f,
+                "model": model_r.f,
+                "mean_concept_floor": floor_r.f,
                 "ceiling": rouge_l(codec.decode(codec.encode(refs, t_flores), t_flores), refs).f,
             }
             if t_flores == flores:
                 scores["lead_1"] = rouge_l([s[0] for s in sents], refs).f
+            # Paired bootstrap over documents of the per-document (model - floor) difference.
+            diff = [100 * (m - f) for m, f in zip(model_r.per_pair_f, floor_r.per_pair_f)]
+            ci = bootstrap_interval(diff)
             row["into_" + target] = {
                 **{k: round(100 * v, 2) for k, v in scores.items()},
+                "model_minus_floor": round(sum(diff) / len(diff), 2),
+                "model_minus_floor_ci95": None if ci is None else [round(x, 2) for x in ci],
+                "vs_floor": _verdict(ci),
                 "documents": len(test),
+                "aligned_documents": len(aligned),
                 "bank_sentences": codec.bank.count(t_flores),
                 "references_left_out_of_bank": left_out[t_flores],
                 "examples": [{"reference": r, "generated": h} for r, h in list(zip(refs, hyp))[:3]],
@@ -176,12 +205,22 @@ def main(
 
     result = {
         "codec": codec.codec_id,
+        "above_floor": {
+            target: sorted(
+                lang
+                for lang, row in results.items()
+                if row.get(target, {}).get("vs_floor") == "above"
+            )
+            for target in ("into_en", "into_own")
+        },
         "train_docs": prepared["documents"],
         "train_steps": train_steps,
         "n_eval": n_eval,
         "bank_size": bank_size,
         "references_in_bank": references_in_bank,
         "recipe": recipe,
+        "residual": residual or "recipe",
+        "split": split,
         "seconds": round(time.time() - t0, 1),
         "results": results,
     }
@@ -193,14 +232,27 @@ def main(
     return result
 
 
+def _verdict(ci: list[float] | None) -> str:
+    """``above`` / ``below`` the floor when the whole interval is; ``tied`` otherwise."""
+    if ci is None:
+        return "tied"  # fewer than 2 documents: no interval, no claim
+    return "above" if ci[0] > 0 else "below" if ci[1] < 0 else "tied"
+
+
 def _print(results: dict) -> None:
-    print(f"{'source':7} {'into':5} {'model':>6} {'lead-1':>6} {'floor':>6} {'ceiling':>7}  n")
+    print(
+        f"{'source':7} {'into':5} {'model':>6} {'lead-1':>6} {'floor':>6} {'ceiling':>7} "
+        f"{'model-floor [95% CI]':>24} {'vs floor':8}  n"
+    )
     for lang, row in results.items():
         for target, s in row.items():
             lead = f"{s['lead_1']:6.2f}" if "lead_1" in s else "     -"
+            ci = s["model_minus_floor_ci95"]
+            interval = f"{s['model_minus_floor']:+.2f} [{ci[0]:+.2f}, {ci[1]:+.2f}]" if ci else "-"
             print(
                 f"{lang:7} {target[5:]:5} {s['model']:6.2f} {lead} "
-                f"{s['mean_concept_floor']:6.2f} {s['ceiling']:7.2f}  {s['documents']}"
+                f"{s['mean_concept_floor']:6.2f} {s['ceiling']:7.2f} {interval:>24} "
+                f"{s['vs_floor']:8}  {s['documents']}/{s['aligned_documents']}"
             )
 
 

@@ -261,9 +261,79 @@ def test_zero_shot_demo_end_to_end_on_a_tiny_slice(tmp_path):
     for lang in ("fr", "de"):
         assert set(res[lang]) == {"into_en", "into_own"}
         for s in res[lang].values():
-            assert s["documents"] == 4
+            assert s["documents"] == 4 and s["aligned_documents"] == 6
             assert all(0 <= s[k] <= 100 for k in ("model", "mean_concept_floor", "ceiling"))
+            # The paired bootstrap interval of (model - floor) brackets the mean difference, and
+            # the verdict follows the interval's sign, never the point estimate alone.
+            low, high = s["model_minus_floor_ci95"]
+            assert low <= s["model_minus_floor"] <= high
+            gap = s["model"] - s["mean_concept_floor"]
+            assert s["model_minus_floor"] == pytest.approx(gap, abs=0.02)
+            want = "above" if low > 0 else "below" if high < 0 else "tied"
+            assert s["vs_floor"] == want
+    for target in ("into_en", "into_own"):
+        assert got["above_floor"][target] == sorted(
+            lang for lang, row in res.items() if row.get(target, {}).get("vs_floor") == "above"
+        )
     assert "lead_1" in res["fr"]["into_own"] and "lead_1" not in res["fr"]["into_en"]
     # Into French: the generated sentences come from the French bank.
     generated = [ex["generated"] for ex in res["fr"]["into_own"]["examples"]]
     assert any(generated) and all(any(s in g for s in fr_bank) for g in generated if g)
+    # The English validation split scores English only, reusing the same checkpoint.
+    (data / "debian_descriptions.en.valid.jsonl").write_text(
+        (data / "debian_descriptions.en.test.jsonl").read_text()
+    )
+    valid = main(
+        out_dir=str(tmp_path / "out"),
+        data_dir=str(data),
+        train_docs=18,
+        train_steps=2,
+        n_eval=4,
+        bank_size=18,
+        report_dir=str(tmp_path / "valid"),
+        split="valid",
+    )
+    assert valid["split"] == "valid" and set(valid["results"]) == {"en"}
+    assert valid["results"]["en"]["into_en"]["model"] == res["en"]["into_en"]["model"]
+    assert len(list((tmp_path / "out" / "runs").iterdir())) == 1
+    with pytest.raises(ValueError, match="--split"):
+        main(out_dir=str(tmp_path / "out"), data_dir=str(data), split="dev")
+
+
+def test_zero_shot_verdict_needs_the_whole_interval_on_one_side():
+    from lcm.demo_xling import _verdict
+
+    assert _verdict([0.1, 2.0]) == "above" and _verdict([-2.0, -0.1]) == "below"
+    assert _verdict([-0.1, 2.0]) == "tied" and _verdict([0.0, 1.0]) == "tied"
+    assert _verdict(None) == "tied"  # fewer than 2 documents: no claim
+
+
+def test_zero_shot_report_table_equals_its_json():
+    """reports/zero_shot: every row of the README's table is the cell of results.json, and the
+    counts the README quotes are the JSON's above-the-floor lists."""
+    report = ROOT / "reports/zero_shot"
+    got = json.loads((report / "results.json").read_text())
+    text = (report / "README.md").read_text()
+    table = [ln for ln in text.splitlines() if ln.startswith("| ") and " of " in ln]
+    rows = [ln.split(" | ") for ln in table[1:]]  # the header says "documents (of aligned)"
+    cells = [(lang, t, s) for lang, row in got["results"].items() for t, s in row.items()]
+    assert len(rows) == len(cells) == 15
+    for cols, (lang, target, s) in zip(rows, cells):
+        ci = s["model_minus_floor_ci95"]
+        lead = f"{s['lead_1']:.2f}" if "lead_1" in s else "-"
+        want = [
+            f"| {lang}",
+            "en" if target == "into_en" else lang,
+            f"{s['model']:.2f}",
+            lead,
+            f"{s['mean_concept_floor']:.2f}",
+            f"{s['ceiling']:.2f}",
+            f"{s['model_minus_floor']:+.2f} [{ci[0]:+.2f}, {ci[1]:+.2f}]",
+            s["vs_floor"],
+            f"{s['documents']} of {s['aligned_documents']}",
+            f"{s['references_left_out_of_bank']} |",
+        ]
+        assert cols == want
+    above = got["above_floor"]
+    n_en = len([x for x in above["into_en"] if x != "en"])
+    assert "3 of 7" in text and n_en == 3 and len(above["into_own"]) == 2
