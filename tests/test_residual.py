@@ -158,3 +158,44 @@ def test_residual_is_recorded_and_refused_where_unsupported():
             residual="last",
             prediction_type="epsilon",
         )
+
+
+def test_source_mean_is_the_mean_of_the_source_without_end_of_text_and_separator():
+    sep = torch.tensor([9.0, -9.0])
+    # [a, b, EOT, SEP, s1]: from the separator on, the base is mean(a, b); EOT and SEP never enter
+    x = torch.tensor([[[1.0, 2.0], [3.0, 4.0], [7.0, 7.0], [9.0, -9.0], [5.0, 0.0]]])
+    base = residual_base(x, None, "source_mean", sep)
+    torch.testing.assert_close(base[0, 3:], torch.tensor([[2.0, 3.0], [2.0, 3.0]]))
+    torch.testing.assert_close(base[0, :2], torch.tensor([[1.0, 2.0], [2.0, 3.0]]))
+    # left padding (generation) shifts nothing; a row without a separator is context_mean
+    padded = torch.cat((torch.zeros(1, 2, 2), x), dim=1)
+    mask = torch.tensor([[False, False] + [True] * 5])
+    torch.testing.assert_close(residual_base(padded, mask, "source_mean", sep)[0, 5:], base[0, 3:])
+    plain = x[:, :3]
+    torch.testing.assert_close(
+        residual_base(plain, None, "source_mean", sep), residual_base(plain, None, "context_mean")
+    )
+    with pytest.raises(ValueError, match="needs the separator"):
+        residual_base(x, None, "source_mean")
+
+
+def test_base_lcm_source_mean_agrees_in_training_and_generation(normalizer):
+    """A zero PostNet makes every prediction the base: the teacher-forced prediction of the
+    first summary concept and the generated one are both the mean of the source's content."""
+    objective = _objective(BaseLCMConfig, MSEObjective, "source_mean")
+    torch.nn.init.zeros_(objective.model.postnet.weight)
+    torch.nn.init.zeros_(objective.model.postnet.bias)
+    sep = torch.randn(D)
+    objective.separator = lambda: sep
+    src, eot = torch.randn(4, D), torch.randn(D)
+    x = torch.cat((src, eot[None], sep[None], torch.randn(2, D)))[None]  # (1, 8, D)
+    pred = objective.predict_all({"x": x, "mask": torch.ones(1, 8, dtype=torch.bool)})
+    torch.testing.assert_close(pred[0, 6], src.mean(dim=0))
+    torch.testing.assert_close(pred[0, 7], src.mean(dim=0))
+    prompt = normalizer.denormalize(x[0, :6])
+    gen = generate(
+        make_step(objective), [prompt], normalizer, max_new_concepts=1, repeat_threshold=2.0
+    )
+    torch.testing.assert_close(
+        gen.concepts[0][0], normalizer.denormalize(src.mean(dim=0)), atol=1e-4, rtol=1e-4
+    )

@@ -29,12 +29,16 @@ if TYPE_CHECKING:
 Batch = dict[str, Tensor]
 D = TypeVar("D")
 
-Residual = Literal["none", "last", "context_mean"]
+Residual = Literal["none", "last", "context_mean", "source_mean"]
 """What a family's prediction of concept t+1 is a residual over (see :func:`residual_base`):
 ``"none"`` (the network predicts the concept itself), ``"last"`` (concept t, i.e. the network
-learns ``x_{t+1} - x_t``) or ``"context_mean"`` (the mean of the valid concepts ``x_0 .. x_t``).
-Both bases are taken in the objective's (normalized) concept space; they are the report's
-copy-previous and context-mean baselines, so the network learns a correction to them."""
+learns ``x_{t+1} - x_t``), ``"context_mean"`` (the mean of the valid concepts ``x_0 .. x_t``) or
+``"source_mean"`` (summarization: the mean of the source's concepts, i.e. those before the
+separator, less the one just before it, which is the end-of-text concept of sources prepared
+with ``lcm prepare --end_of_text``; the separator and what follows it never enter; a row with no
+separator gets ``context_mean``). The bases are taken in the objective's (normalized) concept
+space; the first three are the report's copy-previous and context-mean baselines and the main
+job's mean-concept floor, so the network learns a correction to them."""
 
 
 @dataclass
@@ -93,26 +97,51 @@ def check_residual(residual: str) -> Residual:
     return residual  # type: ignore[return-value]
 
 
-def residual_base(x: Tensor, mask: Tensor | None, residual: Residual) -> Tensor | None:
+def separator_positions(x: Tensor, separator: Tensor | None, atol: float = 1e-3) -> Tensor | None:
+    """(B, T) bool: the slots of ``x`` (B, T, D) that hold ``separator`` (D,) (every component
+    within ``atol``: the separator round-trips through the normalizer in generation), or None
+    without a separator."""
+    if separator is None:
+        return None
+    return (x - separator.to(x)).abs().amax(dim=-1) <= atol
+
+
+def residual_base(
+    x: Tensor, mask: Tensor | None, residual: Residual, separator: Tensor | None = None
+) -> Tensor | None:
     """(B, T, D): ``base[:, t]``, what the prediction of concept t+1 is added to, from
     ``x[:, :t+1]`` only (None for ``"none"``).
 
     ``"last"`` is ``x`` itself; ``"context_mean"`` the running mean of the valid concepts up to
     and including t (padding excluded, so it holds for right- and left-padded rows; a row with
-    no valid concept yet gets 0). Valid positions never depend on later ones, so the base of a
-    growing sequence is the same whether it is computed at once or concept by concept.
+    no valid concept yet gets 0). ``"source_mean"`` is the same running mean over the concepts
+    before the row's first ``separator`` slot, less the one just before it (the source's
+    end-of-text concept), so from the separator on it is the mean of the source's content. Valid
+    positions never depend on later ones, so the base of a growing sequence is the same whether
+    it is computed at once or concept by concept.
 
     Args:
         x: (B, T, D) concepts.
         mask: (B, T) bool, True = a real concept; None = all real.
         residual: The kind of base.
+        separator: (D,) the separator concept (``"source_mean"`` only; required there).
     """
     if residual == "none":
         return None
     if residual == "last":
         return x
-    if residual == "context_mean":
+    if residual in ("context_mean", "source_mean"):
         w = x.new_ones(x.shape[:2]) if mask is None else mask.to(x.dtype)  # (B, T)
+        if residual == "source_mean":
+            if separator is None:
+                raise ValueError("residual='source_mean' needs the separator concept")
+            sep = separator_positions(x, separator)
+            if mask is not None:
+                sep = sep & mask
+            first = sep & (sep.long().cumsum(dim=1) == 1)  # (B, T) the first separator
+            after = first.long().cumsum(dim=1) > 0  # the separator and everything after it
+            before_first = torch.cat((first[:, 1:], first.new_zeros(first.shape[0], 1)), dim=1)
+            w = w * (~after & ~before_first).to(x.dtype)
         total = (x * w[..., None]).cumsum(dim=1)  # (B, T, D)
         count = w.cumsum(dim=1).clamp(min=1.0)[..., None]  # (B, T, 1)
         return total / count

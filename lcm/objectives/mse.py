@@ -113,6 +113,8 @@ class MSEObjective(Objective, network=BaseLCM):
     Attributes:
         to_decoder_space: Optional map from normalized space to the decoder's space, where the
             ``cosine`` and ``infonce`` losses score (set by the LightningModule).
+        separator: Optional callable returning the (D,) separator concept in normalized space,
+            which ``residual="source_mean"`` needs (set by the LightningModule).
     """
 
     predicts_first_concept = False
@@ -133,11 +135,15 @@ class MSEObjective(Objective, network=BaseLCM):
         self.loss_kind: RegressionLoss = loss
         self.temperature = float(temperature)
         self.to_decoder_space: Callable[[Tensor], Tensor] | None = None
+        self.separator: Callable[[], Tensor] | None = None
+
+    def _separator(self) -> Tensor | None:
+        return None if self.separator is None else self.separator().detach()
 
     def _outputs(self, x: Tensor, mask: Tensor | None) -> Tensor:
         """(B, T, D): position t's prediction of concept t+1 (network output plus base)."""
         y = self.model(x, mask)  # (B, T, D), y[:, t] predicts x[:, t+1]
-        base = residual_base(x, mask, self.residual)
+        base = residual_base(x, mask, self.residual, self._separator())
         return y if base is None else y + base
 
     def _aligned(self, batch: Batch) -> Tensor:
@@ -165,9 +171,11 @@ class MSEObjective(Objective, network=BaseLCM):
 
     def generation_step(self, options: StepOptions) -> BaseLCMStep:
         """:class:`BaseLCMStep` (reads ``use_cache``, ``compile``, ``compile_backend``)."""
-        return BaseLCMStep(
+        step = BaseLCMStep(
             self.model, options.use_cache, self.residual, options.compile, options.compile_backend
         )
+        step.separator = self._separator()
+        return step
 
 
 class BaseLCMStep(NextConceptStep):

@@ -50,6 +50,8 @@ class NextConceptStep:
     def __init__(self, use_cache: bool = True, residual: Residual = "none") -> None:
         self.use_cache = use_cache
         self.residual: Residual = check_residual(residual)
+        #: (D,) the separator concept, for ``residual="source_mean"`` (set by the objective).
+        self.separator: Tensor | None = None
         self.x: Tensor | None = None  # (B, T, D) full context, kept for the uncached path
         self.mask: Tensor | None = None  # (B, T)
         self.last_info: dict[str, Tensor] = {}  # per-document facts about the last concept
@@ -62,7 +64,7 @@ class NextConceptStep:
     def _base(self) -> Tensor | None:
         """(B, D): the residual base of the next concept (left padding: the last slot is real),
         or None without a residual."""
-        base = residual_base(self.x, self.mask, self.residual)
+        base = residual_base(self.x, self.mask, self.residual, self.separator)
         return None if base is None else base[:, -1]
 
     def start(self, x: Tensor, mask: Tensor) -> None:

@@ -127,7 +127,9 @@ class LCMModule(L.LightningModule):
             output: ``none`` (the concept itself), ``last`` (a correction to the last concept)
             or ``context_mean`` (a correction to the mean of the context), in normalized space;
             applied in training, validation and generation alike (Base-LCM, One-Tower and
-            Two-Tower; the other families accept only ``none``).
+            Two-Tower; the other families accept only ``none``). Base-LCM also takes
+            ``source_mean`` (summarization: the mean of the source's concepts, separator and
+            end-of-text left out; see :data:`lcm.objectives.base.Residual`).
     """
 
     family: ClassVar[str] = ""
@@ -512,7 +514,12 @@ class BaseLCMModule(LCMModule):
         # Scored where the retrieval decoder searches; the normalizer is filled in at setup or
         # from the checkpoint, and this reads it at each call.
         objective.to_decoder_space = self.normalizer.denormalize
+        objective.separator = self._separator_now
         self.attach(objective)
+
+    def _separator_now(self) -> Tensor:
+        """The separator as it is now (a buffer moves with the module; a parameter trains)."""
+        return self.separator
 
 
 class DiffusionModule(LCMModule):
