@@ -52,6 +52,7 @@ def main(
     train_steps: int = 800,
     show: int = 6,
     n_eval: int = 100,
+    n_valid: int = 100,
     recipe: str = "configs/base_lcm/tiny_sft_residual.yaml",
     run_name: str = "run",
 ) -> dict:
@@ -63,7 +64,9 @@ def main(
         train_steps: optimizer steps of the summarization model.
         codec: ``auto`` (SONAR if its weights load, else MiniLM), ``sonar`` or ``minilm``.
         show: how many held-out examples to print.
-        n_eval: held-out documents scored with ROUGE-L against the reference synopses.
+        n_eval: held-out test documents scored with ROUGE-L against the reference synopses.
+        n_valid: validation documents scored the same way (the split to choose settings on;
+            0 skips it).
         recipe: the summarization fine-tune recipe (any family's ``*_sft.yaml``, e.g.
             ``configs/refiner/tiny_sft.yaml``).
         run_name: folder of the training run in ``out_dir`` (use a new one per recipe; the data
@@ -141,13 +144,18 @@ def main(
     if the_codec.cache is None:
         the_codec.cache = EmbeddingCache()
     model = ConceptModel.load(ckpt, codec=the_codec)
-    test = [
-        json.loads(line)
-        for line in (out / "data" / "debian_descriptions.en.test.jsonl").read_text().splitlines()
-    ][:n_eval]
-    summaries = model.summarize(
-        [r["text"] for r in test], source_lang="eng_Latn", max_new_concepts=2
-    )
+
+    def load(split: str, n: int) -> list[dict]:
+        path = out / "data" / f"debian_descriptions.en.{split}.jsonl"
+        return [json.loads(line) for line in path.read_text().splitlines()][:n]
+
+    def summarize(docs: list[dict]) -> list[str]:
+        return model.summarize(
+            [r["text"] for r in docs], source_lang="eng_Latn", max_new_concepts=2
+        )
+
+    test = load("test", n_eval)
+    summaries = summarize(test)
     table = Table("description (start)", "reference synopsis", "generated summary")
     for r, summ in list(zip(test, summaries))[:show]:
         table.add_row(r["text"][:120] + "...", r["summary"], summ)
@@ -164,6 +172,11 @@ def main(
             for r, g in zip(test, summaries)
         ],
     }
+    if n_valid > 0:
+        # The validation split (never trained on) is where settings are chosen; test reports.
+        valid = load("valid", n_valid)
+        result["rouge_l_valid"] = _rouge_table(valid, summarize(valid), the_codec, model)
+        console.print({"validation": result["rouge_l_valid"]})
     report = out / ("report.json" if run_name == "run" else f"report_{run_name}.json")
     report.write_text(json.dumps(result, indent=2, default=str))
     console.print(f"report: {report}")
