@@ -52,9 +52,10 @@ def test_floors_and_ceiling_decode_their_own_query_through_the_models_bank():
     assert scores["lead-1"] == 40.0 and scores["documents"] == 1
 
 
-def test_the_main_job_recipe_predicts_a_correction_to_the_context_mean(tmp_path):
-    """configs/base_lcm/tiny_sft_residual.yaml (the main job's default) trains a Base-LCM whose
-    next concept is the network's output plus the mean of the context, in normalized space."""
+def test_the_main_job_recipe_predicts_a_correction_to_the_source_mean(tmp_path):
+    """configs/base_lcm/sft_source_mean.yaml (the main job's default) trains a Base-LCM whose
+    summary concept is the network's output plus the mean of the description's concepts (the
+    end-of-text and separator concepts left out), in normalized space."""
     import inspect
 
     from helpers_train import make_shards
@@ -64,7 +65,7 @@ def test_the_main_job_recipe_predicts_a_correction_to_the_context_mean(tmp_path)
     from lcm.train.module import load_module
 
     recipe = inspect.signature(main).parameters["recipe"].default
-    assert recipe == "configs/base_lcm/tiny_sft_residual.yaml"
+    assert recipe == "configs/base_lcm/sft_source_mean.yaml"
     shards = make_shards(tmp_path / "data", n_docs=30, summaries=True)
     root = tmp_path / "run"
     run(
@@ -74,9 +75,11 @@ def test_the_main_job_recipe_predicts_a_correction_to_the_context_mean(tmp_path)
          "--trainer.enable_progress_bar=false", "--trainer.enable_model_summary=false"]
     )  # fmt: skip
     module = load_module(str(root / "checkpoints" / "last.ckpt")).eval()
-    assert module.residual == "context_mean" and module.arch.dropout == 0.0
-    x = torch.randn(2, 5, module.arch.sonar_dim)
+    assert module.residual == "source_mean" and module.arch.dropout == 0.0
+    assert module.arch.d_model == 256
+    src, eot = torch.randn(2, 4, module.arch.sonar_dim), torch.randn(2, 1, module.arch.sonar_dim)
+    x = torch.cat((src, eot, module.separator.expand(2, 1, -1)), dim=1)  # [source, EOT, SEP]
     objective = module.eval_objective()
     with torch.no_grad():
-        expected = module.network(x, None)[:, -1] + x.mean(dim=1)
+        expected = module.network(x, None)[:, -1] + src.mean(dim=1)
         torch.testing.assert_close(objective.predict_next(x, None), expected)
