@@ -52,10 +52,10 @@ def test_floors_and_ceiling_decode_their_own_query_through_the_models_bank():
     assert scores["lead-1"] == 40.0 and scores["documents"] == 1
 
 
-def test_the_main_job_recipe_predicts_a_correction_to_the_source_mean(tmp_path):
-    """configs/base_lcm/sft_source_mean.yaml (the main job's default) trains a Base-LCM whose
-    summary concept is the network's output plus the mean of the description's concepts (the
-    end-of-text and separator concepts left out), in normalized space."""
+def test_the_source_mean_recipe_predicts_a_correction_to_the_source_mean(tmp_path):
+    """configs/base_lcm/sft_source_mean.yaml (the main job's --recipe above its floor) trains a
+    Base-LCM whose summary concept is the network's output plus the mean of the description's
+    concepts (the end-of-text and separator concepts left out), in normalized space."""
     import inspect
 
     from helpers_train import make_shards
@@ -64,8 +64,9 @@ def test_the_main_job_recipe_predicts_a_correction_to_the_source_mean(tmp_path):
     from lcm.demo import main
     from lcm.train.module import load_module
 
-    recipe = inspect.signature(main).parameters["recipe"].default
-    assert recipe == "configs/base_lcm/sft_source_mean.yaml"
+    default = inspect.signature(main).parameters["recipe"].default
+    assert default == "configs/base_lcm/tiny_sft_residual.yaml"
+    recipe = "configs/base_lcm/sft_source_mean.yaml"
     shards = make_shards(tmp_path / "data", n_docs=30, summaries=True)
     root = tmp_path / "run"
     run(
