@@ -118,6 +118,14 @@ def test_kv_cache_query_without_update_uses_spare_room():
     full.extend(torch.randn(1, 1, 16, 2), torch.randn(1, 1, 16, 2))  # capacity exactly used?
     ks, _ = full.extend(torch.ones(1, 1, 1, 2), torch.ones(1, 1, 1, 2), update=False)
     assert ks.shape == (1, 1, 17, 2) and full.length == 16
+    # an update that would fill the buffer grows it, so the next query-only call is a view of
+    # the buffer (no copy of the whole cache at every denoising step)
+    exact = LayerKVCache()
+    exact.extend(torch.randn(1, 1, 8, 2), torch.randn(1, 1, 8, 2))  # capacity 16
+    exact.extend(torch.randn(1, 1, 8, 2), torch.randn(1, 1, 8, 2))  # length 16: grows
+    ks, _ = exact.extend(torch.ones(1, 1, 1, 2), torch.ones(1, 1, 1, 2), update=False)
+    assert exact.length == 16 and ks.shape == (1, 1, 17, 2)
+    assert ks.data_ptr() == exact.k.data_ptr()  # a view of the buffer, not a copy
 
 
 @pytest.mark.parametrize("guidance", [1.0, 3.0])

@@ -150,17 +150,16 @@ class CausalTransformer(nn.Module):
         that queries the same cache several times with the same structure (One-Tower's
         denoising steps) builds it once and passes it to ``forward(plan=...)``.
 
-        Generation fast path: a cache prefilled (``offset == 0``) with an all-valid ``mask``
-        stores no key mask (one check per prompt), so later single-position steps need no mask
-        at all; training (no cache) never checks (no host sync, no graph break under compile).
+        No host sync: a ``mask`` given is stored as the key mask, whatever its values. A
+        generation step whose prompt is all valid passes ``mask=None`` instead
+        (:func:`lcm.objectives.step.prefill_mask` checks once per prompt, outside any compiled
+        graph), so its later single-position steps need no mask at all.
         """
         B, T, _ = x.shape
         offset = cache.length if cache is not None else 0
         S = offset + T
         if positions is None:
             positions = torch.arange(offset, S, device=x.device)  # (T,)
-        if cache is not None and offset == 0 and mask is not None and bool(mask.all()):
-            mask = None
 
         key_mask = mask
         if cache is not None and cache.key_mask is not None:

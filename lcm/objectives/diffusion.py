@@ -52,7 +52,13 @@ from lcm.objectives.base import (
     target_weight,
     with_overrides,
 )
-from lcm.objectives.step import _COMPILED, NextConceptStep, StepOptions, compiled_method
+from lcm.objectives.step import (
+    _COMPILED,
+    NextConceptStep,
+    StepOptions,
+    compiled_method,
+    prefill_mask,
+)
 
 Solver = Literal["ddim", "dpmsolver++"]
 
@@ -414,7 +420,7 @@ class OneTowerDiffusion(DiffusionObjective, network=OneTowerLCM):
         x_left, mask_left = left_align(x, mask)
         x_left, mask_left = _repeat_batch(x_left, copies), _repeat_batch(mask_left, copies)
         cache = model.new_cache()
-        model.encode_clean(x_left, mask_left, cache)
+        model.encode_clean(x_left, prefill_mask(mask_left), cache)
 
         def model_fn(x_t: Tensor, t: Tensor, drop_context: Tensor) -> Tensor:
             return model.denoise_next(x_t, t, cache, drop_context=drop_context)  # (M, 1, D)
@@ -487,7 +493,7 @@ class TwoTowerStep(DiffusionStep):
         self.x, self.mask = x, mask
         if self.use_cache:
             self.cache = self.model.new_cache()
-            self.ctx = self.model.contextualize(x, mask, self.cache)  # (B, T, d)
+            self.ctx = self.model.contextualize(x, prefill_mask(mask), self.cache)  # (B, T, d)
 
     def next(self, generator=None) -> Tensor:
         model, s = self.model, self.sampling
@@ -580,7 +586,9 @@ class OneTowerStep(DiffusionStep):
 
     def _fresh_cache(self, x: Tensor, mask: Tensor):
         cache = self.model.new_cache()
-        self.model.encode_clean(x.repeat(self.reps, 1, 1), mask.repeat(self.reps, 1), cache)
+        mask = prefill_mask(mask)
+        mask = None if mask is None else mask.repeat(self.reps, 1)
+        self.model.encode_clean(x.repeat(self.reps, 1, 1), mask, cache)
         return cache
 
     def start(self, x: Tensor, mask: Tensor) -> None:
