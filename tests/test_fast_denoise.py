@@ -81,14 +81,21 @@ def test_plan_is_cached_and_refreshed_when_weights_change():
 
 @pytest.mark.parametrize("seed", [0, 1, 2])
 @pytest.mark.parametrize("guidance", [1.0, 3.0])
-def test_fast_sampler_equals_old_sampler(seed, guidance):
+@pytest.mark.parametrize("fold", [None, True])  # None: by size (not folded at this size)
+def test_fast_sampler_equals_old_sampler(seed, guidance, fold):
+    """The fast step (its cross-attention prepared per concept: the unconditional rows'
+    constant output, and with ``fold`` W_q and W_o folded into the context) equals the
+    general denoiser, with left padding in the batch."""
     model = _model(seed)
     normalizer = RobustNormalizer.fit(torch.randn(200, D) * 2 + 1)
     prompts = [torch.randn(3, D), torch.randn(6, D)]  # left padding in the batch
     sampling = SamplingConfig(num_inference_steps=40, guidance_scale=guidance)
     outs = []
     for fast in (False, True):
-        step = make_step(model, scheduler=DDIMScheduler(), sampling=sampling, fast=fast)
+        opts = dict(fold_cross=fold)
+        step = make_step(
+            model, scheduler=DDIMScheduler(), sampling=sampling, fast=fast, fast_options=opts
+        )
         g = torch.Generator().manual_seed(seed)
         outs.append(
             generate(
@@ -190,3 +197,28 @@ def test_compiled_fast_sampler_equals_the_eager_one():
     for eager, compiled in zip(outs[0].concepts, outs[1].concepts):
         assert eager.shape == compiled.shape == (3, D)
         assert (compiled - eager).abs().max() <= 1e-5 * max(1.0, eager.abs().max().item())
+
+
+@pytest.mark.parametrize("fold", [False, True])
+def test_prepared_cross_attention_equals_the_general_one(fold):
+    """One denoiser layer's cross-attention from :meth:`DenoiserBlock.prepare_cross` (padded
+    slots, conditional rows first, unconditional rows as one constant) against SDPA over the
+    projected keys/values with the general mask."""
+    model = _model(4)
+    B, T = 2, 5
+    mask = torch.ones(B, T, dtype=torch.bool)
+    mask[0, :3] = False
+    with torch.no_grad():
+        ctx = model.contextualize(torch.randn(B, T, D), mask)
+        kv = model.precompute_cross_kv(model.shift_context(ctx, include_last=True))
+        plan = model.denoiser_plan(100)
+        cross = model.prepare_cross(plan, kv, mask, fold)
+        assert (cross[0].q_fold is not None) == fold
+        blk = model.den_layers[0]
+        h = torch.randn(2 * B, 1, blk.cross_attn.n_heads * blk.cross_attn.head_dim)
+        drop = (torch.arange(2 * B) >= B)[:, None]
+        cmask = model.cross_mask(2 * B, 1, T + 1, mask.repeat(2, 1), drop)
+        k, v = kv[0]
+        ref = blk.cross_attn(h, kv=(k.repeat(2, 1, 1, 1), v.repeat(2, 1, 1, 1)), attn_mask=cmask)
+        got = blk._cross_prepared(h, plan.blocks[0], cross[0])
+    torch.testing.assert_close(got, ref, atol=1e-5, rtol=1e-5)

@@ -96,7 +96,7 @@ class StepOptions:
             self-attention (:class:`~lcm.objectives.diffusion.TwoTowerStep`); False runs the
             general denoiser.
         fast_options: Two-Tower: options of ``TwoTowerLCM.denoiser_plan`` (``transposed``,
-            ``diagonal``).
+            ``diagonal``) and ``fold_cross`` of ``TwoTowerLCM.prepare_cross`` (None: by size).
         compile: run the family's hot step through ``torch.compile`` (compiled on first use,
             once per model: seconds to minutes; worth it for long generation runs): Two-Tower's
             fast denoiser, Base-LCM's forward (prefill and cached steps), One-Tower's
