@@ -19,7 +19,8 @@ Diffusion uses the paper's settings
 ``--two_tower_denoiser``: Two-Tower time per concept, the old denoiser path (``fast=False``)
 against the fast one, with each optimization added in turn (timestep/AdaLN table, fused diagonal
 self-attention, (in, out) weight layout, the query/output projections folded into a short
-context's keys/values), interleaved round by round so load drifts hit all variants alike, and
+context's keys/values, oneDNN-packed weights for the 2-row products), interleaved round by
+round so load drifts hit all variants alike, and
 the max |difference| of each variant's concepts from the old path's. Every fast variant gives the
 unconditional rows of guidance their constant cross-attention output (no product for them).
 
@@ -110,12 +111,15 @@ def bench(
 
 DENOISER_VARIANTS = {
     "old path (fast=False)": dict(fast=False),
-    "+ timestep/AdaLN table": dict(fast_options=dict(diagonal=False, transposed=False)),
-    "+ fused diagonal attn": dict(fast_options=dict(diagonal=True, transposed=False)),
-    "+ (in, out) weights": dict(
-        fast_options=dict(diagonal=True, transposed=True, fold_cross=False)
+    "+ timestep/AdaLN table": dict(
+        fast_options=dict(diagonal=False, transposed=False, onednn=False)
     ),
-    "+ folded cross-attn": dict(fast_options=dict(diagonal=True, transposed=True, fold_cross=None)),
+    "+ fused diagonal attn": dict(fast_options=dict(diagonal=True, transposed=False, onednn=False)),
+    "+ (in, out) weights": dict(
+        fast_options=dict(diagonal=True, transposed=True, onednn=False, fold_cross=False)
+    ),
+    "+ folded cross-attn": dict(fast_options=dict(diagonal=True, transposed=True, onednn=False)),
+    "+ oneDNN packed (default)": dict(),
     "+ torch.compile": dict(fast_options=dict(diagonal=True, transposed=True), compile=True),
 }
 
@@ -133,8 +137,8 @@ def bench_denoiser(args, dev: torch.device) -> None:
     n = args.batch * args.new
     t0 = time.perf_counter()
     for kw in DENOISER_VARIANTS.values():
-        if "fast_options" in kw:
-            opts = {k: v for k, v in kw["fast_options"].items() if k != "fold_cross"}
+        if kw.get("fast", True):
+            opts = {k: v for k, v in kw.get("fast_options", {}).items() if k != "fold_cross"}
             model.denoiser_plan(100, **opts)
     print(f"plans (all variants) built once in {time.perf_counter() - t0:.2f} s")
     variants = dict(DENOISER_VARIANTS)

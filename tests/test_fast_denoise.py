@@ -222,3 +222,31 @@ def test_prepared_cross_attention_equals_the_general_one(fold):
         ref = blk.cross_attn(h, kv=(k.repeat(2, 1, 1, 1), v.repeat(2, 1, 1, 1)), attn_mask=cmask)
         got = blk._cross_prepared(h, plan.blocks[0], cross[0])
     torch.testing.assert_close(got, ref, atol=1e-5, rtol=1e-5)
+
+
+def test_onednn_packed_weights_equal_the_general_denoiser():
+    """``denoiser_plan(onednn=True)``: products of several rows through oneDNN-packed copies,
+    one row through F.linear; the sampler still equals the old path."""
+    from lcm.nn import PreparedLinear
+
+    if not torch.backends.mkldnn.is_available():
+        pytest.skip("no oneDNN in this torch build")
+    torch.manual_seed(0)
+    w, b = torch.randn(48, 32), torch.randn(48)
+    lin = PreparedLinear.of(w, b, transposed=False, onednn=True)
+    for shape in [(1, 32), (1, 1, 32), (3, 32), (4, 1, 32)]:
+        x = torch.randn(*shape)
+        torch.testing.assert_close(lin(x), torch.nn.functional.linear(x, w, b))
+    model = _model(5)
+    normalizer = RobustNormalizer.fit(torch.randn(200, D) * 2 + 1)
+    prompts = [torch.randn(3, D), torch.randn(6, D)]
+    sampling = SamplingConfig(num_inference_steps=40, guidance_scale=3.0)
+    outs = []
+    for kw in (dict(fast=False), dict(fast_options=dict(onednn=True, fold_cross=True))):
+        step = make_step(model, scheduler=DDIMScheduler(), sampling=sampling, **kw)
+        g = torch.Generator().manual_seed(0)
+        out = generate(step, prompts, normalizer, max_new_concepts=3, repeat_threshold=2.0,
+                       generator=g)  # fmt: skip
+        outs.append(torch.cat(out.concepts))
+    assert model.denoiser_plan(100, onednn=True).blocks[0].ffn_gate.packed is not None
+    assert (outs[1] - outs[0]).abs().max() <= 1e-5 * max(1.0, outs[0].abs().max().item())

@@ -253,7 +253,12 @@ class TwoTowerLCM(ConceptNetwork, config=TwoTowerConfig):
 
     @torch.no_grad()
     def denoiser_plan(
-        self, num_train_timesteps: int, *, transposed: bool | None = None, diagonal: bool = True
+        self,
+        num_train_timesteps: int,
+        *,
+        transposed: bool | None = None,
+        diagonal: bool = True,
+        onednn: bool | None = None,
     ) -> DenoiserPlan:
         """The :class:`DenoiserPlan` for timesteps 0..num_train_timesteps-1, cached per model.
 
@@ -265,13 +270,23 @@ class TwoTowerLCM(ConceptNetwork, config=TwoTowerConfig):
                 second copy of the denoiser's weights).
             diagonal: compute the diagonal self-attention as one fused map W_o W_v (no Q/K
                 projections, no attention kernel); False keeps the general attention path.
+            onednn: products of 2 or more rows through oneDNN-packed weight copies
+                (:class:`~lcm.nn.PreparedLinear`; replaces ``transposed``); None = where
+                ``transposed`` would be chosen, for fp32 with oneDNN available.
         """
         w = self.den_prenet.weight
+        big_cpu = w.device.type == "cpu" and self.config.d_model >= 512
+        if onednn is None:
+            # measured (bench/RESULTS.md, 2026-11-29): a 2-row product 1.3-1.5x faster than
+            # addmm on the (in, out) copy at d=1024
+            onednn = big_cpu and w.dtype == torch.float32 and torch.backends.mkldnn.is_available()
         if transposed is None:
             # measured (bench/RESULTS.md): 1.03-1.5x at d=1024, 0.72-0.76x at d=32, where the
             # extra reshapes cost more than the layout saves
-            transposed = w.device.type == "cpu" and self.config.d_model >= 512
-        key = (num_train_timesteps, transposed, diagonal, w.device, w.dtype)
+            transposed = big_cpu
+        if onednn:
+            transposed = False
+        key = (num_train_timesteps, transposed, diagonal, onednn, w.device, w.dtype)
         sig = self._denoiser_signature()
         cached = _PLANS.setdefault(self, {}).get(key)
         if cached is not None and cached[0] == sig:
@@ -280,9 +295,11 @@ class TwoTowerLCM(ConceptNetwork, config=TwoTowerConfig):
         temb = self.time_embed(t)  # (T, d)
         plan = DenoiserPlan(
             modulation=torch.stack([blk.modulation_table(temb) for blk in self.den_layers]),
-            blocks=[blk.prepare(transposed, diagonal) for blk in self.den_layers],
-            prenet=PreparedLinear.of(w, self.den_prenet.bias, transposed),
-            postnet=PreparedLinear.of(self.den_postnet.weight, self.den_postnet.bias, transposed),
+            blocks=[blk.prepare(transposed, diagonal, onednn) for blk in self.den_layers],
+            prenet=PreparedLinear.of(w, self.den_prenet.bias, transposed, onednn),
+            postnet=PreparedLinear.of(
+                self.den_postnet.weight, self.den_postnet.bias, transposed, onednn
+            ),
         )  # modulation: (L, T, 9, d)
         _PLANS[self] = {k: v for k, v in _PLANS[self].items() if v[0] == sig}  # drop stale
         _PLANS[self][key] = (sig, plan)

@@ -381,7 +381,9 @@ class DenoiserBlock(nn.Module):
     # ---- inference fast path -------------------------------------------------------------------
 
     @torch.no_grad()
-    def prepare(self, transposed: bool = False, diagonal: bool = True) -> PreparedDenoiserBlock:
+    def prepare(
+        self, transposed: bool = False, diagonal: bool = True, onednn: bool = False
+    ) -> PreparedDenoiserBlock:
         """Copies of this block's weights for :meth:`forward_prepared` (inference only).
 
         Args:
@@ -390,7 +392,11 @@ class DenoiserBlock(nn.Module):
                 parameters themselves, plus the fused W_ov (d x d).
             diagonal: fuse the diagonal self-attention into one map W_o W_v (the product is
                 taken in float64, then rounded once); False keeps the general attention path.
+            onednn: products of several rows through oneDNN-packed copies (CPU, fp32;
+                :class:`~lcm.nn.PreparedLinear`); replaces ``transposed``.
         """
+        if onednn:
+            transposed = False
         sa, ca, ffn = self.self_attn, self.cross_attn, self.ffn
         ov = None
         if diagonal:
@@ -404,22 +410,25 @@ class DenoiserBlock(nn.Module):
                 if sa.out_proj.bias is not None:
                     b = b + sa.out_proj.bias.double()
                 b_ov = b.to(w_ov.dtype)
-            ov = PreparedLinear.of(w_ov, b_ov, transposed)
+            ov = PreparedLinear.of(w_ov, b_ov, transposed, onednn)
         gate, up = ffn.gate_proj, ffn.up_proj
-        if transposed:  # a copy anyway: stack gate and up into one product
+        if transposed or onednn:  # a copy anyway: stack gate and up into one product
             gu_bias = None if gate.bias is None else torch.cat((gate.bias, up.bias))  # (2h,)
-            ffn_gate = PreparedLinear.of(torch.cat((gate.weight, up.weight)), gu_bias, True)
+            gu = torch.cat((gate.weight, up.weight))  # (2h, d)
+            ffn_gate = PreparedLinear.of(gu, gu_bias, transposed, onednn)
             ffn_up = None
         else:  # no copies of the big FFN weights (GPU memory)
             ffn_gate = PreparedLinear.of(gate.weight, gate.bias, False)
             ffn_up = PreparedLinear.of(up.weight, up.bias, False)
         return PreparedDenoiserBlock(
             self_ov=ov,
-            cross_q=PreparedLinear.of(ca.q_proj.weight, ca.q_proj.bias, transposed),
-            cross_out=PreparedLinear.of(ca.out_proj.weight, ca.out_proj.bias, transposed),
+            cross_q=PreparedLinear.of(ca.q_proj.weight, ca.q_proj.bias, transposed, onednn),
+            cross_out=PreparedLinear.of(ca.out_proj.weight, ca.out_proj.bias, transposed, onednn),
             ffn_gate=ffn_gate,
             ffn_up=ffn_up,
-            ffn_down=PreparedLinear.of(ffn.down_proj.weight, ffn.down_proj.bias, transposed),
+            ffn_down=PreparedLinear.of(
+                ffn.down_proj.weight, ffn.down_proj.bias, transposed, onednn
+            ),
         )
 
     @torch.no_grad()

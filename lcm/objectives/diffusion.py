@@ -509,6 +509,8 @@ class TwoTowerStep(DiffusionStep):
         if self.fast:
             opts = dict(self.fast_options)
             fold = opts.pop("fold_cross", None)
+            if self.compile:  # dynamo takes no oneDNN-packed (opaque) tensors
+                opts["onednn"] = False
             plan = model.denoiser_plan(self.scheduler.num_train_timesteps, **opts)
             # once per concept: the context's keys/values, folded with W_q and W_o when that
             # is smaller; ddim_sample's rows are [conditional] * B (+ [unconditional] * B under
