@@ -171,3 +171,17 @@ def test_guidance_sweep_scores_the_reports_checkpoints(tmp_path):
     assert f"{res['chosen']['two_tower+context_mean']['scale']:g}" == best
     with pytest.raises(ValueError, match="select_on"):
         sweep_main(str(run_dir), str(tmp_path / "x"), eval_dirs=eval_dirs, select_on="nope")
+
+
+def test_command_line_overrides_width_and_records_it(tmp_path):
+    from experiments.pretraining.report import main
+
+    argv = ["--preset", "ci", "--out_dir", str(tmp_path / "out"), "--families", "base_lcm"]
+    argv += ["--steps", "2", "--d_model", "24", "--ffn_dim", "40", "--work_dir", str(tmp_path)]
+    res = main(argv)
+    assert (res["setup"]["d_model"], res["setup"]["ffn_dim"]) == (24, 40)
+    ckpt = tmp_path / "runs_ci_steps2_d24_seed0" / "base_lcm" / "checkpoints" / "last.ckpt"
+    state = torch.load(ckpt, map_location="cpu", weights_only=True)["state_dict"]
+    widths = {tuple(v.shape) for k, v in state.items() if k.endswith("weight") and v.ndim == 2}
+    assert (24, 24) in widths  # attention projections are d_model x d_model
+    assert not any(PRESETS["ci"].d_model in shape and 24 not in shape for shape in widths)

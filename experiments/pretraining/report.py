@@ -798,6 +798,8 @@ def main(argv: list[str] | None = None) -> dict:
     )
     ap.add_argument("--work_dir", default=None, help="where training runs go (reused if there)")
     ap.add_argument("--seed", type=int, default=None, help="override the preset's seed")
+    ap.add_argument("--d_model", type=int, default=None, help="override the preset's model width")
+    ap.add_argument("--ffn_dim", type=int, default=None, help="override the feed-forward width")
     args = ap.parse_args(argv)
     p = PRESETS[args.preset]
     if args.steps is not None:
@@ -816,6 +818,10 @@ def main(argv: list[str] | None = None) -> dict:
         p = replace(p, work_dir=args.work_dir)
     if args.seed is not None:
         p = replace(p, seed=args.seed)
+    if args.d_model is not None:
+        p = replace(p, d_model=args.d_model)
+    if args.ffn_dim is not None:
+        p = replace(p, ffn_dim=args.ffn_dim)
     res = run_report(p, args.out_dir, args.preset)
     print(markdown(res))
     return res
