@@ -298,6 +298,34 @@ def test_zero_shot_demo_end_to_end_on_a_tiny_slice(tmp_path):
     assert len(list((tmp_path / "out" / "runs").iterdir())) == 1
     with pytest.raises(ValueError, match="--split"):
         main(out_dir=str(tmp_path / "out"), data_dir=str(data), split="dev")
+    with pytest.raises(ValueError, match="--centering"):
+        main(out_dir=str(tmp_path / "out"), data_dir=str(data), centering="mean")
+    # Language-mean centering on the validation split of French, same checkpoint: English
+    # concepts stay as they were (the English frame), a French source is shifted into it.
+    (data / "debian_descriptions.fr.valid.jsonl").write_text(
+        (data / "debian_descriptions.fr.test.jsonl").read_text()
+    )
+    centred = main(
+        out_dir=str(tmp_path / "out"),
+        data_dir=str(data),
+        langs=["fr"],
+        train_docs=18,
+        train_steps=2,
+        n_eval=4,
+        bank_size=18,
+        report_dir=str(tmp_path / "centred"),
+        split="valid",
+        centering="language_mean",
+        mean_docs=6,
+    )
+    assert centred["centering"] == "language_mean" and set(centred["results"]) == {"en", "fr"}
+    en, fr = centred["results"]["en"]["into_en"], centred["results"]["fr"]
+    assert en["model"] == res["en"]["into_en"]["model"]
+    assert en["mean_concept_floor"] == en["mean_concept_floor_raw"]
+    # Into its own language a source's shift is undone exactly: the floor is the raw one.
+    assert fr["into_own"]["mean_concept_floor"] == fr["into_own"]["mean_concept_floor_raw"]
+    assert fr["into_own"]["mean_concept_floor"] == res["fr"]["into_own"]["mean_concept_floor"]
+    assert fr["into_own"]["ceiling"] == res["fr"]["into_own"]["ceiling"]
 
 
 def test_zero_shot_verdict_needs_the_whole_interval_on_one_side():
