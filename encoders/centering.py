@@ -12,6 +12,11 @@ that language's region of the space, where its bank sentences are.
 - ``encode(s, lang) = codec.encode(s, lang) - mean[lang] + mean[anchor]``
 - ``decode(v, lang) = codec.decode(v - mean[anchor] + mean[lang], lang)``
 
+or, with ``center_bank=True`` (a retrieval codec only), decoding compares the centred query
+``v - mean[anchor]`` with the centred bank vectors ``b - mean[lang]`` by cosine, as Libovický et al.
+centre both sides for cross-lingual retrieval. (Shifting the query alone keeps the bank's raw
+cosine geometry; centring both changes which sentence is nearest.)
+
 With ``anchor=None`` the space is the centred one (no ``mean[anchor]`` terms). With an anchor (the
 training language) the space is that language's own raw frame: its sentences encode exactly as
 the wrapped codec encodes them, so a model trained on the raw codec reads the wrapper's concepts
@@ -41,6 +46,8 @@ class LanguageCentered(SentenceCodec):
         anchor: a language in ``means`` whose raw frame the concepts live in (its sentences
             encode unchanged and the codec keeps the wrapped codec's id); None: the centred
             space (id ``<codec id>+langmean``).
+        center_bank: decode by cosine between centred queries and centred bank vectors (each
+            bank language minus its mean) instead of shifting the query into the raw bank.
     """
 
     def __init__(
@@ -48,6 +55,7 @@ class LanguageCentered(SentenceCodec):
         codec: SentenceCodec,
         means: Mapping[str, torch.Tensor],
         anchor: str | None = None,
+        center_bank: bool = False,
     ) -> None:
         super().__init__(cache=None)  # the wrapped codec caches its own vectors
         self.codec = codec
@@ -68,6 +76,10 @@ class LanguageCentered(SentenceCodec):
         if anchor is not None and anchor not in self.means:
             raise ValueError(f"anchor {anchor!r} has no mean (means: {', '.join(self.means)})")
         self.anchor = anchor
+        if center_bank and not hasattr(codec, "bank"):
+            raise ValueError(f"center_bank needs a retrieval codec; {codec.codec_id} has no bank")
+        self.center_bank = center_bank
+        self._centred: dict[str, tuple[int, torch.Tensor]] = {}  # lang -> (bank size, (K, dim))
         self.codec_id = codec.codec_id if anchor is not None else f"{codec.codec_id}+langmean"
 
     @classmethod
@@ -76,6 +88,7 @@ class LanguageCentered(SentenceCodec):
         codec: SentenceCodec,
         sentences: Mapping[str, Sequence[str]],
         anchor: str | None = None,
+        center_bank: bool = False,
     ) -> LanguageCentered:
         """Estimate each language's mean from ``sentences`` (language -> its sentences; any
         unlabelled text of that language, never the references being scored)."""
@@ -84,7 +97,7 @@ class LanguageCentered(SentenceCodec):
             if not sents:
                 raise ValueError(f"no sentences to estimate the mean of {lang!r}")
             means[lang] = codec.encode(list(sents), lang).mean(dim=0)
-        return cls(codec, means, anchor=anchor)
+        return cls(codec, means, anchor=anchor, center_bank=center_bank)
 
     def shift(self, lang: str) -> torch.Tensor:
         """``mean[lang] - mean[anchor]`` (``mean[lang]`` without an anchor): what encoding
@@ -110,8 +123,32 @@ class LanguageCentered(SentenceCodec):
         return self.codec.encode(sentences, lang) - self.shift(lang)
 
     def decode(self, vectors: torch.Tensor, lang: str) -> list[str]:
-        """Decode ``vectors + shift(lang)`` with the wrapped codec (into ``lang``'s region)."""
-        return self.codec.decode(vectors + self.shift(lang).to(vectors), lang)
+        """Decode ``vectors + shift(lang)`` with the wrapped codec (into ``lang``'s region), or
+        with ``center_bank`` the bank sentence of ``lang`` whose centred vector is nearest (cosine)
+        to the centred query."""
+        if not self.center_bank:
+            return self.codec.decode(vectors + self.shift(lang).to(vectors), lang)
+        self.validate_lang(lang, "target language")
+        if vectors.ndim != 2 or vectors.shape[1] != self.dim:
+            raise ValueError(f"decode() takes (N, {self.dim}) vectors, got {tuple(vectors.shape)}")
+        bank = self.codec.bank
+        if bank.count(lang) == 0:
+            have = ", ".join(bank.langs()) or "none"
+            raise ValueError(f"the retrieval bank has no sentences in {lang!r} (it has: {have})")
+        self.shift(lang)  # a clear error when the target language has no mean
+        if len(vectors) == 0:
+            return []
+        size, table = self._centred.get(lang, (-1, None))
+        if size != bank.count(lang):  # (re)built when the bank's language grew or shrank
+            table = bank.vectors(lang) - self.means[lang]  # (K, dim)
+            table = table / table.norm(dim=1, keepdim=True).clamp_min(1e-12)
+            self._centred[lang] = (bank.count(lang), table)
+        query = vectors.float().cpu()
+        if self.anchor is not None:
+            query = query - self.means[self.anchor]
+        query = query / query.norm(dim=1, keepdim=True).clamp_min(1e-12)  # (N, dim)
+        texts = bank.sentences(lang)
+        return [texts[int(j)] for j in (query @ table.T).argmax(dim=1)]
 
     def count_truncated(self, sentences: Sequence[str], lang: str) -> int:
         return self.codec.count_truncated(sentences, lang)

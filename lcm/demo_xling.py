@@ -87,12 +87,17 @@ def main(
             English-trained checkpoint is reused as it is). The mean-concept floor is then
             computed in the same centred space (``mean_concept_floor``; the verdict uses it)
             and, for comparison, in the raw one (``mean_concept_floor_raw``).
+            ``language_mean_bank``: the same, and decoding compares centred queries with
+            centred bank vectors (``LanguageCentered(center_bank=True)``).
         mean_docs: train-split descriptions per language for the centering means.
     """
     if split not in ("test", "valid"):
         raise ValueError(f"--split must be 'test' or 'valid', not {split!r}")
-    if centering not in ("none", "language_mean"):
-        raise ValueError(f"--centering must be 'none' or 'language_mean', not {centering!r}")
+    if centering not in ("none", "language_mean", "language_mean_bank"):
+        raise ValueError(
+            "--centering must be 'none', 'language_mean' or 'language_mean_bank', not "
+            f"{centering!r}"
+        )
     import torch
 
     from encoders.cache import EmbeddingCache
@@ -153,14 +158,16 @@ def main(
         )  # fmt: skip
     model = ConceptModel.load(ckpt, codec=codec)  # English bank: the training synopses
     raw = codec
-    if centering == "language_mean":
+    if centering != "none":
         print(f"[xling] centering: language means from {mean_docs} train descriptions each")
         sentences = {}
         for lang in ["en", *langs]:
             rows = _rows(data / f"debian_descriptions.{lang}.train.jsonl")[:mean_docs]
             flores = DDTP_TO_FLORES[lang]
             sentences[flores] = [s for r in rows for s in model.splitter.split(r["text"], flores)]
-        codec = model.codec = LanguageCentered.fit(raw, sentences, anchor="eng_Latn")
+        codec = model.codec = LanguageCentered.fit(
+            raw, sentences, anchor="eng_Latn", center_bank=centering == "language_mean_bank"
+        )
 
     en_test = {r["md5"]: r for r in _rows(data / f"debian_descriptions.en.{split}.jsonl")}
     left_out = {"eng_Latn": 0}

@@ -69,3 +69,42 @@ def test_bad_means_and_unknown_languages_are_clear_errors():
         c.encode(EN, "eng_Latn")
     with pytest.raises(ValueError, match="no sentences .* 'eng_Latn'"):
         LanguageCentered.fit(inner, {"eng_Latn": []})
+
+
+def _bank_codec():
+    from encoders.hashing import hash_vector
+    from encoders.multilingual import MultilingualCodec
+
+    class BankCodec(MultilingualCodec):
+        codec_id = "hash-bank"
+        dim = 16
+        langs = ("eng_Latn", "fra_Latn")
+
+        def _embed(self, sentences):
+            return torch.stack([hash_vector(s, self.dim) for s in sentences]).numpy()
+
+    return BankCodec()
+
+
+def test_centred_bank_decodes_by_cosine_between_centred_query_and_centred_bank():
+    inner = _bank_codec()
+    inner.add_to_bank(FR, "fra_Latn")
+    means = {"eng_Latn": torch.full((16,), 0.3), "fra_Latn": inner.encode(FR, "fra_Latn")[0]}
+    c = LanguageCentered(inner, means, anchor="eng_Latn", center_bank=True)
+    # A bank sentence's own concept finds itself: the centring of query and bank cancel.
+    assert c.decode(c.encode(FR[1:], "fra_Latn"), "fra_Latn") == FR[1:]
+    # Any query: the bank sentence with the largest cosine, both sides centred.
+    q = torch.randn(5, 16, generator=torch.Generator().manual_seed(0))
+    table = inner.encode(FR, "fra_Latn") - means["fra_Latn"]
+    qc = q - means["eng_Latn"]
+    cos = (qc / qc.norm(dim=1, keepdim=True)) @ (
+        table / table.norm(dim=1, keepdim=True).clamp_min(1e-12)
+    ).T
+    assert c.decode(q, "fra_Latn") == [FR[int(j)] for j in cos.argmax(dim=1)]
+    # The centred table follows the bank when it changes.
+    inner.bank.remove([FR[2]], "fra_Latn")
+    assert FR[2] not in c.decode(q, "fra_Latn")
+    with pytest.raises(ValueError, match="no sentences in 'eng_Latn'"):
+        c.decode(q, "eng_Latn")
+    with pytest.raises(ValueError, match="needs a retrieval codec"):
+        LanguageCentered(TwoLangCodec(), means, center_bank=True)
