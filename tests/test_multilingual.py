@@ -365,3 +365,39 @@ def test_zero_shot_report_table_equals_its_json():
     above = got["above_floor"]
     n_en = len([x for x in above["into_en"] if x != "en"])
     assert "3 of 7" in text and n_en == 3 and len(above["into_own"]) == 2
+
+
+def test_zero_shot_centering_validation_table_equals_its_json():
+    """reports/zero_shot: the centering choice's table is computed from centering/valid_*.json."""
+    report = ROOT / "reports/zero_shot"
+    text = (report / "README.md").read_text()
+    for name, key in (
+        ("none", "none"),
+        ("language_mean", "langmean"),
+        ("language_mean_bank", "langmean_bank"),
+    ):
+        res = json.loads((report / f"centering/valid_{key}.json").read_text())["results"]
+        cells = [(lang, t, s) for lang, row in res.items() for t, s in row.items()]
+        cross = [c for c in cells if c[0] != "en"]
+
+        def names(verdict, cross=cross):
+            return ", ".join(
+                f"{lang}->{'en' if t == 'into_en' else lang}"
+                for lang, t, s in cross
+                if s["vs_floor"] == verdict
+            )
+
+        above, below = names("above"), names("below")
+        n_above = sum(s["vs_floor"] == "above" for *_, s in cross)
+        n_below = sum(s["vs_floor"] == "below" for *_, s in cross)
+        en = res["en"]["into_en"]
+        ci = en["model_minus_floor_ci95"]
+        want = [
+            f"| {name}",
+            f"{n_above} ({above})" if n_above else "0",
+            f"{n_below} ({below})" if n_below else "0",
+            f"{en['model_minus_floor']:+.2f} [{ci[0]:+.2f}, {ci[1]:+.2f}]",
+            f"{sum(s['model_minus_floor'] for *_, s in cells) / len(cells):+.2f}",
+            f"{sum(s['model'] for *_, s in cells) / len(cells):.2f} |",
+        ]
+        assert " | ".join(want) in text.splitlines()
