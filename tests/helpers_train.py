@@ -115,7 +115,7 @@ class FixedHashCodec(HashCodec):
 def hold_here(count: int) -> None:
     """The kill point of a fresh process: when ``count`` reaches ``LCM_TEST_HOLD_AT`` (if set),
     create the file ``LCM_TEST_HOLD_FILE`` and wait there until the test kills the process
-    (:func:`kill_fresh_when` with :func:`held`). The point is exact, with no sleeps that a
+    (:meth:`FreshLcm.kill_when` with :func:`held`). The point is exact, with no sleeps that a
     loaded machine could outrun or a fast one waste."""
     at = os.environ.get("LCM_TEST_HOLD_AT")
     if at is not None and count == int(at):
