@@ -252,3 +252,35 @@ def test_a_replan_that_moves_finished_shards_is_refused(tmp_path, monkeypatch):
     assert f"the finished shard {out / 'shards' / 'shard-00001.parquet'} no longer" in message
     assert "byte offset, line), the new plan's are" in message
     assert not (out / "plan.npz").exists()
+
+
+def test_a_rerun_over_unchanged_shards_reuses_the_normalizer(folder, monkeypatch):
+    docs, out = folder
+    before = (out / "normalizer.pt").read_bytes()
+    fitted_on = json.loads((out / "summary.json").read_text())["normalizer_fitted_on"]
+    fits: list[int] = []
+    original = prep.RobustNormalizer.fit
+
+    def counting(x, *a, **kw):
+        fits.append(int(x.shape[0]))
+        return original(x, *a, **kw)
+
+    monkeypatch.setattr(prep.RobustNormalizer, "fit", staticmethod(counting))
+    summary = _prepare(docs, out)  # nothing changed: no shard read, no refit
+    assert fits == [] and summary["normalizer_fitted_on"] == fitted_on
+    assert (out / "normalizer.pt").read_bytes() == before
+    # a rebuilt shard with the same bytes is the same data: still reused
+    (out / "shards" / "shard-00001.parquet").unlink()
+    _prepare(docs, out)
+    assert (out / "shards" / "shard-00001.parquet").exists() and fits == []
+    # a damaged normalizer.pt is refitted, to the same bytes
+    (out / "normalizer.pt").write_bytes(before[:-7])
+    _prepare(docs, out)
+    assert fits == [fitted_on] and (out / "normalizer.pt").read_bytes() == before
+    # another sample size is another fit (the settings check refuses other settings, so the
+    # record is what changes here: a record of other shards is never trusted)
+    record = json.loads((out / "normalizer.json").read_text())
+    record["shards_sha256"] = "0" * 64
+    (out / "normalizer.json").write_text(json.dumps(record))
+    _prepare(docs, out)
+    assert fits == [fitted_on, fitted_on]

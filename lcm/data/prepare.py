@@ -91,6 +91,8 @@ Output folder::
     rejects/read/shard-00000.jsonl  rows planning: the shard's rows rejected while reading
     rejects/shard-00000.jsonl  documents rejected for non-finite vectors or unknown tokens
     normalizer.pt            RobustNormalizer statistics (load with weights_only=True)
+    normalizer.json          what normalizer.pt was fitted on (the shards' SHA-256, sample size,
+                             seed) and its own SHA-256: a rerun over unchanged shards reuses it
     summary.json             totals (rows_read == documents + rejected)
     .hf_cache/               full pass, while it runs: the Arrow copy of the inputs that
                              ``datasets`` reads (kept for a resume, removed when it finishes)
@@ -1286,6 +1288,27 @@ def _merge_input_rejects(out: Path, n_shards: int, inputs: list[Path]) -> tuple[
     return reasons, rows_read
 
 
+def _file_sha256(path: Path) -> str:
+    h = hashlib.sha256()
+    with open(path, "rb") as fh:
+        for block in iter(lambda: fh.read(1 << 20), b""):
+            h.update(block)
+    return h.hexdigest()
+
+
+def _reusable_normalizer(out: Path, shards_sha256: str) -> int | None:
+    """The sentence count ``normalizer.pt`` was fitted on when ``normalizer.json`` says it was
+    fitted on exactly these shards, sample size and seed and the file is unchanged since; else
+    ``None`` (refit)."""
+    try:
+        record = json.loads((out / "normalizer.json").read_text())
+        ok = record["shards_sha256"] == shards_sha256
+        ok = ok and record["normalizer_sha256"] == _file_sha256(out / "normalizer.pt")
+        return int(record["fitted_on"]) if ok else None
+    except (OSError, ValueError, KeyError, TypeError):
+        return None
+
+
 def _finalize(
     out: Path,
     n_shards: int,
@@ -1308,9 +1331,11 @@ def _finalize(
     totals = Counter()
     unknown_known = True
     reasons = Counter(input_rejects)
+    fitted_on = hashlib.sha256(f"{text_field}\0{normalizer_sample}\0{seed}\0".encode())
     for n in names:
         st = json.loads((out / "stats" / f"{n}.json").read_text())
         counts.append((st["documents"], st["sentences"]))
+        fitted_on.update(f"{n}\0{st.get('sha256')}\0".encode())
         for key in ("documents", "sentences", "truncated", "encode_seconds"):
             totals[key] += st[key]
         if st.get("unknown_sentences") is None:
@@ -1323,7 +1348,14 @@ def _finalize(
 
     n_sentences = totals["sentences"]
     normalizer_fitted_on = 0
-    if n_sentences >= 2:
+    record_path = out / "normalizer.json"
+    reused = _reusable_normalizer(out, fitted_on.hexdigest()) if n_sentences >= 2 else None
+    if reused is not None:
+        # the same shards, sample and seed give the same normalizer: a rerun over a finished
+        # (or resumed but unchanged) folder does not read the shards again to refit it
+        normalizer_fitted_on = reused
+        log.info("%s: normalizer.pt was fitted on these shards; reused", out)
+    elif n_sentences >= 2:
         # Seeded sample over the global sentence index: the same shards give the same normalizer.
         # Only shards holding a sampled sentence are read, one at a time, and only the sampled
         # rows are kept (in one preallocated array).
@@ -1360,8 +1392,15 @@ def _finalize(
                     del table, col, flat, mat
                 offset += n_sent
                 bar.update(n_docs)
+            record_path.unlink(missing_ok=True)  # never a record beside another fit's file
             RobustNormalizer.fit(torch.from_numpy(sample)).save(out / "normalizer.pt")
         normalizer_fitted_on = int(sample.shape[0])
+        record = {
+            "shards_sha256": fitted_on.hexdigest(),
+            "fitted_on": normalizer_fitted_on,
+            "normalizer_sha256": _file_sha256(out / "normalizer.pt"),
+        }
+        _atomic_write(record_path, json.dumps(record, indent=2))
 
     return {
         "documents": totals["documents"],
