@@ -8,14 +8,21 @@ Default: for each family, concepts/s and latency per concept with the KV cache a
 recomputing the context for every concept; for Two-Tower also the per-concept cross-attention
 K/V reuse against recomputing it at every denoising step; with ``--compile true`` also the
 cached step through ``torch.compile`` against eager. Ratios are medians over rounds of each
-round's side-by-side ratio (and, in parentheses, the ratio of each variant's fastest round).
+round's side-by-side ratio, with a 95% percentile-bootstrap interval of that median and the
+number of rounds the faster variant won (and the ratio of each variant's fastest round). The
+KV cache saves the diffusion families one prefill per concept next to 40 denoising calls, so
+at the default tiny setting its gain is within the machine's noise; a longer context shows it:
+``--preset small --batch 1 --context 128 --new 2 --families TwoTower,OneTower --kv_only true``.
 Diffusion uses the paper's settings
 (40 steps, guidance 3).
 
 ``--two_tower_denoiser``: Two-Tower time per concept, the old denoiser path (``fast=False``)
 against the fast one, with each optimization added in turn (timestep/AdaLN table, fused diagonal
-self-attention, (in, out) weight layout), interleaved round by round so load drifts hit all
-variants alike, and the max |difference| of each variant's concepts from the old path's.
+self-attention, (in, out) weight layout, the query/output projections folded into a short
+context's keys/values, oneDNN-packed weights for the 2-row products), interleaved round by
+round so load drifts hit all variants alike, and
+the max |difference| of each variant's concepts from the old path's. Every fast variant gives the
+unconditional rows of guidance their constant cross-attention output (no product for them).
 
 Untrained weights: speed does not depend on them (the AdaLN projections are filled with random
 values so that the outputs compared are not trivially equal). Compare ratios, not absolutes.
@@ -44,6 +51,34 @@ def paired(times: dict[str, list[float]], slow: str, fast: str) -> float:
     """Median over rounds of slow/fast, each ratio from one round's side-by-side runs: load
     drifts between rounds cancel in the ratio (a ratio of two medians does not pair them)."""
     return statistics.median(s / f for s, f in zip(times[slow], times[fast], strict=True))
+
+
+def ratio_ci(
+    times: dict[str, list[float]], slow: str, fast: str, n_boot: int = 4000, level: float = 0.95
+) -> tuple[float, float, float, float]:
+    """The paired speed-up with its uncertainty: the median over rounds of slow/fast (each
+    ratio from one round's side-by-side runs), a percentile-bootstrap interval of that median
+    (rounds resampled with replacement, ``n_boot`` times, fixed seed), and the share of rounds
+    in which ``fast`` was faster. On a shared machine single rounds swing by +-10%; a verdict
+    "never slower" needs the interval's lower end, not one ratio, at or above 1."""
+    ratios = torch.tensor(
+        [s / f for s, f in zip(times[slow], times[fast], strict=True)], dtype=torch.float64
+    )  # (R,)
+    g = torch.Generator().manual_seed(0)
+    idx = torch.randint(len(ratios), (n_boot, len(ratios)), generator=g)  # (n_boot, R)
+    meds = ratios[idx].quantile(0.5, dim=1)  # (n_boot,) medians, as statistics.median
+    lo, hi = torch.quantile(
+        meds, torch.tensor([(1 - level) / 2, (1 + level) / 2], dtype=meds.dtype)
+    )
+    wins = float((ratios > 1).double().mean())
+    return statistics.median(ratios.tolist()), float(lo), float(hi), wins
+
+
+def fmt_ratio(times: dict[str, list[float]], slow: str, fast: str) -> str:
+    """``1.05x [0.98, 1.10] (faster in 7/10 rounds)``: :func:`ratio_ci` as printed."""
+    med, lo, hi, wins = ratio_ci(times, slow, fast)
+    r = len(times[slow])
+    return f"{med:5.2f}x [95% CI {lo:4.2f}, {hi:4.2f}] (faster in {round(wins * r)}/{r} rounds)"
 
 
 def best(times: dict[str, list[float]], slow: str, fast: str) -> float:
@@ -76,9 +111,15 @@ def bench(
 
 DENOISER_VARIANTS = {
     "old path (fast=False)": dict(fast=False),
-    "+ timestep/AdaLN table": dict(fast_options=dict(diagonal=False, transposed=False)),
-    "+ fused diagonal attn": dict(fast_options=dict(diagonal=True, transposed=False)),
-    "+ (in, out) weights": dict(fast_options=dict(diagonal=True, transposed=True)),
+    "+ timestep/AdaLN table": dict(
+        fast_options=dict(diagonal=False, transposed=False, onednn=False)
+    ),
+    "+ fused diagonal attn": dict(fast_options=dict(diagonal=True, transposed=False, onednn=False)),
+    "+ (in, out) weights": dict(
+        fast_options=dict(diagonal=True, transposed=True, onednn=False, fold_cross=False)
+    ),
+    "+ folded cross-attn": dict(fast_options=dict(diagonal=True, transposed=True, onednn=False)),
+    "+ oneDNN packed (default)": dict(),
     "+ torch.compile": dict(fast_options=dict(diagonal=True, transposed=True), compile=True),
 }
 
@@ -96,8 +137,9 @@ def bench_denoiser(args, dev: torch.device) -> None:
     n = args.batch * args.new
     t0 = time.perf_counter()
     for kw in DENOISER_VARIANTS.values():
-        if "fast_options" in kw:
-            model.denoiser_plan(100, **kw["fast_options"])
+        if kw.get("fast", True):
+            opts = {k: v for k, v in kw.get("fast_options", {}).items() if k != "fold_cross"}
+            model.denoiser_plan(100, **opts)
     print(f"plans (all variants) built once in {time.perf_counter() - t0:.2f} s")
     variants = dict(DENOISER_VARIANTS)
     if not args.compile:
@@ -109,8 +151,10 @@ def bench_denoiser(args, dev: torch.device) -> None:
         print(f"torch.compile of the fast denoiser: {time.perf_counter() - t0:.1f} s")
     times: dict[str, list[float]] = {k: [] for k in variants}
     outs: dict[str, torch.Tensor] = {}
-    for r in range(args.repeats + 1):  # round 0 is a warm-up
-        for name, kw in variants.items():
+    names = list(variants)
+    for r in range(args.repeats + 1):  # round 0 is a warm-up; order alternates round by round
+        for name in names if r % 2 == 0 else names[::-1]:
+            kw = variants[name]
             step = make_step(model, sampling=sampling, **kw)
             g = torch.Generator(device=dev).manual_seed(0)
             t0 = time.perf_counter()
@@ -127,17 +171,22 @@ def bench_denoiser(args, dev: torch.device) -> None:
     print(
         f"Two-Tower {args.preset}, batch {args.batch}, {args.steps} DDIM steps, guidance "
         f"{args.guidance}, context {args.context}, {args.new} concept(s) per document, "
-        f"{torch.get_num_threads()} thread(s), medians of {args.repeats} rounds"
+        f"{torch.get_num_threads()} thread(s), medians of {args.repeats} rounds; speed-up vs old:"
+        " median of the rounds' paired ratios with a bootstrap interval"
     )
     prev = base
     for name, ts in times.items():
         med = statistics.median(ts)
         diff = (outs[name] - outs[base_name]).abs().max().item()
         print(
-            f"  {name:24s} {1000 * med / n:9.1f} ms/concept  speed-up vs old {base / med:5.2f}x"
-            f"  step share {prev / med:5.2f}x  max|diff| {diff:.2e}"
+            f"  {name:24s} {1000 * med / n:9.1f} ms/concept  speed-up vs old "
+            f"{fmt_ratio(times, base_name, name)}  step share {prev / med:5.2f}x  "
+            f"max|diff| {diff:.2e}"
         )
         prev = med
+    for name, ts in times.items():
+        ratios = ", ".join(f"{b / t:.2f}" for b, t in zip(times[base_name], ts, strict=True))
+        print(f"  per-round speed-up vs old, {name}: {ratios}")
 
 
 def main(
@@ -154,6 +203,7 @@ def main(
     steps: int = 40,
     guidance: float = 3.0,
     families: str = "BaseLCM,TwoTower,OneTower",
+    kv_only: bool = False,
 ) -> None:
     """Generation throughput per family: KV cache, Two-Tower context reuse, fast denoiser.
 
@@ -174,6 +224,8 @@ def main(
         steps: DDIM steps (``two_tower_denoiser``).
         guidance: classifier-free guidance scale (``two_tower_denoiser``).
         families: comma-separated families of the default bench (BaseLCM, TwoTower, OneTower).
+        kv_only: only the KV cache (cached vs uncached), without Two-Tower's context-reuse
+            and fast-denoiser variants (e.g. for the ``small`` preset at a long context).
     """
     args = SimpleNamespace(**locals())
     if args.threads:
@@ -197,7 +249,7 @@ def main(
             continue
         model = cfg.from_name(args.preset, sonar_dim=D).build(device=dev).eval()
         variants = {"cached": {}, "uncached": dict(use_cache=False)}
-        if cfg is TwoTowerConfig:
+        if cfg is TwoTowerConfig and not args.kv_only:
             variants["recompute_kv"] = dict(reuse_context=False, fast=False)
             variants["cached_general"] = dict(fast=False)
         if args.compile:  # compiled on first use: outside the timed rounds
@@ -216,10 +268,10 @@ def main(
         line = (
             f"{name:10s} cached {n / fast:8.1f} concepts/s ({1000 * fast / args.new:7.1f} "
             f"ms/concept)  uncached {n / slow:8.1f} concepts/s  KV-cache speed-up "
-            f"{paired(rounds, 'uncached', 'cached'):5.2f}x (fastest rounds "
+            f"{fmt_ratio(rounds, 'uncached', 'cached')} (fastest rounds "
             f"{best(rounds, 'uncached', 'cached'):4.2f}x)"
         )
-        if cfg is TwoTowerConfig:
+        if cfg is TwoTowerConfig and not args.kv_only:
             line += (
                 f"  context-reuse speed-up {paired(rounds, 'recompute_kv', 'cached_general'):5.2f}x"
                 f"  fast denoiser speed-up {paired(rounds, 'cached_general', 'cached'):5.2f}x"

@@ -91,6 +91,13 @@ class RetrievalBank:
         texts = self._sentences.get(lang, ())
         return texts if isinstance(texts, ArrowTexts) else tuple(texts)
 
+    def vectors(self, lang: str) -> torch.Tensor:
+        """The unit vectors held in ``lang``, in index order: ``(count(lang), dim)`` float32."""
+        if lang not in self._index:
+            return torch.empty(0, self.dim)
+        index = self._index[lang]
+        return torch.from_numpy(index.reconstruct_n(0, index.ntotal).copy())
+
     def remove(self, sentences: Iterable[str], lang: str) -> int:
         """Take every sentence of ``lang`` equal to one of ``sentences`` out of the bank, with
         its vector (e.g. the references of an evaluation, so retrieval cannot return them).

@@ -112,11 +112,33 @@ class FixedHashCodec(HashCodec):
         return [names[int(i)] for i in torch.cdist(vectors.float(), table).argmin(dim=1)]
 
 
+def hold_here(count: int) -> None:
+    """The kill point of a fresh process: when ``count`` reaches ``LCM_TEST_HOLD_AT`` (if set),
+    create the file ``LCM_TEST_HOLD_FILE`` and wait there until the test kills the process
+    (:meth:`FreshLcm.kill_when` with :func:`held`). The point is exact, with no sleeps that a
+    loaded machine could outrun or a fast one waste."""
+    at = os.environ.get("LCM_TEST_HOLD_AT")
+    if at is not None and count == int(at):
+        Path(os.environ["LCM_TEST_HOLD_FILE"]).touch()
+        time.sleep(600)  # killed here; the kill test's timeout ends it sooner otherwise
+        raise RuntimeError("held for 600 s and never killed")
+
+
+def held(path: Path):
+    """``ready`` of :func:`kill_fresh_when`: the process has reached its hold point."""
+    return path.exists
+
+
 class _SlowEncode:
     """Sleeps ``LCM_TEST_ENCODE_SLEEP`` seconds (default 0.2) per encode call: room for a kill
-    at a random point of a run in a fresh process (``--codec helpers_train.SlowHashCodec``)."""
+    at a random point of a run in a fresh process (``--codec helpers_train.SlowHashCodec``);
+    holds at the ``LCM_TEST_HOLD_AT``-th encode call (1-based) when set (:func:`hold_here`)."""
+
+    calls = 0
 
     def _encode(self, sentences: list[str], lang: str) -> torch.Tensor:
+        _SlowEncode.calls += 1
+        hold_here(_SlowEncode.calls)
         time.sleep(float(os.environ.get("LCM_TEST_ENCODE_SLEEP", "0.2")))
         return super()._encode(sentences, lang)
 
@@ -170,3 +192,106 @@ def run_fresh(args: list[str], env: dict[str, str], timeout: float = 300.0) -> s
     done = subprocess.run(args, env=env, cwd=ROOT, capture_output=True, text=True, timeout=timeout)
     assert done.returncode == 0, done.stderr[-3000:]
     return done.stdout
+
+
+# A fresh interpreter that imports the command's modules once, then forks one child per `lcm`
+# command it is sent (one JSON line each: args, env, log, out); for each it prints the child's
+# pid, then its exit code (negative: the signal that ended it).
+_FORKER = r"""
+import json, os, sys, traceback
+import lcm.cli
+for name in sys.argv[1:]:
+    __import__(name)
+for line in sys.stdin:
+    job = json.loads(line)
+    pid = os.fork()
+    if pid == 0:
+        code = 1
+        try:
+            os.environ.update(job["env"])
+            for fd, path in ((1, job["out"]), (2, job["log"])):
+                os.dup2(os.open(path, os.O_WRONLY | os.O_CREAT | os.O_TRUNC), fd)
+            sys.argv = ["lcm", *job["args"]]
+            lcm.cli.main(job["args"])
+            code = 0
+        except SystemExit as ex:
+            code = ex.code if isinstance(ex.code, int) else int(ex.code is not None)
+        except BaseException:
+            traceback.print_exc()
+        finally:
+            sys.stdout.flush()
+            sys.stderr.flush()
+            os._exit(code)
+    print(pid, flush=True)
+    print(os.waitstatus_to_exitcode(os.waitpid(pid, 0)[1]), flush=True)
+"""
+
+
+class FreshLcm:
+    """Runs ``lcm`` commands as a user does, in processes that inherit nothing from the test
+    process, paying the interpreter start and the imports (Lightning: 10-25 s on a loaded
+    2-core machine) once instead of once per command: a fresh interpreter started with
+    ``env`` imports ``lcm.cli`` and ``preload``, then forks one child per command, which runs
+    ``lcm.cli.main(args)`` exactly as ``python -m lcm.cli args`` does after its imports. Each
+    child is a separate process: a SIGKILL ends it with no handler and no cleanup (``kill
+    -9``), and the next command starts from the imported modules only, never from the killed
+    one's state."""
+
+    def __init__(self, env: dict[str, str], preload: tuple[str, ...] = ()) -> None:
+        self.proc = subprocess.Popen(
+            [sys.executable, "-c", _FORKER, *preload], env=env, cwd=ROOT,
+            stdin=subprocess.PIPE, stdout=subprocess.PIPE, text=True,
+        )  # fmt: skip
+
+    def __enter__(self) -> FreshLcm:
+        return self
+
+    def __exit__(self, *exc) -> None:
+        self.proc.stdin.close()
+        try:
+            self.proc.wait(timeout=60)
+        finally:
+            if self.proc.poll() is None:
+                self.proc.kill()
+
+    def _start(self, args: list[str], log: Path, env: dict[str, str]) -> tuple[int, Path]:
+        out = log.with_suffix(".out")
+        job = {"args": list(map(str, args)), "env": env, "log": str(log), "out": str(out)}
+        self.proc.stdin.write(json.dumps(job) + "\n")
+        self.proc.stdin.flush()
+        line = self.proc.stdout.readline()
+        assert line, f"the forking interpreter ended (exit code {self.proc.poll()})"
+        return int(line), out
+
+    def _exit_code(self) -> int:
+        line = self.proc.stdout.readline()
+        assert line, f"the forking interpreter ended (exit code {self.proc.poll()})"
+        return int(line)
+
+    def run(self, args: list[str], log: Path, **env: str) -> str:
+        """Run ``lcm args`` to its end; returns its stdout (asserts it succeeded)."""
+        _, out = self._start(args, log, env)
+        code = self._exit_code()
+        assert code == 0, f"exit code {code}: {log.read_text()[-3000:]}"
+        return out.read_text()
+
+    def kill_when(self, args: list[str], ready, log: Path, timeout: float = 240.0, **env: str):
+        """Start ``lcm args`` and SIGKILL it as soon as ``ready()`` is true."""
+        pid, _ = self._start(args, log, env)
+        deadline = time.time() + timeout
+        try:
+            while not ready():
+                try:
+                    os.kill(pid, 0)
+                    alive = time.time() < deadline
+                except ProcessLookupError:
+                    alive = False
+                assert alive, f"not ready: {log.read_text()[-2000:]}"
+                time.sleep(0.01)
+        finally:
+            try:
+                os.kill(pid, signal.SIGKILL)
+            except ProcessLookupError:
+                pass
+        code = self._exit_code()
+        assert code == -signal.SIGKILL, f"exit code {code}: {log.read_text()[-2000:]}"

@@ -62,3 +62,19 @@ def test_a_wrong_option_is_an_error():
     assert parser.parse_args(["--two_tower_denoiser", "true"]).two_tower_denoiser is True
     with pytest.raises(Exception, match="batches"):
         parser.parse_args(["--batches", "3"])
+
+
+def test_generate_bench_paired_ratio_has_a_bootstrap_interval():
+    """The KV-cache / fast-path verdicts: median of per-round paired ratios, a bootstrap
+    interval of it that contains it, and the rounds won."""
+    path = ROOT / "bench" / "generate_throughput.py"
+    spec = importlib.util.spec_from_file_location("bench_generate_throughput", path)
+    module = importlib.util.module_from_spec(spec)
+    spec.loader.exec_module(module)
+    same = {"slow": [2.0, 4.0, 3.0], "fast": [1.0, 2.0, 1.5]}
+    assert module.ratio_ci(same, "slow", "fast") == (2.0, 2.0, 2.0, 1.0)
+    noisy = {"slow": [1.1, 0.9, 1.2, 1.0, 1.05], "fast": [1.0, 1.0, 1.0, 1.0, 1.0]}
+    med, lo, hi, wins = module.ratio_ci(noisy, "slow", "fast")
+    assert med == pytest.approx(1.05) and lo <= med <= hi and lo < 1.0 < hi
+    assert wins == pytest.approx(3 / 5)
+    assert "faster in 3/5 rounds" in module.fmt_ratio(noisy, "slow", "fast")

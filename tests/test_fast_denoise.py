@@ -81,14 +81,21 @@ def test_plan_is_cached_and_refreshed_when_weights_change():
 
 @pytest.mark.parametrize("seed", [0, 1, 2])
 @pytest.mark.parametrize("guidance", [1.0, 3.0])
-def test_fast_sampler_equals_old_sampler(seed, guidance):
+@pytest.mark.parametrize("fold", [None, True])  # None: by size (not folded at this size)
+def test_fast_sampler_equals_old_sampler(seed, guidance, fold):
+    """The fast step (its cross-attention prepared per concept: the unconditional rows'
+    constant output, and with ``fold`` W_q and W_o folded into the context) equals the
+    general denoiser, with left padding in the batch."""
     model = _model(seed)
     normalizer = RobustNormalizer.fit(torch.randn(200, D) * 2 + 1)
     prompts = [torch.randn(3, D), torch.randn(6, D)]  # left padding in the batch
     sampling = SamplingConfig(num_inference_steps=40, guidance_scale=guidance)
     outs = []
     for fast in (False, True):
-        step = make_step(model, scheduler=DDIMScheduler(), sampling=sampling, fast=fast)
+        opts = dict(fold_cross=fold)
+        step = make_step(
+            model, scheduler=DDIMScheduler(), sampling=sampling, fast=fast, fast_options=opts
+        )
         g = torch.Generator().manual_seed(seed)
         outs.append(
             generate(
@@ -118,6 +125,14 @@ def test_kv_cache_query_without_update_uses_spare_room():
     full.extend(torch.randn(1, 1, 16, 2), torch.randn(1, 1, 16, 2))  # capacity exactly used?
     ks, _ = full.extend(torch.ones(1, 1, 1, 2), torch.ones(1, 1, 1, 2), update=False)
     assert ks.shape == (1, 1, 17, 2) and full.length == 16
+    # an update that would fill the buffer grows it, so the next query-only call is a view of
+    # the buffer (no copy of the whole cache at every denoising step)
+    exact = LayerKVCache()
+    exact.extend(torch.randn(1, 1, 8, 2), torch.randn(1, 1, 8, 2))  # capacity 16
+    exact.extend(torch.randn(1, 1, 8, 2), torch.randn(1, 1, 8, 2))  # length 16: grows
+    ks, _ = exact.extend(torch.ones(1, 1, 1, 2), torch.ones(1, 1, 1, 2), update=False)
+    assert exact.length == 16 and ks.shape == (1, 1, 17, 2)
+    assert ks.data_ptr() == exact.k.data_ptr()  # a view of the buffer, not a copy
 
 
 @pytest.mark.parametrize("guidance", [1.0, 3.0])
@@ -182,3 +197,56 @@ def test_compiled_fast_sampler_equals_the_eager_one():
     for eager, compiled in zip(outs[0].concepts, outs[1].concepts):
         assert eager.shape == compiled.shape == (3, D)
         assert (compiled - eager).abs().max() <= 1e-5 * max(1.0, eager.abs().max().item())
+
+
+@pytest.mark.parametrize("fold", [False, True])
+def test_prepared_cross_attention_equals_the_general_one(fold):
+    """One denoiser layer's cross-attention from :meth:`DenoiserBlock.prepare_cross` (padded
+    slots, conditional rows first, unconditional rows as one constant) against SDPA over the
+    projected keys/values with the general mask."""
+    model = _model(4)
+    B, T = 2, 5
+    mask = torch.ones(B, T, dtype=torch.bool)
+    mask[0, :3] = False
+    with torch.no_grad():
+        ctx = model.contextualize(torch.randn(B, T, D), mask)
+        kv = model.precompute_cross_kv(model.shift_context(ctx, include_last=True))
+        plan = model.denoiser_plan(100)
+        cross = model.prepare_cross(plan, kv, mask, fold)
+        assert (cross[0].q_fold is not None) == fold
+        blk = model.den_layers[0]
+        h = torch.randn(2 * B, 1, blk.cross_attn.n_heads * blk.cross_attn.head_dim)
+        drop = (torch.arange(2 * B) >= B)[:, None]
+        cmask = model.cross_mask(2 * B, 1, T + 1, mask.repeat(2, 1), drop)
+        k, v = kv[0]
+        ref = blk.cross_attn(h, kv=(k.repeat(2, 1, 1, 1), v.repeat(2, 1, 1, 1)), attn_mask=cmask)
+        got = blk._cross_prepared(h, plan.blocks[0], cross[0])
+    torch.testing.assert_close(got, ref, atol=1e-5, rtol=1e-5)
+
+
+def test_onednn_packed_weights_equal_the_general_denoiser():
+    """``denoiser_plan(onednn=True)``: products of several rows through oneDNN-packed copies,
+    one row through F.linear; the sampler still equals the old path."""
+    from lcm.nn import PreparedLinear
+
+    if not torch.backends.mkldnn.is_available():
+        pytest.skip("no oneDNN in this torch build")
+    torch.manual_seed(0)
+    w, b = torch.randn(48, 32), torch.randn(48)
+    lin = PreparedLinear.of(w, b, transposed=False, onednn=True)
+    for shape in [(1, 32), (1, 1, 32), (3, 32), (4, 1, 32)]:
+        x = torch.randn(*shape)
+        torch.testing.assert_close(lin(x), torch.nn.functional.linear(x, w, b))
+    model = _model(5)
+    normalizer = RobustNormalizer.fit(torch.randn(200, D) * 2 + 1)
+    prompts = [torch.randn(3, D), torch.randn(6, D)]
+    sampling = SamplingConfig(num_inference_steps=40, guidance_scale=3.0)
+    outs = []
+    for kw in (dict(fast=False), dict(fast_options=dict(onednn=True, fold_cross=True))):
+        step = make_step(model, scheduler=DDIMScheduler(), sampling=sampling, **kw)
+        g = torch.Generator().manual_seed(0)
+        out = generate(step, prompts, normalizer, max_new_concepts=3, repeat_threshold=2.0,
+                       generator=g)  # fmt: skip
+        outs.append(torch.cat(out.concepts))
+    assert model.denoiser_plan(100, onednn=True).blocks[0].ffn_gate.packed is not None
+    assert (outs[1] - outs[0]).abs().max() <= 1e-5 * max(1.0, outs[0].abs().max().item())

@@ -649,34 +649,30 @@ def test_kill_fit_then_resume_gives_identical_weights(prepared, tmp_path, plain_
 def test_kill_a_fresh_lcm_fit_process_then_resume_gives_identical_weights(
     prepared, tmp_path, plain_argv, one_thread
 ):
-    """The real ``lcm fit`` in a fresh process, killed with SIGKILL at a random moment after a
-    checkpoint of a random step is on disk (between checkpoints or while one is written), then
-    resumed in another fresh process with ``--ckpt_path=last``: the weights at the final step
-    are bit-identical to a straight run's."""
-    from helpers_train import fresh_env, kill_fresh_when, lcm_command, run_fresh
+    """The real ``lcm fit`` in a fresh process, killed with SIGKILL between checkpoints (one
+    optimizer step past the checkpoint of a seeded random step, so that step is lost and
+    redone), then resumed in another fresh process with ``--ckpt_path=last``: the weights at
+    the final step are bit-identical to a straight run's. The child signals the kill point
+    itself (``LCM_TEST_HOLD_AT``: it holds before that global step and creates a file), so no
+    sleeps pace the run; both processes are forked from one fresh interpreter that imported
+    the modules once (:class:`helpers_train.FreshLcm`), never from the test process."""
+    from helpers_train import FreshLcm, fresh_env, held
 
     steps = 20
-    straight = torch.load(_fit(prepared, tmp_path / "a", steps, 2), weights_only=True)
     root = tmp_path / "b"
     last = root / "checkpoints" / "last.ckpt"
-    rng = random.Random(5)
-    want, delay = rng.randint(4, 12), rng.uniform(0.0, 0.5)
-
-    def ready() -> bool:
-        if not last.exists() or torch.load(last, weights_only=True)["global_step"] < want:
-            return False
-        time.sleep(delay)  # a random moment of the next steps (0.3 s each)
-        return True
-
+    want = random.Random(5).randint(4, 12)
+    hold = want // 2 * 2 + 1  # the step after the checkpoint at or before `want`
+    flag = tmp_path / "held"
     slow = "--trainer.callbacks+=slow_steps.SlowSteps"
-    kill_fresh_when(
-        lcm_command(*_fit_args(prepared, root, steps, 2, slow)),
-        fresh_env(LCM_TEST_STEP_SLEEP="0.3"),
-        ready,
-        tmp_path / "killed.log",
-    )
-    assert want <= torch.load(last, weights_only=True)["global_step"] < steps  # cut short
-    run_fresh(lcm_command(*_fit_args(prepared, root, steps, 2, "--ckpt_path=last")), fresh_env())
+    with FreshLcm(fresh_env(), ("lcm.train.cli", "slow_steps")) as lcm:  # imports meanwhile
+        straight = torch.load(_fit(prepared, tmp_path / "a", steps, 2), weights_only=True)
+        lcm.kill_when(
+            _fit_args(prepared, root, steps, 2, slow), held(flag), tmp_path / "killed.log",
+            LCM_TEST_STEP_SLEEP="0", LCM_TEST_HOLD_AT=str(hold), LCM_TEST_HOLD_FILE=str(flag),
+        )  # fmt: skip
+        assert torch.load(last, weights_only=True)["global_step"] == hold - 1  # cut short there
+        lcm.run(_fit_args(prepared, root, steps, 2, "--ckpt_path=last"), tmp_path / "resumed.log")
     resumed = torch.load(last, weights_only=True)
     assert resumed["global_step"] == steps
     assert resumed["state_dict"].keys() == straight["state_dict"].keys()
@@ -686,33 +682,32 @@ def test_kill_a_fresh_lcm_fit_process_then_resume_gives_identical_weights(
 
 def test_kill_a_fresh_lcm_prepare_process_then_rerun_gives_identical_shards(tmp_path):
     """The real command in a fresh process (as a user runs it, nothing inherited from the test
-    process), killed with SIGKILL in the middle of encoding, then run again."""
-    from helpers_train import (
-        HashCodec,
-        fresh_env,
-        kill_fresh_when,
-        lcm_command,
-        run_fresh,
-        write_corpus,
-    )
+    process), killed with SIGKILL in the middle of encoding (as the first shard after a seeded
+    random number of written ones is encoded: the child signals that point itself,
+    ``LCM_TEST_HOLD_AT``, so no sleeps pace the run), then run again in another fresh process
+    (both forked from one fresh interpreter that imported the modules once,
+    :class:`helpers_train.FreshLcm`)."""
+    from helpers_train import FreshLcm, HashCodec, fresh_env, held, write_corpus
 
     docs = write_corpus(tmp_path / "docs.jsonl", 60, seed=3, summaries=True)
     ref = tmp_path / "ref"
-    prepare(str(docs), str(ref), codec=HashCodec(), target_fields=["summary"], shard_size=5,
-            cache=False, progress=False)  # fmt: skip
     out = tmp_path / "killed"
-    args = lcm_command("prepare", f"--inputs={docs}", f"--output_dir={out}",
-                       "--codec=helpers_train.SlowHashCodec", "--target_fields=[summary]",
-                       "--shard_size=5", "--cache=false")  # fmt: skip
+    args = ["prepare", f"--inputs={docs}", f"--output_dir={out}",
+            "--codec=helpers_train.SlowHashCodec", "--target_fields=[summary]", "--shard_size=5",
+            "--cache=false"]  # fmt: skip
     want = random.Random(7).randint(2, 9)  # of 12 shards
-    kill_fresh_when(
-        args,
-        fresh_env(LCM_TEST_ENCODE_SLEEP="0.3"),
-        lambda: len(list((out / "shards").glob("*.parquet"))) >= want,
-        tmp_path / "killed.log",
-    )
-    assert not (out / "summary.json").exists()  # really cut short
-    run_fresh(args, fresh_env(LCM_TEST_ENCODE_SLEEP="0"))
+    flag = tmp_path / "held"
+    with FreshLcm(fresh_env(), ("lcm.data.prepare", "helpers_train")) as lcm:  # imports meanwhile
+        prepare(str(docs), str(ref), codec=HashCodec(), target_fields=["summary"], shard_size=5,
+                cache=False, progress=False)  # fmt: skip
+        # two encode calls per shard (text, summary): call 2 * want + 1 starts shard `want`
+        lcm.kill_when(
+            args, held(flag), tmp_path / "killed.log", LCM_TEST_ENCODE_SLEEP="0",
+            LCM_TEST_HOLD_AT=str(2 * want + 1), LCM_TEST_HOLD_FILE=str(flag),
+        )  # fmt: skip
+        assert len(list((out / "shards").glob("*.parquet"))) == want  # cut short there
+        assert not (out / "summary.json").exists()
+        lcm.run(args, tmp_path / "rerun.log", LCM_TEST_ENCODE_SLEEP="0")
     summary = json.loads((out / "summary.json").read_text())
     assert summary["rebuilt_shards"] == [] and summary["documents"] == 60
     assert digests(out) == digests(ref)

@@ -294,3 +294,26 @@ def test_one_generator_per_row_draws_each_row_alone():
     logits = torch.randn(3, 7)
     codes = sample_logits(logits, 1.0, 1.0, gens(5, 6, 7))
     assert codes[2] == sample_logits(logits[2:], 1.0, 1.0, gens(7))[0]
+
+
+@pytest.mark.parametrize("cfg", [BaseLCMConfig, TwoTowerConfig, OneTowerConfig])
+def test_prefill_stores_a_key_mask_only_for_padded_prompts(cfg, normalizer):
+    """The step checks its prompt's mask once (``prefill_mask``, outside any compiled graph);
+    the transformer never syncs: a mask given is stored as the key mask."""
+    from lcm.objectives.step import prefill_mask
+
+    model = _model(cfg)
+    step = make_step(model, sampling=SamplingConfig(num_inference_steps=2))
+    full = torch.ones(2, 3, dtype=torch.bool)
+    step.start(torch.randn(2, 3, D), full)
+    assert step.cache.key_mask is None  # all valid: later cached steps need no mask
+    padded = full.clone()
+    padded[0, 0] = False
+    step.start(torch.randn(2, 3, D), padded)
+    assert step.cache.key_mask is not None
+    assert prefill_mask(full) is None and prefill_mask(padded) is padded
+    # the transformer itself stores whatever mask it is given (no host sync)
+    tower = model.transformer if hasattr(model, "transformer") else model.contextualizer
+    cache = tower.new_cache()
+    tower(torch.randn(2, 3, tower.d_model), full, cache)
+    assert cache.key_mask is not None and cache.key_mask.all()

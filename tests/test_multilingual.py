@@ -298,6 +298,34 @@ def test_zero_shot_demo_end_to_end_on_a_tiny_slice(tmp_path):
     assert len(list((tmp_path / "out" / "runs").iterdir())) == 1
     with pytest.raises(ValueError, match="--split"):
         main(out_dir=str(tmp_path / "out"), data_dir=str(data), split="dev")
+    with pytest.raises(ValueError, match="--centering"):
+        main(out_dir=str(tmp_path / "out"), data_dir=str(data), centering="mean")
+    # Language-mean centering on the validation split of French, same checkpoint: English
+    # concepts stay as they were (the English frame), a French source is shifted into it.
+    (data / "debian_descriptions.fr.valid.jsonl").write_text(
+        (data / "debian_descriptions.fr.test.jsonl").read_text()
+    )
+    centred = main(
+        out_dir=str(tmp_path / "out"),
+        data_dir=str(data),
+        langs=["fr"],
+        train_docs=18,
+        train_steps=2,
+        n_eval=4,
+        bank_size=18,
+        report_dir=str(tmp_path / "centred"),
+        split="valid",
+        centering="language_mean",
+        mean_docs=6,
+    )
+    assert centred["centering"] == "language_mean" and set(centred["results"]) == {"en", "fr"}
+    en, fr = centred["results"]["en"]["into_en"], centred["results"]["fr"]
+    assert en["model"] == res["en"]["into_en"]["model"]
+    assert en["mean_concept_floor"] == en["mean_concept_floor_raw"]
+    # Into its own language a source's shift is undone exactly: the floor is the raw one.
+    assert fr["into_own"]["mean_concept_floor"] == fr["into_own"]["mean_concept_floor_raw"]
+    assert fr["into_own"]["mean_concept_floor"] == res["fr"]["into_own"]["mean_concept_floor"]
+    assert fr["into_own"]["ceiling"] == res["fr"]["into_own"]["ceiling"]
 
 
 def test_zero_shot_verdict_needs_the_whole_interval_on_one_side():
@@ -337,3 +365,39 @@ def test_zero_shot_report_table_equals_its_json():
     above = got["above_floor"]
     n_en = len([x for x in above["into_en"] if x != "en"])
     assert "3 of 7" in text and n_en == 3 and len(above["into_own"]) == 2
+
+
+def test_zero_shot_centering_validation_table_equals_its_json():
+    """reports/zero_shot: the centering choice's table is computed from centering/valid_*.json."""
+    report = ROOT / "reports/zero_shot"
+    text = (report / "README.md").read_text()
+    for name, key in (
+        ("none", "none"),
+        ("language_mean", "langmean"),
+        ("language_mean_bank", "langmean_bank"),
+    ):
+        res = json.loads((report / f"centering/valid_{key}.json").read_text())["results"]
+        cells = [(lang, t, s) for lang, row in res.items() for t, s in row.items()]
+        cross = [c for c in cells if c[0] != "en"]
+
+        def names(verdict, cross=cross):
+            return ", ".join(
+                f"{lang}->{'en' if t == 'into_en' else lang}"
+                for lang, t, s in cross
+                if s["vs_floor"] == verdict
+            )
+
+        above, below = names("above"), names("below")
+        n_above = sum(s["vs_floor"] == "above" for *_, s in cross)
+        n_below = sum(s["vs_floor"] == "below" for *_, s in cross)
+        en = res["en"]["into_en"]
+        ci = en["model_minus_floor_ci95"]
+        want = [
+            f"| {name}",
+            f"{n_above} ({above})" if n_above else "0",
+            f"{n_below} ({below})" if n_below else "0",
+            f"{en['model_minus_floor']:+.2f} [{ci[0]:+.2f}, {ci[1]:+.2f}]",
+            f"{sum(s['model_minus_floor'] for *_, s in cells) / len(cells):+.2f}",
+            f"{sum(s['model'] for *_, s in cells) / len(cells):.2f} |",
+        ]
+        assert " | ".join(want) in text.splitlines()

@@ -39,8 +39,10 @@ Steps:
    rows and checked again). The dropped row is a ``duplicate_id`` reject naming its file, row
    and the first occurrence; no document is lost or kept twice.
 2. the valid documents are cut into shards (:class:`ShardStream`). A shard already on disk
-   counts as done only if it matches its recorded rows, bytes and SHA-256; otherwise
-   (truncated, changed) it is rebuilt.
+   counts as done only if it matches its record: by default the same size, modification time
+   and a readable parquet footer with the recorded rows (any difference: its SHA-256 is
+   compared), with ``verify="full"`` the same SHA-256 in every case; otherwise (truncated,
+   changed) it is rebuilt.
 3. encode under Lightning ``Trainer.predict``, which consumes the stream: each rank encodes its
    own pending shards only, so ``--devices``/``--num_nodes`` spread the encoding over GPUs and
    machines. A shard is written to a temporary file, recorded in ``stats/``, then renamed, so a
@@ -75,15 +77,22 @@ Output folder::
                              place (``planning: documents``, nothing encoded) when its inputs
                              (one full read) and settings are unchanged; any other older
                              folder is refused with what to do
-    plan.npz                 rows planning: rows per file, offset and line of each range start
+    plan.npz                 rows planning: rows per file, offset and line of each range start;
+                             made again if it is lost or damaged, and then refused if an
+                             input's SHA-256 or a finished shard's input rows (its stats'
+                             rows_read and segments) differ from the new plan
     shards/shard-00000.parquet
     stats/shard-00000.json   per-shard counts (documents, sentences, truncations, unknown-token
-                             sentences, rejects) and the shard's rows, bytes and sha256; rows
-                             planning adds rows_read, id_hashes and duplicate_rejects
+                             sentences, rejects) and the shard's rows, bytes, sha256 and
+                             mtime_ns (when it was written); rows
+                             planning adds rows_read, segments, id_hashes and
+                             duplicate_rejects
     rejects/input.jsonl      rows rejected while reading (and dropped duplicates)
     rejects/read/shard-00000.jsonl  rows planning: the shard's rows rejected while reading
     rejects/shard-00000.jsonl  documents rejected for non-finite vectors or unknown tokens
     normalizer.pt            RobustNormalizer statistics (load with weights_only=True)
+    normalizer.json          what normalizer.pt was fitted on (the shards' SHA-256, sample size,
+                             seed) and its own SHA-256: a rerun over unchanged shards reuses it
     summary.json             totals (rows_read == documents + rejected)
     .hf_cache/               full pass, while it runs: the Arrow copy of the inputs that
                              ``datasets`` reads (kept for a resume, removed when it finishes)
@@ -140,6 +149,9 @@ log = logging.getLogger(__name__)
 #: 2: shards are ranges of input rows (``planning: rows``) or, for inputs whose rows cannot be
 #: located cheaply, of valid documents (``planning: documents``); 1 cut every input by documents
 MANIFEST_VERSION = 2
+#: How a rerun checks its finished shards: ``quick`` trusts a shard whose size, modification time
+#: and parquet footer match its record; ``full`` also compares every shard's SHA-256
+VerifyLevel = Literal["quick", "full"]
 #: A sentence counts as "mostly unknown" when more than this share of its tokens are unknown to
 #: the codec's tokenizer (e.g. emoji and many CJK characters for the English MiniLM codec).
 MOSTLY_UNKNOWN = 0.5
@@ -162,6 +174,8 @@ class ShardPlan:
     # row planning only: the shard's input rows and the rows rejected while reading them
     rows: int | None = None
     read_rejects: list[dict] | None = None
+    #: row planning only: the shard's file pieces (:func:`_segments`), recorded in its stats
+    segments: list[list[int]] | None = None
 
 
 @dataclass
@@ -314,7 +328,7 @@ class ShardStream(torch.utils.data.IterableDataset):
                 self.rows_read += n
                 self.documents += len(docs)
                 self.mine_documents += len(docs)
-                plan = ShardPlan(k, docs, n, rejects)
+                plan = ShardPlan(k, docs, n, rejects, _segments(self.plan, k))
                 del docs, rejects
                 yield plan
                 del plan  # the consumer holds it while it is encoded, not us
@@ -512,6 +526,7 @@ class ShardWriter(BasePredictionWriter):
         out = self.output_dir
         if plan.rows is not None:  # row planning: the shard also accounts for its input rows
             stats["rows_read"] = plan.rows
+            stats["segments"] = plan.segments  # checked against a new plan (_check_replan)
             stats["input_rejected"] = len(plan.read_rejects)
             # the ids' 64-bit hashes, in row order: rank 0 looks for duplicates across shards
             stats["id_hashes"] = [SeenIds._hash(i) for i in columns["id"]]
@@ -525,7 +540,9 @@ class ShardWriter(BasePredictionWriter):
         )
         tmp = out / "shards" / f".{name}.{os.getpid()}.tmp"
         pq.write_table(table, tmp)
-        stats.update(file_record(tmp))  # rows, bytes, sha256: what a rerun and readers verify
+        # rows, bytes, sha256 (what readers verify) and mtime_ns (what lets a rerun trust the
+        # shard without reading it); os.replace keeps the file's modification time
+        stats.update(shard_record(tmp))
         _atomic_write(out / "stats" / f"{name}.json", json.dumps(stats))
         os.replace(tmp, out / "shards" / f"{name}.parquet")  # the shard exists => it is complete
         if self.progress is not None:
@@ -572,6 +589,7 @@ def prepare(
     seed: int = 0,
     max_unknown_ratio: float | None = None,
     cache: bool = True,
+    verify: VerifyLevel = "quick",
     accelerator: str = "cpu",
     devices: int | str = 1,
     num_nodes: int = 1,
@@ -615,6 +633,14 @@ def prepare(
             identical shards, as each shard is encoded whole, in the same batches). Local disk
             only: the ranks of one machine share the file safely (SQLite write-ahead log), but
             not over a network filesystem or across nodes.
+        verify: how a rerun checks the shards a previous run finished. ``quick``: a shard whose
+            size and modification time equal those recorded when it was written, and whose
+            parquet footer reads with the recorded row count, is trusted without reading it
+            (a truncated shard has no footer, a changed one a new size or time: both are
+            hashed and rebuilt if their SHA-256 differs). ``full``: the SHA-256 of every
+            finished shard is computed and compared, which is the only way to find an edit
+            that keeps both the size and the modification time (e.g. restored with
+            ``touch -d``); it reads every shard byte.
         accelerator: Lightning accelerator for encoding (``cpu``, ``gpu``, ``auto``).
         devices: devices per node for encoding.
         num_nodes: machines for encoding.
@@ -630,6 +656,8 @@ def prepare(
     target_fields = list(target_fields or [])
     if max_unknown_ratio is not None and not 0.0 <= max_unknown_ratio <= 1.0:
         raise ValueError(f"max_unknown_ratio must be in [0, 1], got {max_unknown_ratio}")
+    if verify not in ("quick", "full"):
+        raise ValueError(f"verify must be 'quick' or 'full', got {verify!r}")
     out = Path(output_dir).resolve()
     # Everything that can fail at once fails before the output folder exists, so a corrected
     # rerun never meets a half-made folder "prepared with other settings".
@@ -685,7 +713,7 @@ def prepare(
             old.update(input_files=settings["input_files"], input_sha256=settings["input_sha256"])
             _atomic_write(manifest, json.dumps(old, indent=2))
         if planning == "rows":
-            row_plan = _row_plan(out, files, input_format, shard_size)
+            row_plan = _row_plan(out, files, input_format, shard_size, settings["input_files"])
     else:
         # a new folder: the one full read of the inputs, which the row planning's byte scan
         # makes anyway (parquet: one extra read); a resume then checks each file cheaply
@@ -703,15 +731,16 @@ def prepare(
         _atomic_write(manifest, json.dumps(settings, indent=2))
     show = progress and rank_zero_only.rank == 0
 
-    # 1+2) shards already on disk that verify against their recorded size and checksum are done
-    # (a truncated or changed shard is rebuilt, never trusted because it exists); every rank
+    # 1+2) shards already on disk that verify against their record are done: the same size,
+    # modification time and parquet footer (``verify="full"``: the same SHA-256); a truncated
+    # or changed shard is rebuilt, never trusted because it exists; every rank
     # checks them all before any rank writes, so all ranks skip the same shards
     _remove_stale_tmp(out / "shards")
     _remove_stale_tmp(out / "rejects")
     done, rebuilt = set(), {}
     for path in sorted((out / "shards").glob("shard-*.parquet")):
         index = int(path.stem.split("-")[1])
-        problem = _shard_problem(out, index, row_plan is not None)
+        problem = _shard_problem(out, index, row_plan is not None, verify)
         if problem is None:
             done.add(index)
         else:
@@ -949,9 +978,29 @@ def _remove_stale_tmp(folder: Path) -> None:
             pass  # a live process of another user
 
 
-def _shard_problem(out: Path, index: int, rows: bool = False) -> str | None:
+def shard_record(path: Path) -> dict:
+    """What a shard's stats record of its file when it is written: ``rows`` (parquet footer),
+    ``bytes``, ``sha256`` and ``mtime_ns`` (a rerun trusts a shard whose size, modification
+    time and footer match this record without reading it)."""
+    record = file_record(path)
+    record["mtime_ns"] = os.stat(path).st_mtime_ns
+    return record
+
+
+def _shard_problem(
+    out: Path, index: int, rows: bool = False, verify: VerifyLevel = "quick"
+) -> str | None:
     """Why shard ``index`` must be (re)built, or None if it verifies against its stats
-    (``rows``: row planning, whose shards also account for their input rows)."""
+    (``rows``: row planning, whose shards also account for their input rows).
+
+    ``verify="quick"``: a shard whose size and modification time equal its record and whose
+    parquet footer reads with the recorded row count is trusted without reading it (a
+    truncated file has no footer); any difference, or ``verify="full"``, computes its SHA-256.
+    A shard whose content is unchanged but whose record lacks ``mtime_ns`` (an older folder) or
+    whose modification time moved (copied, touched) is checked in full once and its record
+    updated, so the next rerun is cheap again."""
+    import pyarrow.parquet as pq
+
     name = shard_name(index)
     path = out / "shards" / f"{name}.parquet"
     if not path.exists():
@@ -968,8 +1017,18 @@ def _shard_problem(out: Path, index: int, rows: bool = False) -> str | None:
         check = check_shard(path, {}, "full")
         if check.problems:
             return "; ".join(check.problems)
-        stats.update(file_record(path))
+        stats.update(shard_record(path))
         _atomic_write(stats_path, json.dumps(stats))
+        return None
+    try:
+        st = os.stat(path)
+        footer_rows = pq.read_metadata(path).num_rows
+    except Exception as ex:  # noqa: BLE001 - an unreadable footer (truncated file)
+        return f"not a readable parquet file ({type(ex).__name__}: {ex})"
+    same = (st.st_size, st.st_mtime_ns, footer_rows) == (
+        stats.get("bytes"), stats.get("mtime_ns"), stats.get("rows")
+    )  # fmt: skip
+    if same and verify == "quick":
         return None
     try:
         now = file_record(path)
@@ -978,24 +1037,78 @@ def _shard_problem(out: Path, index: int, rows: bool = False) -> str | None:
     wrong = [k for k in ("rows", "bytes", "sha256") if stats.get(k) != now[k]]
     if wrong:
         return f"{', '.join(wrong)} differ from the recorded ones (truncated or changed)"
+    if stats.get("mtime_ns") != st.st_mtime_ns:  # same content: record the new time
+        stats["mtime_ns"] = st.st_mtime_ns
+        _atomic_write(stats_path, json.dumps(stats))
     return None
 
 
-def _row_plan(out: Path, files: list[Path], input_format: str, shard_size: int) -> RowPlan:
+def _row_plan(
+    out: Path, files: list[Path], input_format: str, shard_size: int, records: list[dict]
+) -> RowPlan:
     """The row plan of ``files``: ``plan.npz`` of this folder when it was made for them (the
-    manifest has already checked their fingerprint), else a new byte scan, saved there."""
+    manifest has already checked their records), else a new byte scan, saved there once it is
+    checked against what the finished shards were made from (:func:`_check_replan`)."""
     path = out / "plan.npz"
+    why = "it is missing"
     if path.exists():
         try:
             plan = RowPlan.load(path)
-        except Exception as ex:  # noqa: BLE001 - a damaged plan is made again
-            log.warning("planning again: %s cannot be read (%s)", path, ex)
+        except Exception as ex:  # noqa: BLE001 - a damaged plan is made again, then checked
+            why = f"it cannot be read ({type(ex).__name__}: {ex})"
         else:
             if plan.files == list(files) and plan.shard_size == shard_size:
                 return plan
+            why = "it was made for other inputs or another shard size"
+        log.warning("planning again: %s: %s", path, why)
     plan = plan_rows(files, input_format, shard_size)
+    _check_replan(out, plan, records, why)
     plan.save(path)
     return plan
+
+
+def _check_replan(out: Path, plan: RowPlan, records: list[dict], why: str) -> None:
+    """Refuse a new plan that the finished shards do not match: an input whose SHA-256 (from
+    the new plan's full byte scan) differs from the one recorded when the folder was planned
+    (an edit the cheap resume check missed), or a finished shard whose recorded input rows
+    (count and file pieces) are not the new plan's. Either error names the file."""
+    target = out / "plan.npz"
+    for f, digest, rec in zip(plan.files, plan.sha256 or [], records):
+        if digest != rec.get("sha256"):
+            raise ValueError(
+                f"{target} was planned again ({why}), and input {f} no longer has the SHA-256 "
+                "recorded when this folder was prepared: the finished shards hold its old "
+                "content. Restore the file, or prepare the new content into a new output_dir "
+                "(or delete this one)"
+            )
+    for stats_path in sorted((out / "stats").glob("shard-*.json")):
+        stats = json.loads(stats_path.read_text())
+        k = int(stats_path.stem.split("-")[1])
+        shard = out / "shards" / f"{shard_name(k)}.parquet"
+        if "rows_read" not in stats or not shard.exists():
+            continue  # not a finished shard of row planning: it is rebuilt anyway
+        if k >= plan.n_shards:
+            wrong = f"the new plan has {plan.n_shards} shards"
+        elif plan.shard_rows(k) != stats["rows_read"]:
+            wrong = f"it holds {stats['rows_read']} input rows, the new plan {plan.shard_rows(k)}"
+        elif "segments" in stats and stats["segments"] != _segments(plan, k):
+            wrong = (
+                f"its input rows were {stats['segments']} (file, first row, end row, byte "
+                f"offset, line), the new plan's are {_segments(plan, k)}"
+            )
+        else:
+            continue
+        raise ValueError(
+            f"{target} was planned again ({why}), and the finished shard {shard} no longer "
+            f"matches it ({wrong}). Its inputs or the planning changed since it was written: "
+            "restore them, or use a new output_dir (or delete this one)"
+        )
+
+
+def _segments(plan: RowPlan, k: int) -> list[list[int]]:
+    """The file pieces of shard ``k`` (:meth:`RowPlan.segments`) as a shard's stats record
+    them."""
+    return [[int(v) for v in seg] for seg in plan.segments(k)]
 
 
 def _missing_shards(out: Path, n_shards: int) -> None:
@@ -1145,7 +1258,7 @@ def _rewrite_without(
                 stats["unknown_sentences"] -= sum(r > MOSTLY_UNKNOWN for r in ratios)
     stats["id_hashes"] = [h for h, k in zip(stats["id_hashes"], keep) if k]
     stats["duplicate_rejects"] = stats["duplicate_rejects"] + [drop[r] for r in sorted(drop)]
-    stats.update(file_record(tmp))
+    stats.update(shard_record(tmp))
     _atomic_write(stats_path, json.dumps(stats))
     os.replace(tmp, path)
     log.warning("%s: dropped %d rows whose ids occur in earlier shards", name, len(drop))
@@ -1175,6 +1288,27 @@ def _merge_input_rejects(out: Path, n_shards: int, inputs: list[Path]) -> tuple[
     return reasons, rows_read
 
 
+def _file_sha256(path: Path) -> str:
+    h = hashlib.sha256()
+    with open(path, "rb") as fh:
+        for block in iter(lambda: fh.read(1 << 20), b""):
+            h.update(block)
+    return h.hexdigest()
+
+
+def _reusable_normalizer(out: Path, shards_sha256: str) -> int | None:
+    """The sentence count ``normalizer.pt`` was fitted on when ``normalizer.json`` says it was
+    fitted on exactly these shards, sample size and seed and the file is unchanged since; else
+    ``None`` (refit)."""
+    try:
+        record = json.loads((out / "normalizer.json").read_text())
+        ok = record["shards_sha256"] == shards_sha256
+        ok = ok and record["normalizer_sha256"] == _file_sha256(out / "normalizer.pt")
+        return int(record["fitted_on"]) if ok else None
+    except (OSError, ValueError, KeyError, TypeError):
+        return None
+
+
 def _finalize(
     out: Path,
     n_shards: int,
@@ -1197,9 +1331,11 @@ def _finalize(
     totals = Counter()
     unknown_known = True
     reasons = Counter(input_rejects)
+    fitted_on = hashlib.sha256(f"{text_field}\0{normalizer_sample}\0{seed}\0".encode())
     for n in names:
         st = json.loads((out / "stats" / f"{n}.json").read_text())
         counts.append((st["documents"], st["sentences"]))
+        fitted_on.update(f"{n}\0{st.get('sha256')}\0".encode())
         for key in ("documents", "sentences", "truncated", "encode_seconds"):
             totals[key] += st[key]
         if st.get("unknown_sentences") is None:
@@ -1212,7 +1348,14 @@ def _finalize(
 
     n_sentences = totals["sentences"]
     normalizer_fitted_on = 0
-    if n_sentences >= 2:
+    record_path = out / "normalizer.json"
+    reused = _reusable_normalizer(out, fitted_on.hexdigest()) if n_sentences >= 2 else None
+    if reused is not None:
+        # the same shards, sample and seed give the same normalizer: a rerun over a finished
+        # (or resumed but unchanged) folder does not read the shards again to refit it
+        normalizer_fitted_on = reused
+        log.info("%s: normalizer.pt was fitted on these shards; reused", out)
+    elif n_sentences >= 2:
         # Seeded sample over the global sentence index: the same shards give the same normalizer.
         # Only shards holding a sampled sentence are read, one at a time, and only the sampled
         # rows are kept (in one preallocated array).
@@ -1249,8 +1392,15 @@ def _finalize(
                     del table, col, flat, mat
                 offset += n_sent
                 bar.update(n_docs)
+            record_path.unlink(missing_ok=True)  # never a record beside another fit's file
             RobustNormalizer.fit(torch.from_numpy(sample)).save(out / "normalizer.pt")
         normalizer_fitted_on = int(sample.shape[0])
+        record = {
+            "shards_sha256": fitted_on.hexdigest(),
+            "fitted_on": normalizer_fitted_on,
+            "normalizer_sha256": _file_sha256(out / "normalizer.pt"),
+        }
+        _atomic_write(record_path, json.dumps(record, indent=2))
 
     return {
         "documents": totals["documents"],

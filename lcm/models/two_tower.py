@@ -54,6 +54,7 @@ from lcm.models.common import TINY_WIDTHS, ConceptNetwork, TransformerConfig
 from lcm.nn import (
     DenoiserBlock,
     KVCache,
+    PreparedCross,
     PreparedDenoiserBlock,
     PreparedLinear,
     RMSNorm,
@@ -252,7 +253,12 @@ class TwoTowerLCM(ConceptNetwork, config=TwoTowerConfig):
 
     @torch.no_grad()
     def denoiser_plan(
-        self, num_train_timesteps: int, *, transposed: bool | None = None, diagonal: bool = True
+        self,
+        num_train_timesteps: int,
+        *,
+        transposed: bool | None = None,
+        diagonal: bool = True,
+        onednn: bool | None = None,
     ) -> DenoiserPlan:
         """The :class:`DenoiserPlan` for timesteps 0..num_train_timesteps-1, cached per model.
 
@@ -264,13 +270,23 @@ class TwoTowerLCM(ConceptNetwork, config=TwoTowerConfig):
                 second copy of the denoiser's weights).
             diagonal: compute the diagonal self-attention as one fused map W_o W_v (no Q/K
                 projections, no attention kernel); False keeps the general attention path.
+            onednn: products of 2 or more rows through oneDNN-packed weight copies
+                (:class:`~lcm.nn.PreparedLinear`; replaces ``transposed``); None = where
+                ``transposed`` would be chosen, for fp32 with oneDNN available.
         """
         w = self.den_prenet.weight
+        big_cpu = w.device.type == "cpu" and self.config.d_model >= 512
+        if onednn is None:
+            # measured (bench/RESULTS.md, 2026-11-29): a 2-row product 1.3-1.5x faster than
+            # addmm on the (in, out) copy at d=1024
+            onednn = big_cpu and w.dtype == torch.float32 and torch.backends.mkldnn.is_available()
         if transposed is None:
             # measured (bench/RESULTS.md): 1.03-1.5x at d=1024, 0.72-0.76x at d=32, where the
             # extra reshapes cost more than the layout saves
-            transposed = w.device.type == "cpu" and self.config.d_model >= 512
-        key = (num_train_timesteps, transposed, diagonal, w.device, w.dtype)
+            transposed = big_cpu
+        if onednn:
+            transposed = False
+        key = (num_train_timesteps, transposed, diagonal, onednn, w.device, w.dtype)
         sig = self._denoiser_signature()
         cached = _PLANS.setdefault(self, {}).get(key)
         if cached is not None and cached[0] == sig:
@@ -279,9 +295,11 @@ class TwoTowerLCM(ConceptNetwork, config=TwoTowerConfig):
         temb = self.time_embed(t)  # (T, d)
         plan = DenoiserPlan(
             modulation=torch.stack([blk.modulation_table(temb) for blk in self.den_layers]),
-            blocks=[blk.prepare(transposed, diagonal) for blk in self.den_layers],
-            prenet=PreparedLinear.of(w, self.den_prenet.bias, transposed),
-            postnet=PreparedLinear.of(self.den_postnet.weight, self.den_postnet.bias, transposed),
+            blocks=[blk.prepare(transposed, diagonal, onednn) for blk in self.den_layers],
+            prenet=PreparedLinear.of(w, self.den_prenet.bias, transposed, onednn),
+            postnet=PreparedLinear.of(
+                self.den_postnet.weight, self.den_postnet.bias, transposed, onednn
+            ),
         )  # modulation: (L, T, 9, d)
         _PLANS[self] = {k: v for k, v in _PLANS[self].items() if v[0] == sig}  # drop stale
         _PLANS[self][key] = (sig, plan)
@@ -300,13 +318,48 @@ class TwoTowerLCM(ConceptNetwork, config=TwoTowerConfig):
         device = self.den_prenet.weight.device
         return self._cross_mask(batch, n_query, n_slots, mask, drop_context, device)
 
+    @torch.no_grad()
+    def prepare_cross(
+        self,
+        plan: DenoiserPlan,
+        cross_kv: CrossKV,
+        mask: Tensor | None,
+        fold: bool | None = None,
+    ) -> list[PreparedCross]:
+        """Every denoiser layer's cross-attention prepared for one generated concept (one
+        query per row; :class:`~lcm.nn.PreparedCross`), for :meth:`denoise_planned`.
+
+        The rows of a denoising call are then the B conditional rows of ``cross_kv`` followed,
+        under guidance, by unconditional ones (which see only the zero slot).
+
+        Args:
+            plan: :meth:`denoiser_plan` of this model.
+            cross_kv: :meth:`precompute_cross_kv` of ``shift_context(ctx, include_last=True)``,
+                (B, H, S, hd) per layer, S = T + 1.
+            mask: (B, T) bool validity of the context concepts, or None (all valid).
+            fold: fold the query/output projections into the context; None = when that reads
+                fewer numbers per step (B * H * S < d_model).
+        """
+        k = cross_kv[0][0]  # (B, H, S, hd)
+        B, H, S, _ = k.shape
+        if fold is None:
+            fold = B * H * S < self.config.d_model
+        slot_valid = None
+        if mask is not None:  # slot 0 is the zero vector (always valid); slot j holds ctx_{j-1}
+            slot_valid = torch.cat((mask.new_ones(B, 1), mask[:, : S - 1]), dim=1)  # (B, S)
+        return [
+            blk.prepare_cross(prep, kv, slot_valid, fold)
+            for blk, prep, kv in zip(self.den_layers, plan.blocks, cross_kv, strict=True)
+        ]
+
     def denoise_planned(
         self,
         x_t: Tensor,
         t: Tensor,
         plan: DenoiserPlan,
-        cross_kv: CrossKV,
+        cross_kv: CrossKV | None,
         cross_mask: Tensor | None,
+        cross: list[PreparedCross] | None = None,
     ) -> Tensor:
         """:meth:`denoise` in eval mode from a :class:`DenoiserPlan`: equal up to rounding.
 
@@ -316,6 +369,8 @@ class TwoTowerLCM(ConceptNetwork, config=TwoTowerConfig):
             plan: :meth:`denoiser_plan` of this model (built after the last weight update).
             cross_kv: :meth:`precompute_cross_kv` of the shifted context.
             cross_mask: :meth:`cross_mask` for these rows (B, Tq, S slots).
+            cross: :meth:`prepare_cross` of this concept (Tq = 1), replacing ``cross_kv`` and
+                ``cross_mask``.
 
         Returns:
             (B, Tq, D) x0 predictions.
@@ -327,8 +382,12 @@ class TwoTowerLCM(ConceptNetwork, config=TwoTowerConfig):
         else:
             mod = plan.modulation[:, t.reshape(-1)].view(L, B, Tq, n_mod, d)  # (L, B, Tq, 9, d)
         h = plan.prenet(x_t)  # (B, Tq, d)
-        for blk, prep, m, kv in zip(self.den_layers, plan.blocks, mod, cross_kv, strict=True):
-            h = blk.forward_prepared(h, m, prep, kv, cross_mask)  # (B, Tq, d)
+        if cross is not None:
+            for blk, prep, m, c in zip(self.den_layers, plan.blocks, mod, cross, strict=True):
+                h = blk.forward_prepared(h, m, prep, None, None, c)  # (B, 1, d)
+        else:
+            for blk, prep, m, kv in zip(self.den_layers, plan.blocks, mod, cross_kv, strict=True):
+                h = blk.forward_prepared(h, m, prep, kv, cross_mask)  # (B, Tq, d)
         return plan.postnet(self.den_norm(h))  # (B, Tq, D)
 
     def forward(

@@ -15,6 +15,7 @@ from lcm.nn.layers import (
 from lcm.nn.transformer import (
     CausalTransformer,
     DenoiserBlock,
+    PreparedCross,
     PreparedDenoiserBlock,
     TransformerBlock,
     causal_allowed,
@@ -27,6 +28,7 @@ __all__ = [
     "KVCache",
     "LayerKVCache",
     "MultiheadAttention",
+    "PreparedCross",
     "PreparedDenoiserBlock",
     "PreparedLinear",
     "RMSNorm",

@@ -55,7 +55,7 @@ class LayerKVCache:
             self.k[:, :, self.length : end] = k
             self.v[:, :, self.length : end] = v
             return self.k[:, :, :end], self.v[:, :, :end]
-        if end > self.k.size(2):
+        if end >= self.k.size(2):  # keep a spare slot: a query-only call never copies
             cap = 2 * end
             k_buf = self.k.new_empty(*self.k.shape[:2], cap, self.k.size(3))
             v_buf = self.v.new_empty(*self.v.shape[:2], cap, self.v.size(3))

@@ -198,22 +198,39 @@ class PreparedLinear:
     parameter (bench/RESULTS.md); it costs a second copy of the weight. ``transposed=False``
     keeps ``F.linear`` (GPUs, or to save memory). Several maps of the same input can be stacked
     into one (e.g. SwiGLU's gate and up projections).
+
+    ``onednn=True`` (CPU, fp32) also keeps a copy packed by oneDNN for products of 2 or more
+    rows (``torch.ops.mkldnn._linear_pointwise``, the kernel inductor's CPU linear uses); MKL's
+    small-M GEMM reads the weight at about half the speed of its 1-row GEMV, the packed oneDNN
+    one ran a 2-row product 1.3-1.5x faster than ``addmm`` on the (in, out) copy (bench/
+    RESULTS.md, 2026-11-29). A single row still goes through ``F.linear`` on the (out, in)
+    weight (there oneDNN was 0.76-1.0x).
     """
 
     weight: Tensor  # (in, out) if transposed else (out, in)
     bias: Tensor | None  # (out,)
     transposed: bool
+    packed: Tensor | None = None  # oneDNN-packed (out, in) weight (opaque layout), or None
 
     @classmethod
-    def of(cls, weight: Tensor, bias: Tensor | None, transposed: bool) -> PreparedLinear:
+    def of(
+        cls, weight: Tensor, bias: Tensor | None, transposed: bool, onednn: bool = False
+    ) -> PreparedLinear:
         """From a (out, in) weight and its bias. Transposed: a copy; else the tensors themselves
-        (detached, no copy; a plan holding them is rebuilt when they change in place)."""
+        (detached, no copy; a plan holding them is rebuilt when they change in place). With
+        ``onednn`` (not transposed), plus a oneDNN-packed copy for several rows."""
         w = weight.detach()
+        b = None if bias is None else bias.detach()
+        if onednn:
+            packed = torch.ops.mkldnn._reorder_linear_weight(w.contiguous(), 2)
+            return cls(w, b, False, packed)
         w = w.t().contiguous() if transposed else w
-        return cls(w, None if bias is None else bias.detach(), transposed)
+        return cls(w, b, transposed)
 
     def __call__(self, x: Tensor) -> Tensor:
         """x: (..., in) -> (..., out)."""
+        if self.packed is not None and x.numel() > x.size(-1):  # 2 or more rows
+            return torch.ops.mkldnn._linear_pointwise(x, self.packed, self.bias, "none", [], "")
         if not self.transposed:
             return F.linear(x, self.weight, self.bias)
         rows = x.reshape(-1, x.size(-1))  # (N, in)

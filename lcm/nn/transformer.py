@@ -150,17 +150,16 @@ class CausalTransformer(nn.Module):
         that queries the same cache several times with the same structure (One-Tower's
         denoising steps) builds it once and passes it to ``forward(plan=...)``.
 
-        Generation fast path: a cache prefilled (``offset == 0``) with an all-valid ``mask``
-        stores no key mask (one check per prompt), so later single-position steps need no mask
-        at all; training (no cache) never checks (no host sync, no graph break under compile).
+        No host sync: a ``mask`` given is stored as the key mask, whatever its values. A
+        generation step whose prompt is all valid passes ``mask=None`` instead
+        (:func:`lcm.objectives.step.prefill_mask` checks once per prompt, outside any compiled
+        graph), so its later single-position steps need no mask at all.
         """
         B, T, _ = x.shape
         offset = cache.length if cache is not None else 0
         S = offset + T
         if positions is None:
             positions = torch.arange(offset, S, device=x.device)  # (T,)
-        if cache is not None and offset == 0 and mask is not None and bool(mask.all()):
-            mask = None
 
         key_mask = mask
         if cache is not None and cache.key_mask is not None:
@@ -276,6 +275,42 @@ class PreparedDenoiserBlock(NamedTuple):
     ffn_down: PreparedLinear
 
 
+class PreparedCross(NamedTuple):
+    """One denoiser layer's cross-attention for one query per row, prepared once per generated
+    concept (:meth:`DenoiserBlock.prepare_cross`).
+
+    The first ``n_cond`` rows are conditional: each attends to its document's context slots.
+    The other rows (the unconditional half of classifier-free guidance) see only slot 0, the
+    zero vector, whose key and value are the projection biases: softmax over one key is 1, so
+    their output is one constant, ``uncond``, and they need no query, attention or output
+    product at all.
+
+    Folded (``q_fold`` not None), the query and output projections are multiplied into the
+    context once per concept: per head h, ``q_h . k_s = h . (W_q,h^T k_s) + b_q,h . k_s`` and
+    ``W_o,h (sum_s p_s v_s) = sum_s p_s (W_o,h v_s)``, so a step reads 2 * B * H * S * d numbers
+    instead of the 2 * d * d of W_q and W_o (fewer while B * H * S < d: a short context).
+
+    Attributes:
+        n_cond: conditional rows (the first ones).
+        uncond: (1, 1, d) the output of every unconditional row.
+        q_fold: (B, d, H*S) ``W_q,h^T k_s / sqrt(hd)`` per document, or None (not folded).
+        bias: (B, 1, H*S) ``b_q,h . k_s / sqrt(hd)``, -inf on padded slots (folded only).
+        out_fold: (B, H*S, d) ``W_o,h v_s`` per document (folded only).
+        out_bias: (d,) the output projection's bias, or None (folded only).
+        kv: keys, values (B, H, S, hd) (not folded).
+        mask: (B, 1, 1, S) bool slot validity, or None (not folded).
+    """
+
+    n_cond: int
+    uncond: Tensor
+    q_fold: Tensor | None
+    bias: Tensor | None
+    out_fold: Tensor | None
+    out_bias: Tensor | None
+    kv: tuple[Tensor, Tensor] | None
+    mask: Tensor | None
+
+
 class DenoiserBlock(nn.Module):
     """Two-Tower denoiser layer: AdaLN-modulated diagonal self-attention, cross-attention, SwiGLU.
 
@@ -346,7 +381,9 @@ class DenoiserBlock(nn.Module):
     # ---- inference fast path -------------------------------------------------------------------
 
     @torch.no_grad()
-    def prepare(self, transposed: bool = False, diagonal: bool = True) -> PreparedDenoiserBlock:
+    def prepare(
+        self, transposed: bool = False, diagonal: bool = True, onednn: bool = False
+    ) -> PreparedDenoiserBlock:
         """Copies of this block's weights for :meth:`forward_prepared` (inference only).
 
         Args:
@@ -355,7 +392,11 @@ class DenoiserBlock(nn.Module):
                 parameters themselves, plus the fused W_ov (d x d).
             diagonal: fuse the diagonal self-attention into one map W_o W_v (the product is
                 taken in float64, then rounded once); False keeps the general attention path.
+            onednn: products of several rows through oneDNN-packed copies (CPU, fp32;
+                :class:`~lcm.nn.PreparedLinear`); replaces ``transposed``.
         """
+        if onednn:
+            transposed = False
         sa, ca, ffn = self.self_attn, self.cross_attn, self.ffn
         ov = None
         if diagonal:
@@ -369,23 +410,87 @@ class DenoiserBlock(nn.Module):
                 if sa.out_proj.bias is not None:
                     b = b + sa.out_proj.bias.double()
                 b_ov = b.to(w_ov.dtype)
-            ov = PreparedLinear.of(w_ov, b_ov, transposed)
+            ov = PreparedLinear.of(w_ov, b_ov, transposed, onednn)
         gate, up = ffn.gate_proj, ffn.up_proj
-        if transposed:  # a copy anyway: stack gate and up into one product
+        if transposed or onednn:  # a copy anyway: stack gate and up into one product
             gu_bias = None if gate.bias is None else torch.cat((gate.bias, up.bias))  # (2h,)
-            ffn_gate = PreparedLinear.of(torch.cat((gate.weight, up.weight)), gu_bias, True)
+            gu = torch.cat((gate.weight, up.weight))  # (2h, d)
+            ffn_gate = PreparedLinear.of(gu, gu_bias, transposed, onednn)
             ffn_up = None
         else:  # no copies of the big FFN weights (GPU memory)
             ffn_gate = PreparedLinear.of(gate.weight, gate.bias, False)
             ffn_up = PreparedLinear.of(up.weight, up.bias, False)
         return PreparedDenoiserBlock(
             self_ov=ov,
-            cross_q=PreparedLinear.of(ca.q_proj.weight, ca.q_proj.bias, transposed),
-            cross_out=PreparedLinear.of(ca.out_proj.weight, ca.out_proj.bias, transposed),
+            cross_q=PreparedLinear.of(ca.q_proj.weight, ca.q_proj.bias, transposed, onednn),
+            cross_out=PreparedLinear.of(ca.out_proj.weight, ca.out_proj.bias, transposed, onednn),
             ffn_gate=ffn_gate,
             ffn_up=ffn_up,
-            ffn_down=PreparedLinear.of(ffn.down_proj.weight, ffn.down_proj.bias, transposed),
+            ffn_down=PreparedLinear.of(
+                ffn.down_proj.weight, ffn.down_proj.bias, transposed, onednn
+            ),
         )
+
+    @torch.no_grad()
+    def prepare_cross(
+        self,
+        prep: PreparedDenoiserBlock,
+        cross_kv: tuple[Tensor, Tensor],
+        slot_valid: Tensor | None,
+        fold: bool,
+    ) -> PreparedCross:
+        """This layer's :class:`PreparedCross` for one concept of B documents.
+
+        Args:
+            prep: :meth:`prepare` output (its output projection gives ``uncond``).
+            cross_kv: keys, values (B, H, S, hd) of the shifted context; slot 0 must be the
+                zero vector (:meth:`~lcm.models.TwoTowerLCM.shift_context`).
+            slot_valid: (B, S) bool, True = a conditional row may attend to that slot; None =
+                every slot.
+            fold: fold the query and output projections into the context (see
+                :class:`PreparedCross`).
+        """
+        attn = self.cross_attn
+        k, v = cross_kv  # (B, H, S, hd)
+        B, H, S, hd = k.shape
+        # slot 0 is the zero vector: its value is v_proj's bias, the same for every document
+        uncond = prep.cross_out(v[:1, :, :1].transpose(1, 2).flatten(2))  # (1, 1, d)
+        if not fold:
+            mask = None if slot_valid is None else slot_valid[:, None, None, :]
+            return PreparedCross(B, uncond, None, None, None, None, (k, v), mask)
+        scale = hd**-0.5
+        wq = attn.q_proj.weight.view(H, hd, -1)  # (H, hd, d)
+        q_fold = torch.einsum("bhsj,hjd->bdhs", k, wq).mul_(scale).reshape(B, -1, H * S)
+        bias = k.new_zeros(B, H, S)
+        if attn.q_proj.bias is not None:
+            bias = torch.einsum("bhsj,hj->bhs", k, attn.q_proj.bias.view(H, hd)).mul_(scale)
+        if slot_valid is not None:
+            bias = bias.masked_fill(~slot_valid[:, None, :], float("-inf"))
+        wo = attn.out_proj.weight.view(-1, H, hd)  # (d, H, hd)
+        out_fold = torch.einsum("bhsj,dhj->bhsd", v, wo).reshape(B, H * S, -1)  # (B, H*S, d)
+        return PreparedCross(
+            B, uncond, q_fold, bias.reshape(B, 1, H * S), out_fold, attn.out_proj.bias, None, None
+        )
+
+    def _cross_prepared(self, h: Tensor, prep: PreparedDenoiserBlock, c: PreparedCross) -> Tensor:
+        """Cross-attention of (M, 1, d) queries from a :class:`PreparedCross` -> (M, 1, d)."""
+        B = c.n_cond
+        hc = h[:B] if h.size(0) > B else h  # (B, 1, d) conditional rows
+        attn = self.cross_attn
+        if c.q_fold is not None:
+            scores = torch.baddbmm(c.bias, hc, c.q_fold)  # (B, 1, H*S)
+            p = torch.softmax(scores.view(B, attn.n_heads, -1), dim=-1).view(B, 1, -1)
+            out = torch.bmm(p, c.out_fold)  # (B, 1, d)
+            if c.out_bias is not None:
+                out = out + c.out_bias
+        else:
+            q = prep.cross_q(hc).unflatten(-1, (attn.n_heads, attn.head_dim)).transpose(1, 2)
+            k, v = c.kv  # (B, H, S, hd)
+            y = F.scaled_dot_product_attention(q, k, v, attn_mask=c.mask)  # (B, H, 1, hd)
+            out = prep.cross_out(y.transpose(1, 2).flatten(2))  # (B, 1, d)
+        if h.size(0) == B:
+            return out
+        return torch.cat((out, c.uncond.expand(h.size(0) - B, -1, -1)))  # (M, 1, d)
 
     def modulation_table(self, temb: Tensor) -> Tensor:
         """AdaLN parameters for timestep embeddings (N, d_cond) -> (N, 9, d), rows
@@ -401,8 +506,9 @@ class DenoiserBlock(nn.Module):
         x: Tensor,
         mod: Tensor,
         prep: PreparedDenoiserBlock,
-        cross_kv: tuple[Tensor, Tensor],
+        cross_kv: tuple[Tensor, Tensor] | None,
         cross_mask: Tensor | None,
+        cross: PreparedCross | None = None,
     ) -> Tensor:
         """:meth:`forward` in eval mode, from precomputed modulation and prepared weights.
 
@@ -412,6 +518,8 @@ class DenoiserBlock(nn.Module):
             prep: :meth:`prepare` output.
             cross_kv: keys, values (B, H, S, hd) of the shifted context.
             cross_mask: bool broadcastable to (B, H, T, S), True = may attend.
+            cross: the cross-attention prepared for this concept (:meth:`prepare_cross`; T = 1);
+                replaces ``cross_kv`` and ``cross_mask``.
 
         Returns:
             (B, T, d), equal to ``forward`` up to float rounding (tested).
@@ -428,11 +536,14 @@ class DenoiserBlock(nn.Module):
         x = torch.addcmul(x, m[2], sa)  # (B, T, d)
 
         h = torch.addcmul(m[3], self.cross_attn_norm(x), m[4])
-        attn = self.cross_attn
-        q = prep.cross_q(h).unflatten(-1, (attn.n_heads, attn.head_dim)).transpose(1, 2)
-        k, v = cross_kv  # (B, H, S, hd)
-        y = F.scaled_dot_product_attention(q, k, v, attn_mask=cross_mask)  # (B, H, T, hd)
-        x = torch.addcmul(x, m[5], prep.cross_out(y.transpose(1, 2).flatten(2)))
+        if cross is not None:
+            x = torch.addcmul(x, m[5], self._cross_prepared(h, prep, cross))
+        else:
+            attn = self.cross_attn
+            q = prep.cross_q(h).unflatten(-1, (attn.n_heads, attn.head_dim)).transpose(1, 2)
+            k, v = cross_kv  # (B, H, S, hd)
+            y = F.scaled_dot_product_attention(q, k, v, attn_mask=cross_mask)  # (B, H, T, hd)
+            x = torch.addcmul(x, m[5], prep.cross_out(y.transpose(1, 2).flatten(2)))
 
         h = torch.addcmul(m[6], self.ffn_norm(x), m[7])
         if prep.ffn_up is None:

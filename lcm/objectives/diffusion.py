@@ -52,7 +52,13 @@ from lcm.objectives.base import (
     target_weight,
     with_overrides,
 )
-from lcm.objectives.step import _COMPILED, NextConceptStep, StepOptions, compiled_method
+from lcm.objectives.step import (
+    _COMPILED,
+    NextConceptStep,
+    StepOptions,
+    compiled_method,
+    prefill_mask,
+)
 
 Solver = Literal["ddim", "dpmsolver++"]
 
@@ -414,7 +420,7 @@ class OneTowerDiffusion(DiffusionObjective, network=OneTowerLCM):
         x_left, mask_left = left_align(x, mask)
         x_left, mask_left = _repeat_batch(x_left, copies), _repeat_batch(mask_left, copies)
         cache = model.new_cache()
-        model.encode_clean(x_left, mask_left, cache)
+        model.encode_clean(x_left, prefill_mask(mask_left), cache)
 
         def model_fn(x_t: Tensor, t: Tensor, drop_context: Tensor) -> Tensor:
             return model.denoise_next(x_t, t, cache, drop_context=drop_context)  # (M, 1, D)
@@ -458,10 +464,13 @@ class TwoTowerStep(DiffusionStep):
     ``fast=True`` (default) also runs the denoiser from its :class:`~lcm.models.DenoiserPlan`:
     the timestep embedding and every layer's AdaLN modulation come from a table computed once
     per model and schedule (reused across concepts, documents and calls), the diagonal
-    self-attention is one fused W_o W_v map, and the cross-attention mask is built once per
-    concept. Outputs equal the ``fast=False`` path to float rounding (tested to 1e-5).
-    ``fast_options`` go to :meth:`~lcm.models.TwoTowerLCM.denoiser_plan` (``transposed``,
-    ``diagonal``), so a benchmark can measure each part's share.
+    self-attention is one fused W_o W_v map, and the cross-attention is prepared once per
+    concept (:meth:`~lcm.models.TwoTowerLCM.prepare_cross`: the unconditional rows' output is
+    one constant; for a short context the query and output projections are folded into the
+    context's keys and values). Outputs equal the ``fast=False`` path to float rounding (tested
+    to 1e-5). ``fast_options`` go to :meth:`~lcm.models.TwoTowerLCM.denoiser_plan`
+    (``transposed``, ``diagonal``) and ``prepare_cross`` (``fold_cross``: None = by size), so a
+    benchmark can measure each part's share.
     """
 
     def __init__(
@@ -487,7 +496,7 @@ class TwoTowerStep(DiffusionStep):
         self.x, self.mask = x, mask
         if self.use_cache:
             self.cache = self.model.new_cache()
-            self.ctx = self.model.contextualize(x, mask, self.cache)  # (B, T, d)
+            self.ctx = self.model.contextualize(x, prefill_mask(mask), self.cache)  # (B, T, d)
 
     def next(self, generator=None) -> Tensor:
         model, s = self.model, self.sampling
@@ -496,31 +505,38 @@ class TwoTowerStep(DiffusionStep):
         guided = s.guidance_scale != 1.0
         reps = 2 if guided else 1
         shifted = model.shift_context(ctx, include_last=True)  # (B, T+1, d): slots for concept T
+
+        if self.fast:
+            opts = dict(self.fast_options)
+            fold = opts.pop("fold_cross", None)
+            if self.compile:  # dynamo takes no oneDNN-packed (opaque) tensors
+                opts["onednn"] = False
+            plan = model.denoiser_plan(self.scheduler.num_train_timesteps, **opts)
+            # once per concept: the context's keys/values, folded with W_q and W_o when that
+            # is smaller; ddim_sample's rows are [conditional] * B (+ [unconditional] * B under
+            # guidance), and the unconditional rows' cross-attention is one constant
+            kv = model.precompute_cross_kv(shifted)  # (B, H, T+1, hd) per layer
+            cross = model.prepare_cross(plan, kv, self.mask, fold)
+
+            if self.compile:
+                denoise = compiled_denoiser(model, plan)
+
+                def fast_fn(x_t: Tensor, t: Tensor, drop_context: Tensor) -> Tensor:
+                    return denoise(x_t, t, cross)
+
+            else:
+
+                def fast_fn(x_t: Tensor, t: Tensor, drop_context: Tensor) -> Tensor:
+                    return model.denoise_planned(x_t, t, plan, None, None, cross)
+
+            return self._ddim(fast_fn, B, model.config.sonar_dim, generator, ctx)
+
         mask = self.mask.repeat(reps, 1)  # (M, T)
         cross_kv = None
         if self.reuse_context:
             kv = model.precompute_cross_kv(shifted)  # once per concept
             cross_kv = [(k.repeat(reps, 1, 1, 1), v.repeat(reps, 1, 1, 1)) for k, v in kv]
         shifted_rep = shifted.repeat(reps, 1, 1)  # (M, T+1, d)
-
-        if self.fast:
-            plan = model.denoiser_plan(self.scheduler.num_train_timesteps, **self.fast_options)
-            # ddim_sample's rows: [conditional] * B (+ [unconditional] * B under guidance).
-            drop = torch.arange(reps * B, device=ctx.device) >= B  # (M,)
-            cmask = model.cross_mask(reps * B, 1, shifted.size(1), mask, drop[:, None])
-
-            if self.compile:
-                denoise = compiled_denoiser(model, plan)
-
-                def fast_fn(x_t: Tensor, t: Tensor, drop_context: Tensor) -> Tensor:
-                    return denoise(x_t, t, cross_kv, cmask)
-
-            else:
-
-                def fast_fn(x_t: Tensor, t: Tensor, drop_context: Tensor) -> Tensor:
-                    return model.denoise_planned(x_t, t, plan, cross_kv, cmask)
-
-            return self._ddim(fast_fn, B, model.config.sonar_dim, generator, ctx)
 
         def model_fn(x_t: Tensor, t: Tensor, drop: Tensor) -> Tensor:
             kv_now = cross_kv
@@ -545,8 +561,8 @@ def compiled_denoiser(model: TwoTowerLCM, plan: Any):
     fn = per_model.get(id(plan))
     if fn is None or fn[0] is not plan:
 
-        def denoise(x_t: Tensor, t: Tensor, cross_kv: Any, cmask: Tensor) -> Tensor:
-            return model.denoise_planned(x_t, t, plan, cross_kv, cmask)
+        def denoise(x_t: Tensor, t: Tensor, cross: Any) -> Tensor:
+            return model.denoise_planned(x_t, t, plan, None, None, cross)
 
         fn = per_model[id(plan)] = (plan, torch.compile(denoise, dynamic=True))
     return fn[1]
@@ -580,7 +596,9 @@ class OneTowerStep(DiffusionStep):
 
     def _fresh_cache(self, x: Tensor, mask: Tensor):
         cache = self.model.new_cache()
-        self.model.encode_clean(x.repeat(self.reps, 1, 1), mask.repeat(self.reps, 1), cache)
+        mask = prefill_mask(mask)
+        mask = None if mask is None else mask.repeat(self.reps, 1)
+        self.model.encode_clean(x.repeat(self.reps, 1, 1), mask, cache)
         return cache
 
     def start(self, x: Tensor, mask: Tensor) -> None:

@@ -37,7 +37,7 @@ from lcm.objectives.base import (
     shift_right,
     target_weight,
 )
-from lcm.objectives.step import NextConceptStep, StepOptions, compiled_method
+from lcm.objectives.step import NextConceptStep, StepOptions, compiled_method, prefill_mask
 
 RegressionLoss = Literal["mse", "cosine", "infonce"]
 """How :class:`MSEObjective` scores a predicted concept against its target (see
@@ -202,7 +202,7 @@ class BaseLCMStep(NextConceptStep):
         self.x, self.mask = x, mask
         if self.use_cache:
             self.cache = self.model.new_cache()
-            self.last = self.forward(x, mask, self.cache)[:, -1]  # (B, D)
+            self.last = self.forward(x, prefill_mask(mask), self.cache)[:, -1]  # (B, D)
 
     def next(self, generator=None) -> Tensor:
         y = self.last if self.use_cache else self.forward(self.x, self.mask)[:, -1]  # (B, D)

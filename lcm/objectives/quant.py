@@ -29,7 +29,7 @@ from lcm.objectives.base import (
     shift_right,
     target_weight,
 )
-from lcm.objectives.step import NextConceptStep, StepOptions
+from lcm.objectives.step import NextConceptStep, StepOptions, prefill_mask
 
 
 def sample_logits(
@@ -209,7 +209,7 @@ class QuantStep(NextConceptStep):
         self.x, self.mask = x, mask
         if self.use_cache:
             self.cache = self.model.new_cache()
-            self.h = self.model.contextualize(x, mask, self.cache)[:, -1]  # (B, d)
+            self.h = self.model.contextualize(x, prefill_mask(mask), self.cache)[:, -1]  # (B, d)
 
     def next(self, generator=None) -> Tensor:
         h = self.h if self.use_cache else self.model.contextualize(self.x, self.mask)[:, -1]

@@ -41,7 +41,7 @@ from lcm.objectives.base import (
     target_weight,
     with_overrides,
 )
-from lcm.objectives.step import NextConceptStep, StepOptions
+from lcm.objectives.step import NextConceptStep, StepOptions, prefill_mask
 
 INIT_MODES = ("random", "embed")
 
@@ -416,7 +416,7 @@ class RefinerStep(NextConceptStep):
         self.x, self.mask, self.state = x, mask, None
         if self.use_cache:
             self.cache = self.model.new_cache()
-            inject, ctx = self.model.contextualize(x, mask, self.cache)
+            inject, ctx = self.model.contextualize(x, prefill_mask(mask), self.cache)
             self.query = inject[:, -1:]  # (B, 1, d); left padding: the last slot is real
             self.cross_kv = self.model.precompute_cross_kv(ctx)
 

@@ -44,6 +44,14 @@ if TYPE_CHECKING:
     from lcm.objectives.refiner import ExitRule
 
 
+def prefill_mask(mask: Tensor | None) -> Tensor | None:
+    """The padding mask to prefill a KV cache with: None when every prompt concept is valid,
+    so the cache stores no key mask and every later cached step runs without one. One host
+    sync per prompt, here in the step, outside any compiled graph (the transformer itself never
+    checks: ``bool(mask.all())`` in a compiled forward breaks the graph)."""
+    return None if mask is None or bool(mask.all()) else mask
+
+
 class NextConceptStep:
     """Base class; see the module docstring for the protocol."""
 
@@ -90,7 +98,7 @@ class StepOptions:
             self-attention (:class:`~lcm.objectives.diffusion.TwoTowerStep`); False runs the
             general denoiser.
         fast_options: Two-Tower: options of ``TwoTowerLCM.denoiser_plan`` (``transposed``,
-            ``diagonal``).
+            ``diagonal``) and ``fold_cross`` of ``TwoTowerLCM.prepare_cross`` (None: by size).
         compile: run the family's hot step through ``torch.compile`` (compiled on first use,
             once per model: seconds to minutes; worth it for long generation runs): Two-Tower's
             fast denoiser, Base-LCM's forward (prefill and cached steps), One-Tower's
