@@ -7,10 +7,11 @@ summaries of held-out documents.
    (``lcm fetch-debian``, through apt; about 20 MB);
 2. ``lcm prepare`` the train and test splits into concept shards (description and synopsis, each
    ending in the "End of text." sentence);
-3. ``lcm fit`` a small Base-LCM on [description, SEP, synopsis] that predicts a correction to the
-   mean of its context (configs/base_lcm/tiny_sft_residual.yaml; ``--recipe`` picks another:
-   configs/base_lcm/sft_source_mean.yaml scored 1.5x the mean-concept floor on the 100 test
-   documents, 1.16x on 300, for about 40% more CPU; or configs/refiner/tiny_sft.yaml);
+3. ``lcm fit`` a small Base-LCM (d_model 256) on [description, SEP, synopsis] that predicts a
+   correction to the mean of the description's concepts (configs/base_lcm/sft_source_mean.yaml:
+   1.53x the mean-concept floor on the 100 test documents, 1.16x on 300; ``--recipe`` picks
+   another, e.g. configs/base_lcm/tiny_sft_residual.yaml, the earlier default at 1.12x for 70%
+   of the CPU, or configs/refiner/tiny_sft.yaml);
 4. summarize held-out test descriptions through the Python API and print them beside the
    reference synopses, with ROUGE-L beside the floors and the retrieval ceiling.
 
@@ -54,7 +55,7 @@ def main(
     show: int = 6,
     n_eval: int = 100,
     n_valid: int = 100,
-    recipe: str = "configs/base_lcm/tiny_sft_residual.yaml",
+    recipe: str = "configs/base_lcm/sft_source_mean.yaml",
     run_name: str = "run",
 ) -> dict:
     """Run the main job.

@@ -53,7 +53,7 @@ def test_floors_and_ceiling_decode_their_own_query_through_the_models_bank():
 
 
 def test_the_source_mean_recipe_predicts_a_correction_to_the_source_mean(tmp_path):
-    """configs/base_lcm/sft_source_mean.yaml (the main job's --recipe above its floor) trains a
+    """configs/base_lcm/sft_source_mean.yaml (the main job's default recipe) trains a
     Base-LCM whose summary concept is the network's output plus the mean of the description's
     concepts (the end-of-text and separator concepts left out), in normalized space."""
     import inspect
@@ -65,8 +65,8 @@ def test_the_source_mean_recipe_predicts_a_correction_to_the_source_mean(tmp_pat
     from lcm.train.module import load_module
 
     default = inspect.signature(main).parameters["recipe"].default
-    assert default == "configs/base_lcm/tiny_sft_residual.yaml"
     recipe = "configs/base_lcm/sft_source_mean.yaml"
+    assert default == recipe
     shards = make_shards(tmp_path / "data", n_docs=30, summaries=True)
     root = tmp_path / "run"
     run(
