@@ -174,11 +174,13 @@ def test_guidance_sweep_scores_the_reports_checkpoints(tmp_path):
 
 
 def test_command_line_overrides_width_and_records_it(tmp_path):
+    from jsonargparse import CLI
+
     from experiments.pretraining.report import main
 
     argv = ["--preset", "ci", "--out_dir", str(tmp_path / "out"), "--families", "base_lcm"]
     argv += ["--steps", "2", "--d_model", "24", "--ffn_dim", "40", "--work_dir", str(tmp_path)]
-    res = main(argv)
+    res = CLI(main, args=argv, as_positional=False)  # the command line of `python -m ...`
     assert (res["setup"]["d_model"], res["setup"]["ffn_dim"]) == (24, 40)
     ckpt = tmp_path / "runs_ci_steps2_d24_seed0" / "base_lcm" / "checkpoints" / "last.ckpt"
     state = torch.load(ckpt, map_location="cpu", weights_only=True)["state_dict"]

@@ -30,7 +30,6 @@ intervals), ``val_ca.png`` (validation CA against training steps, from the train
 
 from __future__ import annotations
 
-import argparse
 import json
 import math
 import platform
@@ -785,47 +784,54 @@ def plots(res: dict, out: Path) -> None:
     plt.close(fig)
 
 
-def main(argv: list[str] | None = None) -> dict:
-    ap = argparse.ArgumentParser(description=__doc__.split("\n")[0])
-    ap.add_argument("--preset", choices=sorted(PRESETS), default="full")
-    ap.add_argument("--out_dir", default="reports/pretraining")
-    ap.add_argument("--steps", type=int, default=None, help="override the preset's steps")
-    ap.add_argument("--train_dir", default=None, help="override the preset's training shards")
-    ap.add_argument(
-        "--families",
-        default=None,
-        help="comma-separated systems, e.g. base_lcm,base_lcm+context_mean,two_tower+last",
-    )
-    ap.add_argument("--work_dir", default=None, help="where training runs go (reused if there)")
-    ap.add_argument("--seed", type=int, default=None, help="override the preset's seed")
-    ap.add_argument("--d_model", type=int, default=None, help="override the preset's model width")
-    ap.add_argument("--ffn_dim", type=int, default=None, help="override the feed-forward width")
-    args = ap.parse_args(argv)
-    p = PRESETS[args.preset]
-    if args.steps is not None:
-        p = replace(p, steps=args.steps)
-    if args.families is not None:
-        systems = tuple(args.families.split(","))
+def main(
+    preset: str = "full",
+    out_dir: str = "reports/pretraining",
+    steps: int | None = None,
+    train_dir: str | None = None,
+    families: str | None = None,
+    work_dir: str | None = None,
+    seed: int | None = None,
+    d_model: int | None = None,
+    ffn_dim: int | None = None,
+) -> dict:
+    """Train every family on the same data and write the pre-training table.
+
+    Args:
+        preset: ``full`` (the committed report) or ``ci`` (seconds, a synthetic corpus).
+        out_dir: where results.json, table.md and the plots go.
+        steps: override the preset's optimizer steps per family.
+        train_dir: override the preset's training shards (an ``lcm prepare`` folder).
+        families: comma-separated systems, e.g. ``base_lcm,base_lcm+context_mean,two_tower+last``.
+        work_dir: where training runs go (a run whose last checkpoint exists is reused).
+        seed: override the preset's seed.
+        d_model: override the preset's model width.
+        ffn_dim: override the preset's feed-forward width.
+    """
+    if preset not in PRESETS:
+        raise SystemExit(f"unknown preset {preset!r}: expected one of {sorted(PRESETS)}")
+    p = PRESETS[preset]
+    if families is not None:
+        systems = tuple(families.split(","))
         for system in systems:
             try:
                 split_system(system)
             except ValueError as e:
                 raise SystemExit(str(e)) from None
         p = replace(p, families=systems)
-    if args.train_dir is not None:
-        p = replace(p, train_dir=args.train_dir)
-    if args.work_dir is not None:
-        p = replace(p, work_dir=args.work_dir)
-    if args.seed is not None:
-        p = replace(p, seed=args.seed)
-    if args.d_model is not None:
-        p = replace(p, d_model=args.d_model)
-    if args.ffn_dim is not None:
-        p = replace(p, ffn_dim=args.ffn_dim)
-    res = run_report(p, args.out_dir, args.preset)
+    overrides = dict(
+        steps=steps, train_dir=train_dir, work_dir=work_dir, seed=seed, d_model=d_model,
+        ffn_dim=ffn_dim,
+    )  # fmt: skip
+    p = replace(p, **{k: v for k, v in overrides.items() if v is not None})
+    res = run_report(p, out_dir, preset)
     print(markdown(res))
     return res
 
 
 if __name__ == "__main__":
-    main()
+    import sys
+
+    from jsonargparse import CLI
+
+    CLI(main, args=sys.argv[1:], as_positional=False)
