@@ -13,6 +13,8 @@ number of rounds the faster variant won (and the ratio of each variant's fastest
 KV cache saves the diffusion families one prefill per concept next to 40 denoising calls, so
 at the default tiny setting its gain is within the machine's noise; a longer context shows it:
 ``--preset small --batch 1 --context 128 --new 2 --families TwoTower,OneTower --kv_only true``.
+``--count_work true`` counts instead of timing: FLOPs and aten operators of one more concept
+with and without the cache (exact, whatever the load).
 Diffusion uses the paper's settings
 (40 steps, guidance 3).
 
@@ -107,6 +109,45 @@ def bench(
             if r:  # the first round is a warm-up
                 times[name].append(time.perf_counter() - t0)
     return {k: statistics.median(v) for k, v in times.items()}, times
+
+
+def work_per_concept(
+    model, prompts, norm, variants: dict[str, dict], n: tuple[int, int] = (2, 4)
+) -> dict[str, tuple[float, float]]:
+    """Per variant, the work of one more generated concept per document: (FLOPs counted by
+    ``torch.utils.flop_counter``, aten operators dispatched), as the difference between
+    generating ``n[1]`` and ``n[0]`` concepts divided by ``n[1] - n[0]``. Unlike a timing it is
+    exact and does not depend on the machine's load. A warm-up call first builds the plans a
+    model keeps across calls (Two-Tower's timestep/AdaLN table), so neither variant is charged
+    for them."""
+    from collections import Counter
+
+    from torch.utils._python_dispatch import TorchDispatchMode
+    from torch.utils.flop_counter import FlopCounterMode
+
+    class OpCount(TorchDispatchMode):
+        def __init__(self) -> None:
+            super().__init__()
+            self.ops = Counter()
+
+        def __torch_dispatch__(self, func, types, args=(), kwargs=None):
+            self.ops[func] += 1
+            return func(*args, **(kwargs or {}))
+
+    def run(kw: dict, k: int) -> tuple[int, int]:
+        step = make_step(model, sampling=SamplingConfig(), **kw)
+        g = torch.Generator(device=prompts[0].device).manual_seed(0)
+        with FlopCounterMode(display=False) as flops, OpCount() as ops:
+            generate(step, prompts, norm, max_new_concepts=k, repeat_threshold=2.0, generator=g)
+        return flops.get_total_flops(), sum(ops.ops.values())
+
+    out = {}
+    for name, kw in variants.items():
+        run(kw, 1)  # warm-up: plans the model keeps
+        (f0, o0), (f1, o1) = run(kw, n[0]), run(kw, n[1])
+        docs = len(prompts) * (n[1] - n[0])
+        out[name] = ((f1 - f0) / docs, (o1 - o0) / docs)
+    return out
 
 
 DENOISER_VARIANTS = {
@@ -204,6 +245,7 @@ def main(
     guidance: float = 3.0,
     families: str = "BaseLCM,TwoTower,OneTower",
     kv_only: bool = False,
+    count_work: bool = False,
 ) -> None:
     """Generation throughput per family: KV cache, Two-Tower context reuse, fast denoiser.
 
@@ -226,6 +268,9 @@ def main(
         families: comma-separated families of the default bench (BaseLCM, TwoTower, OneTower).
         kv_only: only the KV cache (cached vs uncached), without Two-Tower's context-reuse
             and fast-denoiser variants (e.g. for the ``small`` preset at a long context).
+        count_work: instead of timing, count the work of one more concept per document with
+            and without the KV cache (FLOPs and aten operators dispatched; exact, independent
+            of the machine's load).
     """
     args = SimpleNamespace(**locals())
     if args.threads:
@@ -249,6 +294,15 @@ def main(
             continue
         model = cfg.from_name(args.preset, sonar_dim=D).build(device=dev).eval()
         variants = {"cached": {}, "uncached": dict(use_cache=False)}
+        if args.count_work:
+            w = work_per_concept(model, prompts, norm, variants)
+            (fc, oc), (fu, ou) = w["cached"], w["uncached"]
+            print(
+                f"{name:10s} per concept and document: cached {fc / 1e6:9.2f} MFLOP "
+                f"{oc:8.0f} ops, uncached {fu / 1e6:9.2f} MFLOP {ou:8.0f} ops; uncached / "
+                f"cached: FLOPs {fu / fc:5.2f}x, ops {ou / oc:5.3f}x"
+            )
+            continue
         if cfg is TwoTowerConfig and not args.kv_only:
             variants["recompute_kv"] = dict(reuse_context=False, fast=False)
             variants["cached_general"] = dict(fast=False)
