@@ -20,10 +20,7 @@ from helpers_train import (
     FixedHashCodec,
     HashCodec,
     fresh_env,
-    kill_fresh_when,
-    lcm_command,
     make_shards,
-    run_fresh,
     sentence,
 )
 
@@ -190,23 +187,29 @@ GENERATE = ("--settings.max_new_concepts=2", "--settings.num_inference_steps=3")
 def test_kill_a_fresh_lcm_summarize_process_then_rerun_writes_the_uninterrupted_file(
     two_tower, documents, tmp_path, one_thread
 ):
-    straight = tmp_path / "straight.jsonl"
-    generate_file(str(two_tower), str(documents), str(straight), batch_size=4,
-                  settings=SETTINGS, codec=FixedHashCodec(), progress=False)  # fmt: skip
+    """``lcm summarize`` killed (SIGKILL) in a process that inherits nothing from the test,
+    then rerun in another: both fork from one clean interpreter that imports the modules once
+    (:class:`helpers_train.FreshLcm`) while the test computes the uninterrupted file."""
+    from helpers_train import FreshLcm
+
     killed = tmp_path / "killed.jsonl"
 
     def command(batch_size: int) -> list[str]:
-        return lcm_command("summarize", f"--checkpoint={two_tower}", f"--inputs={documents}",
-                           f"--output={killed}", "--codec=helpers_train.SlowFixedHashCodec",
-                           f"--batch_size={batch_size}", *GENERATE, "--settings.seed=7",
-                           "--progress=false")  # fmt: skip
+        return ["summarize", f"--checkpoint={two_tower}", f"--inputs={documents}",
+                f"--output={killed}", "--codec=helpers_train.SlowFixedHashCodec",
+                f"--batch_size={batch_size}", *GENERATE, "--settings.seed=7",
+                "--progress=false"]  # fmt: skip
 
-    want = random.Random(2).randint(4, 19)  # rows written before the kill
-    kill_fresh_when(command(4), fresh_env(LCM_TEST_ENCODE_SLEEP="0.3"),
-                    lambda: _lines(killed) >= want, tmp_path / "killed.log")  # fmt: skip
-    before = _lines(killed)  # complete lines only: a line cut by the kill has no end
-    assert want <= before < 24  # really cut short
-    out = run_fresh(command(3), fresh_env(LCM_TEST_ENCODE_SLEEP="0"))
+    with FreshLcm(fresh_env(), ("lcm.apps.files", "helpers_train")) as lcm:  # imports meanwhile
+        straight = tmp_path / "straight.jsonl"
+        generate_file(str(two_tower), str(documents), str(straight), batch_size=4,
+                      settings=SETTINGS, codec=FixedHashCodec(), progress=False)  # fmt: skip
+        want = random.Random(2).randint(4, 19)  # rows written before the kill
+        lcm.kill_when(command(4), lambda: _lines(killed) >= want, tmp_path / "killed.log",
+                      LCM_TEST_ENCODE_SLEEP="0.3")  # fmt: skip
+        before = _lines(killed)  # complete lines only: a line cut by the kill has no end
+        assert want <= before < 24  # really cut short
+        out = lcm.run(command(3), tmp_path / "rerun.log", LCM_TEST_ENCODE_SLEEP="0")
     counts = json.loads(out)  # the command prints its counts as JSON
     assert counts == {"documents": 24, "already_done": before, "written": 24 - before, "errors": 0}
     assert killed.read_bytes() == straight.read_bytes()
@@ -216,28 +219,35 @@ def test_kill_a_fresh_lcm_summarize_process_then_rerun_writes_the_uninterrupted_
 def test_kill_a_fresh_lcm_eval_process_then_rerun_gives_the_uninterrupted_results(
     two_tower, tmp_path, one_thread
 ):
+    """``lcm eval`` killed (SIGKILL) and rerun in processes forked from one clean interpreter
+    (:class:`helpers_train.FreshLcm`), which imports the modules while the test computes the
+    uninterrupted results."""
+    from helpers_train import FreshLcm
+
     from eval.run import evaluate
 
     docs = _eval_docs(tmp_path)
-    straight = evaluate([str(two_tower)], data=[str(docs)], out_dir=str(tmp_path / "a"),
-                        settings=[{"max_new_concepts": 2, "num_inference_steps": 3}],
-                        codec=FixedHashCodec(), batch_size=2, plots=False,
-                        progress=False)  # fmt: skip
     out = tmp_path / "b"
     store = out / "documents.jsonl"
-    args = lcm_command("eval", f"--checkpoints=[{two_tower}]", f"--data=[{docs}]",
-                       f"--out_dir={out}", '--settings=[{"max_new_concepts": 2, '
-                       '"num_inference_steps": 3}]', "--codec=helpers_train.SlowFixedHashCodec",
-                       "--batch_size=2", "--plots=false", "--progress=false")  # fmt: skip
+    args = ["eval", f"--checkpoints=[{two_tower}]", f"--data=[{docs}]",
+            f"--out_dir={out}", '--settings=[{"max_new_concepts": 2, '
+            '"num_inference_steps": 3}]', "--codec=helpers_train.SlowFixedHashCodec",
+            "--batch_size=2", "--plots=false", "--progress=false"]  # fmt: skip
     want = random.Random(3).randint(1, 10)  # model records (of 12) before the kill
 
     def models() -> int:
         return store.read_text().count('"kind": "model"') if store.exists() else 0
 
-    kill_fresh_when(args, fresh_env(LCM_TEST_ENCODE_SLEEP="0.3"), lambda: models() >= want,
-                    tmp_path / "killed.log")  # fmt: skip
-    assert not (out / "results.json").exists() and models() < 12  # really cut short
-    run = json.loads(run_fresh(args, fresh_env(LCM_TEST_ENCODE_SLEEP="0")).splitlines()[-1])
+    with FreshLcm(fresh_env(), ("eval.run", "helpers_train")) as lcm:  # imports meanwhile
+        straight = evaluate([str(two_tower)], data=[str(docs)], out_dir=str(tmp_path / "a"),
+                            settings=[{"max_new_concepts": 2, "num_inference_steps": 3}],
+                            codec=FixedHashCodec(), batch_size=2, plots=False,
+                            progress=False)  # fmt: skip
+        lcm.kill_when(args, lambda: models() >= want, tmp_path / "killed.log",
+                      LCM_TEST_ENCODE_SLEEP="0.3")  # fmt: skip
+        assert not (out / "results.json").exists() and models() < 12  # really cut short
+        printed = lcm.run(args, tmp_path / "rerun.log", LCM_TEST_ENCODE_SLEEP="0")
+    run = json.loads(printed.splitlines()[-1])
     assert run["computed"] > 0
     resumed = json.loads((out / "results.json").read_text())
     assert _strip(resumed) == _strip(straight)
