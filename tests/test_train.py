@@ -441,6 +441,22 @@ def test_every_config_parses(path, capsys):
             assert {k: arch[k] for k in fields} == {k: preset[k] for k in fields}
 
 
+@pytest.mark.parametrize("family", sorted(FAMILY_MODULES))
+def test_model_help_lists_every_architecture_field(family, capsys):
+    """``lcm fit --model.help <LightningModule>`` shows every field of the family's typed
+    architecture config (with its docstring as help), not a preset name and a dict."""
+    import dataclasses
+
+    cls = FAMILY_MODULES[family]
+    with pytest.raises(SystemExit) as exit_info:
+        cli_main(["fit", "--model.help", f"{cls.__module__}.{cls.__name__}"])
+    assert exit_info.value.code in (0, None)
+    printed = capsys.readouterr().out
+    fields = [f.name for f in dataclasses.fields(cls.arch_cls)]
+    missing = [f for f in fields if f"--model.arch.{f} " not in printed]
+    assert fields and not missing, missing
+
+
 def _fit_args(shards, cache_dir, root, family="two_tower", recipe="tiny", *extra):
     return [
         "--config",
