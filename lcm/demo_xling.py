@@ -198,9 +198,9 @@ def main(
                     bank.append(synopsis)
             codec.add_to_bank(bank, flores)
         if not test:
-            print(f"[xling] {lang}: no test descriptions aligned with English; skipped")
+            print(f"[xling] {lang}: no {split} descriptions aligned with English; skipped")
             continue
-        print(f"[xling] 3. {lang}: {len(test)} of {len(aligned)} aligned test descriptions")
+        print(f"[xling] 3. {lang}: {len(test)} of {len(aligned)} aligned {split} descriptions")
         texts = [r["text"] for r in test]
         sents = [model.splitter.split(t, flores) for t in texts]
         means = torch.stack([raw.encode(s, flores).mean(dim=0) for s in sents])
