@@ -125,7 +125,7 @@ def hold_here(count: int) -> None:
 
 
 def held(path: Path):
-    """``ready`` of :func:`kill_fresh_when`: the process has reached its hold point."""
+    """``ready`` of :meth:`FreshLcm.kill_when`: the process has reached its hold point."""
     return path.exists
 
 
@@ -153,45 +153,12 @@ class SlowFixedHashCodec(_SlowEncode, FixedHashCodec):
 
 
 # ------------------------------------------------------- the real command in a fresh process
-def lcm_command(*args: object) -> list[str]:
-    """``python -m lcm.cli <args>``: the command a user runs, in a fresh interpreter."""
-    return [sys.executable, "-m", "lcm.cli", *map(str, args)]
-
-
 def fresh_env(**extra: str) -> dict[str, str]:
     """The environment of a fresh ``lcm`` process: the project and ``tests/`` importable (so
     ``--codec helpers_train.SlowHashCodec`` resolves) and one thread (the same float
     reductions as a test run under ``torch.set_num_threads(1)``)."""
     path = f"{ROOT}{os.pathsep}{ROOT / 'tests'}"
     return {**os.environ, "PYTHONPATH": path, "OMP_NUM_THREADS": "1", **extra}
-
-
-def kill_fresh_when(
-    args: list[str], env: dict[str, str], ready, log: Path, timeout: float = 240.0
-) -> None:
-    """Start ``args`` in a fresh process and SIGKILL it (no handler, no cleanup: ``kill -9``)
-    as soon as ``ready()`` is true; its stderr goes to ``log``."""
-    with open(log, "wb") as err:
-        proc = subprocess.Popen(args, env=env, cwd=ROOT, stdout=subprocess.DEVNULL, stderr=err)
-        deadline = time.time() + timeout
-        try:
-            while not ready():
-                alive = proc.poll() is None and time.time() < deadline
-                assert alive, f"exit code {proc.poll()}: {log.read_text()[-2000:]}"
-                time.sleep(0.01)
-            proc.send_signal(signal.SIGKILL)
-        finally:
-            if proc.poll() is None:
-                proc.kill()
-            proc.wait()
-    assert proc.returncode == -signal.SIGKILL, log.read_text()[-2000:]
-
-
-def run_fresh(args: list[str], env: dict[str, str], timeout: float = 300.0) -> str:
-    """Run ``args`` to the end in a fresh process; returns its stdout (asserts it succeeded)."""
-    done = subprocess.run(args, env=env, cwd=ROOT, capture_output=True, text=True, timeout=timeout)
-    assert done.returncode == 0, done.stderr[-3000:]
-    return done.stdout
 
 
 # A fresh interpreter that imports the command's modules once, then forks one child per `lcm`
