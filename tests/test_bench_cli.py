@@ -16,11 +16,15 @@ ROOT = Path(__file__).resolve().parents[1]
 BENCHES = sorted(p for p in (ROOT / "bench").glob("*.py") if "def main(" in p.read_text())
 
 
-def _main(path: Path):
+def _module(path: Path):
     spec = importlib.util.spec_from_file_location(f"bench_{path.stem}", path)
     module = importlib.util.module_from_spec(spec)
     spec.loader.exec_module(module)
-    return module.main
+    return module
+
+
+def _main(path: Path):
+    return _module(path).main
 
 
 def _parser(path: Path) -> ArgumentParser:
@@ -67,10 +71,7 @@ def test_a_wrong_option_is_an_error():
 def test_generate_bench_paired_ratio_has_a_bootstrap_interval():
     """The KV-cache / fast-path verdicts: median of per-round paired ratios, a bootstrap
     interval of it that contains it, and the rounds won."""
-    path = ROOT / "bench" / "generate_throughput.py"
-    spec = importlib.util.spec_from_file_location("bench_generate_throughput", path)
-    module = importlib.util.module_from_spec(spec)
-    spec.loader.exec_module(module)
+    module = _module(ROOT / "bench" / "generate_throughput.py")
     same = {"slow": [2.0, 4.0, 3.0], "fast": [1.0, 2.0, 1.5]}
     assert module.ratio_ci(same, "slow", "fast") == (2.0, 2.0, 2.0, 1.0)
     noisy = {"slow": [1.1, 0.9, 1.2, 1.0, 1.05], "fast": [1.0, 1.0, 1.0, 1.0, 1.0]}
@@ -90,10 +91,7 @@ def test_the_kv_cache_never_does_more_work_per_concept(family):
     import lcm.models as models
     from lcm.normalizer import RobustNormalizer
 
-    path = ROOT / "bench" / "generate_throughput.py"
-    spec = importlib.util.spec_from_file_location("bench_generate_throughput", path)
-    module = importlib.util.module_from_spec(spec)
-    spec.loader.exec_module(module)
+    module = _module(ROOT / "bench" / "generate_throughput.py")
     torch.manual_seed(0)
     model = getattr(models, f"{family}Config").from_name("tiny", sonar_dim=32).build().eval()
     prompts = [torch.randn(12, 32) for _ in range(2)]
