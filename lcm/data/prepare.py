@@ -1288,6 +1288,14 @@ def _merge_input_rejects(out: Path, n_shards: int, inputs: list[Path]) -> tuple[
     return reasons, rows_read
 
 
+def _file_sha256(path: Path) -> str:
+    h = hashlib.sha256()
+    with open(path, "rb") as fh:
+        for block in iter(lambda: fh.read(1 << 20), b""):
+            h.update(block)
+    return h.hexdigest()
+
+
 def _reusable_normalizer(out: Path, shards_sha256: str) -> int | None:
     """The sentence count ``normalizer.pt`` was fitted on when ``normalizer.json`` says it was
     fitted on exactly these shards, sample size and seed and the file is unchanged since; else
@@ -1295,7 +1303,7 @@ def _reusable_normalizer(out: Path, shards_sha256: str) -> int | None:
     try:
         record = json.loads((out / "normalizer.json").read_text())
         ok = record["shards_sha256"] == shards_sha256
-        ok = ok and record["normalizer_sha256"] == file_sha256(out / "normalizer.pt")
+        ok = ok and record["normalizer_sha256"] == _file_sha256(out / "normalizer.pt")
         return int(record["fitted_on"]) if ok else None
     except (OSError, ValueError, KeyError, TypeError):
         return None
@@ -1390,7 +1398,7 @@ def _finalize(
         record = {
             "shards_sha256": fitted_on.hexdigest(),
             "fitted_on": normalizer_fitted_on,
-            "normalizer_sha256": file_sha256(out / "normalizer.pt"),
+            "normalizer_sha256": _file_sha256(out / "normalizer.pt"),
         }
         _atomic_write(record_path, json.dumps(record, indent=2))
 
