@@ -50,6 +50,7 @@ def main(
     split: str = "test",
     centering: str = "none",
     mean_docs: int = 200,
+    max_new_concepts: int = 2,
 ) -> dict:
     """Train on English, summarize other languages into English and into themselves.
 
@@ -90,7 +91,11 @@ def main(
             ``language_mean_bank``: the same, and decoding compares centred queries with
             centred bank vectors (``LanguageCentered(center_bank=True)``).
         mean_docs: train-split descriptions per language for the centering means.
+        max_new_concepts: summary concepts generated at most per document (generation stops
+            earlier at the end-of-text concept); each becomes one retrieved sentence.
     """
+    if max_new_concepts < 1:
+        raise ValueError(f"--max_new_concepts must be at least 1, not {max_new_concepts}")
     if split not in ("test", "valid"):
         raise ValueError(f"--split must be 'test' or 'valid', not {split!r}")
     if centering not in ("none", "language_mean", "language_mean_bank"):
@@ -211,7 +216,7 @@ def main(
             if lang == "en" and target == "own":
                 continue
             hyp = model.summarize(
-                texts, source_lang=flores, target_lang=t_flores, max_new_concepts=2
+                texts, source_lang=flores, target_lang=t_flores, max_new_concepts=max_new_concepts
             )
             model_r = rouge_l(hyp, refs)
             # The floor in the model's space: with centering, the mean of the centred concepts.
@@ -261,6 +266,7 @@ def main(
         "split": split,
         "langs": langs,
         "centering": centering,
+        "max_new_concepts": max_new_concepts,
         "mean_docs": mean_docs if centering != "none" else None,
         "seconds": round(time.time() - t0, 1),
         "results": results,
