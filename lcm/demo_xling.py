@@ -71,8 +71,10 @@ def main(
             eval`` does, so neither the model nor a floor can score by returning the very
             reference; how many were left out is recorded per cell.
         residual: ``--model.init_args.residual`` for training (``none``, ``last``,
-            ``context_mean``; None: the recipe's). ``context_mean`` with 800 steps scored best
-            of five settings on the English validation split (``reports/zero_shot``).
+            ``context_mean``, ``source_mean``; None: the recipe's). ``context_mean`` with 800
+            steps scored best of five settings on the English validation split, and was kept
+            over ``source_mean`` (also with ``configs/base_lcm/sft_source_mean.yaml``, d_model
+            256) on the validation split of every language (``reports/zero_shot``).
         split: ``test`` scores every language; ``valid`` scores the validation split, English
             only (``en -> en``) unless ``langs`` is given (then those languages' validation
             descriptions aligned with English validation ones, other documents than the test
