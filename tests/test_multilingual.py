@@ -296,8 +296,45 @@ def test_zero_shot_demo_end_to_end_on_a_tiny_slice(tmp_path):
     assert valid["split"] == "valid" and set(valid["results"]) == {"en"}
     assert valid["results"]["en"]["into_en"]["model"] == res["en"]["into_en"]["model"]
     assert len(list((tmp_path / "out" / "runs").iterdir())) == 1
+    assert valid["en_bank_docs"] == 18
+    # --en_bank_docs: the same checkpoint, the English bank from the first 9 training synopses
+    # only (fewer bank sentences, so another floor); the model itself is unchanged.
+    small = main(
+        out_dir=str(tmp_path / "out"),
+        data_dir=str(data),
+        train_docs=18,
+        train_steps=2,
+        n_eval=4,
+        report_dir=str(tmp_path / "valid9"),
+        split="valid",
+        en_bank_docs=9,
+    )
+    en_full, en_small = valid["results"]["en"]["into_en"], small["results"]["en"]["into_en"]
+    assert small["en_bank_docs"] == 9 and small["train_docs"] == 18
+    assert 0 < en_small["bank_sentences"] < en_full["bank_sentences"]
+    assert (tmp_path / "out" / "shards-9").is_dir()
+    assert len(list((tmp_path / "out" / "runs").iterdir())) == 1
+    # Another --train_docs trains its own checkpoint (never reuses one fit on other data).
+    fewer = main(
+        out_dir=str(tmp_path / "out"),
+        data_dir=str(data),
+        train_docs=12,
+        train_steps=2,
+        n_eval=4,
+        report_dir=str(tmp_path / "valid12"),
+        split="valid",
+    )
+    assert fewer["train_docs"] == 12
+    assert sorted(d.name for d in (tmp_path / "out" / "runs").iterdir()) == [
+        "tiny_sft-2-context_mean-12docs",
+        "tiny_sft-2-context_mean-18docs",
+    ]
     with pytest.raises(ValueError, match="--split"):
         main(out_dir=str(tmp_path / "out"), data_dir=str(data), split="dev")
+    with pytest.raises(ValueError, match="--en_bank_docs"):
+        main(out_dir=str(tmp_path / "out"), data_dir=str(data), train_docs=18, en_bank_docs=19)
+    with pytest.raises(ValueError, match="has only 18 documents"):
+        main(out_dir=str(tmp_path / "out"), data_dir=str(data), train_docs=19)
     with pytest.raises(ValueError, match="--centering"):
         main(out_dir=str(tmp_path / "out"), data_dir=str(data), centering="mean")
     # Language-mean centering on the validation split of French, same checkpoint: English
@@ -345,7 +382,7 @@ def test_zero_shot_demo_end_to_end_on_a_tiny_slice(tmp_path):
         max_new_concepts=1,
     )
     assert sm["residual"] == "recipe" and sm["max_new_concepts"] == 1
-    ckpt = tmp_path / "out/runs/sft_source_mean-2-recipe/checkpoints/last.ckpt"
+    ckpt = tmp_path / "out/runs/sft_source_mean-2-recipe-18docs/checkpoints/last.ckpt"
     hparams = torch.load(ckpt, map_location="cpu", weights_only=True)["hyper_parameters"]
     assert hparams["residual"] == "source_mean" and hparams["arch"]["d_model"] == 256
     for s in sm["results"]["fr"]["into_own"]["examples"]:
