@@ -16,7 +16,7 @@ from plot import plot  # noqa: E402  (reports/zero_shot/centering/plot.py)
 
 #: candidate -> its validation JSON (in the order of RULE.md), where it exists
 CANDIDATES = {"D": "valid_D.json", "E8": "valid_E8.json", "E8b": "valid_E8b.json"}
-CANDIDATES.update({"E16": "valid_E16.json"})
+CANDIDATES.update({"E16": "valid_E16.json", "E16b": "valid_E16b.json"})
 
 
 def _cells(res: dict) -> list[tuple[str, str, dict]]:
