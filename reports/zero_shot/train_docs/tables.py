@@ -1,6 +1,6 @@
 """The README tables and plots of the training-data choice, from the JSON beside this file.
 
-python reports/zero_shot/train_docs/tables.py   # prints the tables; writes validation.png
+python reports/zero_shot/train_docs/tables.py   # prints the tables; writes validation.png, test.png
 """
 
 from __future__ import annotations
@@ -116,3 +116,12 @@ if __name__ == "__main__":
         "validation split (up to 300 documents per language): model - its floor [95% CI]",
         step=0.15,
     )
+    if (HERE / "test_E16.json").exists():
+        plot(
+            {
+                "D, 2000 docs (default; ../results.json)": HERE.parent / "results.json",
+                "E16, 16000 docs (chosen on validation)": HERE / "test_E16.json",
+            },
+            HERE / "test.png",
+            "test cells, read once after the choice: model - its floor [95% CI]",
+        )
