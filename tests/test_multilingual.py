@@ -560,8 +560,8 @@ def test_zero_shot_train_docs_tables_equal_their_json():
                 s = got["results"][lang][t]
                 want += [f"{s['mean_concept_floor']:.2f}", f"{ci(s)} {s['vs_floor']}"]
             assert " | ".join(want) + " |" in lines
-    test = json.loads((report / "test_E8b.json").read_text())
-    assert test["split"] == "test" and (test["train_docs"], test["en_bank_docs"]) == (8000, 2000)
+    test = json.loads((report / "test_E16.json").read_text())
+    assert test["split"] == "test" and (test["train_docs"], test["en_bank_docs"]) == (16000, 16000)
     for lang, row in test["results"].items():
         for t, s in row.items():
             want = [
