@@ -109,6 +109,10 @@ class Preset:
         prompt_concepts: concepts of each such document given as the prompt.
         generate_concepts: concepts generated after the prompt (the repetition and
             end-of-text stops are off, so every system writes that many).
+        contrastive_weight: Base-LCM systems train with this weight of the InfoNCE term added
+            to the MSE (``--model.contrastive_weight``; 0: the paper's MSE alone). Other
+            families do not have the option and are an error with a weight > 0.
+        temperature: that term's temperature (``--model.temperature``).
     """
 
     train_dir: str | None
@@ -131,6 +135,8 @@ class Preset:
     generate_docs: int = 2
     prompt_concepts: int = 3
     generate_concepts: int = 4
+    contrastive_weight: float = 0.0
+    temperature: float = 0.05
 
 
 PRESETS: dict[str, Preset] = {
@@ -410,6 +416,11 @@ def train_family(system: str, p: Preset, train_dir: str, root: Path, quiet: bool
         args += ["--model.rvq_fit_samples", "20000"]
     if residual != "none":
         args += ["--model.residual", residual]
+    if p.contrastive_weight > 0:
+        if family != "base_lcm":
+            raise ValueError(f"{system}: contrastive_weight is a Base-LCM option")
+        args += ["--model.contrastive_weight", str(p.contrastive_weight)]
+        args += ["--model.temperature", str(p.temperature)]
     import warnings
 
     warnings.filterwarnings("ignore", message="LightningCLI's args parameter")
@@ -512,6 +523,8 @@ def run_report(p: Preset, out_dir: str, preset_name: str) -> dict:
         train_dir, eval_dirs = build_toy(out / "work" / "data")
     seconds: dict[str, float] = {}
     runs = f"runs_{preset_name}_steps{p.steps}_d{p.d_model}_seed{p.seed}"
+    if p.contrastive_weight > 0:
+        runs += f"_cw{p.contrastive_weight:g}_t{p.temperature:g}"
     ckpts, reused = {}, []
     for fam in p.families:
         t = time.perf_counter()
@@ -794,6 +807,8 @@ def main(
     seed: int | None = None,
     d_model: int | None = None,
     ffn_dim: int | None = None,
+    contrastive_weight: float | None = None,
+    temperature: float | None = None,
 ) -> dict:
     """Train every family on the same data and write the pre-training table.
 
@@ -807,6 +822,8 @@ def main(
         seed: override the preset's seed.
         d_model: override the preset's model width.
         ffn_dim: override the preset's feed-forward width.
+        contrastive_weight: Base-LCM systems add this weight of an InfoNCE term to the MSE.
+        temperature: the InfoNCE term's temperature (default 0.05).
     """
     if preset not in PRESETS:
         raise SystemExit(f"unknown preset {preset!r}: expected one of {sorted(PRESETS)}")
@@ -821,7 +838,7 @@ def main(
         p = replace(p, families=systems)
     overrides = dict(
         steps=steps, train_dir=train_dir, work_dir=work_dir, seed=seed, d_model=d_model,
-        ffn_dim=ffn_dim,
+        ffn_dim=ffn_dim, contrastive_weight=contrastive_weight, temperature=temperature,
     )  # fmt: skip
     p = replace(p, **{k: v for k, v in overrides.items() if v is not None})
     res = run_report(p, out_dir, preset)

@@ -14,6 +14,11 @@ mean. The cached generation step (:class:`BaseLCMStep`) adds the same base.
 target concepts under cosine / temperature). Both score in the decoder's space when the objective
 is given :attr:`MSEObjective.to_decoder_space` (the LightningModule sets it to its normalizer's
 ``denormalize``), else in normalized space.
+
+``contrastive_weight`` > 0 adds that many times the ``infonce`` term to the chosen loss, on the
+same final prediction (base plus network output when a residual is set): the MSE keeps the
+prediction's scale, the InfoNCE term asks it to rank the true next concept above the batch's
+other concepts, which is what contrastive accuracy (CA, paper 2.4.1) measures.
 """
 
 from __future__ import annotations
@@ -108,7 +113,9 @@ class MSEObjective(Objective, network=BaseLCM):
             (:func:`~lcm.objectives.base.residual_base`; default ``"none"``).
         loss: The training loss (:func:`regression_loss`): ``mse`` (the paper's, default),
             ``cosine`` or ``infonce`` (for a cosine-retrieval decoder).
-        temperature: The InfoNCE temperature.
+        temperature: The InfoNCE temperature (of the ``infonce`` loss and of the added term).
+        contrastive_weight: Add this weight times the ``infonce`` term to ``loss`` (default 0:
+            the loss alone).
 
     Attributes:
         to_decoder_space: Optional map from normalized space to the decoder's space, where the
@@ -127,6 +134,7 @@ class MSEObjective(Objective, network=BaseLCM):
         residual: Residual = "none",
         loss: RegressionLoss = "mse",
         temperature: float = 0.05,
+        contrastive_weight: float = 0.0,
     ) -> None:
         super().__init__(model, residual)
         if loss not in get_args(RegressionLoss):
@@ -134,7 +142,10 @@ class MSEObjective(Objective, network=BaseLCM):
         if not temperature > 0:
             raise ValueError(f"temperature must be > 0, got {temperature}")
         self.loss_kind: RegressionLoss = loss
+        if not contrastive_weight >= 0:
+            raise ValueError(f"contrastive_weight must be >= 0, got {contrastive_weight}")
         self.temperature = float(temperature)
+        self.contrastive_weight = float(contrastive_weight)
         self.to_decoder_space: Callable[[Tensor], Tensor] | None = None
         self.separator: Callable[[], Tensor] | None = None
 
@@ -157,6 +168,10 @@ class MSEObjective(Objective, network=BaseLCM):
         value = regression_loss(
             pred, batch["x"], weight, self.loss_kind, self.temperature, self.to_decoder_space
         )
+        if self.contrastive_weight > 0:
+            value = value + self.contrastive_weight * regression_loss(
+                pred, batch["x"], weight, "infonce", self.temperature, self.to_decoder_space
+            )
         return ObjectiveOutput(value, pred, batch["x"], weight)
 
     @torch.no_grad()

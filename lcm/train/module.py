@@ -496,7 +496,11 @@ class BaseLCMModule(LCMModule):
             (the target must out-score the batch's other targets, cosine / ``temperature``);
             ``cosine`` and ``infonce`` score in SONAR (decoder) space
             (:func:`lcm.objectives.mse.regression_loss`).
-        temperature: The InfoNCE temperature.
+        temperature: The InfoNCE temperature (of ``infonce`` and of ``contrastive_weight``'s term).
+        contrastive_weight: Add this weight times the InfoNCE term (cosine of the prediction to
+            every target concept of the batch / ``temperature``, cross-entropy to the true next
+            concept) to ``loss``, on the final prediction (base plus output with a residual);
+            0 (default) trains on ``loss`` alone.
         **kwargs: The arguments of :class:`LCMModule`.
     """
 
@@ -508,10 +512,13 @@ class BaseLCMModule(LCMModule):
         arch: BaseLCMConfig = TINY["base_lcm"],
         loss: RegressionLoss = "mse",
         temperature: float = 0.05,
+        contrastive_weight: float = 0.0,
         **kwargs: Any,
     ) -> None:
         super().__init__(arch=arch, **kwargs)
-        objective = MSEObjective(self.arch.build(), self.residual, loss, temperature)
+        objective = MSEObjective(
+            self.arch.build(), self.residual, loss, temperature, contrastive_weight
+        )
         # Scored where the retrieval decoder searches; the normalizer is filled in at setup or
         # from the checkpoint, and this reads it at each call.
         objective.to_decoder_space = self.normalizer.denormalize
