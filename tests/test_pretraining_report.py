@@ -153,7 +153,7 @@ def test_guidance_sweep_scores_the_reports_checkpoints(tmp_path):
 
     from experiments.pretraining.guidance_sweep import main as sweep_main
 
-    p = replace(PRESETS["ci"], families=("two_tower+context_mean",), generate_docs=0)
+    p = replace(PRESETS["ci"], families=("two_tower+context_mean",), generate_docs=0, mi=False)
     rep = run_report(p, str(tmp_path / "rep"), "ci")
     run_dir = tmp_path / "rep" / "work" / f"runs_ci_steps{p.steps}_d{p.d_model}_seed{p.seed}"
     eval_dirs = rep["setup"]["eval_dirs"]
@@ -194,8 +194,10 @@ def test_command_line_overrides_width_and_records_it(tmp_path):
 
     argv = ["--preset", "ci", "--out_dir", str(tmp_path / "out"), "--families", "base_lcm"]
     argv += ["--steps", "2", "--d_model", "24", "--ffn_dim", "40", "--work_dir", str(tmp_path)]
+    argv += ["--mi", "false"]  # MI is the ci preset test's
     res = CLI(main, args=argv, as_positional=False)  # the command line of `python -m ...`
     assert (res["setup"]["d_model"], res["setup"]["ffn_dim"]) == (24, 40)
+    assert res["setup"]["mi"] is False and "mi" in res["missing"]
     ckpt = tmp_path / "runs_ci_steps2_d24_seed0" / "base_lcm" / "checkpoints" / "last.ckpt"
     state = torch.load(ckpt, map_location="cpu", weights_only=True)["state_dict"]
     widths = {tuple(v.shape) for k, v in state.items() if k.endswith("weight") and v.ndim == 2}
