@@ -55,7 +55,7 @@ class LMConfig:
     n_layers: int = 4
     n_heads: int = 4
     block: int = 256
-    steps: int = 700
+    steps: int = 300
     batch: int = 16
     lr: float = 3e-3
     warmup: int = 30
