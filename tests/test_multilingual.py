@@ -326,6 +326,31 @@ def test_zero_shot_demo_end_to_end_on_a_tiny_slice(tmp_path):
     assert fr["into_own"]["mean_concept_floor"] == fr["into_own"]["mean_concept_floor_raw"]
     assert fr["into_own"]["mean_concept_floor"] == res["fr"]["into_own"]["mean_concept_floor"]
     assert fr["into_own"]["ceiling"] == res["fr"]["into_own"]["ceiling"]
+    # The source-mean recipe (its own residual, d_model 256) trains into its own run folder, and
+    # one summary concept per document gives exactly one bank sentence per summary.
+    with pytest.raises(ValueError, match="--max_new_concepts"):
+        main(out_dir=str(tmp_path / "out"), data_dir=str(data), max_new_concepts=0)
+    sm = main(
+        out_dir=str(tmp_path / "out"),
+        data_dir=str(data),
+        langs=["fr"],
+        train_docs=18,
+        train_steps=2,
+        n_eval=4,
+        bank_size=18,
+        report_dir=str(tmp_path / "source_mean"),
+        split="valid",
+        recipe="configs/base_lcm/sft_source_mean.yaml",
+        residual=None,
+        max_new_concepts=1,
+    )
+    assert sm["residual"] == "recipe" and sm["max_new_concepts"] == 1
+    ckpt = tmp_path / "out/runs/sft_source_mean-2-recipe/checkpoints/last.ckpt"
+    hparams = torch.load(ckpt, map_location="cpu", weights_only=True)["hyper_parameters"]
+    assert hparams["residual"] == "source_mean" and hparams["arch"]["d_model"] == 256
+    for s in sm["results"]["fr"]["into_own"]["examples"]:
+        assert s["generated"] in fr_bank  # one sentence, from the French bank
+    assert sm["results"]["fr"]["into_own"]["ceiling"] == res["fr"]["into_own"]["ceiling"]
 
 
 def test_zero_shot_verdict_needs_the_whole_interval_on_one_side():
@@ -365,6 +390,60 @@ def test_zero_shot_report_table_equals_its_json():
     above = got["above_floor"]
     n_en = len([x for x in above["into_en"] if x != "en"])
     assert "3 of 7" in text and n_en == 3 and len(above["into_own"]) == 2
+
+
+def test_zero_shot_source_mean_tables_equal_their_json():
+    """reports/zero_shot: the source-mean choice's validation table and the test table read after
+    it are computed from source_mean/*.json and results.json."""
+    report = ROOT / "reports/zero_shot"
+    lines = (report / "README.md").read_text().splitlines()
+    for name in ("D", "A", "B", "C", "D1", "A1", "B1"):
+        got = json.loads((report / f"source_mean/valid_{name}.json").read_text())
+        cells = [(lang, t, s) for lang, row in got["results"].items() for t, s in row.items()]
+        assert len(cells) == 15
+
+        def names(verdict, cells=cells):
+            return ", ".join(
+                f"{lang}->{'en' if t == 'into_en' else lang}"
+                for lang, t, s in cells
+                if s["vs_floor"] == verdict
+            )
+
+        n_above = sum(s["vs_floor"] == "above" for *_, s in cells)
+        n_below = sum(s["vs_floor"] == "below" for *_, s in cells)
+        en = got["results"]["en"]["into_en"]
+        ci = en["model_minus_floor_ci95"]
+        want = [
+            f"| {name}" + (" (default)" if name == "D" else ""),
+            f"`{Path(got['recipe']).stem}`",
+            str(got["train_steps"]),
+            got["residual"],
+            str(got.get("max_new_concepts", 2)),  # runs before the option existed used 2
+            f"{n_above} ({names('above')})" if n_above else "0",
+            f"{n_below} ({names('below')})" if n_below else "0",
+            f"{en['model_minus_floor']:+.2f} [{ci[0]:+.2f}, {ci[1]:+.2f}]",
+            f"{sum(s['model_minus_floor'] for *_, s in cells) / len(cells):+.2f}",
+            f"{sum(s['model'] for *_, s in cells) / len(cells):.2f} |",
+        ]
+        assert " | ".join(want) in lines
+    runs = [
+        json.loads((report / f).read_text())["results"]
+        for f in ("results.json", "source_mean/test_B.json", "source_mean/test_A1.json")
+    ]
+    for lang, row in runs[0].items():
+        for t, s in row.items():
+            want = [f"| {lang}", "en" if t == "into_en" else lang, f"{s['mean_concept_floor']:.2f}"]
+            for res in runs:
+                x = res[lang][t]
+                assert x["mean_concept_floor"] == s["mean_concept_floor"]
+                lo, hi = x["model_minus_floor_ci95"]
+                want += [
+                    f"{x['model']:.2f}",
+                    f"{x['model_minus_floor']:+.2f} [{lo:+.2f}, {hi:+.2f}] {x['vs_floor']} |"
+                    if res is runs[-1]
+                    else f"{x['model_minus_floor']:+.2f} [{lo:+.2f}, {hi:+.2f}] {x['vs_floor']}",
+                ]
+            assert " | ".join(want) in lines
 
 
 def test_zero_shot_centering_validation_table_equals_its_json():

@@ -16,8 +16,9 @@ import matplotlib.pyplot as plt  # noqa: E402
 HERE = Path(__file__).parent
 
 
-def plot(runs: dict[str, Path], out: Path, title: str) -> None:
-    """One error bar per (cell, setting): the mean difference and its 95% interval."""
+def plot(runs: dict[str, Path], out: Path, title: str, step: float = 0.25) -> None:
+    """One error bar per (cell, setting): the mean difference and its 95% interval; ``step``
+    is the offset between settings within a cell."""
     data = {name: json.loads(p.read_text())["results"] for name, p in runs.items()}
     first = next(iter(data.values()))
     cells = [(lang, t) for lang, row in first.items() for t in row]
@@ -27,7 +28,7 @@ def plot(runs: dict[str, Path], out: Path, title: str) -> None:
         for j, (lang, t) in enumerate(cells):
             s = res[lang][t]
             low, high = s["model_minus_floor_ci95"]
-            xs.append(j + 0.25 * (i - (len(data) - 1) / 2))
+            xs.append(j + step * (i - (len(data) - 1) / 2))
             ys.append(s["model_minus_floor"])
             lo.append(s["model_minus_floor"] - low)
             hi.append(high - s["model_minus_floor"])
