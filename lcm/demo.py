@@ -7,11 +7,12 @@ summaries of held-out documents.
    (``lcm fetch-debian``, through apt; about 20 MB);
 2. ``lcm prepare`` the train and test splits into concept shards (description and synopsis, each
    ending in the "End of text." sentence);
-3. ``lcm fit`` a small Base-LCM (d_model 256) on [description, SEP, synopsis] that predicts a
-   correction to the mean of the description's concepts (configs/base_lcm/sft_source_mean.yaml:
-   1.53x the mean-concept floor on the 100 test documents, 1.16x on 300; ``--recipe`` picks
-   another, e.g. configs/base_lcm/tiny_sft_residual.yaml, the earlier default at 1.12x for 70%
-   of the CPU, or configs/refiner/tiny_sft.yaml);
+3. ``lcm fit`` a small Base-LCM (d_model 256, 1,200 steps) on [description, SEP, synopsis] that
+   predicts a correction to the midpoint of the mean of the description's concepts and its first
+   concept (configs/base_lcm/sft_source_lead.yaml, chosen on the validation split; bench/RESULTS.md
+   has its test scores); ``--recipe`` picks another, e.g. configs/base_lcm/sft_source_mean.yaml
+   (the mean alone, 800 steps), configs/base_lcm/tiny_sft_residual.yaml or
+   configs/refiner/tiny_sft.yaml;
 4. summarize held-out test descriptions through the Python API and print them beside the
    reference synopses, with ROUGE-L beside the floors and the retrieval ceiling.
 
@@ -51,11 +52,11 @@ def main(
     out_dir: str = "runs/demo",
     docs_per_split: int = 4000,
     codec: Literal["auto", "sonar", "minilm"] = "auto",
-    train_steps: int = 800,
+    train_steps: int | None = None,
     show: int = 6,
     n_eval: int = 100,
     n_valid: int = 100,
-    recipe: str = "configs/base_lcm/sft_source_mean.yaml",
+    recipe: str = "configs/base_lcm/sft_source_lead.yaml",
     run_name: str = "run",
 ) -> dict:
     """Run the main job.
@@ -63,14 +64,15 @@ def main(
     Args:
         out_dir: where data, shards and reports go (rerun to resume).
         docs_per_split: most Debian descriptions per split (train; test is as large).
-        train_steps: optimizer steps of the summarization model.
+        train_steps: optimizer steps of the summarization model (None: the recipe's own
+            ``trainer.max_steps``, 1,200 for the default recipe).
         codec: ``auto`` (SONAR if its weights load, else MiniLM), ``sonar`` or ``minilm``.
         show: how many held-out examples to print.
         n_eval: held-out test documents scored with ROUGE-L against the reference synopses.
         n_valid: validation documents scored the same way (the split to choose settings on;
             0 skips it).
         recipe: the summarization fine-tune recipe (any family's ``*_sft.yaml``, e.g.
-            ``configs/base_lcm/sft_source_mean.yaml`` or ``configs/refiner/tiny_sft.yaml``).
+            ``configs/base_lcm/sft_source_lead.yaml`` or ``configs/refiner/tiny_sft.yaml``).
         run_name: folder of the training run in ``out_dir`` (use a new one per recipe; the data
             and shards are shared).
     """
@@ -131,7 +133,7 @@ def main(
                 recipe,
                 f"--data.data_dir={out / 'shards' / 'train'}",
                 f"--trainer.default_root_dir={run_dir}",
-                f"--trainer.max_steps={train_steps}",
+                *([f"--trainer.max_steps={train_steps}"] if train_steps is not None else []),
                 "--trainer.enable_model_summary=false",
             ]
         )

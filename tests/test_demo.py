@@ -5,6 +5,7 @@ from __future__ import annotations
 
 from types import SimpleNamespace
 
+import pytest
 import torch
 
 from encoders.base import SentenceCodec
@@ -52,21 +53,34 @@ def test_floors_and_ceiling_decode_their_own_query_through_the_models_bank():
     assert scores["lead-1"] == 40.0 and scores["documents"] == 1
 
 
-def test_the_source_mean_recipe_predicts_a_correction_to_the_source_mean(tmp_path):
-    """configs/base_lcm/sft_source_mean.yaml (the main job's default recipe) trains a
-    Base-LCM whose summary concept is the network's output plus the mean of the description's
-    concepts (the end-of-text and separator concepts left out), in normalized space."""
+@pytest.mark.parametrize(
+    "recipe, residual, steps",
+    [
+        ("configs/base_lcm/sft_source_lead.yaml", "source_lead", 1200),
+        ("configs/base_lcm/sft_source_mean.yaml", "source_mean", 800),
+    ],
+)
+def test_the_summarization_recipes_predict_a_correction_to_their_source_base(
+    tmp_path, recipe, residual, steps
+):
+    """configs/base_lcm/sft_source_lead.yaml (the main job's default recipe, with the recipe's
+    own 1,200 steps) trains a Base-LCM whose summary concept is the network's output plus the
+    midpoint of the mean of the description's concepts and its first concept; the earlier
+    sft_source_mean.yaml adds the mean alone (end-of-text and separator concepts left out, in
+    normalized space)."""
     import inspect
 
+    import yaml
     from helpers_train import make_shards
 
     from lcm.cli import run
     from lcm.demo import main
     from lcm.train.module import load_module
 
-    default = inspect.signature(main).parameters["recipe"].default
-    recipe = "configs/base_lcm/sft_source_mean.yaml"
-    assert default == recipe
+    params = inspect.signature(main).parameters
+    assert params["recipe"].default == "configs/base_lcm/sft_source_lead.yaml"
+    assert params["train_steps"].default is None  # the recipe's own max_steps
+    assert yaml.safe_load(open(recipe))["trainer"]["max_steps"] == steps
     shards = make_shards(tmp_path / "data", n_docs=30, summaries=True)
     root = tmp_path / "run"
     run(
@@ -76,11 +90,14 @@ def test_the_source_mean_recipe_predicts_a_correction_to_the_source_mean(tmp_pat
          "--trainer.enable_progress_bar=false", "--trainer.enable_model_summary=false"]
     )  # fmt: skip
     module = load_module(str(root / "checkpoints" / "last.ckpt")).eval()
-    assert module.residual == "source_mean" and module.arch.dropout == 0.0
+    assert module.residual == residual and module.arch.dropout == 0.0
     assert module.arch.d_model == 256
     src, eot = torch.randn(2, 4, module.arch.sonar_dim), torch.randn(2, 1, module.arch.sonar_dim)
     x = torch.cat((src, eot, module.separator.expand(2, 1, -1)), dim=1)  # [source, EOT, SEP]
     objective = module.eval_objective()
+    base = src.mean(dim=1)
+    if residual == "source_lead":
+        base = (base + src[:, 0]) / 2
     with torch.no_grad():
-        expected = module.network(x, None)[:, -1] + src.mean(dim=1)
+        expected = module.network(x, None)[:, -1] + base
         torch.testing.assert_close(objective.predict_next(x, None), expected)

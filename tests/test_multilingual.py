@@ -296,8 +296,45 @@ def test_zero_shot_demo_end_to_end_on_a_tiny_slice(tmp_path):
     assert valid["split"] == "valid" and set(valid["results"]) == {"en"}
     assert valid["results"]["en"]["into_en"]["model"] == res["en"]["into_en"]["model"]
     assert len(list((tmp_path / "out" / "runs").iterdir())) == 1
+    assert valid["en_bank_docs"] == 18
+    # --en_bank_docs: the same checkpoint, the English bank from the first 9 training synopses
+    # only (fewer bank sentences, so another floor); the model itself is unchanged.
+    small = main(
+        out_dir=str(tmp_path / "out"),
+        data_dir=str(data),
+        train_docs=18,
+        train_steps=2,
+        n_eval=4,
+        report_dir=str(tmp_path / "valid9"),
+        split="valid",
+        en_bank_docs=9,
+    )
+    en_full, en_small = valid["results"]["en"]["into_en"], small["results"]["en"]["into_en"]
+    assert small["en_bank_docs"] == 9 and small["train_docs"] == 18
+    assert 0 < en_small["bank_sentences"] < en_full["bank_sentences"]
+    assert (tmp_path / "out" / "shards-9").is_dir()
+    assert len(list((tmp_path / "out" / "runs").iterdir())) == 1
+    # Another --train_docs trains its own checkpoint (never reuses one fit on other data).
+    fewer = main(
+        out_dir=str(tmp_path / "out"),
+        data_dir=str(data),
+        train_docs=12,
+        train_steps=2,
+        n_eval=4,
+        report_dir=str(tmp_path / "valid12"),
+        split="valid",
+    )
+    assert fewer["train_docs"] == 12
+    assert sorted(d.name for d in (tmp_path / "out" / "runs").iterdir()) == [
+        "tiny_sft-2-context_mean-12docs",
+        "tiny_sft-2-context_mean-18docs",
+    ]
     with pytest.raises(ValueError, match="--split"):
         main(out_dir=str(tmp_path / "out"), data_dir=str(data), split="dev")
+    with pytest.raises(ValueError, match="--en_bank_docs"):
+        main(out_dir=str(tmp_path / "out"), data_dir=str(data), train_docs=18, en_bank_docs=19)
+    with pytest.raises(ValueError, match="has only 18 documents"):
+        main(out_dir=str(tmp_path / "out"), data_dir=str(data), train_docs=19)
     with pytest.raises(ValueError, match="--centering"):
         main(out_dir=str(tmp_path / "out"), data_dir=str(data), centering="mean")
     # Language-mean centering on the validation split of French, same checkpoint: English
@@ -345,7 +382,7 @@ def test_zero_shot_demo_end_to_end_on_a_tiny_slice(tmp_path):
         max_new_concepts=1,
     )
     assert sm["residual"] == "recipe" and sm["max_new_concepts"] == 1
-    ckpt = tmp_path / "out/runs/sft_source_mean-2-recipe/checkpoints/last.ckpt"
+    ckpt = tmp_path / "out/runs/sft_source_mean-2-recipe-18docs/checkpoints/last.ckpt"
     hparams = torch.load(ckpt, map_location="cpu", weights_only=True)["hyper_parameters"]
     assert hparams["residual"] == "source_mean" and hparams["arch"]["d_model"] == 256
     for s in sm["results"]["fr"]["into_own"]["examples"]:
@@ -480,3 +517,63 @@ def test_zero_shot_centering_validation_table_equals_its_json():
             f"{sum(s['model'] for *_, s in cells) / len(cells):.2f} |",
         ]
         assert " | ".join(want) in text.splitlines()
+
+
+def test_zero_shot_train_docs_tables_equal_their_json():
+    """reports/zero_shot/train_docs: the validation tables (summary and per cell) and the test
+    table of the chosen setting are computed from the JSON beside them."""
+    report = ROOT / "reports/zero_shot/train_docs"
+    lines = (report / "README.md").read_text().splitlines()
+
+    def ci(s):
+        lo, hi = s["model_minus_floor_ci95"]
+        return f"{s['model_minus_floor']:+.2f} [{lo:+.2f}, {hi:+.2f}]"
+
+    runs = {
+        name: json.loads((report / f"valid_{name}.json").read_text())
+        for name in ("D", "E8", "E8b", "E16", "E16b")
+    }
+    for name, got in runs.items():
+        cells = [(lang, t, s) for lang, row in got["results"].items() for t, s in row.items()]
+        assert len(cells) == 15 and got["split"] == "valid"
+        verdicts = {v: [f"{c[0]}->{'en' if c[1] == 'into_en' else c[0]}" for c in cells
+                        if c[2]["vs_floor"] == v] for v in ("above", "below")}  # fmt: skip
+        en = got["results"]["en"]["into_en"]
+        want = [
+            f"| {name}",
+            str(got["train_docs"]),
+            str(got["train_steps"]),
+            str(en["bank_sentences"]),
+            *(
+                f"{len(verdicts[v])} ({', '.join(verdicts[v])})" if verdicts[v] else "0"
+                for v in ("above", "below")
+            ),
+            ci(en),
+            f"{sum(s['model_minus_floor'] for *_, s in cells) / 15:+.2f}",
+            f"{sum(s['model'] for *_, s in cells) / 15:.2f} |",
+        ]
+        assert " | ".join(want) in lines, name
+    for lang, row in runs["D"]["results"].items():
+        for t in row:
+            want = [f"| {lang}", "en" if t == "into_en" else lang]
+            for got in runs.values():
+                s = got["results"][lang][t]
+                want += [f"{s['mean_concept_floor']:.2f}", f"{ci(s)} {s['vs_floor']}"]
+            assert " | ".join(want) + " |" in lines
+    test = json.loads((report / "test_E16.json").read_text())
+    assert test["split"] == "test" and (test["train_docs"], test["en_bank_docs"]) == (16000, 16000)
+    for lang, row in test["results"].items():
+        for t, s in row.items():
+            want = [
+                f"| {lang}",
+                "en" if t == "into_en" else lang,
+                f"{s['model']:.2f}",
+                f"{s['lead_1']:.2f}" if "lead_1" in s else "-",
+                f"{s['mean_concept_floor']:.2f}",
+                f"{s['ceiling']:.2f}",
+                ci(s),
+                s["vs_floor"],
+                f"{s['documents']} of {s['aligned_documents']}",
+                f"{s['bank_sentences']} |",
+            ]
+            assert " | ".join(want) in lines

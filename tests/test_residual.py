@@ -179,6 +179,48 @@ def test_source_mean_is_the_mean_of_the_source_without_end_of_text_and_separator
         residual_base(x, None, "source_mean")
 
 
+def test_source_lead_is_the_midpoint_of_the_source_mean_and_its_first_concept():
+    sep = torch.tensor([9.0, -9.0])
+    # [a, b, EOT, SEP, s1]: from the separator on, (mean(a, b) + a) / 2; EOT and SEP never enter
+    x = torch.tensor([[[1.0, 2.0], [3.0, 5.0], [7.0, 7.0], [9.0, -9.0], [5.0, 0.0]]])
+    base = residual_base(x, None, "source_lead", sep)
+    torch.testing.assert_close(base[0, 3:], torch.tensor([[1.5, 2.75], [1.5, 2.75]]))
+    torch.testing.assert_close(base[0, 0], torch.tensor([1.0, 2.0]))  # a alone: mean = first
+    # left padding (generation): padded slots are not the first concept, and their base is 0
+    padded = torch.cat((torch.full((1, 2, 2), 4.0), x), dim=1)
+    mask = torch.tensor([[False, False] + [True] * 5])
+    left = residual_base(padded, mask, "source_lead", sep)
+    torch.testing.assert_close(left[0, 2:], base[0])
+    assert torch.equal(left[0, :2], torch.zeros(2, 2))
+    with pytest.raises(ValueError, match="'source_lead' needs the separator"):
+        residual_base(x, None, "source_lead")
+
+
+def test_base_lcm_source_lead_agrees_in_training_and_generation(normalizer):
+    """With a zero PostNet the teacher-forced and the generated summary concept are both the
+    midpoint of the source mean and the source's first concept (batched, left-padded prompts
+    of different lengths in generation)."""
+    objective = _objective(BaseLCMConfig, MSEObjective, "source_lead")
+    torch.nn.init.zeros_(objective.model.postnet.weight)
+    torch.nn.init.zeros_(objective.model.postnet.bias)
+    sep = torch.randn(D)
+    objective.separator = lambda: sep
+    prompts, expected = [], []
+    for n_src in (4, 2):
+        src, eot = torch.randn(n_src, D), torch.randn(D)
+        x = torch.cat((src, eot[None], sep[None], torch.randn(1, D)))[None]
+        pred = objective.predict_all({"x": x, "mask": torch.ones(1, n_src + 3, dtype=torch.bool)})
+        lead = (src.mean(dim=0) + src[0]) / 2
+        torch.testing.assert_close(pred[0, n_src + 2], lead)
+        prompts.append(normalizer.denormalize(x[0, : n_src + 2]))
+        expected.append(normalizer.denormalize(lead))
+    gen = generate(
+        make_step(objective), prompts, normalizer, max_new_concepts=1, repeat_threshold=2.0
+    )
+    for got, want in zip(gen.concepts, expected):
+        torch.testing.assert_close(got[0], want, atol=1e-4, rtol=1e-4)
+
+
 def test_base_lcm_source_mean_agrees_in_training_and_generation(normalizer):
     """A zero PostNet makes every prediction the base: the teacher-forced prediction of the
     first summary concept and the generated one are both the mean of the source's content."""

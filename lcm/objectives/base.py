@@ -29,14 +29,16 @@ if TYPE_CHECKING:
 Batch = dict[str, Tensor]
 D = TypeVar("D")
 
-Residual = Literal["none", "last", "context_mean", "source_mean"]
+Residual = Literal["none", "last", "context_mean", "source_mean", "source_lead"]
 """What a family's prediction of concept t+1 is a residual over (see :func:`residual_base`):
 ``"none"`` (the network predicts the concept itself), ``"last"`` (concept t, i.e. the network
 learns ``x_{t+1} - x_t``), ``"context_mean"`` (the mean of the valid concepts ``x_0 .. x_t``) or
 ``"source_mean"`` (summarization: the mean of the source's concepts, i.e. those before the
 separator, less the one just before it, which is the end-of-text concept of sources prepared
 with ``lcm prepare --end_of_text``; the separator and what follows it never enter; a row with no
-separator gets ``context_mean``). The bases are taken in the objective's (normalized) concept
+separator gets ``context_mean``) or ``"source_lead"`` (the midpoint of that source mean and the
+source's first concept, the lead sentence: the main job's two retrieval floors' queries averaged).
+The bases are taken in the objective's (normalized) concept
 space; the first three are the report's copy-previous and context-mean baselines and the main
 job's mean-concept floor, so the network learns a correction to them."""
 
@@ -118,23 +120,25 @@ def residual_base(
     before the row's first ``separator`` slot, less the one just before it (the source's
     end-of-text concept), so from the separator on it is the mean of the source's content. Valid
     positions never depend on later ones, so the base of a growing sequence is the same whether
-    it is computed at once or concept by concept.
+    it is computed at once or concept by concept. ``"source_lead"`` is ``(source_mean + first) / 2``
+    where ``first`` is the first concept that enters the source mean (0 until there is one).
 
     Args:
         x: (B, T, D) concepts.
         mask: (B, T) bool, True = a real concept; None = all real.
         residual: The kind of base.
-        separator: (D,) the separator concept (``"source_mean"`` only; required there).
+        separator: (D,) the separator concept (``"source_mean"`` and ``"source_lead"`` only;
+            required there).
     """
     if residual == "none":
         return None
     if residual == "last":
         return x
-    if residual in ("context_mean", "source_mean"):
+    if residual in ("context_mean", "source_mean", "source_lead"):
         w = x.new_ones(x.shape[:2]) if mask is None else mask.to(x.dtype)  # (B, T)
-        if residual == "source_mean":
+        if residual in ("source_mean", "source_lead"):
             if separator is None:
-                raise ValueError("residual='source_mean' needs the separator concept")
+                raise ValueError(f"residual={residual!r} needs the separator concept")
             sep = separator_positions(x, separator)
             if mask is not None:
                 sep = sep & mask
@@ -143,8 +147,13 @@ def residual_base(
             before_first = torch.cat((first[:, 1:], first.new_zeros(first.shape[0], 1)), dim=1)
             w = w * (~after & ~before_first).to(x.dtype)
         total = (x * w[..., None]).cumsum(dim=1)  # (B, T, D)
-        count = w.cumsum(dim=1).clamp(min=1.0)[..., None]  # (B, T, 1)
-        return total / count
+        seen = w.cumsum(dim=1)  # (B, T) concepts in the mean so far
+        mean = total / seen.clamp(min=1.0)[..., None]
+        if residual != "source_lead":
+            return mean
+        first_idx = (w > 0).long().argmax(dim=1)  # (B,) the first concept in the mean
+        first = x[torch.arange(x.shape[0], device=x.device), first_idx]  # (B, D)
+        return (mean + first[:, None] * (seen > 0).to(x.dtype)[..., None]) / 2
     raise ValueError(f"unknown residual {residual!r}; known: {list(get_args(Residual))}")
 
 

@@ -114,7 +114,8 @@ class MSEObjective(Objective, network=BaseLCM):
         to_decoder_space: Optional map from normalized space to the decoder's space, where the
             ``cosine`` and ``infonce`` losses score (set by the LightningModule).
         separator: Optional callable returning the (D,) separator concept in normalized space,
-            which ``residual="source_mean"`` needs (set by the LightningModule).
+            which ``residual="source_mean"`` and ``"source_lead"`` need (set by the
+            LightningModule).
     """
 
     predicts_first_concept = False

@@ -58,7 +58,8 @@ class NextConceptStep:
     def __init__(self, use_cache: bool = True, residual: Residual = "none") -> None:
         self.use_cache = use_cache
         self.residual: Residual = check_residual(residual)
-        #: (D,) the separator concept, for ``residual="source_mean"`` (set by the objective).
+        #: (D,) the separator concept, for ``residual="source_mean"`` or ``"source_lead"`` (set by
+        #: the objective).
         self.separator: Tensor | None = None
         self.x: Tensor | None = None  # (B, T, D) full context, kept for the uncached path
         self.mask: Tensor | None = None  # (B, T)

@@ -129,7 +129,8 @@ class LCMModule(L.LightningModule):
             applied in training, validation and generation alike (Base-LCM, One-Tower and
             Two-Tower; the other families accept only ``none``). Base-LCM also takes
             ``source_mean`` (summarization: the mean of the source's concepts, separator and
-            end-of-text left out; see :data:`lcm.objectives.base.Residual`).
+            end-of-text left out) and ``source_lead`` (the midpoint of that mean and the
+            source's first concept); see :data:`lcm.objectives.base.Residual`.
     """
 
     family: ClassVar[str] = ""
