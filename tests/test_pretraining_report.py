@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import json
+import math
 
 import numpy as np
 import pytest
@@ -93,7 +94,20 @@ def test_ci_preset_end_to_end(tmp_path):
     assert indomain["retrieval"]["ca"]["mean"] > 0.9
     # the mean concept's l2 beats copying the previous concept (random hash vectors)
     assert indomain["mean_concept"]["l2"]["mean"] < indomain["copy_previous"]["l2"]["mean"]
-    assert res["missing"]["mi"] and res["setup"]["bank_sentences"] == 23
+    assert res["setup"]["bank_sentences"] == 23
+    # MI (paper 2.4.1) with the small LM trained on the toy training text: every system has a
+    # value, and the gold next sentence beats a shuffled one in domain, where the LM has seen
+    # the transition rule (sentence k is followed by sentence 3k + 7 mod 23)
+    assert "mi" not in res["missing"] and res["mi_lm"]["val_perplexity"] > 1
+    for st in res["sets"].values():
+        assert all(math.isfinite(row["mi"]["mean"]) for row in st["systems"].values())
+    ref = res["sets"]["in-domain test"]["mi_reference"]
+    assert ref["gold - shuffled"]["lo"] > 0.1, ref
+    assert ref["gold next sentence"]["mean"] > ref["shuffled gold sentence"]["mean"]
+    # retrieval predicts the gold exactly in domain, so its MI is the gold's
+    assert indomain["retrieval"]["mi"]["mean"] == pytest.approx(
+        ref["gold next sentence"]["mean"], abs=1e-6
+    )
 
 
 def _cells(node):
@@ -139,7 +153,7 @@ def test_guidance_sweep_scores_the_reports_checkpoints(tmp_path):
 
     from experiments.pretraining.guidance_sweep import main as sweep_main
 
-    p = replace(PRESETS["ci"], families=("two_tower+context_mean",), generate_docs=0)
+    p = replace(PRESETS["ci"], families=("two_tower+context_mean",), generate_docs=0, mi=False)
     rep = run_report(p, str(tmp_path / "rep"), "ci")
     run_dir = tmp_path / "rep" / "work" / f"runs_ci_steps{p.steps}_d{p.d_model}_seed{p.seed}"
     eval_dirs = rep["setup"]["eval_dirs"]
@@ -180,10 +194,55 @@ def test_command_line_overrides_width_and_records_it(tmp_path):
 
     argv = ["--preset", "ci", "--out_dir", str(tmp_path / "out"), "--families", "base_lcm"]
     argv += ["--steps", "2", "--d_model", "24", "--ffn_dim", "40", "--work_dir", str(tmp_path)]
+    argv += ["--mi", "false"]  # MI is the ci preset test's
     res = CLI(main, args=argv, as_positional=False)  # the command line of `python -m ...`
     assert (res["setup"]["d_model"], res["setup"]["ffn_dim"]) == (24, 40)
+    assert res["setup"]["mi"] is False and "mi" in res["missing"]
     ckpt = tmp_path / "runs_ci_steps2_d24_seed0" / "base_lcm" / "checkpoints" / "last.ckpt"
     state = torch.load(ckpt, map_location="cpu", weights_only=True)["state_dict"]
     widths = {tuple(v.shape) for k, v in state.items() if k.endswith("weight") and v.ndim == 2}
     assert (24, 24) in widths  # attention projections are d_model x d_model
     assert not any(PRESETS["ci"].d_model in shape and 24 not in shape for shape in widths)
+
+
+def _toy_lm(tmp_path):
+    from experiments.pretraining.causal_lm import LMConfig, train_causal_lm
+
+    docs = [[f"Token {(3 * k + 7) % 23} is here." for k in range(i, i + 8)] for i in range(30)]
+    cfg = LMConfig(vocab_size=300, d_model=32, n_layers=2, n_heads=2, block=64, steps=20,
+                   batch=4, lr=1e-2, warmup=5)  # fmt: skip
+    return train_causal_lm(docs, tmp_path / "lm", cfg), docs, cfg
+
+
+def test_causal_lm_scores_like_the_metric_and_is_cached(tmp_path):
+    """The batched, prefix-cached scorer equals one-at-a-time scoring through the project's MI
+    metric (eval.metrics.concepts.mutual_information); a second call reuses the saved LM."""
+    from eval.metrics.concepts import mutual_information
+    from experiments.pretraining.causal_lm import SEP, train_causal_lm
+    from experiments.pretraining.report import mi_per_document
+
+    lm, docs, cfg = _toy_lm(tmp_path)
+    info = lm.info
+    assert info["parameters"] > 0 and info["val_documents"] >= 1 and info["val_perplexity"] > 1
+    ctx, cands = docs[0][:5], [docs[0][5], docs[3][0], "Something else entirely!"]
+    prefix = lm.encode_prefix("\n".join(ctx) + "\n")
+    assert prefix[-1] == SEP and prefix.count(SEP) == 5
+    batched = lm.score_after(prefix, [lm.encode(c) for c in cands])
+    single = [lm.log_prob("\n".join(ctx) + "\n", c)[0] for c in cands]
+    assert batched == pytest.approx(single, abs=1e-4)
+    mi = mutual_information(lm, cands, [ctx] * 3, k=10, joiner="\n")
+    uncond = lm.score_after([SEP], [lm.encode(c) for c in cands])
+    n = [len(lm.encode(c)) for c in cands]
+    assert mi.per_sentence == pytest.approx(
+        [(b - u) / k for b, u, k in zip(batched, uncond, n)], abs=1e-4
+    )
+    # token-weighted per document, as the paper's dataset value
+    sums, counts = mi_per_document(
+        np.array([1.0, 2.0, float("nan")]), np.array([2.0, 3.0, 0.0]), np.array([0, 0, 1]), 2
+    )
+    assert sums.tolist() == [3.0, 0.0] and counts.tolist() == [5.0, 0.0]
+    again = train_causal_lm(docs, tmp_path / "lm", cfg)  # cached: same weights, no training
+    assert again.info["seconds_train"] == info["seconds_train"]
+    assert again.score_after(prefix, [lm.encode(cands[0])]) == pytest.approx(batched[:1])
+    with pytest.raises(ValueError, match="exceeds the LM's block"):
+        lm.score_after(prefix, [[5] * 64])

@@ -43,6 +43,7 @@ from torch import Tensor
 
 from eval.baselines import constant_mean, context_mean, copy_previous, pad_documents
 from eval.metrics.concepts import l2, paraphrasing, sequence_contrastive_accuracy
+from experiments.pretraining.causal_lm import SEP, CausalLM, LMConfig, train_causal_lm
 
 FAMILIES = {
     "base_lcm": "Base-LCM",
@@ -60,6 +61,13 @@ BASELINES = {
 METRICS = ("l2", "l2_r", "par", "ca")
 DIFFUSION = ("one_tower", "two_tower")
 RESIDUAL_LABELS = {"last": "last", "context_mean": "ctx-mean"}
+MI_DEFINITION = (
+    "paper 2.4.1: MI = (log p_LM(s | c) - log p_LM(s | <sep>)) / |s| in nats per token, where "
+    "s is the sentence decoded from the prediction (nearest bank sentence), c the {k} gold "
+    "sentences before it in its window, each followed by <sep> (the paper's newline), and |s| "
+    "its LM tokens; the set's value is the token-weighted mean. LM: a small GPT trained here "
+    "on the training documents only (the paper: GPT-2)"
+)
 
 
 def split_system(system: str) -> tuple[str, str]:
@@ -113,6 +121,12 @@ class Preset:
             to the MSE (``--model.contrastive_weight``; 0: the paper's MSE alone). Other
             families do not have the option and are an error with a weight > 0.
         temperature: that term's temperature (``--model.temperature``).
+        mi: score MI (paper 2.4.1) with a small causal LM trained on the training documents
+            (:mod:`experiments.pretraining.causal_lm`; the paper uses GPT-2).
+        mi_context: gold sentences of context before each scored sentence (paper: 10).
+        lm: the scoring LM's size and training recipe.
+        lm_dir: where that LM is cached (``None``: ``<work_dir>/causal_lm``); reused when it
+            was trained on the same text with the same ``lm``.
     """
 
     train_dir: str | None
@@ -137,6 +151,10 @@ class Preset:
     generate_concepts: int = 4
     contrastive_weight: float = 0.0
     temperature: float = 0.05
+    mi: bool = True
+    mi_context: int = 10
+    lm: LMConfig = LMConfig()
+    lm_dir: str | None = None
 
 
 PRESETS: dict[str, Preset] = {
@@ -168,6 +186,17 @@ PRESETS: dict[str, Preset] = {
         bootstrap=50,
         toy=True,
         families=(*FAMILIES, "base_lcm+context_mean", "two_tower+last"),
+        lm=LMConfig(
+            vocab_size=300,
+            d_model=32,
+            n_layers=2,
+            n_heads=2,
+            block=64,
+            steps=300,
+            batch=8,
+            lr=1e-2,
+            warmup=10,
+        ),
     ),
 }
 
@@ -374,6 +403,71 @@ def bootstrap(
     return {"mean": float(value), "lo": float(lo), "hi": float(hi), "n": int(counts.sum())}
 
 
+def mi_scores(
+    lm: CausalLM, es: EvalSet, texts: dict[str, list[str | None]], positions: Tensor, k: int
+) -> dict[str, tuple[np.ndarray, np.ndarray]]:
+    """Paper 2.4.1 MI terms of every candidate sentence at every scored position.
+
+    For position ``(w, n)`` the context is the window's gold sentences ``n-k .. n-1`` (what the
+    concept models saw), each followed by ``<sep>``; a candidate ``s`` scores
+    ``log p(s | context) - log p(s | <sep>)`` (nats, summed over its tokens) and its token
+    count. The prefix is computed once per position for all candidates.
+
+    Args:
+        lm: the scoring LM.
+        es: the evaluation set (its sentences give the contexts).
+        texts: per name, one sentence per row of ``positions`` (``None``: not scored there).
+        positions: (M, 2) window and position of each scored concept.
+        k: context sentences.
+
+    Returns:
+        per name, (M,) log-ratio sums (NaN where not scored) and (M,) token counts (0 there).
+    """
+    enc: dict[str, list[int]] = {}
+
+    def ids(t: str) -> list[int]:
+        if t not in enc:
+            enc[t] = lm.encode(t)
+        return enc[t]
+
+    m = positions.shape[0]
+    cond = {name: np.full(m, np.nan) for name in texts}
+    for j, (w, n) in enumerate(positions.tolist()):
+        here = sorted({t[j] for t in texts.values() if t[j] is not None})
+        if not here:
+            continue
+        ctx = es.sentences[w][max(0, n - k) : n]
+        got = dict(zip(here, lm.score_after(lm.encode_prefix("\n".join(ctx) + "\n"),
+                                            [ids(t) for t in here])))  # fmt: skip
+        for name, t in texts.items():
+            if t[j] is not None:
+                cond[name][j] = got[t[j]]
+    uniq = sorted(enc, key=lambda t: len(enc[t]))
+    uncond: dict[str, float] = {}
+    for i in range(0, len(uniq), 128):
+        chunk = uniq[i : i + 128]
+        uncond.update(zip(chunk, lm.score_after([SEP], [enc[t] for t in chunk])))
+    out = {}
+    for name, t in texts.items():
+        delta = np.array([np.nan if s is None else cond[name][j] - uncond[s]
+                          for j, s in enumerate(t)])  # fmt: skip
+        count = np.array([0 if s is None else len(enc[s]) for s in t], dtype=np.float64)
+        delta[count == 0] = np.nan  # an empty sentence has no MI (paper: per-token value)
+        out[name] = (delta, count)
+    return out
+
+
+def mi_per_document(
+    delta: np.ndarray, count: np.ndarray, doc: np.ndarray, n_docs: int
+) -> tuple[np.ndarray, np.ndarray]:
+    """Per document, the sum of log-ratios and of tokens: :func:`bootstrap` of these is the
+    token-weighted mean MI in nats per token (the paper's dataset value)."""
+    ok = ~np.isnan(delta) & (count > 0)
+    sums = np.bincount(doc[ok], weights=delta[ok], minlength=n_docs)
+    counts = np.bincount(doc[ok], weights=count[ok], minlength=n_docs)
+    return sums, counts
+
+
 # ---------------------------------------------------------------------------------------------
 # Training and teacher-forced predictions
 # ---------------------------------------------------------------------------------------------
@@ -535,6 +629,14 @@ def run_report(p: Preset, out_dir: str, preset_name: str) -> dict:
 
     train_x, train_sents, train_doc = training_arrays(train_dir)
     bank = Bank(train_x, train_sents)
+    lm = None
+    if p.mi:
+        t = time.perf_counter()
+        docs: list[list[str]] = [[] for _ in range(int(train_doc.max()) + 1)]
+        for s, d in zip(train_sents, train_doc):
+            docs[d].append(s)
+        lm = train_causal_lm(docs, p.lm_dir or work / "causal_lm", p.lm)
+        seconds["causal LM"] = round(time.perf_counter() - t, 1)
     mean = train_x.double().mean(0).float()
     retrieval = RetrievalBaseline(train_x, train_doc, p.retrieval_window)
     rng = np.random.default_rng(p.seed)
@@ -567,9 +669,41 @@ def run_report(p: Preset, out_dir: str, preset_name: str) -> dict:
         for name, (pred, defined) in preds.items():
             pm = position_metrics(pred, es, defined, bank)
             per_doc[name] = {m: per_document(pm[m], es.doc, n_docs) for m in METRICS}
+        mi_ref = {}
+        if lm is not None:
+            t = time.perf_counter()
+            scored_all = es.mask.clone()
+            scored_all[:, 0] = False
+            positions = scored_all.nonzero()
+            texts: dict[str, list[str | None]] = {}
+            for name, (pred, defined) in preds.items():
+                sel = (defined & es.mask)[scored_all]
+                decoded = iter(bank.decode_text(pred[scored_all][sel]) if sel.any() else [])
+                sel = sel.tolist()
+                texts[name] = [next(decoded) if ok else None for ok in sel]
+            gold = [es.sentences[w][n] for w, n in positions.tolist()]
+            # its own generator: the bootstrap draws of later sets stay as they were
+            perm = np.random.default_rng([p.seed, len(gold)]).permutation(len(gold))
+            shuffled = [""] * len(gold)
+            for i in range(len(gold)):  # a derangement: never the position's own sentence
+                shuffled[perm[i]] = gold[perm[(i + 1) % len(gold)]]
+            texts["gold next sentence"], texts["shuffled gold sentence"] = gold, shuffled
+            doc_of = es.doc[positions[:, 0].numpy()]
+            mi = {
+                name: mi_per_document(*v, doc_of, n_docs)
+                for name, v in mi_scores(lm, es, texts, positions, p.mi_context).items()
+            }
+            for ref in ("gold next sentence", "shuffled gold sentence"):
+                mi_ref[ref] = bootstrap(*mi[ref], draws)
+            mi_ref["gold - shuffled"] = bootstrap(
+                *mi["gold next sentence"], draws, base=mi["shuffled gold sentence"]
+            )
+            seconds[f"mi {set_name}"] = round(time.perf_counter() - t, 1)
         table = {}
         for name in preds:
             row = {m: bootstrap(*per_doc[name][m], draws) for m in METRICS}
+            if lm is not None:
+                row["mi"] = bootstrap(*mi[name], draws)
             for ref in ("copy_previous", "context_mean"):  # paired, on the same resamples
                 if name != ref:
                     row[f"ca_minus_{ref}"] = bootstrap(
@@ -636,12 +770,18 @@ def run_report(p: Preset, out_dir: str, preset_name: str) -> dict:
             "concepts": int(es.mask.sum()),
             "gold_mean_norm": float(es.x[es.mask].norm(dim=-1).mean()),
             "systems": table,
+            "mi_reference": mi_ref,
         }
     results["val_ca_vs_steps"] = {f: val_curves(work / runs / f) for f in ckpts}
-    results["missing"] = {
-        "mi": "no causal LM is available offline here (the paper scores MI with GPT-2; "
-        "no GPT-2 weights ship in a package we can install)",
-    }
+    results["missing"] = {}
+    if lm is None:
+        results["missing"]["mi"] = "switched off (Preset.mi)"
+    else:
+        results["mi_lm"] = {
+            **lm.info,
+            "folder": str(p.lm_dir or work / "causal_lm"),
+            "definition": MI_DEFINITION.format(k=p.mi_context),
+        }
     results["default_guidance"] = guided
     results["setup"] = {
         "preset": preset_name,
@@ -667,10 +807,24 @@ def run_report(p: Preset, out_dir: str, preset_name: str) -> dict:
     return results
 
 
-def fmt(cell: dict, digits: int = 3) -> str:
+def fmt(cell: dict | None, digits: int = 3) -> str:
     if cell is None or (isinstance(cell["mean"], float) and math.isnan(cell["mean"])):
         return "n/a"
     return f"{cell['mean']:.{digits}f} [{cell['lo']:.{digits}f}, {cell['hi']:.{digits}f}]"
+
+
+def _mi_line(res: dict) -> str:
+    if "mi" in res.get("missing", {}):
+        return f"MI: missing ({res['missing']['mi']})."
+    lm = res["mi_lm"]
+    c = lm["config"]
+    return (
+        f"MI: {lm['definition']}: {lm['parameters']:,} parameters ({c['n_layers']} layers, "
+        f"d {c['d_model']}, {lm['vocab']} sentencepiece tokens, block {c['block']}), "
+        f"{c['steps']} steps of {c['batch']} blocks in {lm['seconds_train']} s, validation "
+        f"perplexity {lm['val_perplexity']:.1f} on {lm['val_documents']} held-out training "
+        "documents."
+    )
 
 
 def markdown(res: dict) -> str:
@@ -681,7 +835,7 @@ def markdown(res: dict) -> str:
         f"Families trained {s['steps']} steps each, d_model {s['d_model']}, ffn {s['ffn_dim']}, "
         f"seed {s['seed']}, on {s['train_concepts']} concepts ({s['train_documents']} documents)"
         f" of `{s['train_dir']}`. {s['window_rule']}. Intervals: {s['ci']}. l2-r decodes into "
-        f"the bank: {s['bank']}. MI: missing ({res['missing']['mi']}).",
+        f"the bank: {s['bank']}. " + _mi_line(res),
         "",
     ]
     if res.get("default_guidance"):
@@ -697,8 +851,8 @@ def markdown(res: dict) -> str:
             f"{st['concepts']} concepts (gold mean norm {st['gold_mean_norm']:.3f})",
             "",
             "| system | l2 | l2-r | PAR | CA | CA - copy-previous | CA - context-mean "
-            "| pred norm |",
-            "|---|---|---|---|---|---|---|---|",
+            "| MI | pred norm |",
+            "|---|---|---|---|---|---|---|---|---|",
         ]
         for name, row in st["systems"].items():
             lines.append(
@@ -706,9 +860,15 @@ def markdown(res: dict) -> str:
                 f"{fmt(row['par'])} | {fmt(row['ca'])} | "
                 f"{fmt(row.get('ca_minus_copy_previous')) if name != 'copy_previous' else '0'}"
                 f" | {fmt(row.get('ca_minus_context_mean')) if name != 'context_mean' else '0'}"
-                f" | {row['mean_norm']:.3f} |"
+                f" | {fmt(row.get('mi'))} | {row['mean_norm']:.3f} |"
             )
         lines.append("")
+        if st.get("mi_reference"):
+            lines += [
+                f"MI references ({set_name}): "
+                + "; ".join(f"{k} {fmt(v)}" for k, v in st["mi_reference"].items()),
+                "",
+            ]
         srcs = list(next(iter(st["systems"].values()))["by_source"])
         if len(srcs) > 1:
             lines += [
@@ -809,6 +969,9 @@ def main(
     ffn_dim: int | None = None,
     contrastive_weight: float | None = None,
     temperature: float | None = None,
+    mi: bool | None = None,
+    lm_dir: str | None = None,
+    lm_steps: int | None = None,
 ) -> dict:
     """Train every family on the same data and write the pre-training table.
 
@@ -824,6 +987,9 @@ def main(
         ffn_dim: override the preset's feed-forward width.
         contrastive_weight: Base-LCM systems add this weight of an InfoNCE term to the MSE.
         temperature: the InfoNCE term's temperature (default 0.05).
+        mi: score MI with the small causal LM (default: the preset's, on).
+        lm_dir: where the MI language model is cached (default ``<work_dir>/causal_lm``).
+        lm_steps: override the MI language model's training steps.
     """
     if preset not in PRESETS:
         raise SystemExit(f"unknown preset {preset!r}: expected one of {sorted(PRESETS)}")
@@ -838,9 +1004,12 @@ def main(
         p = replace(p, families=systems)
     overrides = dict(
         steps=steps, train_dir=train_dir, work_dir=work_dir, seed=seed, d_model=d_model,
-        ffn_dim=ffn_dim, contrastive_weight=contrastive_weight, temperature=temperature,
+        ffn_dim=ffn_dim, contrastive_weight=contrastive_weight, temperature=temperature, mi=mi,
+        lm_dir=lm_dir,
     )  # fmt: skip
     p = replace(p, **{k: v for k, v in overrides.items() if v is not None})
+    if lm_steps is not None:
+        p = replace(p, lm=replace(p.lm, steps=lm_steps))
     res = run_report(p, out_dir, preset)
     print(markdown(res))
     return res
