@@ -246,3 +246,15 @@ def test_causal_lm_scores_like_the_metric_and_is_cached(tmp_path):
     assert again.score_after(prefix, [lm.encode(cands[0])]) == pytest.approx(batched[:1])
     with pytest.raises(ValueError, match="exceeds the LM's block"):
         lm.score_after(prefix, [[5] * 64])
+
+
+@pytest.mark.skipif(not torch.cuda.is_available(), reason="needs a CUDA device")
+def test_causal_lm_scores_the_same_on_cuda(tmp_path):
+    """The MI scorer is device-clean: the same LM on CUDA gives the CPU's log-probabilities."""
+    from experiments.pretraining.causal_lm import CausalLM
+
+    lm, docs, _ = _toy_lm(tmp_path)
+    gpu = CausalLM(tmp_path / "lm", device="cuda")
+    prefix = lm.encode_prefix("\n".join(docs[1][:4]) + "\n")
+    texts = [lm.encode(s) for s in docs[1][4:7]]
+    assert gpu.score_after(prefix, texts) == pytest.approx(lm.score_after(prefix, texts), abs=1e-3)
