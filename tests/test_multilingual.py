@@ -235,16 +235,13 @@ def test_zero_shot_demo_end_to_end_on_a_tiny_slice(tmp_path):
                 "".join(json.dumps(r, ensure_ascii=False) + "\n" for r in part)
             )
     report = tmp_path / "report"
-    got = main(
-        out_dir=str(tmp_path / "out"),
-        data_dir=str(data),
-        langs=["fr", "de"],
-        train_docs=18,
-        train_steps=2,
-        n_eval=4,
-        bank_size=18,
-        report_dir=str(report),
-    )
+    out = dict(out_dir=str(tmp_path / "out"), data_dir=str(data))
+
+    def run(**kwargs):
+        """One run on the tiny data: 18 training documents, 2 steps, 4 scored documents."""
+        return main(**{**out, "train_docs": 18, "train_steps": 2, "n_eval": 4, **kwargs})
+
+    got = run(langs=["fr", "de"], bank_size=18, report_dir=str(report))
     assert json.loads((report / "results.json").read_text()) == json.loads(json.dumps(got))
     assert (report / "rouge_l.png").stat().st_size > 0
     res = got["results"]
@@ -283,72 +280,41 @@ def test_zero_shot_demo_end_to_end_on_a_tiny_slice(tmp_path):
     (data / "debian_descriptions.en.valid.jsonl").write_text(
         (data / "debian_descriptions.en.test.jsonl").read_text()
     )
-    valid = main(
-        out_dir=str(tmp_path / "out"),
-        data_dir=str(data),
-        train_docs=18,
-        train_steps=2,
-        n_eval=4,
-        bank_size=18,
-        report_dir=str(tmp_path / "valid"),
-        split="valid",
-    )
+    valid = run(bank_size=18, report_dir=str(tmp_path / "valid"), split="valid")
     assert valid["split"] == "valid" and set(valid["results"]) == {"en"}
     assert valid["results"]["en"]["into_en"]["model"] == res["en"]["into_en"]["model"]
     assert len(list((tmp_path / "out" / "runs").iterdir())) == 1
     assert valid["en_bank_docs"] == 18
     # --en_bank_docs: the same checkpoint, the English bank from the first 9 training synopses
     # only (fewer bank sentences, so another floor); the model itself is unchanged.
-    small = main(
-        out_dir=str(tmp_path / "out"),
-        data_dir=str(data),
-        train_docs=18,
-        train_steps=2,
-        n_eval=4,
-        report_dir=str(tmp_path / "valid9"),
-        split="valid",
-        en_bank_docs=9,
-    )
+    small = run(report_dir=str(tmp_path / "valid9"), split="valid", en_bank_docs=9)
     en_full, en_small = valid["results"]["en"]["into_en"], small["results"]["en"]["into_en"]
     assert small["en_bank_docs"] == 9 and small["train_docs"] == 18
     assert 0 < en_small["bank_sentences"] < en_full["bank_sentences"]
     assert (tmp_path / "out" / "shards-9").is_dir()
     assert len(list((tmp_path / "out" / "runs").iterdir())) == 1
     # Another --train_docs trains its own checkpoint (never reuses one fit on other data).
-    fewer = main(
-        out_dir=str(tmp_path / "out"),
-        data_dir=str(data),
-        train_docs=12,
-        train_steps=2,
-        n_eval=4,
-        report_dir=str(tmp_path / "valid12"),
-        split="valid",
-    )
+    fewer = run(train_docs=12, report_dir=str(tmp_path / "valid12"), split="valid")
     assert fewer["train_docs"] == 12
     assert sorted(d.name for d in (tmp_path / "out" / "runs").iterdir()) == [
         "tiny_sft-2-context_mean-12docs",
         "tiny_sft-2-context_mean-18docs",
     ]
     with pytest.raises(ValueError, match="--split"):
-        main(out_dir=str(tmp_path / "out"), data_dir=str(data), split="dev")
+        main(**out, split="dev")
     with pytest.raises(ValueError, match="--en_bank_docs"):
-        main(out_dir=str(tmp_path / "out"), data_dir=str(data), train_docs=18, en_bank_docs=19)
+        main(**out, train_docs=18, en_bank_docs=19)
     with pytest.raises(ValueError, match="has only 18 documents"):
-        main(out_dir=str(tmp_path / "out"), data_dir=str(data), train_docs=19)
+        main(**out, train_docs=19)
     with pytest.raises(ValueError, match="--centering"):
-        main(out_dir=str(tmp_path / "out"), data_dir=str(data), centering="mean")
+        main(**out, centering="mean")
     # Language-mean centering on the validation split of French, same checkpoint: English
     # concepts stay as they were (the English frame), a French source is shifted into it.
     (data / "debian_descriptions.fr.valid.jsonl").write_text(
         (data / "debian_descriptions.fr.test.jsonl").read_text()
     )
-    centred = main(
-        out_dir=str(tmp_path / "out"),
-        data_dir=str(data),
+    centred = run(
         langs=["fr"],
-        train_docs=18,
-        train_steps=2,
-        n_eval=4,
         bank_size=18,
         report_dir=str(tmp_path / "centred"),
         split="valid",
@@ -366,14 +332,9 @@ def test_zero_shot_demo_end_to_end_on_a_tiny_slice(tmp_path):
     # The source-mean recipe (its own residual, d_model 256) trains into its own run folder, and
     # one summary concept per document gives exactly one bank sentence per summary.
     with pytest.raises(ValueError, match="--max_new_concepts"):
-        main(out_dir=str(tmp_path / "out"), data_dir=str(data), max_new_concepts=0)
-    sm = main(
-        out_dir=str(tmp_path / "out"),
-        data_dir=str(data),
+        main(**out, max_new_concepts=0)
+    sm = run(
         langs=["fr"],
-        train_docs=18,
-        train_steps=2,
-        n_eval=4,
         bank_size=18,
         report_dir=str(tmp_path / "source_mean"),
         split="valid",
