@@ -170,6 +170,7 @@ PRESETS: dict[str, Preset] = {
             "base_lcm+context_mean",
             "one_tower+context_mean",
             "two_tower+context_mean",
+            "refiner+context_mean",
         ),
         work_dir="/work/data/h11/pretraining_runs",
     ),

@@ -210,7 +210,7 @@ class Objective(nn.Module, ABC):
         if residual != "none" and not self.supports_residual:
             raise ValueError(
                 f"{type(self).__name__} does not support residual={residual!r} (only 'none'); "
-                "the families that do: Base-LCM, One-Tower, Two-Tower"
+                "the families that do: Base-LCM, One-Tower, Two-Tower, the refiner"
             )
 
     def next_base(self, x: Tensor, mask: Tensor | None) -> Tensor | None:

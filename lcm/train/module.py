@@ -126,8 +126,8 @@ class LCMModule(L.LightningModule):
         residual: Predict each next concept as a base from the context plus the network's
             output: ``none`` (the concept itself), ``last`` (a correction to the last concept)
             or ``context_mean`` (a correction to the mean of the context), in normalized space;
-            applied in training, validation and generation alike (Base-LCM, One-Tower and
-            Two-Tower; the other families accept only ``none``). Base-LCM also takes
+            applied in training, validation and generation alike (Base-LCM, One-Tower,
+            Two-Tower and the refiner; Quant-LCM accepts only ``none``). Base-LCM also takes
             ``source_mean`` (summarization: the mean of the source's concepts, separator and
             end-of-text left out) and ``source_lead`` (the midpoint of that mean and the
             source's first concept); see :data:`lcm.objectives.base.Residual`.
@@ -664,6 +664,7 @@ class RefinerModule(LCMModule):
             max_train_iterations=max_train_iterations,
             init=init,
             exit_rule=ExitRule(exit_threshold, exit_patience, max_iterations),
+            residual=self.residual,
         )
         self.attach(objective)
 
