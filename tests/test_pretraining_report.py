@@ -123,8 +123,9 @@ def _cells(node):
 
 
 def test_report_readme_intervals_are_the_jsons():
-    """Every "value [lo, hi]" the committed report's README quotes is a cell of one of its
-    results.json files (formatted as table.md formats it)."""
+    """Every "value [lo, hi]" the committed report's READMEs quote (the top one and any in a
+    sub-folder, e.g. ``residual_206k/``) is a cell of one of its results.json files (formatted
+    as table.md formats it)."""
     import re
     from pathlib import Path
 
@@ -136,12 +137,12 @@ def test_report_readme_intervals_are_the_jsons():
         for path in folder.rglob("results.json")
         for c in _cells(json.loads(path.read_text()))
     }
-    quoted = re.findall(
-        r"-?\d+\.\d{3} \[-?\d+\.\d{3}, -?\d+\.\d{3}\]", (folder / "README.md").read_text()
-    )
-    assert quoted, "the README quotes no interval"
-    missing = [q for q in quoted if q not in known]
-    assert not missing, f"README intervals not in results.json: {missing}"
+    pattern = r"-?\d+\.\d{3} \[-?\d+\.\d{3}, -?\d+\.\d{3}\]"
+    for readme in sorted(folder.rglob("README.md")):
+        quoted = re.findall(pattern, readme.read_text())
+        assert quoted, f"{readme} quotes no interval"
+        missing = [q for q in quoted if q not in known]
+        assert not missing, f"{readme}: intervals not in results.json: {missing}"
 
 
 @pytest.mark.slow
