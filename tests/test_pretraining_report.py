@@ -122,15 +122,17 @@ def _cells(node):
             yield from _cells(v)
 
 
-def test_report_readme_intervals_are_the_jsons():
-    """Every "value [lo, hi]" the committed report's README quotes is a cell of one of its
-    results.json files (formatted as table.md formats it)."""
+@pytest.mark.parametrize("sub", ["", "residual_scale"])
+def test_report_readme_intervals_are_the_jsons(sub):
+    """Every "value [lo, hi]" a committed report README quotes (the report's, and a
+    sub-folder's with its own README) is a cell of one of the results.json files under its
+    folder (formatted as table.md formats it)."""
     import re
     from pathlib import Path
 
     from experiments.pretraining.report import fmt
 
-    folder = Path(__file__).resolve().parents[1] / "reports" / "pretraining"
+    folder = Path(__file__).resolve().parents[1] / "reports" / "pretraining" / sub
     known = {
         fmt(c)
         for path in folder.rglob("results.json")
