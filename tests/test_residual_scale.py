@@ -156,3 +156,28 @@ def test_residual_scale_is_validated_recorded_and_overridable():
     assert generation_options(Settings(residual_scale=2.5))["residual_scale"] == 2.5
     with pytest.raises(ValueError, match="residual_scale must be > 0"):
         Settings(residual_scale=0.0)
+
+
+def test_residual_scale_round_trips_through_a_checkpoint(tmp_path):
+    import lightning as L
+
+    from lcm.train.module import BaseLCMModule, load_module
+
+    arch = BaseLCMConfig.from_name("tiny", sonar_dim=D)
+    module = BaseLCMModule(arch=arch, residual="context_mean", residual_scale=2.0)
+    module.normalizer_ready.fill_(True)
+    trainer = L.Trainer(
+        logger=False, enable_checkpointing=False, enable_progress_bar=False, max_steps=0
+    )
+    trainer.strategy.connect(module)
+    path = tmp_path / "m.ckpt"
+    trainer.save_checkpoint(path)
+    loaded = load_module(str(path))
+    assert loaded.objective.residual_scale == 2.0  # the checkpoint's setting
+    loaded.objective.residual_scale = 1.0  # overridden on the loaded module
+    x = torch.randn(1, 4, D)
+    base = x.mean(dim=1)  # the context mean
+    at_two = module.objective.predict_next(x)
+    torch.testing.assert_close(
+        loaded.objective.predict_next(x), base + (at_two - base) / 2.0, atol=1e-5, rtol=1e-5
+    )
