@@ -235,16 +235,13 @@ def test_zero_shot_demo_end_to_end_on_a_tiny_slice(tmp_path):
                 "".join(json.dumps(r, ensure_ascii=False) + "\n" for r in part)
             )
     report = tmp_path / "report"
-    got = main(
-        out_dir=str(tmp_path / "out"),
-        data_dir=str(data),
-        langs=["fr", "de"],
-        train_docs=18,
-        train_steps=2,
-        n_eval=4,
-        bank_size=18,
-        report_dir=str(report),
-    )
+    out = dict(out_dir=str(tmp_path / "out"), data_dir=str(data))
+
+    def run(**kwargs):
+        """One run on the tiny data: 18 training documents, 2 steps, 4 scored documents."""
+        return main(**{**out, "train_docs": 18, "train_steps": 2, "n_eval": 4, **kwargs})
+
+    got = run(langs=["fr", "de"], bank_size=18, report_dir=str(report))
     assert json.loads((report / "results.json").read_text()) == json.loads(json.dumps(got))
     assert (report / "rouge_l.png").stat().st_size > 0
     res = got["results"]
@@ -283,72 +280,41 @@ def test_zero_shot_demo_end_to_end_on_a_tiny_slice(tmp_path):
     (data / "debian_descriptions.en.valid.jsonl").write_text(
         (data / "debian_descriptions.en.test.jsonl").read_text()
     )
-    valid = main(
-        out_dir=str(tmp_path / "out"),
-        data_dir=str(data),
-        train_docs=18,
-        train_steps=2,
-        n_eval=4,
-        bank_size=18,
-        report_dir=str(tmp_path / "valid"),
-        split="valid",
-    )
+    valid = run(bank_size=18, report_dir=str(tmp_path / "valid"), split="valid")
     assert valid["split"] == "valid" and set(valid["results"]) == {"en"}
     assert valid["results"]["en"]["into_en"]["model"] == res["en"]["into_en"]["model"]
     assert len(list((tmp_path / "out" / "runs").iterdir())) == 1
     assert valid["en_bank_docs"] == 18
     # --en_bank_docs: the same checkpoint, the English bank from the first 9 training synopses
     # only (fewer bank sentences, so another floor); the model itself is unchanged.
-    small = main(
-        out_dir=str(tmp_path / "out"),
-        data_dir=str(data),
-        train_docs=18,
-        train_steps=2,
-        n_eval=4,
-        report_dir=str(tmp_path / "valid9"),
-        split="valid",
-        en_bank_docs=9,
-    )
+    small = run(report_dir=str(tmp_path / "valid9"), split="valid", en_bank_docs=9)
     en_full, en_small = valid["results"]["en"]["into_en"], small["results"]["en"]["into_en"]
     assert small["en_bank_docs"] == 9 and small["train_docs"] == 18
     assert 0 < en_small["bank_sentences"] < en_full["bank_sentences"]
     assert (tmp_path / "out" / "shards-9").is_dir()
     assert len(list((tmp_path / "out" / "runs").iterdir())) == 1
     # Another --train_docs trains its own checkpoint (never reuses one fit on other data).
-    fewer = main(
-        out_dir=str(tmp_path / "out"),
-        data_dir=str(data),
-        train_docs=12,
-        train_steps=2,
-        n_eval=4,
-        report_dir=str(tmp_path / "valid12"),
-        split="valid",
-    )
+    fewer = run(train_docs=12, report_dir=str(tmp_path / "valid12"), split="valid")
     assert fewer["train_docs"] == 12
     assert sorted(d.name for d in (tmp_path / "out" / "runs").iterdir()) == [
         "tiny_sft-2-context_mean-12docs",
         "tiny_sft-2-context_mean-18docs",
     ]
     with pytest.raises(ValueError, match="--split"):
-        main(out_dir=str(tmp_path / "out"), data_dir=str(data), split="dev")
+        main(**out, split="dev")
     with pytest.raises(ValueError, match="--en_bank_docs"):
-        main(out_dir=str(tmp_path / "out"), data_dir=str(data), train_docs=18, en_bank_docs=19)
+        main(**out, train_docs=18, en_bank_docs=19)
     with pytest.raises(ValueError, match="has only 18 documents"):
-        main(out_dir=str(tmp_path / "out"), data_dir=str(data), train_docs=19)
+        main(**out, train_docs=19)
     with pytest.raises(ValueError, match="--centering"):
-        main(out_dir=str(tmp_path / "out"), data_dir=str(data), centering="mean")
+        main(**out, centering="mean")
     # Language-mean centering on the validation split of French, same checkpoint: English
     # concepts stay as they were (the English frame), a French source is shifted into it.
     (data / "debian_descriptions.fr.valid.jsonl").write_text(
         (data / "debian_descriptions.fr.test.jsonl").read_text()
     )
-    centred = main(
-        out_dir=str(tmp_path / "out"),
-        data_dir=str(data),
+    centred = run(
         langs=["fr"],
-        train_docs=18,
-        train_steps=2,
-        n_eval=4,
         bank_size=18,
         report_dir=str(tmp_path / "centred"),
         split="valid",
@@ -366,14 +332,9 @@ def test_zero_shot_demo_end_to_end_on_a_tiny_slice(tmp_path):
     # The source-mean recipe (its own residual, d_model 256) trains into its own run folder, and
     # one summary concept per document gives exactly one bank sentence per summary.
     with pytest.raises(ValueError, match="--max_new_concepts"):
-        main(out_dir=str(tmp_path / "out"), data_dir=str(data), max_new_concepts=0)
-    sm = main(
-        out_dir=str(tmp_path / "out"),
-        data_dir=str(data),
+        main(**out, max_new_concepts=0)
+    sm = run(
         langs=["fr"],
-        train_docs=18,
-        train_steps=2,
-        n_eval=4,
         bank_size=18,
         report_dir=str(tmp_path / "source_mean"),
         split="valid",
@@ -521,59 +482,23 @@ def test_zero_shot_centering_validation_table_equals_its_json():
 
 def test_zero_shot_train_docs_tables_equal_their_json():
     """reports/zero_shot/train_docs: the validation tables (summary and per cell) and the test
-    table of the chosen setting are computed from the JSON beside them."""
+    table of the chosen setting are the rows its tables.py computes from the JSON beside them."""
+    import importlib.util
+
     report = ROOT / "reports/zero_shot/train_docs"
+    spec = importlib.util.spec_from_file_location("train_docs_tables", report / "tables.py")
+    tables = importlib.util.module_from_spec(spec)
+    spec.loader.exec_module(tables)
     lines = (report / "README.md").read_text().splitlines()
-
-    def ci(s):
-        lo, hi = s["model_minus_floor_ci95"]
-        return f"{s['model_minus_floor']:+.2f} [{lo:+.2f}, {hi:+.2f}]"
-
-    runs = {
-        name: json.loads((report / f"valid_{name}.json").read_text())
-        for name in ("D", "E8", "E8b", "E16", "E16b")
-    }
+    runs = tables.load()
+    assert list(runs) == ["D", "E8", "E8b", "E16", "E16b"]
     for name, got in runs.items():
-        cells = [(lang, t, s) for lang, row in got["results"].items() for t, s in row.items()]
-        assert len(cells) == 15 and got["split"] == "valid"
-        verdicts = {v: [f"{c[0]}->{'en' if c[1] == 'into_en' else c[0]}" for c in cells
-                        if c[2]["vs_floor"] == v] for v in ("above", "below")}  # fmt: skip
-        en = got["results"]["en"]["into_en"]
-        want = [
-            f"| {name}",
-            str(got["train_docs"]),
-            str(got["train_steps"]),
-            str(en["bank_sentences"]),
-            *(
-                f"{len(verdicts[v])} ({', '.join(verdicts[v])})" if verdicts[v] else "0"
-                for v in ("above", "below")
-            ),
-            ci(en),
-            f"{sum(s['model_minus_floor'] for *_, s in cells) / 15:+.2f}",
-            f"{sum(s['model'] for *_, s in cells) / 15:.2f} |",
-        ]
-        assert " | ".join(want) in lines, name
-    for lang, row in runs["D"]["results"].items():
-        for t in row:
-            want = [f"| {lang}", "en" if t == "into_en" else lang]
-            for got in runs.values():
-                s = got["results"][lang][t]
-                want += [f"{s['mean_concept_floor']:.2f}", f"{ci(s)} {s['vs_floor']}"]
-            assert " | ".join(want) + " |" in lines
+        assert len(tables._cells(got)) == 15 and got["split"] == "valid"
+        assert tables.summary_row(name, got) in lines, name
+    rows = tables.cell_rows(runs)
+    assert len(rows) == 15 and all(row in lines for row in rows)
     test = json.loads((report / "test_E16.json").read_text())
     assert test["split"] == "test" and (test["train_docs"], test["en_bank_docs"]) == (16000, 16000)
-    for lang, row in test["results"].items():
-        for t, s in row.items():
-            want = [
-                f"| {lang}",
-                "en" if t == "into_en" else lang,
-                f"{s['model']:.2f}",
-                f"{s['lead_1']:.2f}" if "lead_1" in s else "-",
-                f"{s['mean_concept_floor']:.2f}",
-                f"{s['ceiling']:.2f}",
-                ci(s),
-                s["vs_floor"],
-                f"{s['documents']} of {s['aligned_documents']}",
-                f"{s['bank_sentences']} |",
-            ]
-            assert " | ".join(want) in lines
+    rows = tables.test_rows(test)
+    assert len(rows) == sum(len(row) for row in test["results"].values())
+    assert all(row in lines for row in rows)

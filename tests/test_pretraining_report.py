@@ -250,6 +250,18 @@ def test_causal_lm_scores_like_the_metric_and_is_cached(tmp_path):
         lm.score_after(prefix, [[5] * 64])
 
 
+@pytest.mark.skipif(not torch.cuda.is_available(), reason="needs a CUDA device")
+def test_causal_lm_scores_the_same_on_cuda(tmp_path):
+    """The MI scorer is device-clean: the same LM on CUDA gives the CPU's log-probabilities."""
+    from experiments.pretraining.causal_lm import CausalLM
+
+    lm, docs, _ = _toy_lm(tmp_path)
+    gpu = CausalLM(tmp_path / "lm", device="cuda")
+    prefix = lm.encode_prefix("\n".join(docs[1][:4]) + "\n")
+    texts = [lm.encode(s) for s in docs[1][4:7]]
+    assert gpu.score_after(prefix, texts) == pytest.approx(lm.score_after(prefix, texts), abs=1e-3)
+
+
 def test_sweep_chooses_the_smallest_scale_within_the_tie():
     from experiments.pretraining.guidance_sweep import choose
 

@@ -12,6 +12,11 @@ into blocks. The scorer follows :class:`eval.metrics.concepts.LogProbScorer`:
 ``s_{n-k} <sep> ... s_{n-1} <sep> ŝ_n`` (conditional) against ``<sep> ŝ_n`` (unconditional).
 :meth:`CausalLM.score_after` does the same for many candidate sentences after one prefix,
 computing the prefix once (its keys and values are shared), which is what the report uses.
+
+The network is a GPT-2-shaped token model (learned positions, LayerNorm, GELU, tied output), a
+stand-in for the paper's scorer, and deliberately not the concept models' transformer
+(``lcm/nn/transformer.py``: RMSNorm, RoPE, SwiGLU over concept vectors). It runs on any device
+(``train_causal_lm(..., device="cuda")``, ``CausalLM(folder, device)``); the report uses the CPU.
 """
 
 from __future__ import annotations
@@ -83,7 +88,7 @@ class _Block(nn.Module):
         else:
             pk, pv = (t.expand(b, -1, -1, -1) for t in past)
             own = torch.ones(n, n, dtype=torch.bool, device=h.device).tril()
-            mask = torch.cat([torch.ones(n, pk.shape[2], dtype=torch.bool), own], 1)
+            mask = torch.cat([own.new_ones(n, pk.shape[2]), own], 1)
             a = F.scaled_dot_product_attention(
                 q, torch.cat([pk, k], 2), torch.cat([pv, v], 2), attn_mask=mask
             )
@@ -106,7 +111,7 @@ class TinyGPT(nn.Module):
 
     def forward(self, ids: Tensor, past: list | None = None, offset: int = 0):
         """Logits (B, L, V) of the next token at every position, and each block's (k, v)."""
-        h = self.tok(ids) + self.pos(torch.arange(offset, offset + ids.shape[1]))
+        h = self.tok(ids) + self.pos(torch.arange(offset, offset + ids.shape[1], device=ids.device))
         kvs = []
         for i, blk in enumerate(self.blocks):
             h, kv = blk(h, None if past is None else past[i])
@@ -186,9 +191,10 @@ class CausalLM:
 
     Args:
         folder: where :func:`train_causal_lm` wrote ``tokenizer.model``, ``lm.pt``, ``info.json``.
+        device: where the network runs (``"cpu"``, ``"cuda"``, ...); scores come back as floats.
     """
 
-    def __init__(self, folder: str | Path) -> None:
+    def __init__(self, folder: str | Path, device: str | torch.device = "cpu") -> None:
         import sentencepiece as spm
 
         folder = Path(folder)
@@ -200,7 +206,8 @@ class CausalLM:
         )
         state = torch.load(folder / "lm.pt", map_location="cpu", weights_only=True)
         self.net.load_state_dict(state)
-        self.net.eval()
+        self.net.eval().to(device)
+        self.device = torch.device(device)
         self.block = cfg.block
 
     def encode(self, text: str) -> list[int]:
@@ -229,11 +236,12 @@ class CausalLM:
         if not rows:
             return out
         prefix = prefix[-(self.block - longest) :]
-        logits, past = self.net(torch.tensor([prefix]))
+        logits, past = self.net(torch.tensor([prefix], device=self.device))
         first = logits[0, -1].float().log_softmax(-1)  # predicts each text's first token
         ids = torch.zeros(len(rows), longest, dtype=torch.long)
         for r, i in enumerate(rows):
             ids[r, : len(texts[i])] = torch.tensor(texts[i])
+        ids = ids.to(self.device)
         lg, _ = self.net(ids, past=past, offset=len(prefix))
         lp = lg.float().log_softmax(-1)
         for r, i in enumerate(rows):
@@ -249,11 +257,16 @@ class CausalLM:
 
 
 def train_causal_lm(
-    documents: list[list[str]], folder: str | Path, cfg: LMConfig = LMConfig()
+    documents: list[list[str]],
+    folder: str | Path,
+    cfg: LMConfig = LMConfig(),
+    device: str = "cpu",
 ) -> CausalLM:
     """Train the tokenizer and the LM on ``documents`` (lists of sentences) and save them in
     ``folder``; a folder whose ``info.json`` records the same text hash and config is reused.
-    ``info.json`` holds the sizes, the training seconds and the validation perplexity."""
+    ``info.json`` holds the sizes, the training seconds and the validation perplexity.
+    ``device`` (``"cpu"`` or ``"cuda"``) is where the LM trains and the returned scorer runs."""
+    accelerator = torch.device(device).type
     import sentencepiece as spm
 
     folder = Path(folder)
@@ -262,7 +275,7 @@ def train_causal_lm(
     if info_path.exists():
         info = json.loads(info_path.read_text())
         if info.get("text_sha256") == sha and info.get("config") == asdict(cfg):
-            return CausalLM(folder)
+            return CausalLM(folder, device)
     if not documents or not any(documents):
         raise ValueError("train_causal_lm: no training sentences")
     folder.mkdir(parents=True, exist_ok=True)
@@ -311,7 +324,7 @@ def train_causal_lm(
     warnings.filterwarnings("ignore", message=".*validation_step.*")
     trainer = L.Trainer(
         max_steps=cfg.steps,
-        accelerator="cpu",
+        accelerator=accelerator,
         devices=1,
         logger=False,
         enable_checkpointing=False,
@@ -324,11 +337,11 @@ def train_causal_lm(
     trainer.fit(module, loader)
     t_fit = time.perf_counter() - t1
     res = L.Trainer(
-        accelerator="cpu", devices=1, logger=False, enable_progress_bar=False,
+        accelerator=accelerator, devices=1, logger=False, enable_progress_bar=False,
         enable_model_summary=False,
     ).validate(module, val_loader, verbose=False)  # fmt: skip
     val_loss = float(res[0]["val/loss"])
-    torch.save(module.net.state_dict(), folder / "lm.pt")
+    torch.save({k: v.cpu() for k, v in module.net.state_dict().items()}, folder / "lm.pt")
     n_params = sum(p.numel() for p in module.net.parameters())
     info = {
         "config": asdict(cfg),
@@ -348,4 +361,4 @@ def train_causal_lm(
         "torch_threads": torch.get_num_threads(),
     }
     info_path.write_text(json.dumps(info, indent=2))
-    return CausalLM(folder)
+    return CausalLM(folder, device)
