@@ -24,7 +24,9 @@ With ``residual`` (:data:`~lcm.objectives.base.Residual`: ``"last"`` or ``"conte
 prediction of concept t+1 is ``base_t + readout(s_r)``, in the loss, teacher-forced prediction,
 ``predict_next`` and the cached generation step alike, as for Base-LCM
 (:func:`~lcm.objectives.base.residual_base`). The adaptive exit then watches that prediction (base
-plus readout; the base is fixed while the core iterates).
+plus readout; the base is fixed while the core iterates). A prediction-time ``residual_scale``
+s (:func:`~lcm.objectives.base.scale_residual`) gives ``base + s * readout`` after the exit, so it
+changes no exit step.
 """
 
 from __future__ import annotations
@@ -45,6 +47,7 @@ from lcm.objectives.base import (
     last_valid,
     masked_mse,
     residual_base,
+    scale_residual,
     shift_right,
     target_weight,
     with_overrides,
@@ -372,6 +375,7 @@ class RefinerObjective(SampledObjective, network=RecurrentRefinerLCM):
         y, steps = self.refine(
             inject, cross_kv, cmask, generator, num_iterations=num_iterations, rule=rule, base=base
         )
+        y = scale_residual(y, base, self.residual_scale)
         return shift_right(y), shift_right(steps)
 
     def sample_next(
@@ -393,7 +397,7 @@ class RefinerObjective(SampledObjective, network=RecurrentRefinerLCM):
             rule=rule,
             base=None if base is None else base[:, None],
         )
-        return y[:, 0], steps[:, 0]
+        return scale_residual(y[:, 0], base, self.residual_scale), steps[:, 0]
 
     def generation_step(self, options: StepOptions) -> RefinerStep:
         """:class:`RefinerStep` (reads ``exit_rule``, ``exit_overrides``, ``num_iterations``,
@@ -478,7 +482,7 @@ class RefinerStep(NextConceptStep):
             base=None if base is None else base[:, None],
         )
         self.last_info = {"exit_step": steps[:, 0]}
-        return y[:, 0]  # (B, D)
+        return scale_residual(y[:, 0], base, self.residual_scale)  # (B, D)
 
     def append(self, y: Tensor) -> None:
         self._grow(y)
