@@ -276,6 +276,11 @@ def test_sweep_chooses_the_smallest_scale_within_the_tie():
     got = choose(res, "s", scales, "val", 0.01)
     assert got["scale"] == 1.0 and got["best_scale"] == 3.0
     assert got["val"] == res["sets"]["val"]["systems"]["s"]["1"]
+    # prefer: of the tied scales, the closest to the preferred one (the default guidance)
+    assert choose(res, "s", scales, "val", 0.002, prefer=3.0)["scale"] == 3.0
+    assert choose(res, "s", scales, "val", 0.002, prefer=1.0)["scale"] == 1.5  # 1 is not tied
+    assert choose(res, "s", scales, "val", 0.01, prefer=1.75)["scale"] == 1.5  # equal: smaller
+    assert choose(res, "s", scales, "val", 0.0, prefer=1.0)["scale"] == 3.0  # no tie: the best
 
 
 @pytest.mark.slow
