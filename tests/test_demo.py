@@ -10,7 +10,7 @@ import torch
 
 from encoders.base import SentenceCodec
 from encoders.retrieval import RetrievalBank
-from lcm.demo import _rouge_table
+from lcm.demo import _rouge_table, sample_documents
 from lcm.splitting import SentenceSplitter
 
 VECTORS = {  # sentence -> concept: 'alpha' sentences point along e0, 'beta' ones along e1
@@ -51,6 +51,34 @@ def test_floors_and_ceiling_decode_their_own_query_through_the_models_bank():
     assert scores["decoder ceiling (reference concept retrieved)"] == 100.0
     # lead-1 'Alpha things here.' vs 'alpha tool': LCS 1, precision 1/3, recall 1/2 -> F1 0.4
     assert scores["lead-1"] == 40.0 and scores["documents"] == 1
+
+
+def test_the_scored_documents_are_a_hashed_sample_not_the_alphabetical_head():
+    # 40 documents named like a package family first (as the Debian splits are), then others
+    docs = [{"id": f"binutils-{i:02d}"} for i in range(40)] + [
+        {"id": f"pkg{i:02d}"} for i in range(40)
+    ]
+    sample = sample_documents(docs, 20)
+    ids = [r["id"] for r in sample]
+    assert len(set(ids)) == 20 and set(ids) <= {r["id"] for r in docs}
+    assert ids != [r["id"] for r in docs[:20]]
+    # a hash sample mixes both halves: P(all 20 from one half) is about 1e-11
+    assert 0 < sum(i.startswith("binutils-") for i in ids) < 20
+    # stable: independent of the file's order; the seed draws another sample
+    assert sample_documents(list(reversed(docs)), 20) == sample
+    assert [r["id"] for r in sample_documents(docs, 20, seed=1)] != ids
+    # nested: a larger n extends the smaller sample; n >= len keeps every document
+    assert sample_documents(docs, 30)[:20] == sample
+    assert len(sample_documents(docs, 1000)) == 80 and sample_documents(docs, 0) == []
+
+
+def test_the_sample_names_a_bad_document():
+    with pytest.raises(ValueError, match="document 1 has no 'id'"):
+        sample_documents([{"id": "a"}, {"text": "x"}], 1)
+    with pytest.raises(ValueError, match="document 1: id 'a' is not unique"):
+        sample_documents([{"id": "a"}, {"id": "a"}], 1)
+    with pytest.raises(ValueError, match="n must be >= 0"):
+        sample_documents([{"id": "a"}], -1)
 
 
 @pytest.mark.parametrize(
