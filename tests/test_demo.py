@@ -92,10 +92,10 @@ def test_the_summarization_recipes_predict_a_correction_to_their_source_base(
     tmp_path, recipe, residual, steps
 ):
     """configs/base_lcm/sft_source_lead.yaml (the main job's default recipe, with the recipe's
-    own 1,200 steps) trains a Base-LCM whose summary concept is the network's output plus the
-    midpoint of the mean of the description's concepts and its first concept; the earlier
-    sft_source_mean.yaml adds the mean alone (end-of-text and separator concepts left out, in
-    normalized space)."""
+    own 1,200 steps; MSE plus InfoNCE at weight 1.0) trains a Base-LCM whose summary concept is
+    the network's output plus the midpoint of the mean of the description's concepts and its
+    first concept; the earlier sft_source_mean.yaml adds the mean alone (end-of-text and
+    separator concepts left out, in normalized space)."""
     import inspect
 
     import yaml
@@ -120,6 +120,9 @@ def test_the_summarization_recipes_predict_a_correction_to_their_source_base(
     module = load_module(str(root / "checkpoints" / "last.ckpt")).eval()
     assert module.residual == residual and module.arch.dropout == 0.0
     assert module.arch.d_model == 256
+    # the default recipe adds InfoNCE (weight 1.0) to the MSE; the earlier one the MSE alone
+    weight = 1.0 if residual == "source_lead" else 0.0
+    assert module.objective.loss_kind == "mse" and module.objective.contrastive_weight == weight
     src, eot = torch.randn(2, 4, module.arch.sonar_dim), torch.randn(2, 1, module.arch.sonar_dim)
     x = torch.cat((src, eot, module.separator.expand(2, 1, -1)), dim=1)  # [source, EOT, SEP]
     objective = module.eval_objective()
