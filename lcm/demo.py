@@ -9,8 +9,9 @@ summaries of held-out documents.
    ending in the "End of text." sentence);
 3. ``lcm fit`` a small Base-LCM (d_model 256, 1,200 steps) on [description, SEP, synopsis] that
    predicts a correction to the midpoint of the mean of the description's concepts and its first
-   concept (configs/base_lcm/sft_source_lead.yaml, chosen on the validation split; bench/RESULTS.md
-   has its test scores); ``--recipe`` picks another, e.g. configs/base_lcm/sft_source_mean.yaml
+   concept, trained with the MSE plus an InfoNCE ranking term
+   (configs/base_lcm/sft_source_lead.yaml, chosen on the validation split; bench/RESULTS.md has
+   its test scores); ``--recipe`` picks another, e.g. configs/base_lcm/sft_source_mean.yaml
    (the mean alone, 800 steps), configs/base_lcm/tiny_sft_residual.yaml or
    configs/refiner/tiny_sft.yaml;
 4. summarize held-out test descriptions through the Python API and print them beside the
