@@ -68,6 +68,8 @@ class Settings:
         temperature: Quant-LCM: code sampling temperature, 0 = greedy (default: the
             checkpoint's).
         top_p: Quant-LCM: nucleus mass of code sampling (default: the checkpoint's).
+        residual_scale: families trained with a residual: factor s > 0 on the learned
+            correction, ``base + s * (prediction - base)`` (default: the checkpoint's, 1).
     """
 
     max_new_concepts: int = 8
@@ -89,6 +91,7 @@ class Settings:
     warm_start: bool = False
     temperature: float | None = None
     top_p: float | None = None
+    residual_scale: float | None = None
 
     def __post_init__(self) -> None:
         # (field, lowest allowed, highest allowed, lowest is exclusive)
@@ -108,6 +111,7 @@ class Settings:
             "max_iterations": (1, None, False),
             "temperature": (0.0, None, False),
             "top_p": (0.0, 1.0, True),
+            "residual_scale": (0.0, None, True),
         }
         for name, (low, high, open_low) in bounds.items():
             value = getattr(self, name)
@@ -444,6 +448,7 @@ def generation_options(s: Settings) -> dict[str, Any]:
         warm_start=s.warm_start,
         temperature=s.temperature,
         top_p=s.top_p,
+        residual_scale=s.residual_scale,
     )
 
 

@@ -73,7 +73,7 @@ def test_ci_preset_end_to_end(tmp_path):
     assert json.loads((tmp_path / "results.json").read_text())["sets"] == res["sets"]
     systems = {"copy_previous", "context_mean", "mean_concept", "retrieval"}
     trained = {"base_lcm", "one_tower", "two_tower", "quant_lcm", "refiner"}
-    trained |= {"base_lcm+context_mean", "two_tower+last"}
+    trained |= {"base_lcm+context_mean", "two_tower+last", "refiner+context_mean"}
     systems |= trained | {"one_tower@g1", "two_tower@g1", "two_tower+last@g1"}
     assert res["default_guidance"] == {"one_tower": 3.0, "two_tower": 3.0, "two_tower+last": 3.0}
     for st in res["sets"].values():
@@ -122,26 +122,28 @@ def _cells(node):
             yield from _cells(v)
 
 
-def test_report_readme_intervals_are_the_jsons():
-    """Every "value [lo, hi]" the committed report's README quotes is a cell of one of its
-    results.json files (formatted as table.md formats it)."""
+@pytest.mark.parametrize("sub", ["", "residual_scale"])
+def test_report_readme_intervals_are_the_jsons(sub):
+    """Every "value [lo, hi]" a committed report README quotes (the report's, and a
+    sub-folder's with its own README, e.g. ``residual_206k/``) is a cell of one of the
+    results.json files under its folder (formatted as table.md formats it)."""
     import re
     from pathlib import Path
 
     from experiments.pretraining.report import fmt
 
-    folder = Path(__file__).resolve().parents[1] / "reports" / "pretraining"
+    folder = Path(__file__).resolve().parents[1] / "reports" / "pretraining" / sub
     known = {
         fmt(c)
         for path in folder.rglob("results.json")
         for c in _cells(json.loads(path.read_text()))
     }
-    quoted = re.findall(
-        r"-?\d+\.\d{3} \[-?\d+\.\d{3}, -?\d+\.\d{3}\]", (folder / "README.md").read_text()
-    )
-    assert quoted, "the README quotes no interval"
-    missing = [q for q in quoted if q not in known]
-    assert not missing, f"README intervals not in results.json: {missing}"
+    pattern = r"-?\d+\.\d{3} \[-?\d+\.\d{3}, -?\d+\.\d{3}\]"
+    for readme in sorted(folder.rglob("README.md")):
+        quoted = re.findall(pattern, readme.read_text())
+        assert quoted, f"{readme} quotes no interval"
+        missing = [q for q in quoted if q not in known]
+        assert not missing, f"{readme}: intervals not in results.json: {missing}"
 
 
 @pytest.mark.slow
@@ -258,3 +260,59 @@ def test_causal_lm_scores_the_same_on_cuda(tmp_path):
     prefix = lm.encode_prefix("\n".join(docs[1][:4]) + "\n")
     texts = [lm.encode(s) for s in docs[1][4:7]]
     assert gpu.score_after(prefix, texts) == pytest.approx(lm.score_after(prefix, texts), abs=1e-3)
+
+
+def test_sweep_chooses_the_smallest_scale_within_the_tie():
+    from experiments.pretraining.guidance_sweep import choose
+
+    def cell(ca):
+        return {"ca": {"mean": ca, "lo": ca, "hi": ca, "n": 1}}
+
+    cas = {"1": 0.900, "1.5": 0.9015, "2": 0.9025, "3": 0.9030, "4": 0.890}
+    res = {"sets": {"val": {"systems": {"s": {k: cell(v) for k, v in cas.items()}}}}}
+    scales = [1.0, 1.5, 2.0, 3.0, 4.0]
+    assert choose(res, "s", scales, "val", 0.0)["scale"] == 3.0
+    assert choose(res, "s", scales, "val", 0.002)["scale"] == 1.5  # 0.9015 >= 0.9030 - 0.002
+    got = choose(res, "s", scales, "val", 0.01)
+    assert got["scale"] == 1.0 and got["best_scale"] == 3.0
+    assert got["val"] == res["sets"]["val"]["systems"]["s"]["1"]
+
+
+@pytest.mark.slow
+def test_residual_scale_sweep_on_validation_documents(tmp_path):
+    """``--knob residual_scale``: at s = 1 the sweep gives the report's CA; the checkpoint's own
+    validation documents are scored and chosen on; a larger s lengthens the predictions."""
+    from dataclasses import replace
+
+    from experiments.pretraining.guidance_sweep import main as sweep_main
+
+    p = replace(PRESETS["ci"], families=("base_lcm+context_mean",), generate_docs=0, mi=False)
+    rep = run_report(p, str(tmp_path / "rep"), "ci")
+    run_dir = tmp_path / "rep" / "work" / f"runs_ci_steps{p.steps}_d{p.d_model}_seed{p.seed}"
+    eval_dirs = rep["setup"]["eval_dirs"]
+    res = sweep_main(
+        str(run_dir), str(tmp_path / "sweep"), eval_dirs=eval_dirs,
+        systems=["base_lcm+context_mean"], scales=[1.0, 2.0], bootstrap_draws=50,
+        window=p.window, knob="residual_scale", tie=0.002, validation_documents=2,
+        select_on="in-domain validation",
+    )  # fmt: skip
+    for name in ("results.json", "table.md", "ca_vs_residual_scale.png"):
+        assert (tmp_path / "sweep" / name).stat().st_size > 0
+    assert list(res["sets"])[0] == "in-domain validation"
+    assert res["sets"]["in-domain validation"]["documents"] == 2
+    for set_name in eval_dirs:
+        rows = res["sets"][set_name]["systems"]
+        got, report_row = rows["base_lcm+context_mean"], rep["sets"][set_name]["systems"]
+        assert got["1"]["ca"]["mean"] == pytest.approx(
+            report_row["base_lcm+context_mean"]["ca"]["mean"], abs=1e-9
+        )
+        assert got["2"]["mean_norm"] != pytest.approx(got["1"]["mean_norm"])
+        for ref in ("context_mean", "copy_previous"):
+            diff = got["2"][f"ca_minus_{ref}"]["mean"]
+            assert diff == pytest.approx(got["2"]["ca"]["mean"] - rows[ref]["ca"]["mean"])
+    val = res["sets"]["in-domain validation"]["systems"]["base_lcm+context_mean"]
+    chosen = res["chosen"]["base_lcm+context_mean"]["scale"]
+    best = max(val[k]["ca"]["mean"] for k in val)
+    assert val[f"{chosen:g}"]["ca"]["mean"] >= best - 0.002
+    if chosen == 2.0:
+        assert val["1"]["ca"]["mean"] < best - 0.002

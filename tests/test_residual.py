@@ -8,9 +8,9 @@ import pytest
 import torch
 
 from lcm.generation import SamplingConfig, generate, make_step
-from lcm.models import BaseLCMConfig, OneTowerConfig, QuantLCMConfig, TwoTowerConfig
+from lcm.models import BaseLCMConfig, OneTowerConfig, QuantLCMConfig, RefinerConfig, TwoTowerConfig
 from lcm.normalizer import RobustNormalizer
-from lcm.objectives import MSEObjective, OneTowerDiffusion, TwoTowerDiffusion
+from lcm.objectives import MSEObjective, OneTowerDiffusion, RefinerObjective, TwoTowerDiffusion
 from lcm.objectives.base import residual_base
 from lcm.objectives.diffusion import with_base
 
@@ -20,6 +20,7 @@ FAMILIES = [
     (BaseLCMConfig, MSEObjective),
     (TwoTowerConfig, TwoTowerDiffusion),
     (OneTowerConfig, OneTowerDiffusion),
+    (RefinerConfig, RefinerObjective),
 ]
 
 
@@ -34,6 +35,8 @@ def _objective(cfg, objective_cls, residual):
     model = cfg.from_name("tiny", sonar_dim=D).build().eval()
     if objective_cls is MSEObjective:
         return MSEObjective(model, residual)
+    if objective_cls is RefinerObjective:
+        return RefinerObjective(model, residual=residual)
     sampling = SamplingConfig(num_inference_steps=4, guidance_scale=2.0)
     return objective_cls(model, sampling=sampling, residual=residual).eval()
 
@@ -63,7 +66,9 @@ def test_residual_base_values_with_right_and_left_padding():
 
 
 @pytest.mark.parametrize("residual", RESIDUALS)
-@pytest.mark.parametrize("cfg,objective_cls", FAMILIES, ids=["base_lcm", "two_tower", "one_tower"])
+@pytest.mark.parametrize(
+    "cfg,objective_cls", FAMILIES, ids=["base_lcm", "two_tower", "one_tower", "refiner"]
+)
 def test_cached_generation_equals_uncached_with_a_residual(
     cfg, objective_cls, residual, normalizer
 ):
@@ -110,6 +115,74 @@ def test_base_lcm_residual_adds_the_base_everywhere(residual, normalizer):
 
 
 @pytest.mark.parametrize("residual", RESIDUALS)
+def test_refiner_residual_adds_the_base_everywhere(residual, normalizer):
+    """With a zero PostNet the readout is 0, so every prediction of the refiner is the base
+    itself: the loss, teacher-forced prediction (fixed r and adaptive exit), predict_next and
+    the cached generation step agree on it."""
+    objective = _objective(RefinerConfig, RefinerObjective, residual)
+    torch.nn.init.zeros_(objective.model.postnet.weight)
+    torch.nn.init.zeros_(objective.model.postnet.bias)
+    x = torch.randn(2, 5, D)
+    mask = torch.tensor([[True] * 5, [True, True, True, False, False]])
+    batch = {"x": x, "mask": mask, "loss_mask": mask}
+    expected = residual_base(x, mask, residual)  # (B, T, D): base of concept t+1
+    g = torch.Generator().manual_seed(0)
+    out = objective.loss(batch, g, num_iterations=3)
+    torch.testing.assert_close(out.pred[:, 1:], expected[:, :-1])
+    pred, steps = objective.predict_all_with_exit(batch, g)
+    torch.testing.assert_close(pred[:, 1:], expected[:, :-1])
+    assert (steps[:, 1:] == objective.exit_rule.exit_patience + 1).all()  # the base never moves
+    fixed = objective.predict_all(batch, g, num_iterations=2)
+    torch.testing.assert_close(fixed, pred)
+    nxt = objective.predict_next(x, mask, g)
+    torch.testing.assert_close(nxt[0], expected[0, 4])
+    torch.testing.assert_close(nxt[1], expected[1, 2])
+    want = x[1, 2] if residual == "last" else x[1, :3].mean(dim=0)
+    torch.testing.assert_close(nxt[1], want)
+    prompt = normalizer.denormalize(x[1, :3])
+    gen = generate(
+        make_step(objective), [prompt], normalizer, max_new_concepts=1, repeat_threshold=2.0
+    )
+    torch.testing.assert_close(
+        gen.concepts[0][0], normalizer.denormalize(nxt[1]), atol=1e-5, rtol=1e-5
+    )
+
+
+@pytest.mark.parametrize("residual", RESIDUALS)
+def test_refiner_residual_is_the_plain_prediction_plus_the_base(residual):
+    """Same weights and random draws: with a fixed r the residual refiner's loss prediction and
+    teacher-forced prediction are the plain refiner's plus the base, and residual='none' is the
+    plain network's readout (no base anywhere)."""
+    torch.manual_seed(1)
+    model = RefinerConfig.from_name("tiny", sonar_dim=D).build().eval()
+    plain = RefinerObjective(model)
+    res = RefinerObjective(model, residual=residual)
+    x = torch.randn(2, 5, D)
+    mask = torch.tensor([[True] * 5, [True, True, True, True, False]])
+    batch = {"x": x, "mask": mask, "loss_mask": mask}
+    base = residual_base(x, mask, residual)
+    a = plain.loss(batch, torch.Generator().manual_seed(3), num_iterations=4)
+    b = res.loss(batch, torch.Generator().manual_seed(3), num_iterations=4)
+    torch.testing.assert_close(b.pred[:, 1:], a.pred[:, 1:] + base[:, :-1])
+    torch.testing.assert_close(b.target, a.target)
+    assert not torch.allclose(a.loss, b.loss)
+    # residual='none': the prediction is the network's readout after r iterations, bit for bit
+    g = torch.Generator().manual_seed(3)
+    with torch.no_grad():
+        inject, ctx = model.contextualize(x, mask)
+        cmask = model.cross_mask(mask, 5, 5, x.device)
+        state = plain.initial_state(inject, g)
+        state = model.iterate(state, inject, model.precompute_cross_kv(ctx), 4, cmask)
+        assert torch.equal(a.pred[:, 1:], model.readout(state)[:, :-1])
+    pa = plain.predict_all(batch, torch.Generator().manual_seed(5), num_iterations=4)
+    pb = res.predict_all(batch, torch.Generator().manual_seed(5), num_iterations=4)
+    torch.testing.assert_close(pb[:, 1:], pa[:, 1:] + base[:, :-1])
+    na = plain.predict_next(x, mask, torch.Generator().manual_seed(5), num_iterations=4)
+    nb = res.predict_next(x, mask, torch.Generator().manual_seed(5), num_iterations=4)
+    torch.testing.assert_close(nb, na + res.next_base(x, mask))
+
+
+@pytest.mark.parametrize("residual", RESIDUALS)
 @pytest.mark.parametrize("objective_cls,cfg", [(TwoTowerDiffusion, TwoTowerConfig)])
 def test_diffusion_loss_adds_the_shifted_base_to_the_x0_estimate(objective_cls, cfg, residual):
     torch.manual_seed(1)
@@ -141,7 +214,7 @@ def test_unconditional_rows_get_no_base():
 
 
 def test_residual_is_recorded_and_refused_where_unsupported():
-    from lcm.train.module import BaseLCMModule, QuantModule, TwoTowerModule
+    from lcm.train.module import BaseLCMModule, QuantModule, RefinerModule, TwoTowerModule
 
     arch = BaseLCMConfig.from_name("tiny", sonar_dim=D)
     module = BaseLCMModule(arch=arch, residual="context_mean")
@@ -152,6 +225,12 @@ def test_residual_is_recorded_and_refused_where_unsupported():
     assert BaseLCMModule(arch=arch).objective.residual == "none"  # the default changes nothing
     with pytest.raises(ValueError, match="quant_lcm.*does not support residual='last'"):
         QuantModule(arch=QuantLCMConfig.from_name("tiny", sonar_dim=D), residual="last")
+    ref = RefinerModule(arch=RefinerConfig.from_name("tiny", sonar_dim=D), residual="context_mean")
+    assert ref.objective.residual == "context_mean" and ref.hparams["residual"] == "context_mean"
+    with pytest.raises(
+        ValueError, match="RefinerObjective does not support residual='source_mean'"
+    ):
+        RefinerModule(arch=RefinerConfig.from_name("tiny", sonar_dim=D), residual="source_mean")
     with pytest.raises(ValueError, match="prediction_type='sample'"):
         TwoTowerModule(
             arch=TwoTowerConfig.from_name("tiny", sonar_dim=D),

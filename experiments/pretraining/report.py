@@ -170,6 +170,7 @@ PRESETS: dict[str, Preset] = {
             "base_lcm+context_mean",
             "one_tower+context_mean",
             "two_tower+context_mean",
+            "refiner+context_mean",
         ),
         work_dir="/work/data/h11/pretraining_runs",
     ),
@@ -185,7 +186,7 @@ PRESETS: dict[str, Preset] = {
         val_check_interval=6,
         bootstrap=50,
         toy=True,
-        families=(*FAMILIES, "base_lcm+context_mean", "two_tower+last"),
+        families=(*FAMILIES, "base_lcm+context_mean", "two_tower+last", "refiner+context_mean"),
         lm=LMConfig(
             vocab_size=300,
             d_model=32,
@@ -242,11 +243,16 @@ def read_prepared(folder: str | Path, field_name: str = "text"):
             )
 
 
-def load_eval_set(name: str, folder: str, window: int) -> EvalSet:
+def load_eval_set(
+    name: str, folder: str, window: int, documents: set[str] | None = None
+) -> EvalSet:
     """Cut every document into consecutive windows of ``window`` concepts (a last window of a
-    single concept has nothing to score and is left out, and counted)."""
+    single concept has nothing to score and is left out, and counted); with ``documents``, only
+    the documents with those ids."""
     wins, sents, doc, ids = [], [], [], []
     for doc_id, s, v in read_prepared(folder):
+        if documents is not None and doc_id not in documents:
+            continue
         d = len(ids)
         ids.append(doc_id)
         for start in range(0, v.shape[0], window):
@@ -260,6 +266,35 @@ def load_eval_set(name: str, folder: str, window: int) -> EvalSet:
         raise ValueError(f"{folder}: no document has 2 or more concepts")
     x, mask = pad_documents(wins)
     return EvalSet(name, str(folder), x, mask, np.asarray(doc), ids, sents)
+
+
+def load_validation_set(
+    name: str, ckpt: Path, window: int, max_documents: int | None = None
+) -> EvalSet:
+    """The in-domain validation documents of a checkpoint's training run: the documents its
+    data module held out of its training folder (``split_documents`` with the checkpoint's
+    ``val_fraction`` and ``split_seed``; its ``val_dir`` when it had one), the first
+    ``max_documents`` of them in the folder's order, cut as :func:`load_eval_set` does."""
+    import pyarrow.parquet as pq
+
+    from lcm.train.data import split_documents
+    from lcm.train.module import read_checkpoint
+
+    hp = read_checkpoint(ckpt).get("datamodule_hyper_parameters") or {}
+    if not hp.get("data_dir"):
+        raise ValueError(f"{ckpt}: no datamodule_hyper_parameters.data_dir to find its validation")
+    if hp.get("val_dir"):
+        folder = str(hp["val_dir"])
+        ids = [i for i, _, _ in read_prepared(folder)]
+    else:
+        folder = str(hp["data_dir"])
+        files = sorted((Path(folder) / "shards").glob("shard-*.parquet"))
+        ids = [i for f in files for i in pq.read_table(f, columns=["id"]).column("id").to_pylist()]
+        _, val = split_documents(ids, float(hp["val_fraction"]), int(hp["split_seed"]))
+        ids = [ids[i] for i in val]
+    if max_documents is not None:
+        ids = ids[:max_documents]
+    return load_eval_set(name, folder, window, set(ids))
 
 
 def training_arrays(folder: str) -> tuple[Tensor, list[str], np.ndarray]:
@@ -530,16 +565,23 @@ def train_family(system: str, p: Preset, train_dir: str, root: Path, quiet: bool
 
 @torch.no_grad()  # not inference_mode: Two-Tower's denoiser plan reads parameter versions
 def model_predictions(
-    ckpt: Path, es: EvalSet, batch_windows: int = 32, guidance_scale: float | None = None
+    ckpt: Path,
+    es: EvalSet,
+    batch_windows: int = 32,
+    guidance_scale: float | None = None,
+    residual_scale: float | None = None,
 ) -> Tensor:
     """Teacher-forced predictions (B, T, D) in raw space: ``pred[:, n]`` from ``x[:, :n]``
-    (diffusion: at ``guidance_scale`` when given, else the checkpoint's)."""
+    (diffusion: at ``guidance_scale`` when given, else the checkpoint's; a residual system's
+    correction scaled by ``residual_scale`` when given, else the checkpoint's)."""
     from lcm.train.module import load_module
 
     module = load_module(str(ckpt)).eval()
+    objective = module.objective
     if guidance_scale is not None:
-        objective = module.objective
         objective.sampling = objective.sampling_with(guidance_scale=guidance_scale)
+    if residual_scale is not None:
+        objective.residual_scale = residual_scale
     preds = []
     for i in range(0, es.x.shape[0], batch_windows):
         x, mask = es.x[i : i + batch_windows], es.mask[i : i + batch_windows]

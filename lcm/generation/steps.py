@@ -13,7 +13,7 @@ from typing import Any
 import torch
 
 from lcm.objectives import Objective
-from lcm.objectives.base import objective_for
+from lcm.objectives.base import check_residual_scale, objective_for
 from lcm.objectives.step import _COMPILED, NextConceptStep, StepOptions
 
 __all__ = ["COMPILE_BACKEND", "NextConceptStep", "StepOptions", "make_step", "_COMPILED"]
@@ -37,4 +37,7 @@ def make_step(model: torch.nn.Module, **options: Any) -> NextConceptStep:
     if opts.compile_backend is None:
         opts.compile_backend = COMPILE_BACKEND
     objective = model if isinstance(model, Objective) else objective_for(model)
-    return objective.generation_step(opts)
+    step = objective.generation_step(opts)
+    scale = objective.residual_scale if opts.residual_scale is None else opts.residual_scale
+    step.residual_scale = check_residual_scale(scale, objective.residual)
+    return step

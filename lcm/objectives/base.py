@@ -16,6 +16,7 @@ of ``x[:, i]`` made from ``x[:, :i]`` only, and ``weight[:, i]`` says whether po
 from __future__ import annotations
 
 import copy
+import math
 from abc import ABC, abstractmethod
 from dataclasses import dataclass, replace
 from typing import TYPE_CHECKING, Any, ClassVar, Literal, TypeVar, get_args
@@ -157,6 +158,33 @@ def residual_base(
     raise ValueError(f"unknown residual {residual!r}; known: {list(get_args(Residual))}")
 
 
+def check_residual_scale(scale: float, residual: Residual) -> float:
+    """``scale`` as a float if it is a valid :func:`scale_residual` factor for ``residual``: a
+    finite number > 0, and 1 without a residual (there is no correction to scale); else a
+    ValueError naming the value."""
+    if isinstance(scale, bool) or not isinstance(scale, (int, float)):
+        raise ValueError(f"residual_scale must be a number > 0, got {scale!r}")
+    if not (math.isfinite(scale) and scale > 0):
+        raise ValueError(f"residual_scale must be a finite number > 0, got {scale!r}")
+    if residual == "none" and scale != 1.0:
+        raise ValueError(
+            f"residual_scale={scale!r} needs a residual (the objective has residual='none'); "
+            "only 1.0 is allowed without one"
+        )
+    return float(scale)
+
+
+def scale_residual(pred: Tensor, base: Tensor | None, scale: float) -> Tensor:
+    """``base + scale * (pred - base)``: the prediction with its correction to the residual base
+    scaled by ``scale`` (prediction time only, like classifier-free guidance's extrapolation).
+    ``pred`` itself (the same tensor, bit for bit) when ``scale == 1`` or there is no base. The
+    one place every residual family's teacher-forced prediction and cached generation step
+    scale the correction (see :attr:`Objective.residual_scale`)."""
+    if base is None or scale == 1.0:
+        return pred
+    return base + scale * (pred - base)
+
+
 def shift_right(y: Tensor) -> Tensor:
     """(B, T, ...): ``y`` moved one position later with zeros first, so that the output made at
     position t (about concept t+1) is aligned to target t+1."""
@@ -210,7 +238,7 @@ class Objective(nn.Module, ABC):
         if residual != "none" and not self.supports_residual:
             raise ValueError(
                 f"{type(self).__name__} does not support residual={residual!r} (only 'none'); "
-                "the families that do: Base-LCM, One-Tower, Two-Tower"
+                "the families that do: Base-LCM, One-Tower, Two-Tower, the refiner"
             )
 
     def next_base(self, x: Tensor, mask: Tensor | None) -> Tensor | None:
@@ -218,6 +246,18 @@ class Objective(nn.Module, ABC):
         (B, T, D), or None without a residual."""
         base = residual_base(x, mask, self.residual)
         return None if base is None else last_valid(base, mask)
+
+    @property
+    def residual_scale(self) -> float:
+        """Prediction-time factor s on the learned correction: teacher-forced predictions and
+        the cached generation steps (:func:`lcm.generation.make_step`) give ``base + s *
+        (prediction - base)`` (:func:`scale_residual`); the loss never scales. 1 (default)
+        predicts exactly as trained; > 0, and 1 without a residual."""
+        return getattr(self, "_residual_scale", 1.0)
+
+    @residual_scale.setter
+    def residual_scale(self, scale: float) -> None:
+        self._residual_scale = check_residual_scale(scale, self.residual)
 
     def with_model(self, model: nn.Module) -> Objective:
         """A shallow copy that shares everything (scheduler, settings) but runs ``model``, e.g. an

@@ -48,6 +48,7 @@ from lcm.objectives.base import (
     SampledObjective,
     masked_mse,
     residual_base,
+    scale_residual,
     shift_right,
     target_weight,
     with_overrides,
@@ -283,7 +284,10 @@ class DiffusionObjective(SampledObjective):
             generator,
             options,
         )
-        return out, None
+        scaled = scale_residual(out, base, self.residual_scale)
+        if scaled is not out:
+            scaled[:, 0] = out[:, 0]  # position 0 has no context, so no base to scale from
+        return scaled, None
 
     def sample_next(
         self,
@@ -301,7 +305,7 @@ class DiffusionObjective(SampledObjective):
         out = self._sample(
             lambda n: with_base(self._next_fn(x, mask, n), base), shape, x, generator, options
         )
-        return out[:, 0], None  # (B, D)
+        return scale_residual(out, base, self.residual_scale)[:, 0], None  # (B, D)
 
     @abstractmethod
     def _teacher_forced_fn(self, x: Tensor, mask: Tensor, copies: int) -> ModelFn:
@@ -453,7 +457,7 @@ class DiffusionStep(NextConceptStep):
         if self._solver is None or self._solver[0] != s.solver:  # built once per step object
             self._solver = (s.solver, solver_scheduler(self.scheduler, s.solver))
         y = sample_with(model_fn, (batch, 1, dim), self._solver[1], s, generator, like)
-        return y[:, 0]  # (B, D)
+        return scale_residual(y[:, 0], base, self.residual_scale)  # (B, D)
 
 
 class TwoTowerStep(DiffusionStep):

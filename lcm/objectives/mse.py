@@ -39,6 +39,7 @@ from lcm.objectives.base import (
     last_valid,
     masked_mse,
     residual_base,
+    scale_residual,
     shift_right,
     target_weight,
 )
@@ -173,14 +174,15 @@ class MSEObjective(Objective, network=BaseLCM):
     def _separator(self) -> Tensor | None:
         return None if self.separator is None else self.separator().detach()
 
-    def _outputs(self, x: Tensor, mask: Tensor | None) -> Tensor:
-        """(B, T, D): position t's prediction of concept t+1 (network output plus base)."""
+    def _outputs(self, x: Tensor, mask: Tensor | None, scale: float = 1.0) -> Tensor:
+        """(B, T, D): position t's prediction of concept t+1 (network output plus base, the
+        correction scaled by ``scale``: :func:`~lcm.objectives.base.scale_residual`)."""
         y = self.model(x, mask)  # (B, T, D), y[:, t] predicts x[:, t+1]
         base = residual_base(x, mask, self.residual, self._separator())
-        return y if base is None else y + base
+        return y if base is None else scale_residual(y + base, base, scale)
 
-    def _aligned(self, batch: Batch) -> Tensor:
-        return shift_right(self._outputs(batch["x"], batch["mask"]))  # (B, T, D)
+    def _aligned(self, batch: Batch, scale: float = 1.0) -> Tensor:
+        return shift_right(self._outputs(batch["x"], batch["mask"], scale))  # (B, T, D)
 
     def loss(self, batch: Batch, generator: torch.Generator | None = None) -> ObjectiveOutput:
         pred = self._aligned(batch)  # (B, T, D)
@@ -202,14 +204,14 @@ class MSEObjective(Objective, network=BaseLCM):
 
     @torch.no_grad()
     def predict_all(self, batch: Batch, generator: torch.Generator | None = None) -> Tensor:
-        return self._aligned(batch)
+        return self._aligned(batch, self.residual_scale)
 
     @torch.no_grad()
     def predict_next(
         self, x: Tensor, mask: Tensor | None = None, generator: torch.Generator | None = None
     ) -> Tensor:
         """(B, D): the output at each sequence's last valid position."""
-        return last_valid(self._outputs(x, mask), mask)  # (B, D)
+        return last_valid(self._outputs(x, mask, self.residual_scale), mask)  # (B, D)
 
     def generation_step(self, options: StepOptions) -> BaseLCMStep:
         """:class:`BaseLCMStep` (reads ``use_cache``, ``compile``, ``compile_backend``)."""
@@ -249,7 +251,7 @@ class BaseLCMStep(NextConceptStep):
     def next(self, generator=None) -> Tensor:
         y = self.last if self.use_cache else self.forward(self.x, self.mask)[:, -1]  # (B, D)
         base = self._base()
-        return y if base is None else y + base
+        return y if base is None else scale_residual(y + base, base, self.residual_scale)
 
     def append(self, y: Tensor) -> None:
         self._grow(y)

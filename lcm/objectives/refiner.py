@@ -19,6 +19,14 @@ Inference, per concept (ours): iterate until the prediction stops moving,
 
 or until `max_iterations`. The exit step is reported per concept: unsolved cases never settle and
 run to the cap, which the CPU pilot found a useful "did not converge" signal.
+
+With ``residual`` (:data:`~lcm.objectives.base.Residual`: ``"last"`` or ``"context_mean"``) the
+prediction of concept t+1 is ``base_t + readout(s_r)``, in the loss, teacher-forced prediction,
+``predict_next`` and the cached generation step alike, as for Base-LCM
+(:func:`~lcm.objectives.base.residual_base`). The adaptive exit then watches that prediction (base
+plus readout; the base is fixed while the core iterates). A prediction-time ``residual_scale``
+s (:func:`~lcm.objectives.base.scale_residual`) gives ``base + s * readout`` after the exit, so it
+changes no exit step.
 """
 
 from __future__ import annotations
@@ -34,9 +42,12 @@ from lcm.models.refiner import CrossKV, RecurrentRefinerLCM, RefinerTrajectory
 from lcm.objectives.base import (
     Batch,
     ObjectiveOutput,
+    Residual,
     SampledObjective,
     last_valid,
     masked_mse,
+    residual_base,
+    scale_residual,
     shift_right,
     target_weight,
     with_overrides,
@@ -137,9 +148,12 @@ class RefinerObjective(SampledObjective, network=RecurrentRefinerLCM):
             start from the PreNet embedding of the current concept, i.e. the one before the
             predicted concept).
         exit_rule: Default inference exit rule; every predict method can override its fields.
+        residual: Add this base from the context to the readout (``"none"``, ``"last"`` or
+            ``"context_mean"``; :func:`~lcm.objectives.base.residual_base`).
     """
 
     predicts_first_concept = False
+    supports_residual = True
 
     def __init__(
         self,
@@ -150,8 +164,14 @@ class RefinerObjective(SampledObjective, network=RecurrentRefinerLCM):
         max_train_iterations: int | None = None,
         init: str = "random",
         exit_rule: ExitRule | None = None,
+        residual: Residual = "none",
     ) -> None:
-        super().__init__(model)
+        super().__init__(model, residual)
+        if residual in ("source_mean", "source_lead"):
+            raise ValueError(
+                f"RefinerObjective does not support residual={residual!r} (it has no separator); "
+                "use 'none', 'last' or 'context_mean'"
+            )
         if backprop_depth < 1:
             raise ValueError(f"backprop_depth must be >= 1, got {backprop_depth}")
         if init not in INIT_MODES:
@@ -222,7 +242,9 @@ class RefinerObjective(SampledObjective, network=RecurrentRefinerLCM):
         with torch.no_grad():
             state = model.iterate(state, inject, cross_kv, r - k, cmask)
         state = model.iterate(state.detach() if r > k else state, inject, cross_kv, k, cmask)
-        pred = shift_right(model.readout(state))  # (B, T, D), pred[:, i] guesses x[:, i]
+        y = model.readout(state)  # (B, T, D), y[:, t] guesses x[:, t+1]
+        base = residual_base(x, mask, self.residual)
+        pred = shift_right(y if base is None else y + base)  # pred[:, i] guesses x[:, i]
 
         weight = target_weight(batch).clone()  # (B, T)
         weight[:, 0] = False  # nothing predicts the first concept
@@ -241,6 +263,7 @@ class RefinerObjective(SampledObjective, network=RecurrentRefinerLCM):
         num_iterations: int | None = None,
         rule: ExitRule | None = None,
         return_state: bool = False,
+        base: Tensor | None = None,
     ) -> tuple[Tensor, Tensor] | tuple[Tensor, Tensor, Tensor]:
         """Refine queries with a fixed r or the adaptive exit rule.
 
@@ -254,6 +277,8 @@ class RefinerObjective(SampledObjective, network=RecurrentRefinerLCM):
             rule: Exit rule (default ``self.exit_rule``).
             return_state: Also return each query's state at its exit (B, Tq, d), e.g. to
                 warm-start the next concept from it.
+            base: (B, Tq, D) residual base added to every readout (None: none); the exit rule
+                watches the sum.
 
         Returns:
             predictions (B, Tq, D) and exit steps (B, Tq) long (and the exit states).
@@ -267,7 +292,7 @@ class RefinerObjective(SampledObjective, network=RecurrentRefinerLCM):
                 raise ValueError(f"num_iterations must be >= 1, got {num_iterations}")
             state = model.iterate(state, inject, cross_kv, num_iterations, cross_mask)
             steps = torch.full((B, Tq), num_iterations, dtype=torch.long, device=inject.device)
-            y = model.readout(state)
+            y = model.readout(state) if base is None else model.readout(state) + base
             return (y, steps, state) if return_state else (y, steps)
 
         rule = rule or self.exit_rule
@@ -281,6 +306,8 @@ class RefinerObjective(SampledObjective, network=RecurrentRefinerLCM):
         for i in range(1, rule.max_iterations + 1):
             state = model.step(state, inject, cross_kv, cross_mask)  # (b, Tq, d)
             y = model.readout(state)  # (b, Tq, D)
+            if base is not None:
+                y = y + base  # (b, Tq, D), the base of the rows still iterating
             if out is None:
                 out = y.new_zeros(B, Tq, y.shape[-1])
             if y_prev is not None:
@@ -308,6 +335,8 @@ class RefinerObjective(SampledObjective, network=RecurrentRefinerLCM):
                     hits[keep],
                     y[keep],
                 )
+                if base is not None:
+                    base = base[keep]
                 cross_kv = [(k[keep], v[keep]) for k, v in cross_kv]
                 if cross_mask is not None and cross_mask.shape[0] > 1:
                     cross_mask = cross_mask[keep]
@@ -342,9 +371,11 @@ class RefinerObjective(SampledObjective, network=RecurrentRefinerLCM):
         T = x.shape[1]
         inject, cross_kv = self._refine_context(x, mask)
         cmask = self.model.cross_mask(mask, T, T, x.device)
+        base = residual_base(x, mask, self.residual)  # (B, T, D) or None
         y, steps = self.refine(
-            inject, cross_kv, cmask, generator, num_iterations=num_iterations, rule=rule
+            inject, cross_kv, cmask, generator, num_iterations=num_iterations, rule=rule, base=base
         )
+        y = scale_residual(y, base, self.residual_scale)
         return shift_right(y), shift_right(steps)
 
     def sample_next(
@@ -356,10 +387,17 @@ class RefinerObjective(SampledObjective, network=RecurrentRefinerLCM):
         inject, cross_kv = self._refine_context(x, mask)
         query = last_valid(inject, mask)[:, None]  # (B, 1, d)
         cmask = None if mask is None else mask[:, None, None, :]  # (B, 1, 1, T): all valid keys
+        base = self.next_base(x, mask)  # (B, D) or None
         y, steps = self.refine(
-            query, cross_kv, cmask, generator, num_iterations=num_iterations, rule=rule
+            query,
+            cross_kv,
+            cmask,
+            generator,
+            num_iterations=num_iterations,
+            rule=rule,
+            base=None if base is None else base[:, None],
         )
-        return y[:, 0], steps[:, 0]
+        return scale_residual(y[:, 0], base, self.residual_scale), steps[:, 0]
 
     def generation_step(self, options: StepOptions) -> RefinerStep:
         """:class:`RefinerStep` (reads ``exit_rule``, ``exit_overrides``, ``num_iterations``,
@@ -381,7 +419,8 @@ class RefinerObjective(SampledObjective, network=RecurrentRefinerLCM):
         generator: torch.Generator | None = None,
     ) -> RefinerTrajectory:
         """Every iterate of every position (not aligned: position t is about concept t+1), with
-        this objective's initial state. For accuracy-against-r curves and PCA pictures."""
+        this objective's initial state. For accuracy-against-r curves and PCA pictures. The
+        readouts are the network's alone: a residual base is not added."""
         inject = self.model.prenet(x)  # (B, T, d)
         state = self.initial_state(inject, generator)
         return self.model(x, mask, num_iterations, state=state, return_trajectory=True)[1]
@@ -396,6 +435,8 @@ class RefinerStep(NextConceptStep):
     ``warm_start`` starts each concept's state from the previous concept's exit state instead of
     the objective's initial state (random or embedding); the first concept always uses the
     latter. ``last_info["exit_step"]`` (B,) holds the iterations each document's concept took.
+    With the objective's ``residual``, the base of the step's context is added to every readout
+    (:meth:`~lcm.objectives.step.NextConceptStep._base`).
     """
 
     def __init__(
@@ -406,7 +447,7 @@ class RefinerStep(NextConceptStep):
         warm_start: bool = False,
         use_cache: bool = True,
     ) -> None:
-        super().__init__(use_cache)
+        super().__init__(use_cache, objective.residual)
         self.objective, self.model = objective, objective.model
         self.rule, self.num_iterations = rule, num_iterations
         self.warm_start = warm_start
@@ -428,6 +469,7 @@ class RefinerStep(NextConceptStep):
         cross_kv = self.cross_kv
         cmask = self.mask[:, None, None, :]  # (B, 1, 1, T): every real concept
         state = self.state if self.warm_start else None
+        base = self._base()  # (B, D) or None
         y, steps, self.state = self.objective.refine(
             self.query,
             cross_kv,
@@ -437,9 +479,10 @@ class RefinerStep(NextConceptStep):
             num_iterations=self.num_iterations,
             rule=self.rule,
             return_state=True,
+            base=None if base is None else base[:, None],
         )
         self.last_info = {"exit_step": steps[:, 0]}
-        return y[:, 0]  # (B, D)
+        return scale_residual(y[:, 0], base, self.residual_scale)  # (B, D)
 
     def append(self, y: Tensor) -> None:
         self._grow(y)

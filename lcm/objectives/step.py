@@ -61,6 +61,9 @@ class NextConceptStep:
         #: (D,) the separator concept, for ``residual="source_mean"`` or ``"source_lead"`` (set by
         #: the objective).
         self.separator: Tensor | None = None
+        #: Factor on the correction to the residual base (:func:`~lcm.objectives.base.
+        #: scale_residual`; set by :func:`lcm.generation.make_step` from the objective).
+        self.residual_scale = 1.0
         self.x: Tensor | None = None  # (B, T, D) full context, kept for the uncached path
         self.mask: Tensor | None = None  # (B, T)
         self.last_info: dict[str, Tensor] = {}  # per-document facts about the last concept
@@ -113,6 +116,8 @@ class StepOptions:
         exit_overrides: Refiner: fields of the default exit rule to replace (``exit_threshold``,
             ``exit_patience``, ``max_iterations``; None keeps one).
         warm_start: Refiner: start each concept from the previous concept's exit state.
+        residual_scale: Families with a residual: factor on the correction to the base
+            (:attr:`~lcm.objectives.Objective.residual_scale`; default: the objective's).
         temperature: Quant-LCM: code sampling temperature (default: the objective's).
         top_p: Quant-LCM: nucleus mass (default: the objective's).
     """
@@ -132,6 +137,7 @@ class StepOptions:
     warm_start: bool = False
     temperature: float | None = None
     top_p: float | None = None
+    residual_scale: float | None = None
 
 
 #: model -> its compiled functions (:func:`compiled_method`, Two-Tower's compiled denoiser); weak,

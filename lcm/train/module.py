@@ -66,7 +66,13 @@ from lcm.objectives import (
     SamplingConfig,
     TwoTowerDiffusion,
 )
-from lcm.objectives.base import Batch, ObjectiveOutput, Residual, check_residual
+from lcm.objectives.base import (
+    Batch,
+    ObjectiveOutput,
+    Residual,
+    check_residual,
+    check_residual_scale,
+)
 from lcm.objectives.mse import RegressionLoss
 from lcm.quant import RVQ
 from lcm.train.optim import DEFAULT_OPTIM, EMA, OptimConfig, adamw_warmup_cosine
@@ -126,11 +132,17 @@ class LCMModule(L.LightningModule):
         residual: Predict each next concept as a base from the context plus the network's
             output: ``none`` (the concept itself), ``last`` (a correction to the last concept)
             or ``context_mean`` (a correction to the mean of the context), in normalized space;
-            applied in training, validation and generation alike (Base-LCM, One-Tower and
-            Two-Tower; the other families accept only ``none``). Base-LCM also takes
+            applied in training, validation and generation alike (Base-LCM, One-Tower,
+            Two-Tower and the refiner; Quant-LCM accepts only ``none``). Base-LCM also takes
             ``source_mean`` (summarization: the mean of the source's concepts, separator and
             end-of-text left out) and ``source_lead`` (the midpoint of that mean and the
             source's first concept); see :data:`lcm.objectives.base.Residual`.
+        residual_scale: Prediction time only (validation, test, predict, generation; never the
+            loss): predict ``base + residual_scale * (prediction - base)``, the learned
+            correction to the residual base scaled (> 0; 1, the default, predicts as trained;
+            only 1 without a residual). Recorded in the checkpoint; override it on a loaded
+            module with ``module.objective.residual_scale = s`` or per generation with
+            ``residual_scale`` (:class:`lcm.api.Settings`).
     """
 
     family: ClassVar[str] = ""
@@ -152,6 +164,7 @@ class LCMModule(L.LightningModule):
         learn_separator: bool = False,
         seed: int = 0,
         residual: Residual = "none",
+        residual_scale: float = 1.0,
     ) -> None:
         super().__init__()
         if not self.family:
@@ -167,6 +180,7 @@ class LCMModule(L.LightningModule):
         self.ema_decay, self.ema_eval = ema_decay, ema_eval
         self.init_from, self.seed = init_from, seed
         self.residual: Residual = check_residual(residual)
+        self.residual_scale = check_residual_scale(residual_scale, self.residual)
         self.objective: Objective
         self.ema_model: EMA | None = None
 
@@ -197,6 +211,7 @@ class LCMModule(L.LightningModule):
                 f"family {self.family!r} does not support residual={self.residual!r} (only 'none')"
             )
         self.objective = objective
+        objective.residual_scale = self.residual_scale
         if self.ema_decay is not None:
             self.ema_model = EMA(objective.model, self.ema_decay)
 
@@ -672,6 +687,7 @@ class RefinerModule(LCMModule):
             max_train_iterations=max_train_iterations,
             init=init,
             exit_rule=ExitRule(exit_threshold, exit_patience, max_iterations),
+            residual=self.residual,
         )
         self.attach(objective)
 
