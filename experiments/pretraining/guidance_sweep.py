@@ -33,7 +33,6 @@ from pathlib import Path
 from typing import Literal
 
 import numpy as np
-import torch
 
 from experiments.pretraining.report import BASELINES as REPORT_BASELINES
 from experiments.pretraining.report import (
@@ -304,7 +303,6 @@ def main(
         prefer: of the scales tied within ``tie``, choose the one closest to this (e.g. the
             default guidance 3; None: the smallest).
     """
-    torch.set_num_threads(max(1, torch.get_num_threads()))
     t0 = time.perf_counter()
     res = sweep(
         run_dir,
