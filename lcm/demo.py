@@ -9,12 +9,16 @@ summaries of held-out documents.
    ending in the "End of text." sentence);
 3. ``lcm fit`` a small Base-LCM (d_model 256, 1,200 steps) on [description, SEP, synopsis] that
    predicts a correction to the midpoint of the mean of the description's concepts and its first
-   concept (configs/base_lcm/sft_source_lead.yaml, chosen on the validation split; bench/RESULTS.md
-   has its test scores); ``--recipe`` picks another, e.g. configs/base_lcm/sft_source_mean.yaml
+   concept, trained with the MSE plus an InfoNCE ranking term
+   (configs/base_lcm/sft_source_lead.yaml, chosen on the validation split; bench/RESULTS.md has
+   its test scores); ``--recipe`` picks another, e.g. configs/base_lcm/sft_source_mean.yaml
    (the mean alone, 800 steps), configs/base_lcm/tiny_sft_residual.yaml or
    configs/refiner/tiny_sft.yaml;
 4. summarize held-out test descriptions through the Python API and print them beside the
-   reference synopses, with ROUGE-L beside the floors and the retrieval ceiling.
+   reference synopses, with ROUGE-L beside the floors and the retrieval ceiling. The scored
+   documents (``--n_eval`` test, ``--n_valid`` validation) are a seeded random sample of each
+   split, drawn by a stable hash of the document id (:func:`sample_documents`), not the head of
+   the file, which is alphabetical and dominated by package families (``binutils-*``).
 
 The codec is SONAR when its weights load (``--codec auto``), else the offline MiniLM codec, which
 decodes by retrieval over the training sentences (so summaries are sentences of the corpus).
@@ -23,6 +27,7 @@ Rerunning reuses finished steps.
 
 from __future__ import annotations
 
+import hashlib
 import json
 import sys
 from pathlib import Path
@@ -48,6 +53,41 @@ def pick_codec(name: Literal["auto", "sonar", "minilm"]) -> SentenceCodec:
         return MiniLMCodec()
 
 
+def sample_documents(docs: list[dict], n: int, seed: int = 0) -> list[dict]:
+    """A seeded random sample of ``n`` documents, stable across runs and machines.
+
+    Each document is ranked by the SHA-256 of ``"<seed>:<id>"`` and the ``n`` lowest are kept, in
+    that order; so a document's rank does not depend on the file's order, the sample does not
+    follow package names alphabetically, and ``n`` at least the number of documents keeps them
+    all.
+
+    Args:
+        docs: documents, each with a string ``id`` (unique).
+        n: how many to keep (>= 0).
+        seed: another seed draws another sample.
+
+    Returns:
+        ``min(n, len(docs))`` documents.
+
+    Raises:
+        ValueError: if ``n`` is negative, a document has no ``id``, or two share one.
+    """
+    if n < 0:
+        raise ValueError(f"n must be >= 0, got {n}")
+    seen: set[str] = set()
+    for i, r in enumerate(docs):
+        if "id" not in r:
+            raise ValueError(f"document {i} has no 'id' field (fields: {sorted(r)})")
+        if r["id"] in seen:
+            raise ValueError(f"document {i}: id {r['id']!r} is not unique")
+        seen.add(r["id"])
+
+    def rank(r: dict) -> str:
+        return hashlib.sha256(f"{seed}:{r['id']}".encode()).hexdigest()
+
+    return sorted(docs, key=rank)[:n]
+
+
 def main(
     out_dir: str = "runs/demo",
     docs_per_split: int = 4000,
@@ -58,6 +98,7 @@ def main(
     n_valid: int = 100,
     recipe: str = "configs/base_lcm/sft_source_lead.yaml",
     run_name: str = "run",
+    sample_seed: int = 0,
 ) -> dict:
     """Run the main job.
 
@@ -68,13 +109,17 @@ def main(
             ``trainer.max_steps``, 1,200 for the default recipe).
         codec: ``auto`` (SONAR if its weights load, else MiniLM), ``sonar`` or ``minilm``.
         show: how many held-out examples to print.
-        n_eval: held-out test documents scored with ROUGE-L against the reference synopses.
+        n_eval: held-out test documents scored with ROUGE-L against the reference synopses: a
+            random sample of the split by a stable hash of the document id (``sample_seed``);
+            the whole split when at least its size.
         n_valid: validation documents scored the same way (the split to choose settings on;
             0 skips it).
         recipe: the summarization fine-tune recipe (any family's ``*_sft.yaml``, e.g.
             ``configs/base_lcm/sft_source_lead.yaml`` or ``configs/refiner/tiny_sft.yaml``).
         run_name: folder of the training run in ``out_dir`` (use a new one per recipe; the data
             and shards are shared).
+        sample_seed: seed of the hashed sample of test and validation documents
+            (:func:`sample_documents`).
     """
     from rich.console import Console
     from rich.table import Table
@@ -151,7 +196,8 @@ def main(
 
     def load(split: str, n: int) -> list[dict]:
         path = out / "data" / f"debian_descriptions.en.{split}.jsonl"
-        return [json.loads(line) for line in path.read_text().splitlines()][:n]
+        docs = [json.loads(line) for line in path.read_text().splitlines()]
+        return sample_documents(docs, n, sample_seed)
 
     def summarize(docs: list[dict]) -> list[str]:
         # One concept: a synopsis is one sentence, and so are the floors; a second concept

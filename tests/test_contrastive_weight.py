@@ -90,3 +90,58 @@ def test_bad_weight_is_rejected_and_the_module_passes_it():
     assert module.objective.contrastive_weight == 0.25
     assert module.objective.temperature == 0.07
     assert BaseLCMModule().objective.contrastive_weight == 0.0
+
+
+def test_extra_negatives_are_wrong_answers_unless_equal_to_the_target():
+    batch = _batch(2)
+    pred, weight, _ = _by_hand(_objective(), batch)
+    pred = pred.detach()
+    x = batch["x"]
+    negs = torch.randn(5, D, generator=torch.Generator().manual_seed(3))
+    value = regression_loss(pred, x, weight, "infonce", 0.1, negatives=negs)
+    # by hand: softmax over the N targets and the M negatives, cross-entropy to the own target
+    p = torch.nn.functional.normalize(pred[weight], dim=-1)
+    g = torch.nn.functional.normalize(torch.cat([x[weight], negs]), dim=-1)
+    logits = p @ g.T / 0.1
+    want = torch.nn.functional.cross_entropy(logits, torch.arange(len(p)))
+    torch.testing.assert_close(value, want)
+    assert value > regression_loss(pred, x, weight, "infonce", 0.1)  # more to out-rank
+    # copies of the batch's targets (as a queue holds after an epoch): row i's own copy is
+    # masked out, the others' copies stay wrong answers
+    copies = regression_loss(pred, x, weight, "infonce", 0.1, negatives=x[weight] * 2.0)
+    own = p @ torch.nn.functional.normalize(x[weight], dim=-1).T / 0.1  # (N, N)
+    eye = torch.eye(len(p), dtype=torch.bool)
+    both = torch.cat([own, own.masked_fill(eye, float("-inf"))], dim=1)
+    want = torch.nn.functional.cross_entropy(both, torch.arange(len(p)))
+    torch.testing.assert_close(copies, want)
+    # none given, or an empty set: the batch-only loss, bit for bit
+    empty = regression_loss(pred, x, weight, "infonce", 0.1, negatives=torch.empty(0, D))
+    assert torch.equal(empty, regression_loss(pred, x, weight, "infonce", 0.1))
+
+
+def test_the_queue_keeps_earlier_training_targets_newest_first_and_only_in_training():
+    first, second = _batch(4), _batch(5)
+    obj = _objective(0.5, contrastive_queue=20)
+    obj.train()
+    out1 = obj.loss(first)
+    w1 = target_weight(first).clone()
+    w1[:, 0] = False
+    assert torch.equal(obj.queue, first["x"][w1])  # 13 weighted targets, under the cap
+    plain = _objective(0.5)
+    plain.train()
+    torch.testing.assert_close(out1.loss, plain.loss(first).loss)  # empty queue: no change
+    out2 = obj.loss(second)
+    # the second batch's term also ranks against the first batch's 13 targets
+    pred, weight, mse = _by_hand(obj, second)
+    term = regression_loss(pred, second["x"], weight, "infonce", 0.05, negatives=first["x"][w1])
+    torch.testing.assert_close(out2.loss, mse + 0.5 * term)
+    assert obj.queue.shape == (20, D)  # capped: 13 new first, then 7 of the first batch
+    assert torch.equal(obj.queue, torch.cat([second["x"][weight], first["x"][w1]])[:20])
+    assert not obj.queue.requires_grad
+    # in evaluation the queue is neither used nor updated
+    obj.eval()
+    before = obj.queue.clone()
+    torch.testing.assert_close(obj.loss(second).loss, plain.eval().loss(second).loss)
+    assert torch.equal(obj.queue, before)
+    with pytest.raises(ValueError, match="contrastive_queue must be >= 0"):
+        _objective(0.5, contrastive_queue=-1)

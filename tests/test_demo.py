@@ -10,7 +10,7 @@ import torch
 
 from encoders.base import SentenceCodec
 from encoders.retrieval import RetrievalBank
-from lcm.demo import _rouge_table
+from lcm.demo import _rouge_table, sample_documents
 from lcm.splitting import SentenceSplitter
 
 VECTORS = {  # sentence -> concept: 'alpha' sentences point along e0, 'beta' ones along e1
@@ -53,6 +53,34 @@ def test_floors_and_ceiling_decode_their_own_query_through_the_models_bank():
     assert scores["lead-1"] == 40.0 and scores["documents"] == 1
 
 
+def test_the_scored_documents_are_a_hashed_sample_not_the_alphabetical_head():
+    # 40 documents named like a package family first (as the Debian splits are), then others
+    docs = [{"id": f"binutils-{i:02d}"} for i in range(40)] + [
+        {"id": f"pkg{i:02d}"} for i in range(40)
+    ]
+    sample = sample_documents(docs, 20)
+    ids = [r["id"] for r in sample]
+    assert len(set(ids)) == 20 and set(ids) <= {r["id"] for r in docs}
+    assert ids != [r["id"] for r in docs[:20]]
+    # a hash sample mixes both halves: P(all 20 from one half) is about 1e-11
+    assert 0 < sum(i.startswith("binutils-") for i in ids) < 20
+    # stable: independent of the file's order; the seed draws another sample
+    assert sample_documents(list(reversed(docs)), 20) == sample
+    assert [r["id"] for r in sample_documents(docs, 20, seed=1)] != ids
+    # nested: a larger n extends the smaller sample; n >= len keeps every document
+    assert sample_documents(docs, 30)[:20] == sample
+    assert len(sample_documents(docs, 1000)) == 80 and sample_documents(docs, 0) == []
+
+
+def test_the_sample_names_a_bad_document():
+    with pytest.raises(ValueError, match="document 1 has no 'id'"):
+        sample_documents([{"id": "a"}, {"text": "x"}], 1)
+    with pytest.raises(ValueError, match="document 1: id 'a' is not unique"):
+        sample_documents([{"id": "a"}, {"id": "a"}], 1)
+    with pytest.raises(ValueError, match="n must be >= 0"):
+        sample_documents([{"id": "a"}], -1)
+
+
 @pytest.mark.parametrize(
     "recipe, residual, steps",
     [
@@ -64,10 +92,10 @@ def test_the_summarization_recipes_predict_a_correction_to_their_source_base(
     tmp_path, recipe, residual, steps
 ):
     """configs/base_lcm/sft_source_lead.yaml (the main job's default recipe, with the recipe's
-    own 1,200 steps) trains a Base-LCM whose summary concept is the network's output plus the
-    midpoint of the mean of the description's concepts and its first concept; the earlier
-    sft_source_mean.yaml adds the mean alone (end-of-text and separator concepts left out, in
-    normalized space)."""
+    own 1,200 steps; MSE plus InfoNCE at weight 1.0) trains a Base-LCM whose summary concept is
+    the network's output plus the midpoint of the mean of the description's concepts and its
+    first concept; the earlier sft_source_mean.yaml adds the mean alone (end-of-text and
+    separator concepts left out, in normalized space)."""
     import inspect
 
     import yaml
@@ -92,6 +120,9 @@ def test_the_summarization_recipes_predict_a_correction_to_their_source_base(
     module = load_module(str(root / "checkpoints" / "last.ckpt")).eval()
     assert module.residual == residual and module.arch.dropout == 0.0
     assert module.arch.d_model == 256
+    # the default recipe adds InfoNCE (weight 1.0) to the MSE; the earlier one the MSE alone
+    weight = 1.0 if residual == "source_lead" else 0.0
+    assert module.objective.loss_kind == "mse" and module.objective.contrastive_weight == weight
     src, eot = torch.randn(2, 4, module.arch.sonar_dim), torch.randn(2, 1, module.arch.sonar_dim)
     x = torch.cat((src, eot, module.separator.expand(2, 1, -1)), dim=1)  # [source, EOT, SEP]
     objective = module.eval_objective()

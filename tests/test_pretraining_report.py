@@ -122,7 +122,7 @@ def _cells(node):
             yield from _cells(v)
 
 
-@pytest.mark.parametrize("sub", ["", "residual_scale"])
+@pytest.mark.parametrize("sub", ["", "residual_scale", "guidance_206k"])
 def test_report_readme_intervals_are_the_jsons(sub):
     """Every "value [lo, hi]" a committed report README quotes (the report's, and a
     sub-folder's with its own README, e.g. ``residual_206k/``) is a cell of one of the
@@ -276,6 +276,11 @@ def test_sweep_chooses_the_smallest_scale_within_the_tie():
     got = choose(res, "s", scales, "val", 0.01)
     assert got["scale"] == 1.0 and got["best_scale"] == 3.0
     assert got["val"] == res["sets"]["val"]["systems"]["s"]["1"]
+    # prefer: of the tied scales, the closest to the preferred one (the default guidance)
+    assert choose(res, "s", scales, "val", 0.002, prefer=3.0)["scale"] == 3.0
+    assert choose(res, "s", scales, "val", 0.002, prefer=1.0)["scale"] == 1.5  # 1 is not tied
+    assert choose(res, "s", scales, "val", 0.01, prefer=1.75)["scale"] == 1.5  # equal: smaller
+    assert choose(res, "s", scales, "val", 0.0, prefer=1.0)["scale"] == 3.0  # no tie: the best
 
 
 @pytest.mark.slow

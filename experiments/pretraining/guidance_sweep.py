@@ -18,7 +18,8 @@ bootstrap intervals over documents, the paired differences "CA - context-mean" a
 copy-previous" on the same resamples, and the mean norm of the predictions. The scale is chosen
 per system on ``--select_on`` (the in-domain test set by default; ``--validation_documents``
 adds the checkpoints' own in-domain validation documents as ``in-domain validation``): the
-smallest scale whose CA is within ``--tie`` of the best. It is read on the other sets, so their
+smallest scale whose CA is within ``--tie`` of the best (with ``--prefer g``: the tied scale
+closest to g, e.g. the checkpoint's default guidance). It is read on the other sets, so their
 number at the chosen scale was not used to choose it. Writes ``results.json``, ``table.md`` and
 ``ca_vs_<knob>.png`` to ``--out_dir``.
 """
@@ -32,7 +33,6 @@ from pathlib import Path
 from typing import Literal
 
 import numpy as np
-import torch
 
 from experiments.pretraining.report import BASELINES as REPORT_BASELINES
 from experiments.pretraining.report import (
@@ -68,6 +68,7 @@ def sweep(
     knob: Knob = "guidance",
     tie: float = 0.0,
     validation_documents: int | None = None,
+    prefer: float | None = None,
 ) -> dict:
     """Score ``systems`` (checkpoints ``<run_dir>/<system>/checkpoints/last.ckpt``) at each of
     ``scales`` of ``knob`` on each set of ``eval_dirs`` (and, with ``validation_documents``,
@@ -88,6 +89,7 @@ def sweep(
         raise FileNotFoundError(f"no checkpoint {missing[0]} (train it with the report first)")
     rng = np.random.default_rng(seed)
     res: dict = {"sets": {}, "scales": scales, "select_on": select_on, "knob": knob, "tie": tie}
+    res["prefer"] = prefer
     res["seconds"] = {}
     for set_name, folder in sets.items():
         if folder is None:
@@ -136,7 +138,9 @@ def sweep(
             "positions": int(rows["context_mean"]["ca"]["n"]),
             "systems": rows,
         }
-    res["chosen"] = {system: choose(res, system, scales, select_on, tie) for system in systems}
+    res["chosen"] = {
+        system: choose(res, system, scales, select_on, tie, prefer) for system in systems
+    }
     return res
 
 
@@ -155,13 +159,22 @@ def _validation_set(ckpts: dict[str, Path], window: int, max_documents: int | No
     return load_validation_set(VALIDATION, next(iter(ckpts.values())), window, max_documents)
 
 
-def choose(res: dict, system: str, scales: list[float], select_on: str, tie: float) -> dict:
-    """The scale chosen for ``system``: the smallest of ``scales`` whose CA on ``select_on`` is
-    within ``tie`` of the best there; with its cells on every set."""
+def choose(
+    res: dict,
+    system: str,
+    scales: list[float],
+    select_on: str,
+    tie: float,
+    prefer: float | None = None,
+) -> dict:
+    """The scale chosen for ``system`` among the ``scales`` whose CA on ``select_on`` is within
+    ``tie`` of the best there: the smallest, or with ``prefer`` the one closest to it (the
+    smaller on equal distance); with its cells on every set."""
     by_scale = res["sets"][select_on]["systems"][system]
     ca = {s: by_scale[f"{s:g}"]["ca"]["mean"] for s in scales}
     best = max(ca.values())
-    scale = min(s for s in scales if ca[s] >= best - tie)
+    tied = [s for s in scales if ca[s] >= best - tie]
+    scale = min(tied) if prefer is None else min(tied, key=lambda s: (abs(s - prefer), s))
     return {
         "scale": scale,
         "best_scale": max(scales, key=lambda s: ca[s]),
@@ -198,10 +211,11 @@ def markdown(res: dict) -> str:
             ]
             lines.append(f"| {system_label(system)} | " + " | ".join(cells) + " |")
         lines.append("")
-    tie = res.get("tie", 0.0)
+    tie, prefer = res.get("tie", 0.0), res.get("prefer")
+    rule = "the smallest" if prefer is None else f"the closest to {prefer:g}"
     lines += [
-        f"Scale chosen per system on {res['select_on']} (highest CA; the smallest scale within "
-        f"{tie:g} of it):",
+        f"Scale chosen per system on {res['select_on']} (highest CA; of the scales within "
+        f"{tie:g} of it, {rule}):",
         "",
     ]
     for system, c in res["chosen"].items():
@@ -264,6 +278,7 @@ def main(
     knob: Knob = "guidance",
     tie: float = 0.0,
     validation_documents: int | None = None,
+    prefer: float | None = None,
 ) -> dict:
     """Score the systems of a report run at several guidance (or residual) scales.
 
@@ -285,8 +300,9 @@ def main(
             best.
         validation_documents: also score this many of the checkpoints' own in-domain
             validation documents (the set ``in-domain validation``; None: not scored).
+        prefer: of the scales tied within ``tie``, choose the one closest to this (e.g. the
+            default guidance 3; None: the smallest).
     """
-    torch.set_num_threads(max(1, torch.get_num_threads()))
     t0 = time.perf_counter()
     res = sweep(
         run_dir,
@@ -300,6 +316,7 @@ def main(
         knob,
         tie,
         validation_documents,
+        prefer,
     )
     res["run_dir"] = run_dir
     res["total_seconds"] = round(time.perf_counter() - t0, 1)

@@ -57,6 +57,7 @@ def regression_loss(
     loss: RegressionLoss = "mse",
     temperature: float = 0.05,
     to_decoder_space: Callable[[Tensor], Tensor] | None = None,
+    negatives: Tensor | None = None,
 ) -> Tensor:
     """The mean over weighted positions of one of three losses.
 
@@ -65,6 +66,8 @@ def regression_loss(
     - ``infonce``: cross-entropy of picking target i among all N weighted targets of the batch
       with logits ``cos(pred_i, target_j) / temperature``. Targets equal to target i (e.g. every
       row's end-of-text concept) are removed from i's negatives: they are not wrong answers.
+      ``negatives`` (M, D), e.g. earlier batches' targets, are further wrong answers for every
+      row, less those equal to row i's target.
 
     ``cosine`` and ``infonce`` compare ``to_decoder_space(pred)`` with
     ``to_decoder_space(target)`` (the space a retrieval decoder searches) when it is given.
@@ -76,6 +79,8 @@ def regression_loss(
         loss: Which loss.
         temperature: InfoNCE softmax temperature (> 0).
         to_decoder_space: Map applied to both sides before ``cosine`` / ``infonce``.
+        negatives: (M, D) extra target concepts for ``infonce`` (same space as ``target``);
+            ignored by the other losses.
 
     Returns:
         Scalar; 0 (with a gradient path) when no position is weighted.
@@ -96,9 +101,16 @@ def regression_loss(
     g = F.normalize(target[weight], dim=-1, eps=1e-8)  # (N, D)
     if p.shape[0] == 0:
         return pred.sum() * 0.0
-    logits = p @ g.T / temperature  # (N, N)
-    same = (g @ g.T) > 1.0 - 1e-6  # (N, N) targets equal to row i's
     eye = torch.eye(len(g), dtype=torch.bool, device=g.device)
+    if negatives is not None and len(negatives) > 0:
+        n = negatives.to(device=target.device, dtype=target.dtype)
+        n = F.normalize(n if to_decoder_space is None else to_decoder_space(n), dim=-1, eps=1e-8)
+        g_all = torch.cat([g, n])  # (N + M, D)
+        eye = torch.cat([eye, eye.new_zeros(len(g), len(n))], dim=1)
+    else:
+        g_all = g
+    logits = p @ g_all.T / temperature  # (N, N + M)
+    same = (g @ g_all.T) > 1.0 - 1e-6  # targets equal to row i's
     logits = logits.masked_fill(same & ~eye, float("-inf"))
     labels = torch.arange(len(g), device=g.device)
     return F.cross_entropy(logits, labels)
@@ -117,6 +129,10 @@ class MSEObjective(Objective, network=BaseLCM):
         temperature: The InfoNCE temperature (of the ``infonce`` loss and of the added term).
         contrastive_weight: Add this weight times the ``infonce`` term to ``loss`` (default 0:
             the loss alone).
+        contrastive_queue: In training, the ``infonce`` negatives also include up to this many
+            target concepts of the previous batches (newest first, detached; default 0: the
+            batch's own targets only), so that a target must out-rank most of the training
+            targets, as a retrieval decoder asks; not saved in checkpoints.
 
     Attributes:
         to_decoder_space: Optional map from normalized space to the decoder's space, where the
@@ -136,6 +152,7 @@ class MSEObjective(Objective, network=BaseLCM):
         loss: RegressionLoss = "mse",
         temperature: float = 0.05,
         contrastive_weight: float = 0.0,
+        contrastive_queue: int = 0,
     ) -> None:
         super().__init__(model, residual)
         if loss not in get_args(RegressionLoss):
@@ -147,6 +164,10 @@ class MSEObjective(Objective, network=BaseLCM):
             raise ValueError(f"contrastive_weight must be >= 0, got {contrastive_weight}")
         self.temperature = float(temperature)
         self.contrastive_weight = float(contrastive_weight)
+        if not contrastive_queue >= 0:
+            raise ValueError(f"contrastive_queue must be >= 0, got {contrastive_queue}")
+        self.contrastive_queue = int(contrastive_queue)
+        self.queue: Tensor | None = None  # (M, D) earlier batches' targets, newest first
         self.to_decoder_space: Callable[[Tensor], Tensor] | None = None
         self.separator: Callable[[], Tensor] | None = None
 
@@ -167,13 +188,18 @@ class MSEObjective(Objective, network=BaseLCM):
         pred = self._aligned(batch)  # (B, T, D)
         weight = target_weight(batch).clone()  # (B, T)
         weight[:, 0] = False  # nothing predicts the first concept
+        queue = self.queue if self.training and self.contrastive_queue > 0 else None
         value = regression_loss(
-            pred, batch["x"], weight, self.loss_kind, self.temperature, self.to_decoder_space
+            pred, batch["x"], weight, self.loss_kind, self.temperature, self.to_decoder_space, queue
         )
         if self.contrastive_weight > 0:
             value = value + self.contrastive_weight * regression_loss(
-                pred, batch["x"], weight, "infonce", self.temperature, self.to_decoder_space
+                pred, batch["x"], weight, "infonce", self.temperature, self.to_decoder_space, queue
             )
+        if self.training and self.contrastive_queue > 0:
+            new = batch["x"][weight].detach()
+            old = [] if self.queue is None else [self.queue.to(new.device)]
+            self.queue = torch.cat([new, *old])[: self.contrastive_queue]
         return ObjectiveOutput(value, pred, batch["x"], weight)
 
     @torch.no_grad()

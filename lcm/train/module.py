@@ -516,6 +516,8 @@ class BaseLCMModule(LCMModule):
             every target concept of the batch / ``temperature``, cross-entropy to the true next
             concept) to ``loss``, on the final prediction (base plus output with a residual);
             0 (default) trains on ``loss`` alone.
+        contrastive_queue: The InfoNCE negatives also include up to this many targets of the
+            previous training batches (0, default: the batch's own targets only).
         **kwargs: The arguments of :class:`LCMModule`.
     """
 
@@ -528,11 +530,17 @@ class BaseLCMModule(LCMModule):
         loss: RegressionLoss = "mse",
         temperature: float = 0.05,
         contrastive_weight: float = 0.0,
+        contrastive_queue: int = 0,
         **kwargs: Any,
     ) -> None:
         super().__init__(arch=arch, **kwargs)
         objective = MSEObjective(
-            self.arch.build(), self.residual, loss, temperature, contrastive_weight
+            self.arch.build(),
+            self.residual,
+            loss,
+            temperature,
+            contrastive_weight,
+            contrastive_queue,
         )
         # Scored where the retrieval decoder searches; the normalizer is filled in at setup or
         # from the checkpoint, and this reads it at each call.
