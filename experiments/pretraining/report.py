@@ -170,8 +170,7 @@ PRESETS: dict[str, Preset] = {
             "base_lcm+context_mean",
             "one_tower+context_mean",
             "two_tower+context_mean",
-            "refiner+context_mean",
-        ),
+        ),  # refiner+context_mean came later: --families, see residual_206k/
         work_dir="/work/data/h11/pretraining_runs",
     ),
     "ci": Preset(
