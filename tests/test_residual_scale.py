@@ -7,20 +7,16 @@ from __future__ import annotations
 import pytest
 import torch
 
+# The four residual families and their tiny objectives are test_residual.py's.
+from test_residual import FAMILIES, D, _objective
+
 from lcm.api import Settings, generation_options
-from lcm.generation import SamplingConfig, generate, make_step
-from lcm.models import BaseLCMConfig, OneTowerConfig, RefinerConfig, TwoTowerConfig
+from lcm.generation import generate, make_step
+from lcm.models import BaseLCMConfig, TwoTowerConfig
 from lcm.normalizer import RobustNormalizer
-from lcm.objectives import MSEObjective, OneTowerDiffusion, RefinerObjective, TwoTowerDiffusion
+from lcm.objectives import MSEObjective
 from lcm.objectives.base import residual_base, scale_residual, shift_right
 
-D = 16
-FAMILIES = [
-    (BaseLCMConfig, MSEObjective),
-    (TwoTowerConfig, TwoTowerDiffusion),
-    (OneTowerConfig, OneTowerDiffusion),
-    (RefinerConfig, RefinerObjective),
-]
 IDS = ["base_lcm", "two_tower", "one_tower", "refiner"]
 
 
@@ -28,17 +24,6 @@ IDS = ["base_lcm", "two_tower", "one_tower", "refiner"]
 def normalizer():
     torch.manual_seed(0)
     return RobustNormalizer.fit(torch.randn(200, D) * 2 + 1)
-
-
-def _objective(cfg, objective_cls, residual="context_mean"):
-    torch.manual_seed(1)
-    model = cfg.from_name("tiny", sonar_dim=D).build().eval()
-    if objective_cls is MSEObjective:
-        return MSEObjective(model, residual)
-    if objective_cls is RefinerObjective:
-        return RefinerObjective(model, residual=residual)
-    sampling = SamplingConfig(num_inference_steps=4, guidance_scale=2.0)
-    return objective_cls(model, sampling=sampling, residual=residual).eval()
 
 
 def _batch():
@@ -62,7 +47,7 @@ def test_scale_residual_formula_and_identity():
 
 @pytest.mark.parametrize("cfg,objective_cls", FAMILIES, ids=IDS)
 def test_scale_one_is_bit_identical_and_scale_s_scales_the_correction(cfg, objective_cls):
-    objective = _objective(cfg, objective_cls)
+    objective = _objective(cfg, objective_cls, "context_mean")
     batch = _batch()
     assert objective.residual_scale == 1.0  # the default
     one = _predict_all(objective, batch, 1.0)
@@ -89,7 +74,7 @@ def test_scale_one_is_bit_identical_and_scale_s_scales_the_correction(cfg, objec
 
 @pytest.mark.parametrize("cfg,objective_cls", FAMILIES, ids=IDS)
 def test_cached_step_equals_teacher_forced_prediction_at_a_scale(cfg, objective_cls, normalizer):
-    objective = _objective(cfg, objective_cls)
+    objective = _objective(cfg, objective_cls, "context_mean")
     objective.residual_scale = 2.0
     x = torch.randn(2, 4, D)
     mask = torch.ones(2, 4, dtype=torch.bool)
