@@ -213,13 +213,14 @@ class Objective(nn.Module, ABC):
     Args:
         model: The network; stored as ``self.model``.
         residual: Predict concept t+1 as a base from the context plus the network's output
-            (:data:`Residual`, :func:`residual_base`); only families with
-            ``supports_residual`` accept anything but ``"none"``.
+            (:data:`Residual`, :func:`residual_base`); one of the family's
+            :attr:`residuals`.
     """
 
-    supports_residual: ClassVar[bool] = False
-    """True when the family's loss, teacher-forced prediction and generation step add the
-    :attr:`residual` base to the network's output."""
+    residuals: ClassVar[tuple[Residual, ...]] = ("none",)
+    """The :data:`Residual` bases the family's loss, teacher-forced prediction and generation
+    step can add to the network's output (``source_mean`` / ``source_lead`` also need the
+    separator concept, which only Base-LCM's objective is given)."""
 
     predicts_first_concept: ClassVar[bool] = True
     """False when position 0 of ``predict_all`` is a placeholder: the network only predicts
@@ -235,10 +236,11 @@ class Objective(nn.Module, ABC):
         super().__init__()
         self.model = model
         self.residual: Residual = check_residual(residual)
-        if residual != "none" and not self.supports_residual:
+        if residual not in self.residuals:
             raise ValueError(
-                f"{type(self).__name__} does not support residual={residual!r} (only 'none'); "
-                "the families that do: Base-LCM, One-Tower, Two-Tower, the refiner"
+                f"{type(self).__name__} does not support residual={residual!r} (only "
+                f"{', '.join(map(repr, self.residuals))}); Base-LCM takes every residual, "
+                "One-Tower, Two-Tower and the refiner 'last' and 'context_mean'"
             )
 
     def next_base(self, x: Tensor, mask: Tensor | None) -> Tensor | None:

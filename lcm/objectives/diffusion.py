@@ -176,7 +176,7 @@ class DiffusionObjective(SampledObjective):
             docstring; needs ``prediction_type="sample"``).
     """
 
-    supports_residual = True
+    residuals = ("none", "last", "context_mean")
 
     def __init__(
         self,

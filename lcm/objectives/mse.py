@@ -143,7 +143,7 @@ class MSEObjective(Objective, network=BaseLCM):
     """
 
     predicts_first_concept = False
-    supports_residual = True
+    residuals = get_args(Residual)
 
     def __init__(
         self,

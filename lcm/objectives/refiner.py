@@ -153,7 +153,7 @@ class RefinerObjective(SampledObjective, network=RecurrentRefinerLCM):
     """
 
     predicts_first_concept = False
-    supports_residual = True
+    residuals = ("none", "last", "context_mean")  # no separator: no source_* base
 
     def __init__(
         self,
@@ -167,11 +167,6 @@ class RefinerObjective(SampledObjective, network=RecurrentRefinerLCM):
         residual: Residual = "none",
     ) -> None:
         super().__init__(model, residual)
-        if residual in ("source_mean", "source_lead"):
-            raise ValueError(
-                f"RefinerObjective does not support residual={residual!r} (it has no separator); "
-                "use 'none', 'last' or 'context_mean'"
-            )
         if backprop_depth < 1:
             raise ValueError(f"backprop_depth must be >= 1, got {backprop_depth}")
         if init not in INIT_MODES:
