@@ -236,6 +236,7 @@ class Objective(nn.Module, ABC):
         super().__init__()
         self.model = model
         self.residual: Residual = check_residual(residual)
+        self._residual_scale = 1.0
         if residual not in self.residuals:
             raise ValueError(
                 f"{type(self).__name__} does not support residual={residual!r} (only "
@@ -255,7 +256,7 @@ class Objective(nn.Module, ABC):
         the cached generation steps (:func:`lcm.generation.make_step`) give ``base + s *
         (prediction - base)`` (:func:`scale_residual`); the loss never scales. 1 (default)
         predicts exactly as trained; > 0, and 1 without a residual."""
-        return getattr(self, "_residual_scale", 1.0)
+        return self._residual_scale
 
     @residual_scale.setter
     def residual_scale(self, scale: float) -> None:
