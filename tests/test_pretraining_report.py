@@ -74,6 +74,7 @@ def test_ci_preset_end_to_end(tmp_path):
     systems = {"copy_previous", "context_mean", "mean_concept", "retrieval"}
     trained = {"base_lcm", "one_tower", "two_tower", "quant_lcm", "refiner"}
     trained |= {"base_lcm+context_mean", "two_tower+last", "refiner+context_mean"}
+    trained |= {"quant_lcm+context_mean"}
     systems |= trained | {"one_tower@g1", "two_tower@g1", "two_tower+last@g1"}
     assert res["default_guidance"] == {"one_tower": 3.0, "two_tower": 3.0, "two_tower+last": 3.0}
     for st in res["sets"].values():
