@@ -123,7 +123,7 @@ def _cells(node):
             yield from _cells(v)
 
 
-@pytest.mark.parametrize("sub", ["", "residual_scale", "guidance_206k"])
+@pytest.mark.parametrize("sub", ["", "residual_scale", "guidance_206k", "quant_residual"])
 def test_report_readme_intervals_are_the_jsons(sub):
     """Every "value [lo, hi]" a committed report README quotes (the report's, and a
     sub-folder's with its own README, e.g. ``residual_206k/``) is a cell of one of the
