@@ -208,6 +208,29 @@ def test_command_line_overrides_width_and_records_it(tmp_path):
     assert not any(PRESETS["ci"].d_model in shape and 24 not in shape for shape in widths)
 
 
+def test_command_line_overrides_the_evaluation_sets(monkeypatch):
+    from jsonargparse import CLI
+
+    from experiments.pretraining import report
+
+    seen = {}
+
+    def fake_run(p, out_dir, preset_name):
+        seen["preset"] = p
+        return {}
+
+    monkeypatch.setattr(report, "run_report", fake_run)
+    monkeypatch.setattr(report, "markdown", lambda res: "")
+    sets = '{"held-out python-doc": "/data/ood", "in-domain test": "/data/test"}'
+    argv = ["--preset", "full", "--eval_dirs", sets, "--families", "quant_lcm+context_mean"]
+    CLI(report.main, args=argv, as_positional=False)
+    p = seen["preset"]
+    assert p.eval_dirs == {"held-out python-doc": "/data/ood", "in-domain test": "/data/test"}
+    assert p.families == ("quant_lcm+context_mean",) and p.steps == PRESETS["full"].steps
+    CLI(report.main, args=["--preset", "full"], as_positional=False)
+    assert seen["preset"].eval_dirs == PRESETS["full"].eval_dirs  # no override: the preset's
+
+
 def _toy_lm(tmp_path):
     from experiments.pretraining.causal_lm import LMConfig, train_causal_lm
 

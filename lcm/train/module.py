@@ -135,10 +135,9 @@ class LCMModule(L.LightningModule):
             or ``context_mean`` (a correction to the mean of the context), in normalized space;
             applied in training, validation and generation alike (every family; Quant-LCM
             predicts the quantized residual with a quantizer fitted on residuals). Base-LCM
-            also takes
-            ``source_mean`` (summarization: the mean of the source's concepts, separator and
-            end-of-text left out) and ``source_lead`` (the midpoint of that mean and the
-            source's first concept); see :data:`lcm.objectives.base.Residual`.
+            also takes ``source_mean`` (summarization: the mean of the source's concepts,
+            separator and end-of-text left out) and ``source_lead`` (the midpoint of that mean
+            and the source's first concept); see :data:`lcm.objectives.base.Residual`.
         residual_scale: Prediction time only (validation, test, predict, generation; never the
             loss): predict ``base + residual_scale * (prediction - base)``, the learned
             correction to the residual base scaled (> 0; 1, the default, predicts as trained;
@@ -765,8 +764,11 @@ class QuantModule(LCMModule):
             objective = QuantObjective(
                 model, temperature=temperature, top_p=top_p, residual=self.residual
             )
-        except ValueError as e:  # name the file whose quantizer does not fit the residual
-            raise ValueError(f"{rvq_path}: {e}" if rvq_path else str(e)) from None
+        except ValueError as e:
+            if not rvq_path:
+                raise
+            # name the file whose quantizer does not fit the residual
+            raise ValueError(f"{rvq_path}: {e}") from None
         self.attach(objective)
 
     @property
