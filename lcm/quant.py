@@ -12,6 +12,11 @@ no faiss.
 Encoding is the same beam search faiss uses (`ResidualQuantizer::refine_beam`): keep the `beam_size`
 best partial encodings, extend each by every unit of the next codebook, keep the best again.
 
+A quantizer records what it was fitted on (:attr:`RVQ.residual`): concepts (``"none"``), or a
+residual Quant-LCM's targets ``x_{t+1} - base_t`` over one of :data:`RESIDUALS`' bases. The record
+is a buffer, so it travels with the codebooks through ``save``/``load``, checkpoints and EMA
+copies; files and checkpoints written before it existed load as fitted on concepts.
+
 Example:
     >>> rvq = RVQ(dim=16, n_codebooks=4, n_units=64).fit(x)       # x (N, 16), N >= ~2.5k
     >>> codes = rvq.encode(x)                                      # (N, 4) int64
@@ -52,6 +57,11 @@ PRESETS: dict[str, RVQConfig] = {
 }
 """Preset name -> quantizer size."""
 
+RESIDUALS: tuple[str, ...] = ("none", "last", "context_mean", "source_mean", "source_lead")
+"""What a quantizer can be fitted on, in the order of :data:`lcm.objectives.base.Residual`
+(written out here: this module is imported before the objectives): ``"none"`` = concepts, any
+other name = residuals of concepts over that base."""
+
 
 class RVQ(nn.Module):
     """K residual codebooks of `n_units` vectors each, stored as a (K, n_units, D) buffer.
@@ -77,6 +87,19 @@ class RVQ(nn.Module):
         self.beam_size = beam_size
         self.register_buffer("codebooks", torch.zeros(n_codebooks, n_units, dim))
         self.register_buffer("fitted", torch.zeros((), dtype=torch.bool))
+        # Index into RESIDUALS of what the codebooks were fitted on (see `residual`).
+        self.register_buffer("fitted_on", torch.zeros((), dtype=torch.long))
+
+    @property
+    def residual(self) -> str:
+        """What the codebooks were fitted on: ``"none"`` (concepts) or the residual base of the
+        residuals they were fitted on (:data:`RESIDUALS`); set by :meth:`fit`."""
+        return RESIDUALS[int(self.fitted_on)]
+
+    def _load_from_state_dict(self, state_dict: dict[str, Any], prefix: str, *args: Any) -> None:
+        # Files and checkpoints from before `fitted_on` existed hold quantizers of concepts.
+        state_dict.setdefault(prefix + "fitted_on", torch.zeros((), dtype=torch.long))
+        super()._load_from_state_dict(state_dict, prefix, *args)
 
     @classmethod
     def from_name(cls, name: str, dim: int, **kwargs: Any) -> RVQ:
@@ -88,7 +111,8 @@ class RVQ(nn.Module):
         return cls(dim, cfg.n_codebooks, cfg.n_units, cfg.beam_size)
 
     def extra_repr(self) -> str:
-        return f"dim={self.dim}, n_codebooks={self.n_codebooks}, n_units={self.n_units}"
+        fitted_on = "" if self.residual == "none" else f", residual={self.residual}"
+        return f"dim={self.dim}, n_codebooks={self.n_codebooks}, n_units={self.n_units}{fitted_on}"
 
     def _check_fitted(self) -> None:
         if not bool(self.fitted):
@@ -103,6 +127,7 @@ class RVQ(nn.Module):
         seed: int = 1234,
         progressive_dim: bool = False,
         verbose: bool = False,
+        residual: str = "none",
     ) -> RVQ:
         """Fit the codebooks on x (N, D) with faiss `ResidualQuantizer` (CPU, float32).
 
@@ -113,12 +138,16 @@ class RVQ(nn.Module):
             seed: k-means seed.
             progressive_dim: faiss' progressive-dimension k-means (slightly better, ~10x slower).
             verbose: faiss training log.
+            residual: What ``x`` holds, recorded as :attr:`residual`: ``"none"`` (concepts) or
+                the base of the residuals ``x_{t+1} - base_t`` it holds (:data:`RESIDUALS`).
 
         Returns:
             self, fitted.
         """
         import faiss
 
+        if residual not in RESIDUALS:
+            raise ValueError(f"unknown residual {residual!r}; known: {list(RESIDUALS)}")
         data = np.ascontiguousarray(x.detach().reshape(-1, self.dim).float().cpu().numpy())
         rq = faiss.ResidualQuantizer(self.dim, self.n_codebooks, int(math.log2(self.n_units)))
         rq.train_type = (
@@ -137,6 +166,7 @@ class RVQ(nn.Module):
         with torch.no_grad():
             self.codebooks.copy_(torch.from_numpy(books))
             self.fitted.fill_(True)
+            self.fitted_on.fill_(RESIDUALS.index(residual))
         return self
 
     # ---------------------------------------------------------------------------- coding

@@ -74,6 +74,7 @@ def test_ci_preset_end_to_end(tmp_path):
     systems = {"copy_previous", "context_mean", "mean_concept", "retrieval"}
     trained = {"base_lcm", "one_tower", "two_tower", "quant_lcm", "refiner"}
     trained |= {"base_lcm+context_mean", "two_tower+last", "refiner+context_mean"}
+    trained |= {"quant_lcm+context_mean"}
     systems |= trained | {"one_tower@g1", "two_tower@g1", "two_tower+last@g1"}
     assert res["default_guidance"] == {"one_tower": 3.0, "two_tower": 3.0, "two_tower+last": 3.0}
     for st in res["sets"].values():
@@ -122,7 +123,7 @@ def _cells(node):
             yield from _cells(v)
 
 
-@pytest.mark.parametrize("sub", ["", "residual_scale", "guidance_206k"])
+@pytest.mark.parametrize("sub", ["", "residual_scale", "guidance_206k", "quant_residual"])
 def test_report_readme_intervals_are_the_jsons(sub):
     """Every "value [lo, hi]" a committed report README quotes (the report's, and a
     sub-folder's with its own README, e.g. ``residual_206k/``) is a cell of one of the
@@ -205,6 +206,29 @@ def test_command_line_overrides_width_and_records_it(tmp_path):
     widths = {tuple(v.shape) for k, v in state.items() if k.endswith("weight") and v.ndim == 2}
     assert (24, 24) in widths  # attention projections are d_model x d_model
     assert not any(PRESETS["ci"].d_model in shape and 24 not in shape for shape in widths)
+
+
+def test_command_line_overrides_the_evaluation_sets(monkeypatch):
+    from jsonargparse import CLI
+
+    from experiments.pretraining import report
+
+    seen = {}
+
+    def fake_run(p, out_dir, preset_name):
+        seen["preset"] = p
+        return {}
+
+    monkeypatch.setattr(report, "run_report", fake_run)
+    monkeypatch.setattr(report, "markdown", lambda res: "")
+    sets = '{"held-out python-doc": "/data/ood", "in-domain test": "/data/test"}'
+    argv = ["--preset", "full", "--eval_dirs", sets, "--families", "quant_lcm+context_mean"]
+    CLI(report.main, args=argv, as_positional=False)
+    p = seen["preset"]
+    assert p.eval_dirs == {"held-out python-doc": "/data/ood", "in-domain test": "/data/test"}
+    assert p.families == ("quant_lcm+context_mean",) and p.steps == PRESETS["full"].steps
+    CLI(report.main, args=["--preset", "full"], as_positional=False)
+    assert seen["preset"].eval_dirs == PRESETS["full"].eval_dirs  # no override: the preset's
 
 
 def _toy_lm(tmp_path):

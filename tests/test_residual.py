@@ -1,6 +1,6 @@
 """The ``residual`` option: a family predicts concept t+1 as a base from the context (the last
 concept or the context mean) plus the network's output, in training, teacher-forced prediction
-and cached generation alike."""
+and cached generation alike (Quant-LCM's own tests: test_quant_residual.py)."""
 
 from __future__ import annotations
 
@@ -10,9 +10,16 @@ import torch
 from lcm.generation import SamplingConfig, generate, make_step
 from lcm.models import BaseLCMConfig, OneTowerConfig, QuantLCMConfig, RefinerConfig, TwoTowerConfig
 from lcm.normalizer import RobustNormalizer
-from lcm.objectives import MSEObjective, OneTowerDiffusion, RefinerObjective, TwoTowerDiffusion
+from lcm.objectives import (
+    MSEObjective,
+    OneTowerDiffusion,
+    QuantObjective,
+    RefinerObjective,
+    TwoTowerDiffusion,
+)
 from lcm.objectives.base import residual_base
 from lcm.objectives.diffusion import with_base
+from lcm.quant import RVQ
 
 D = 16
 RESIDUALS = ["last", "context_mean"]
@@ -21,7 +28,19 @@ FAMILIES = [
     (TwoTowerConfig, TwoTowerDiffusion),
     (OneTowerConfig, OneTowerDiffusion),
     (RefinerConfig, RefinerObjective),
+    (QuantLCMConfig, QuantObjective),
 ]
+IDS = ["base_lcm", "two_tower", "one_tower", "refiner", "quant_lcm"]
+QUANT_SIZE = {"n_codebooks": 4, "n_units": 16}  # faiss wants >= 39 * 16 fit points
+
+
+def quantizer(residual, n_docs=100, length=8, seed=0):
+    """A tiny RVQ (4 x 16) fitted on random concepts (``"none"``) or on the residuals over
+    ``residual``'s base of random length-``length`` documents, as a residual Quant-LCM needs."""
+    x = torch.randn(n_docs, length, D, generator=torch.Generator().manual_seed(seed))
+    base = residual_base(x, None, residual)
+    data = x.reshape(-1, D) if base is None else (x[:, 1:] - base[:, :-1]).reshape(-1, D)
+    return RVQ(D, **QUANT_SIZE).fit(data, niter=5, residual=residual)
 
 
 @pytest.fixture(scope="module")
@@ -32,6 +51,10 @@ def normalizer():
 
 def _objective(cfg, objective_cls, residual):
     torch.manual_seed(1)
+    if objective_cls is QuantObjective:
+        model = cfg.from_name("tiny", sonar_dim=D, **QUANT_SIZE).build().eval()
+        model.set_quantizer(quantizer(residual))
+        return QuantObjective(model, residual=residual)
     model = cfg.from_name("tiny", sonar_dim=D).build().eval()
     if objective_cls is MSEObjective:
         return MSEObjective(model, residual)
@@ -66,9 +89,7 @@ def test_residual_base_values_with_right_and_left_padding():
 
 
 @pytest.mark.parametrize("residual", RESIDUALS)
-@pytest.mark.parametrize(
-    "cfg,objective_cls", FAMILIES, ids=["base_lcm", "two_tower", "one_tower", "refiner"]
-)
+@pytest.mark.parametrize("cfg,objective_cls", FAMILIES, ids=IDS)
 def test_cached_generation_equals_uncached_with_a_residual(
     cfg, objective_cls, residual, normalizer
 ):
@@ -216,6 +237,8 @@ def test_unconditional_rows_get_no_base():
 def test_residual_is_recorded_and_refused_where_unsupported():
     from lcm.train.module import BaseLCMModule, QuantModule, RefinerModule, TwoTowerModule
 
+    quant_arch = QuantLCMConfig.from_name("tiny", sonar_dim=D)
+
     arch = BaseLCMConfig.from_name("tiny", sonar_dim=D)
     module = BaseLCMModule(arch=arch, residual="context_mean")
     assert module.hparams["residual"] == "context_mean"
@@ -223,8 +246,10 @@ def test_residual_is_recorded_and_refused_where_unsupported():
     two = TwoTowerModule(arch=TwoTowerConfig.from_name("tiny", sonar_dim=D), residual="last")
     assert two.objective.residual == "last" and two.hparams["residual"] == "last"
     assert BaseLCMModule(arch=arch).objective.residual == "none"  # the default changes nothing
-    with pytest.raises(ValueError, match="quant_lcm.*does not support residual='last'"):
-        QuantModule(arch=QuantLCMConfig.from_name("tiny", sonar_dim=D), residual="last")
+    quant = QuantModule(arch=quant_arch, residual="last")
+    assert quant.objective.residual == "last" and quant.hparams["residual"] == "last"
+    with pytest.raises(ValueError, match="QuantObjective does not support residual='source_mean'"):
+        QuantModule(arch=quant_arch, residual="source_mean")
     ref = RefinerModule(arch=RefinerConfig.from_name("tiny", sonar_dim=D), residual="context_mean")
     assert ref.objective.residual == "context_mean" and ref.hparams["residual"] == "context_mean"
     with pytest.raises(

@@ -7,8 +7,8 @@ from __future__ import annotations
 import pytest
 import torch
 
-# The four residual families and their tiny objectives are test_residual.py's.
-from test_residual import FAMILIES, D, _objective
+# The residual families and their tiny objectives are test_residual.py's.
+from test_residual import FAMILIES, IDS, D, _objective
 
 from lcm.api import Settings, generation_options
 from lcm.generation import generate, make_step
@@ -16,8 +16,6 @@ from lcm.models import BaseLCMConfig, TwoTowerConfig
 from lcm.normalizer import RobustNormalizer
 from lcm.objectives import MSEObjective
 from lcm.objectives.base import residual_base, scale_residual, shift_right
-
-IDS = ["base_lcm", "two_tower", "one_tower", "refiner"]
 
 
 @pytest.fixture(scope="module")

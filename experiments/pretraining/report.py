@@ -185,7 +185,13 @@ PRESETS: dict[str, Preset] = {
         val_check_interval=6,
         bootstrap=50,
         toy=True,
-        families=(*FAMILIES, "base_lcm+context_mean", "two_tower+last", "refiner+context_mean"),
+        families=(
+            *FAMILIES,
+            "base_lcm+context_mean",
+            "two_tower+last",
+            "refiner+context_mean",
+            "quant_lcm+context_mean",
+        ),
         lm=LMConfig(
             vocab_size=300,
             d_model=32,
@@ -1003,6 +1009,7 @@ def main(
     out_dir: str = "reports/pretraining",
     steps: int | None = None,
     train_dir: str | None = None,
+    eval_dirs: dict[str, str] | None = None,
     families: str | None = None,
     work_dir: str | None = None,
     seed: int | None = None,
@@ -1021,6 +1028,8 @@ def main(
         out_dir: where results.json, table.md and the plots go.
         steps: override the preset's optimizer steps per family.
         train_dir: override the preset's training shards (an ``lcm prepare`` folder).
+        eval_dirs: override the preset's evaluation sets, ``{name: lcm prepare folder}`` (e.g.
+            ``'{"held-out python-doc": "shards/ood"}'``).
         families: comma-separated systems, e.g. ``base_lcm,base_lcm+context_mean,two_tower+last``.
         work_dir: where training runs go (a run whose last checkpoint exists is reused).
         seed: override the preset's seed.
@@ -1044,9 +1053,9 @@ def main(
                 raise SystemExit(str(e)) from None
         p = replace(p, families=systems)
     overrides = dict(
-        steps=steps, train_dir=train_dir, work_dir=work_dir, seed=seed, d_model=d_model,
-        ffn_dim=ffn_dim, contrastive_weight=contrastive_weight, temperature=temperature, mi=mi,
-        lm_dir=lm_dir,
+        steps=steps, train_dir=train_dir, eval_dirs=eval_dirs, work_dir=work_dir, seed=seed,
+        d_model=d_model, ffn_dim=ffn_dim, contrastive_weight=contrastive_weight,
+        temperature=temperature, mi=mi, lm_dir=lm_dir,
     )  # fmt: skip
     p = replace(p, **{k: v for k, v in overrides.items() if v is not None})
     if lm_steps is not None:

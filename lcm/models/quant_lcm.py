@@ -94,7 +94,8 @@ class QuantLCM(ConceptNetwork, config=QuantLCMConfig):
         nn.init.normal_(self.level_embed, std=0.02)
 
     def set_quantizer(self, rvq: RVQ) -> None:
-        """Copy a fitted RVQ's codebooks into this network."""
+        """Copy a fitted RVQ's codebooks (and what it was fitted on, ``RVQ.residual``) into
+        this network."""
         if rvq.codebooks.shape != self.rvq.codebooks.shape:
             raise ValueError(
                 f"RVQ codebooks {tuple(rvq.codebooks.shape)} do not match the config "

@@ -241,7 +241,7 @@ class Objective(nn.Module, ABC):
             raise ValueError(
                 f"{type(self).__name__} does not support residual={residual!r} (only "
                 f"{', '.join(map(repr, self.residuals))}); Base-LCM takes every residual, "
-                "One-Tower, Two-Tower and the refiner 'last' and 'context_mean'"
+                "One-Tower, Two-Tower, Quant-LCM and the refiner 'last' and 'context_mean'"
             )
 
     def next_base(self, x: Tensor, mask: Tensor | None) -> Tensor | None:

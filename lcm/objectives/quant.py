@@ -11,6 +11,18 @@ Sampling, per concept: for j = 0 .. K-1, draw c_j from softmax(logits_j / temper
 to the top-p nucleus (Holtzman et al. 2020), add C_j[c_j] to the running sum, feed it to depth
 j + 1. The concept is the sum of the K code vectors, `rvq.decode(codes)`. temperature = 0 is
 greedy.
+
+With ``residual`` (:data:`~lcm.objectives.base.Residual`: ``"last"`` or ``"context_mean"``) the
+network predicts the codes of the residual ``x_{t+1} - base_t`` instead
+(:func:`~lcm.objectives.base.residual_base`), with a quantizer fitted on such residuals (its
+:attr:`~lcm.quant.RVQ.residual` must name the same base: a quantizer of concepts in a residual
+objective, or the reverse, is an error), and the concept is ``base_t + rvq.decode(codes)``:
+
+    codes = rvq.encode(x[:, 1:] - base[:, :-1])   computed per batch (the base of a context-mean
+                                                  depends on the window), never batch["codes"]
+
+in the loss, teacher-forced prediction, ``predict_next`` and the cached generation step alike. A
+prediction-time ``residual_scale`` s gives ``base_t + s * rvq.decode(codes)``.
 """
 
 from __future__ import annotations
@@ -24,12 +36,16 @@ from lcm.models.quant_lcm import QuantLCM
 from lcm.objectives.base import (
     Batch,
     ObjectiveOutput,
+    Residual,
     SampledObjective,
     last_valid,
+    residual_base,
+    scale_residual,
     shift_right,
     target_weight,
 )
 from lcm.objectives.step import NextConceptStep, StepOptions, prefill_mask
+from lcm.quant import RVQ
 
 
 def sample_logits(
@@ -71,25 +87,76 @@ class QuantObjective(SampledObjective, network=QuantLCM):
     """Code cross-entropy and code sampling for :class:`~lcm.models.quant_lcm.QuantLCM`.
 
     Args:
-        model: The network; its `rvq` must be fitted (``model.set_quantizer(rvq)``).
+        model: The network; its `rvq` must be fitted (``model.set_quantizer(rvq)``), on
+            concepts, or with a residual on the residuals over the same base.
         temperature: Default sampling temperature (0 = greedy). Ours, not the paper's.
         top_p: Default nucleus mass. Ours, not the paper's.
+        residual: Predict the codes of ``x_{t+1} - base_t`` and add the base back
+            (``"none"``, ``"last"`` or ``"context_mean"``;
+            :func:`~lcm.objectives.base.residual_base`).
     """
 
     predicts_first_concept = False
+    residuals = ("none", "last", "context_mean")  # no separator: no source_* base
 
-    def __init__(self, model: QuantLCM, temperature: float = 1.0, top_p: float = 0.9) -> None:
-        super().__init__(model)
+    def __init__(
+        self,
+        model: QuantLCM,
+        temperature: float = 1.0,
+        top_p: float = 0.9,
+        residual: Residual = "none",
+    ) -> None:
+        super().__init__(model, residual)
         self.temperature = temperature
         self.top_p = top_p
+        if bool(model.rvq.fitted):
+            self.check_quantizer()
 
     @property
-    def rvq(self):
+    def rvq(self) -> RVQ:
         return self.model.rvq
 
+    def check_quantizer(self) -> None:
+        """A ValueError unless the network's quantizer was fitted on what this objective
+        predicts the codes of: concepts without a residual, else residuals over the same base
+        (:attr:`~lcm.quant.RVQ.residual`)."""
+        fitted_on = self.rvq.residual
+        if fitted_on != self.residual:
+            what = "concepts" if fitted_on == "none" else f"residuals over {fitted_on!r}"
+            raise ValueError(
+                f"the quantizer was fitted on {what} but the objective has "
+                f"residual={self.residual!r}: fit one on "
+                + ("concepts" if self.residual == "none" else f"residuals over {self.residual!r}")
+                + " (lcm fit-rvq --residual, or let the module fit it)"
+            )
+
     def _codes(self, batch: Batch) -> Tensor:
+        """(B, T, K): position i holds the codes the network should give concept i: those of
+        ``x_i`` (``batch["codes"]`` when precomputed), or with a residual those of ``x_i -
+        base_{i-1}`` (position 0, which nothing predicts, holds zeros)."""
+        self.check_quantizer()
         codes = batch.get("codes")
-        return codes if codes is not None else self.rvq.encode(batch["x"])  # (B, T, K)
+        if self.residual == "none":
+            return codes if codes is not None else self.rvq.encode(batch["x"])  # (B, T, K)
+        if codes is not None:
+            raise ValueError(
+                f"precomputed batch['codes'] are codes of concepts; with residual="
+                f"{self.residual!r} the codes depend on the window and are computed per batch"
+            )
+        x = batch["x"]  # (B, T, D)
+        base = residual_base(x, batch.get("mask"), self.residual)  # (B, T, D) base of t+1
+        codes = self.rvq.encode(x[:, 1:] - base[:, :-1])  # (B, T-1, K) codes of concepts 1..
+        return torch.cat((torch.zeros_like(codes[:, :1]), codes), dim=1)
+
+    def target_codes(self, batch: Batch) -> Tensor:
+        """(B, T, K) the codes a teacher-forced prediction is scored against, aligned to
+        targets (:meth:`sample_all`'s codes): those of concept i, or of its residual over the
+        base of its context."""
+        return self._codes(batch)
+
+    def _add_base(self, y: Tensor, base: Tensor | None) -> Tensor:
+        """``y`` (decoded codes) plus the residual base with the prediction-time scale."""
+        return y if base is None else scale_residual(y + base, base, self.residual_scale)
 
     # ---------------------------------------------------------------------------- training
     def loss(self, batch: Batch, generator: torch.Generator | None = None) -> ObjectiveOutput:
@@ -111,7 +178,8 @@ class QuantObjective(SampledObjective, network=QuantLCM):
 
         with torch.no_grad():
             y = self.rvq.decode(logits.argmax(dim=-1))  # (B, T, D) output t ~ concept t+1
-            pred = shift_right(y)
+            base = residual_base(x, mask, self.residual)  # (B, T, D) base of concept t+1
+            pred = shift_right(y if base is None else y + base)
         return ObjectiveOutput(loss, pred, x, weight)
 
     # ---------------------------------------------------------------------------- sampling
@@ -157,19 +225,22 @@ class QuantObjective(SampledObjective, network=QuantLCM):
         (position 0 is zeros)."""
         x, mask = batch["x"], batch["mask"]
         B, T, _ = x.shape
+        self.check_quantizer()
         h = self.model.contextualize(x, mask)  # (B, T, d)
         codes = self.sample_codes(h.reshape(B * T, -1), generator, **options).reshape(B, T, -1)
         y = self.rvq.decode(codes)  # (B, T, D), output t ~ concept t+1
+        y = self._add_base(y, residual_base(x, mask, self.residual))
         return shift_right(y), shift_right(codes)
 
     def sample_next(
         self, x: Tensor, mask: Tensor | None, generator: torch.Generator | None, options: dict
     ) -> tuple[Tensor, Tensor]:
-        """(B, D): the sum of the sampled code vectors of the next concept, and its codes
-        (B, K)."""
+        """(B, D): the sum of the sampled code vectors of the next concept (plus its residual
+        base), and its codes (B, K)."""
+        self.check_quantizer()
         h = last_valid(self.model.contextualize(x, mask), mask)  # (B, d)
         codes = self.sample_codes(h, generator, **options)  # (B, K)
-        return self.rvq.decode(codes), codes
+        return self._add_base(self.rvq.decode(codes), self.next_base(x, mask)), codes
 
     predict_all_with_codes = SampledObjective.predict_all_with_info
 
@@ -191,8 +262,9 @@ class QuantObjective(SampledObjective, network=QuantLCM):
 
 class QuantStep(NextConceptStep):
     """Quant-LCM's cached generation step: contextualize once per concept (KV-cached), then
-    sample the next concept's K codes coarse to fine and sum their code vectors.
-    ``last_info["codes"]`` (B, K)."""
+    sample the next concept's K codes coarse to fine and sum their code vectors (plus, with the
+    objective's ``residual``, the base of the step's context:
+    :meth:`~lcm.objectives.step.NextConceptStep._base`). ``last_info["codes"]`` (B, K)."""
 
     def __init__(
         self,
@@ -201,11 +273,12 @@ class QuantStep(NextConceptStep):
         top_p: float | None = None,
         use_cache: bool = True,
     ) -> None:
-        super().__init__(use_cache)
+        super().__init__(use_cache, objective.residual)
         self.objective, self.model = objective, objective.model
         self.temperature, self.top_p = temperature, top_p
 
     def start(self, x: Tensor, mask: Tensor) -> None:
+        self.objective.check_quantizer()
         self.x, self.mask = x, mask
         if self.use_cache:
             self.cache = self.model.new_cache()
@@ -217,7 +290,9 @@ class QuantStep(NextConceptStep):
             h, generator, temperature=self.temperature, top_p=self.top_p
         )  # (B, K)
         self.last_info = {"codes": codes}
-        return self.model.rvq.decode(codes)  # (B, D)
+        y = self.model.rvq.decode(codes)  # (B, D)
+        base = self._base()  # (B, D) or None
+        return y if base is None else scale_residual(y + base, base, self.residual_scale)
 
     def append(self, y: Tensor) -> None:
         self._grow(y)

@@ -824,13 +824,55 @@ class ConceptDataModule(L.LightningDataModule):
         """Up to ``n`` concepts of ``split``'s documents (every field, the normalizer applied),
         (N, D) float32: whole documents drawn in a seeded random order until ``n`` concepts are
         reached (e.g. to fit Quant-LCM's quantizer, or to measure its error on held-out data)."""
+        return self._first_concepts(self._documents(split, seed), n)
+
+    def sample_residuals(self, split: str, n: int, residual: str, seed: int = 0) -> torch.Tensor:
+        """Up to ``n`` residuals ``x_{t+1} - base_t`` of ``split``'s documents (the normalizer
+        applied, then :func:`~lcm.objectives.base.residual_base`), (N, D) float32: what a
+        residual Quant-LCM predicts the codes of (its quantizer is fitted on them). The
+        documents come in :meth:`sample_concepts`' order, each cut into the training windows
+        (:func:`window_starts` with ``max_seq_len``), since a context-mean base depends on where
+        its window starts; every concept but a window's first gives one residual.
+
+        Args:
+            split: ``train``, ``val``, ...
+            n: Most residuals.
+            residual: ``last`` or ``context_mean`` (the summarization bases are refused, as is
+                ``summarize`` mode: its windows hold a source and a target).
+            seed: Document order.
+        """
+        from lcm.objectives.base import check_residual, residual_base
+
+        if check_residual(residual) not in ("last", "context_mean"):
+            raise ValueError(f"residuals over {residual!r}: only 'last' and 'context_mean'")
+        if self.mode != "pretrain":
+            raise ValueError(f"residuals are sampled from pretrain windows, not {self.mode!r} mode")
+        parts, total = [], 0
+        for store, doc in self._documents(split, seed):
+            x = torch.from_numpy(store.vectors(self.text_field, doc).astype(np.float32))
+            if self.normalize and self.normalizer is not None:
+                x = self.normalizer.normalize(x)
+            for start in window_starts(len(x), self.max_seq_len):
+                z = x[start : start + self.max_seq_len][None]  # (1, T, D)
+                if z.shape[1] < 2:
+                    continue
+                base = residual_base(z, None, residual)  # (1, T, D) base of concept t+1
+                parts.append(z[0, 1:] - base[0, :-1])
+                total += z.shape[1] - 1
+            if total >= n:
+                break
+        return torch.cat(parts)[:n] if parts else torch.zeros(0, self.dim)
+
+    def _documents(self, split: str, seed: int) -> Iterator[tuple[Any, int]]:
+        """``(store, doc)`` pairs of ``split``'s whole documents in a seeded random order."""
         if not self._splits:
             self.setup()
         if split == "train" and self._stream is not None:
-            return self._first_concepts(self._stream_documents(seed), n)
+            yield from self._stream_documents(seed)
+            return
         store, ex = self._splits[split]
-        order = np.random.default_rng(seed).permutation(np.unique(ex.doc))
-        return self._first_concepts(((store, int(doc)) for doc in order), n)
+        for doc in np.random.default_rng(seed).permutation(np.unique(ex.doc)):
+            yield store, int(doc)
 
     def _first_concepts(self, documents: Iterator[tuple[Any, int]], n: int) -> torch.Tensor:
         """The first ``n`` concepts (every field of each document, in order) of ``documents``,

@@ -74,6 +74,7 @@ from lcm.objectives.base import (
     check_residual_scale,
 )
 from lcm.objectives.mse import RegressionLoss
+from lcm.quant import RESIDUALS as RVQ_RESIDUALS
 from lcm.quant import RVQ
 from lcm.train.optim import DEFAULT_OPTIM, EMA, OptimConfig, adamw_warmup_cosine
 
@@ -132,11 +133,11 @@ class LCMModule(L.LightningModule):
         residual: Predict each next concept as a base from the context plus the network's
             output: ``none`` (the concept itself), ``last`` (a correction to the last concept)
             or ``context_mean`` (a correction to the mean of the context), in normalized space;
-            applied in training, validation and generation alike (Base-LCM, One-Tower,
-            Two-Tower and the refiner; Quant-LCM accepts only ``none``). Base-LCM also takes
-            ``source_mean`` (summarization: the mean of the source's concepts, separator and
-            end-of-text left out) and ``source_lead`` (the midpoint of that mean and the
-            source's first concept); see :data:`lcm.objectives.base.Residual`.
+            applied in training, validation and generation alike (every family; Quant-LCM
+            predicts the quantized residual with a quantizer fitted on residuals). Base-LCM
+            also takes ``source_mean`` (summarization: the mean of the source's concepts,
+            separator and end-of-text left out) and ``source_lead`` (the midpoint of that mean
+            and the source's first concept); see :data:`lcm.objectives.base.Residual`.
         residual_scale: Prediction time only (validation, test, predict, generation; never the
             loss): predict ``base + residual_scale * (prediction - base)``, the learned
             correction to the residual base scaled (> 0; 1, the default, predicts as trained;
@@ -716,11 +717,20 @@ class QuantModule(LCMModule):
     ``rvq_relative_error``. The codebook count and size come from the preset
     (``model_overrides: {n_codebooks: 64, n_units: 8192}`` for the paper's quantizer).
 
+    With a ``residual`` (``last`` or ``context_mean``) the network predicts the codes of
+    ``x_{t+1} - base_t`` (:class:`~lcm.objectives.QuantObjective`): the quantizer is then fitted
+    on such residuals of whole training windows (:meth:`~lcm.train.data.ConceptDataModule.
+    sample_residuals`), and ``rvq_path`` must hold one fitted on the same residual (``lcm
+    fit-rvq --residual``); the quantizer records what it was fitted on (``RVQ.residual``, also in
+    the checkpoint), and a mismatch is an error. Code accuracy is then that of the residual codes.
+
     Args:
         arch: Architecture (default: the ``tiny`` preset; ``n_codebooks`` and ``n_units`` size
             the quantizer).
-        rvq_path: Fitted quantizer to use.
-        rvq_fit_samples: Training concepts to fit the quantizer on when there is none.
+        rvq_path: Fitted quantizer to use (fitted on concepts, or on the residuals of
+            ``residual``).
+        rvq_fit_samples: Training concepts (or residuals) to fit the quantizer on when there is
+            none.
         rvq_niter: k-means iterations per codebook when fitting.
         temperature: Code sampling temperature for generation (0 = greedy).
         top_p: Nucleus mass for generation.
@@ -750,7 +760,16 @@ class QuantModule(LCMModule):
         model = self.arch.build()
         if rvq_path:
             model.set_quantizer(RVQ.load(rvq_path))
-        self.attach(QuantObjective(model, temperature=temperature, top_p=top_p))
+        try:
+            objective = QuantObjective(
+                model, temperature=temperature, top_p=top_p, residual=self.residual
+            )
+        except ValueError as e:
+            if not rvq_path:
+                raise
+            # name the file whose quantizer does not fit the residual
+            raise ValueError(f"{rvq_path}: {e}") from None
+        self.attach(objective)
 
     @property
     def rvq(self) -> RVQ:
@@ -770,10 +789,10 @@ class QuantModule(LCMModule):
             )
         n, seed = self.rvq_fit_samples, self.seed
         if trainer is None or trainer.is_global_zero:
-            x = dm.sample_concepts("train", n, seed=seed)
-            self.rvq.fit(x, niter=self.rvq_niter, seed=seed)
+            x = self._fit_samples(dm, "train", n, seed)
+            self.rvq.fit(x, niter=self.rvq_niter, seed=seed, residual=self.residual)
             self.rvq_error = {"train_relative_error": self.rvq.reconstruction_error(x)["relative"]}
-            held = dm.sample_concepts("val", min(n, 20_000), seed=seed + 1)
+            held = self._fit_samples(dm, "val", min(n, 20_000), seed + 1)
             if len(held):
                 err = self.rvq.reconstruction_error(held)["relative"]
                 self.rvq_error["rvq_relative_error"] = err
@@ -783,6 +802,14 @@ class QuantModule(LCMModule):
             with torch.no_grad():
                 self.rvq.codebooks.copy_(books)
                 self.rvq.fitted.fill_(True)
+                self.rvq.fitted_on.fill_(RVQ_RESIDUALS.index(self.residual))
+
+    def _fit_samples(self, dm: Any, split: str, n: int, seed: int) -> Tensor:
+        """(N, D) what the quantizer is fitted (``train``) or measured (``val``) on: concepts,
+        or with a residual the residuals of whole windows of documents."""
+        if self.residual == "none":
+            return dm.sample_concepts(split, n, seed=seed)
+        return dm.sample_residuals(split, n, self.residual, seed=seed)
 
     def on_validation_epoch_end(self) -> None:
         super().on_validation_epoch_end()
@@ -797,9 +824,9 @@ class QuantModule(LCMModule):
     ) -> tuple[Tensor, dict[str, Tensor]]:
         assert isinstance(objective, QuantObjective)
         pred, pred_codes = objective.predict_all_with_codes(batch, generator, **self.eval_kwargs())
-        # Share of the K codes of each target that the sampled prediction got right.
-        codes = batch.get("codes")
-        codes = codes if codes is not None else self.rvq.encode(batch["x"])  # (B, T, K)
+        # Share of the K codes of each target (its residual's, with a residual) that the
+        # sampled prediction got right.
+        codes = objective.target_codes(batch)  # (B, T, K)
         return pred, {"code_accuracy": (codes == pred_codes).float().mean(dim=-1)}
 
 

@@ -6,7 +6,10 @@ reconstruction error on held-out documents.
 
 The quantizer works in the space the model sees: the shards' robust normalizer is applied first
 (as :class:`~lcm.train.data.ConceptDataModule` does), so a model trained on the same shards
-can use the file as is.
+can use the file as is. A residual Quant-LCM (``--model.residual context_mean``) needs a
+quantizer of its targets' residuals over the same base and window length:
+
+    lcm fit-rvq --data_dir shards/ --output rvq_cm.pt --residual context_mean --window 128
 """
 
 from __future__ import annotations
@@ -32,6 +35,8 @@ def fit_rvq(
     beam_size: int = 5,
     seed: int = 0,
     normalize: bool = True,
+    residual: str = "none",
+    window: int = 128,
 ) -> dict:
     """Fit residual codebooks with faiss on training documents and measure held-out error.
 
@@ -49,6 +54,12 @@ def fit_rvq(
         beam_size: Beam of the encoder.
         seed: k-means and sampling seed.
         normalize: Apply the shards' normalizer first (as the models do).
+        residual: Fit on concepts (``none``) or on the residuals ``x_{t+1} - base_t`` over
+            ``last`` or ``context_mean`` (:meth:`~lcm.train.data.ConceptDataModule.
+            sample_residuals`), for a Quant-LCM trained with that ``residual``; the file records
+            it (``RVQ.residual``).
+        window: With a residual: the training windows' length (the model's ``max_seq_len``),
+            since a context-mean base depends on where its window starts.
 
     Returns:
         The report: sizes, seconds, and the relative error (sum of squared errors over sum of
@@ -59,17 +70,21 @@ def fit_rvq(
         val_fraction=val_fraction,
         split_seed=split_seed,
         normalize=normalize,
-        max_seq_len=2,
-        max_concepts_per_batch=2,
+        max_seq_len=2 if residual == "none" else window,
+        max_concepts_per_batch=2 if residual == "none" else window,
     )
     dm.setup()
-    train = dm.sample_concepts("train", max_train, seed=seed)
-    held = dm.sample_concepts("val", max_heldout, seed=seed + 1)
+    if residual == "none":
+        train = dm.sample_concepts("train", max_train, seed=seed)
+        held = dm.sample_concepts("val", max_heldout, seed=seed + 1)
+    else:
+        train = dm.sample_residuals("train", max_train, residual, seed=seed)
+        held = dm.sample_residuals("val", max_heldout, residual, seed=seed + 1)
     if len(train) == 0:
         raise ValueError(f"{data_dir}: no training concepts")
     rvq = RVQ(dm.dim, n_codebooks, n_units, beam_size=beam_size)
     t0 = time.perf_counter()
-    rvq.fit(train, niter=niter, seed=seed)
+    rvq.fit(train, niter=niter, seed=seed, residual=residual)
     seconds = time.perf_counter() - t0
     ks = sorted({min(2**i, n_codebooks) for i in range(n_codebooks.bit_length() + 1)})
     report = {
@@ -77,6 +92,7 @@ def fit_rvq(
         "dim": dm.dim,
         "n_codebooks": n_codebooks,
         "n_units": n_units,
+        "residual": residual,
         "train_concepts": len(train),
         "heldout_concepts": len(held),
         "fit_seconds": round(seconds, 3),
