@@ -269,6 +269,21 @@ def test_residual_is_recorded_and_refused_where_unsupported():
         )
 
 
+def test_attach_refuses_an_objective_built_without_the_modules_residual():
+    """A plug-in family whose build forgets to pass the module's residual to its objective is
+    stopped at attach, not trained silently without the residual."""
+    from lcm.objectives.mse import MSEObjective
+    from lcm.train.module import BaseLCMModule
+
+    arch = BaseLCMConfig.from_name("tiny", sonar_dim=D)
+    module = BaseLCMModule(arch=arch, residual="context_mean")
+    with pytest.raises(
+        ValueError, match="residual='none' but the module has residual='context_mean'"
+    ):
+        module.attach(MSEObjective(arch.build()))
+    assert module.objective.residual == "context_mean"  # the module keeps its own objective
+
+
 def test_source_mean_is_the_mean_of_the_source_without_end_of_text_and_separator():
     sep = torch.tensor([9.0, -9.0])
     # [a, b, EOT, SEP, s1]: from the separator on, the base is mean(a, b); EOT and SEP never enter

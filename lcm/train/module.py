@@ -209,7 +209,9 @@ class LCMModule(L.LightningModule):
         """Install the family's objective (wrapping its freshly built network) and the EMA."""
         if objective.residual != self.residual:
             raise ValueError(
-                f"family {self.family!r} does not support residual={self.residual!r} (only 'none')"
+                f"family {self.family!r} built its objective with residual="
+                f"{objective.residual!r} but the module has residual={self.residual!r}: the "
+                "family's build must pass the module's residual to its objective"
             )
         self.objective = objective
         objective.residual_scale = self.residual_scale
