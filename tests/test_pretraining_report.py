@@ -123,11 +123,14 @@ def _cells(node):
             yield from _cells(v)
 
 
-@pytest.mark.parametrize("sub", ["", "residual_scale", "guidance_206k", "quant_residual"])
+@pytest.mark.parametrize(
+    "sub", ["", "residual_scale", "guidance_206k", "quant_residual", "contrastive_residual"]
+)
 def test_report_readme_intervals_are_the_jsons(sub):
     """Every "value [lo, hi]" a committed report README quotes (the report's, and a
     sub-folder's with its own README, e.g. ``residual_206k/``) is a cell of one of the
-    results.json files under its folder (formatted as table.md formats it)."""
+    results.json (report) or paired.json (:mod:`experiments.pretraining.paired`) files under its
+    folder (formatted as table.md formats it)."""
     import re
     from pathlib import Path
 
@@ -136,7 +139,8 @@ def test_report_readme_intervals_are_the_jsons(sub):
     folder = Path(__file__).resolve().parents[1] / "reports" / "pretraining" / sub
     known = {
         fmt(c)
-        for path in folder.rglob("results.json")
+        for name in ("results.json", "paired.json")
+        for path in folder.rglob(name)
         for c in _cells(json.loads(path.read_text()))
     }
     pattern = r"-?\d+\.\d{3} \[-?\d+\.\d{3}, -?\d+\.\d{3}\]"
