@@ -123,11 +123,14 @@ def _cells(node):
             yield from _cells(v)
 
 
-@pytest.mark.parametrize("sub", ["", "residual_scale", "guidance_206k", "quant_residual"])
+@pytest.mark.parametrize(
+    "sub", ["", "residual_scale", "guidance_206k", "quant_residual", "contrastive_residual"]
+)
 def test_report_readme_intervals_are_the_jsons(sub):
     """Every "value [lo, hi]" a committed report README quotes (the report's, and a
     sub-folder's with its own README, e.g. ``residual_206k/``) is a cell of one of the
-    results.json files under its folder (formatted as table.md formats it)."""
+    results.json (report) or paired.json (:mod:`experiments.pretraining.paired`) files under its
+    folder (formatted as table.md formats it)."""
     import re
     from pathlib import Path
 
@@ -136,7 +139,8 @@ def test_report_readme_intervals_are_the_jsons(sub):
     folder = Path(__file__).resolve().parents[1] / "reports" / "pretraining" / sub
     known = {
         fmt(c)
-        for path in folder.rglob("results.json")
+        for name in ("results.json", "paired.json")
+        for path in folder.rglob(name)
         for c in _cells(json.loads(path.read_text()))
     }
     pattern = r"-?\d+\.\d{3} \[-?\d+\.\d{3}, -?\d+\.\d{3}\]"
@@ -345,3 +349,34 @@ def test_residual_scale_sweep_on_validation_documents(tmp_path):
     assert val[f"{chosen:g}"]["ca"]["mean"] >= best - 0.002
     if chosen == 2.0:
         assert val["1"]["ca"]["mean"] < best - 0.002
+
+
+def test_paired_ca_gives_the_reports_cells_and_their_paired_difference(tmp_path):
+    """experiments.pretraining.paired scores checkpoints on the report's windows with the
+    report's document draws: each system's CA cell is the report's, and a system minus itself
+    is exactly 0."""
+    from dataclasses import replace
+
+    from experiments.pretraining.paired import paired_ca
+
+    systems = ("base_lcm", "base_lcm+context_mean")
+    p = replace(PRESETS["ci"], families=systems, generate_docs=0, mi=False)
+    rep = run_report(p, str(tmp_path / "rep"), "ci")
+    run_dir = tmp_path / "rep" / "work" / f"runs_ci_steps{p.steps}_d{p.d_model}_seed{p.seed}"
+    ckpts = {s: str(run_dir / s / "checkpoints" / "last.ckpt") for s in systems}
+    pairs = [("base_lcm+context_mean", "base_lcm"), ("base_lcm", "base_lcm")]
+    eval_dirs = rep["setup"]["eval_dirs"]
+    res = paired_ca(ckpts, pairs, eval_dirs, p.window, p.bootstrap, p.seed)
+    assert list(res["sets"]) == list(eval_dirs)
+    for set_name, st in res["sets"].items():
+        rows = rep["sets"][set_name]["systems"]
+        for s in systems:
+            assert st["ca"][s] == rows[s]["ca"]
+        diff = st["differences"]["base_lcm+context_mean - base_lcm"]
+        a, b = rows["base_lcm+context_mean"]["ca"], rows["base_lcm"]["ca"]
+        assert diff["mean"] == pytest.approx(a["mean"] - b["mean"], abs=1e-12)
+        assert diff["lo"] <= diff["mean"] <= diff["hi"] and diff["n"] == a["n"]
+        same = st["differences"]["base_lcm - base_lcm"]
+        assert same == {"mean": 0.0, "lo": 0.0, "hi": 0.0, "n": b["n"]}
+    with pytest.raises(ValueError, match="no checkpoint named 'x'"):
+        paired_ca(ckpts, [("x", "base_lcm")], eval_dirs)

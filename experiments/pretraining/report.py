@@ -60,6 +60,7 @@ BASELINES = {
 }
 METRICS = ("l2", "l2_r", "par", "ca")
 DIFFUSION = ("one_tower", "two_tower")
+CONTRASTIVE = ("base_lcm", "refiner")  # families with a contrastive_weight option
 RESIDUAL_LABELS = {"last": "last", "context_mean": "ctx-mean"}
 MI_DEFINITION = (
     "paper 2.4.1: MI = (log p_LM(s | c) - log p_LM(s | <sep>)) / |s| in nats per token, where "
@@ -117,8 +118,8 @@ class Preset:
         prompt_concepts: concepts of each such document given as the prompt.
         generate_concepts: concepts generated after the prompt (the repetition and
             end-of-text stops are off, so every system writes that many).
-        contrastive_weight: Base-LCM systems train with this weight of the InfoNCE term added
-            to the MSE (``--model.contrastive_weight``; 0: the paper's MSE alone). Other
+        contrastive_weight: Base-LCM and refiner systems train with this weight of the InfoNCE
+            term added to the MSE (``--model.contrastive_weight``; 0: the MSE alone). Other
             families do not have the option and are an error with a weight > 0.
         temperature: that term's temperature (``--model.temperature``).
         mi: score MI (paper 2.4.1) with a small causal LM trained on the training documents
@@ -551,8 +552,8 @@ def train_family(system: str, p: Preset, train_dir: str, root: Path, quiet: bool
     if residual != "none":
         args += ["--model.residual", residual]
     if p.contrastive_weight > 0:
-        if family != "base_lcm":
-            raise ValueError(f"{system}: contrastive_weight is a Base-LCM option")
+        if family not in CONTRASTIVE:
+            raise ValueError(f"{system}: contrastive_weight is a Base-LCM and refiner option")
         args += ["--model.contrastive_weight", str(p.contrastive_weight)]
         args += ["--model.temperature", str(p.temperature)]
     import warnings
@@ -1035,7 +1036,8 @@ def main(
         seed: override the preset's seed.
         d_model: override the preset's model width.
         ffn_dim: override the preset's feed-forward width.
-        contrastive_weight: Base-LCM systems add this weight of an InfoNCE term to the MSE.
+        contrastive_weight: Base-LCM and refiner systems add this weight of an InfoNCE term to
+            the MSE.
         temperature: the InfoNCE term's temperature (default 0.05).
         mi: score MI with the small causal LM (default: the preset's, on).
         lm_dir: where the MI language model is cached (default ``<work_dir>/causal_lm``).

@@ -116,7 +116,82 @@ def regression_loss(
     return F.cross_entropy(logits, labels)
 
 
-class MSEObjective(Objective, network=BaseLCM):
+class ContrastiveTerm:
+    """Mixin for a regression objective: an optional InfoNCE term added to its loss, with a queue
+    of earlier training targets as extra negatives (shared by :class:`MSEObjective` and
+    :class:`~lcm.objectives.refiner.RefinerObjective`).
+
+    The objective calls :meth:`init_contrastive` in its ``__init__``, takes
+    :meth:`contrastive_negatives` once per loss, adds :meth:`add_contrastive` to its regression
+    loss on the prediction that loss scores, then calls :meth:`push_targets`.
+
+    Attributes:
+        temperature: The InfoNCE softmax temperature (> 0).
+        contrastive_weight: Weight of the added term (0: none, the loss is left as it is).
+        contrastive_queue: Cap on the queued targets of earlier training batches (0: none).
+        queue: (M, D) those targets, newest first, detached; not saved in checkpoints.
+        to_decoder_space: Optional map from normalized space to the decoder's space, where the
+            InfoNCE term scores (set by the LightningModule).
+    """
+
+    training: bool  # from nn.Module
+
+    def init_contrastive(
+        self, temperature: float, contrastive_weight: float, contrastive_queue: int
+    ) -> None:
+        """Check and store the three settings (errors for temperature <= 0, negative weight or
+        queue size)."""
+        if not temperature > 0:
+            raise ValueError(f"temperature must be > 0, got {temperature}")
+        if not contrastive_weight >= 0:
+            raise ValueError(f"contrastive_weight must be >= 0, got {contrastive_weight}")
+        if not contrastive_queue >= 0:
+            raise ValueError(f"contrastive_queue must be >= 0, got {contrastive_queue}")
+        self.temperature = float(temperature)
+        self.contrastive_weight = float(contrastive_weight)
+        self.contrastive_queue = int(contrastive_queue)
+        self.queue: Tensor | None = None  # (M, D) earlier batches' targets, newest first
+        self.to_decoder_space: Callable[[Tensor], Tensor] | None = None
+
+    def contrastive_negatives(self) -> Tensor | None:
+        """The queued targets while training with a queue, else None."""
+        return self.queue if self.training and self.contrastive_queue > 0 else None
+
+    def add_contrastive(
+        self,
+        value: Tensor,
+        pred: Tensor,
+        target: Tensor,
+        weight: Tensor,
+        negatives: Tensor | None = None,
+    ) -> Tensor:
+        """``value + contrastive_weight * infonce(pred, target)`` (:func:`regression_loss`), or
+        ``value`` itself when the weight is 0.
+
+        Args:
+            value: The scalar regression loss.
+            pred, target: (B, T, D) aligned predictions and targets (normalized space).
+            weight: (B, T) bool, the positions that count.
+            negatives: (M, D) extra wrong answers (:meth:`contrastive_negatives`).
+        """
+        if self.contrastive_weight == 0:
+            return value
+        term = regression_loss(
+            pred, target, weight, "infonce", self.temperature, self.to_decoder_space, negatives
+        )
+        return value + self.contrastive_weight * term
+
+    def push_targets(self, target: Tensor, weight: Tensor) -> None:
+        """Put this batch's weighted targets (B, T, D) at the front of the queue (training with
+        a queue only), keeping at most ``contrastive_queue``."""
+        if not (self.training and self.contrastive_queue > 0):
+            return
+        new = target[weight].detach()
+        old = [] if self.queue is None else [self.queue.to(new.device)]
+        self.queue = torch.cat([new, *old])[: self.contrastive_queue]
+
+
+class MSEObjective(ContrastiveTerm, Objective, network=BaseLCM):
     """Next-concept MSE for :class:`~lcm.models.BaseLCM` (deterministic, no random draws).
 
     Args:
@@ -157,18 +232,8 @@ class MSEObjective(Objective, network=BaseLCM):
         super().__init__(model, residual)
         if loss not in get_args(RegressionLoss):
             raise ValueError(f"unknown loss {loss!r}; known: {list(get_args(RegressionLoss))}")
-        if not temperature > 0:
-            raise ValueError(f"temperature must be > 0, got {temperature}")
         self.loss_kind: RegressionLoss = loss
-        if not contrastive_weight >= 0:
-            raise ValueError(f"contrastive_weight must be >= 0, got {contrastive_weight}")
-        self.temperature = float(temperature)
-        self.contrastive_weight = float(contrastive_weight)
-        if not contrastive_queue >= 0:
-            raise ValueError(f"contrastive_queue must be >= 0, got {contrastive_queue}")
-        self.contrastive_queue = int(contrastive_queue)
-        self.queue: Tensor | None = None  # (M, D) earlier batches' targets, newest first
-        self.to_decoder_space: Callable[[Tensor], Tensor] | None = None
+        self.init_contrastive(temperature, contrastive_weight, contrastive_queue)
         self.separator: Callable[[], Tensor] | None = None
 
     def _separator(self) -> Tensor | None:
@@ -188,18 +253,12 @@ class MSEObjective(Objective, network=BaseLCM):
         pred = self._aligned(batch)  # (B, T, D)
         weight = target_weight(batch).clone()  # (B, T)
         weight[:, 0] = False  # nothing predicts the first concept
-        queue = self.queue if self.training and self.contrastive_queue > 0 else None
+        queue = self.contrastive_negatives()
         value = regression_loss(
             pred, batch["x"], weight, self.loss_kind, self.temperature, self.to_decoder_space, queue
         )
-        if self.contrastive_weight > 0:
-            value = value + self.contrastive_weight * regression_loss(
-                pred, batch["x"], weight, "infonce", self.temperature, self.to_decoder_space, queue
-            )
-        if self.training and self.contrastive_queue > 0:
-            new = batch["x"][weight].detach()
-            old = [] if self.queue is None else [self.queue.to(new.device)]
-            self.queue = torch.cat([new, *old])[: self.contrastive_queue]
+        value = self.add_contrastive(value, pred, batch["x"], weight, queue)
+        self.push_targets(batch["x"], weight)
         return ObjectiveOutput(value, pred, batch["x"], weight)
 
     @torch.no_grad()

@@ -27,6 +27,11 @@ prediction of concept t+1 is ``base_t + readout(s_r)``, in the loss, teacher-for
 plus readout; the base is fixed while the core iterates). A prediction-time ``residual_scale``
 s (:func:`~lcm.objectives.base.scale_residual`) gives ``base + s * readout`` after the exit, so it
 changes no exit step.
+
+``contrastive_weight`` > 0 adds that many times an InfoNCE term to the MSE, on the prediction the
+MSE regresses (``readout(s_r)``, plus the base with a residual), with ``temperature`` and
+``contrastive_queue`` as for Base-LCM (:class:`~lcm.objectives.mse.ContrastiveTerm`). Only the
+last k iterations get its gradients, as for the MSE.
 """
 
 from __future__ import annotations
@@ -52,6 +57,7 @@ from lcm.objectives.base import (
     target_weight,
     with_overrides,
 )
+from lcm.objectives.mse import ContrastiveTerm
 from lcm.objectives.step import NextConceptStep, StepOptions, prefill_mask
 
 INIT_MODES = ("random", "embed")
@@ -135,7 +141,7 @@ class ExitRule:
         return steps
 
 
-class RefinerObjective(SampledObjective, network=RecurrentRefinerLCM):
+class RefinerObjective(ContrastiveTerm, SampledObjective, network=RecurrentRefinerLCM):
     """Next-concept MSE with a random iteration count, truncated backprop and adaptive exit.
 
     Args:
@@ -150,6 +156,11 @@ class RefinerObjective(SampledObjective, network=RecurrentRefinerLCM):
         exit_rule: Default inference exit rule; every predict method can override its fields.
         residual: Add this base from the context to the readout (``"none"``, ``"last"`` or
             ``"context_mean"``; :func:`~lcm.objectives.base.residual_base`).
+        temperature: The temperature of the InfoNCE term.
+        contrastive_weight: Add this weight times the InfoNCE term to the MSE (default 0: the
+            MSE alone; :class:`~lcm.objectives.mse.ContrastiveTerm`).
+        contrastive_queue: The InfoNCE negatives also include up to this many targets of the
+            previous training batches (default 0: the batch's own targets only).
     """
 
     predicts_first_concept = False
@@ -165,8 +176,12 @@ class RefinerObjective(SampledObjective, network=RecurrentRefinerLCM):
         init: str = "random",
         exit_rule: ExitRule | None = None,
         residual: Residual = "none",
+        temperature: float = 0.05,
+        contrastive_weight: float = 0.0,
+        contrastive_queue: int = 0,
     ) -> None:
         super().__init__(model, residual)
+        self.init_contrastive(temperature, contrastive_weight, contrastive_queue)
         if backprop_depth < 1:
             raise ValueError(f"backprop_depth must be >= 1, got {backprop_depth}")
         if init not in INIT_MODES:
@@ -215,7 +230,8 @@ class RefinerObjective(SampledObjective, network=RecurrentRefinerLCM):
         generator: torch.Generator | None = None,
         num_iterations: int | None = None,
     ) -> RefinerOutput:
-        """MSE of the next concept after r iterations, gradients through the last k only.
+        """MSE of the next concept after r iterations, gradients through the last k only (plus
+        ``contrastive_weight`` times the InfoNCE term of the same prediction).
 
         Args:
             batch: x (B, T, D), mask (B, T), optional loss_mask (B, T).
@@ -243,7 +259,11 @@ class RefinerObjective(SampledObjective, network=RecurrentRefinerLCM):
 
         weight = target_weight(batch).clone()  # (B, T)
         weight[:, 0] = False  # nothing predicts the first concept
-        return RefinerOutput(masked_mse(pred, x, weight), pred, x, weight, num_iterations=r)
+        value = self.add_contrastive(
+            masked_mse(pred, x, weight), pred, x, weight, self.contrastive_negatives()
+        )
+        self.push_targets(x, weight)
+        return RefinerOutput(value, pred, x, weight, num_iterations=r)
 
     # ---------------------------------------------------------------------------- inference
     @torch.no_grad()

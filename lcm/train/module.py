@@ -659,6 +659,13 @@ class RefinerModule(LCMModule):
         exit_patience: Adaptive exit: m, consecutive iterations under tau.
         max_iterations: Adaptive exit: r_max, the cap.
         eval_iterations: Fixed r for validation/test (None: the adaptive exit).
+        temperature: The temperature of ``contrastive_weight``'s InfoNCE term.
+        contrastive_weight: Add this weight times the InfoNCE term (cosine of the prediction to
+            every target concept of the batch / ``temperature``, cross-entropy to the true next
+            concept, scored in SONAR space) to the MSE, on the prediction the MSE regresses
+            (base plus readout with a residual); 0 (default) trains on the MSE alone.
+        contrastive_queue: The InfoNCE negatives also include up to this many targets of the
+            previous training batches (0, default: the batch's own targets only).
         **kwargs: The arguments of :class:`LCMModule`.
     """
 
@@ -678,6 +685,9 @@ class RefinerModule(LCMModule):
         exit_patience: int = 2,
         max_iterations: int = 64,
         eval_iterations: int | None = None,
+        temperature: float = 0.05,
+        contrastive_weight: float = 0.0,
+        contrastive_queue: int = 0,
         **kwargs: Any,
     ) -> None:
         super().__init__(arch=arch, **kwargs)
@@ -691,7 +701,11 @@ class RefinerModule(LCMModule):
             init=init,
             exit_rule=ExitRule(exit_threshold, exit_patience, max_iterations),
             residual=self.residual,
+            temperature=temperature,
+            contrastive_weight=contrastive_weight,
+            contrastive_queue=contrastive_queue,
         )
+        objective.to_decoder_space = self.normalizer.denormalize  # as Base-LCM's
         self.attach(objective)
 
     def log_train_output(self, out: ObjectiveOutput, batch: Batch) -> None:
