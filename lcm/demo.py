@@ -99,6 +99,7 @@ def main(
     recipe: str = "configs/base_lcm/sft_source_lead.yaml",
     run_name: str = "run",
     sample_seed: int = 0,
+    references_in_bank: bool = False,
 ) -> dict:
     """Run the main job.
 
@@ -120,6 +121,11 @@ def main(
             and shards are shared).
         sample_seed: seed of the hashed sample of test and validation documents
             (:func:`sample_documents`).
+        references_in_bank: keep training synopses that equal a validation or test reference
+            in the retrieval bank (Debian repeats some synopses word for word). By default they
+            are left out before anything is scored (:func:`leave_out_references`), so neither
+            the model nor a floor can score by returning the very reference; the report records
+            how many.
     """
     from rich.console import Console
     from rich.table import Table
@@ -194,10 +200,20 @@ def main(
         the_codec.cache = EmbeddingCache()
     model = ConceptModel.load(ckpt, codec=the_codec)
 
-    def load(split: str, n: int) -> list[dict]:
+    def read(split: str) -> list[dict]:
         path = out / "data" / f"debian_descriptions.en.{split}.jsonl"
-        docs = [json.loads(line) for line in path.read_text().splitlines()]
-        return sample_documents(docs, n, sample_seed)
+        return [json.loads(line) for line in path.read_text().splitlines()]
+
+    def load(split: str, n: int) -> list[dict]:
+        return sample_documents(read(split), n, sample_seed)
+
+    bank = {}
+    if getattr(the_codec, "bank", None) is not None:
+        if not references_in_bank:
+            held_out = [r for split in ("valid", "test") for r in read(split)]
+            bank["references_left_out"] = leave_out_references(the_codec, held_out)
+        bank["sentences"] = the_codec.bank.count("eng_Latn")
+        console.print({"retrieval bank": bank})
 
     def summarize(docs: list[dict]) -> list[str]:
         # One concept: a synopsis is one sentence, and so are the floors; a second concept
@@ -218,6 +234,7 @@ def main(
         "fetched": fetched.get("counts", {}),
         "prepare": summaries_prepare,
         "train_metrics": metrics,
+        "bank": bank,
         "rouge_l": scores,
         "samples": [
             {"id": r["id"], "reference": r["summary"], "generated": g}
@@ -233,6 +250,14 @@ def main(
     report.write_text(json.dumps(result, indent=2, default=str))
     console.print(f"report: {report}")
     return result
+
+
+def leave_out_references(codec: SentenceCodec, docs: list[dict]) -> int:
+    """Take every sentence of ``codec``'s English retrieval bank that equals the ``summary`` of
+    one of ``docs`` (the held-out documents) out of the bank, so that decoding cannot return a
+    held-out reference word for word; the same rule as ``lcm eval`` and
+    :mod:`lcm.demo_xling`. Returns how many bank sentences were removed."""
+    return codec.bank.remove({r["summary"].strip() for r in docs}, "eng_Latn")
 
 
 def _rouge_table(test: list[dict], summaries: list[str], codec, model) -> dict[str, float]:

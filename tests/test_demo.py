@@ -10,7 +10,7 @@ import torch
 
 from encoders.base import SentenceCodec
 from encoders.retrieval import RetrievalBank
-from lcm.demo import _rouge_table, sample_documents
+from lcm.demo import _rouge_table, leave_out_references, sample_documents
 from lcm.splitting import SentenceSplitter
 
 VECTORS = {  # sentence -> concept: 'alpha' sentences point along e0, 'beta' ones along e1
@@ -51,6 +51,25 @@ def test_floors_and_ceiling_decode_their_own_query_through_the_models_bank():
     assert scores["decoder ceiling (reference concept retrieved)"] == 100.0
     # lead-1 'Alpha things here.' vs 'alpha tool': LCS 1, precision 1/3, recall 1/2 -> F1 0.4
     assert scores["lead-1"] == 40.0 and scores["documents"] == 1
+
+
+def test_held_out_references_are_left_out_of_the_bank_before_scoring():
+    """A training synopsis equal to a held-out reference leaves the bank, so neither the model
+    nor a floor can score by returning the very reference; the rest of the bank stays."""
+    codec = TableCodec()
+    held_out = [
+        {"text": "Alpha things here.", "summary": "alpha tool "},  # stripped before matching
+        {"text": "Beta more.", "summary": "gamma, not in the bank"},
+    ]
+    assert leave_out_references(codec, held_out) == 1
+    assert list(codec.bank.sentences("eng_Latn")) == ["beta library"]
+    assert leave_out_references(codec, held_out) == 0  # nothing left to remove
+    model = SimpleNamespace(splitter=SentenceSplitter(256))
+    doc = {"text": "Alpha things here.", "summary": "alpha tool"}
+    scores = _rouge_table([doc], ["beta library"], codec, model)
+    # the reference's own concept can no longer retrieve it: the ceiling falls from 100 to 0
+    assert scores["decoder ceiling (reference concept retrieved)"] == 0.0
+    assert scores["nearest synopsis to first-sentence concept"] == 0.0
 
 
 def test_the_scored_documents_are_a_hashed_sample_not_the_alphabetical_head():

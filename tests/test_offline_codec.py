@@ -65,6 +65,8 @@ def test_main_job_end_to_end(tmp_path):
     assert (tmp_path / "shards" / "train" / "normalizer.pt").exists()
     assert (tmp_path / "run" / "checkpoints" / "last.ckpt").exists()
     assert len(result["samples"]) == 10
+    # held-out references are left out of the bank before scoring, and the report says so
+    assert result["bank"]["references_left_out"] >= 0 and result["bank"]["sentences"] >= 60
     # retrieval decoding: summaries are made of training synopsis sentences, never empty
     import json
 
