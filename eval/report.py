@@ -37,6 +37,29 @@ def bootstrap_interval(
     return [float(low), float(high)]
 
 
+def ratio_interval(
+    numerator: list[float], denominator: list[float], resamples: int = 2000, seed: int = 0
+) -> list[float] | None:
+    """95% percentile-bootstrap interval ``[low, high]`` of ``mean(numerator) /
+    mean(denominator)`` over paired per-document values (the same documents resampled for both,
+    e.g. a model's ROUGE-L over its floor's). None with fewer than 2 documents or a resample whose
+    denominator mean is 0. Deterministic (fixed seed)."""
+    import numpy as np
+
+    if len(numerator) != len(denominator):
+        raise ValueError(f"paired values differ in length: {len(numerator)} and {len(denominator)}")
+    num = np.asarray(numerator, dtype=np.float64)
+    den = np.asarray(denominator, dtype=np.float64)
+    if len(num) < 2:
+        return None
+    idx = np.random.default_rng(seed).integers(0, len(num), size=(resamples, len(num)))
+    den_means = den[idx].mean(axis=1)
+    if (den_means == 0).any():
+        return None
+    low, high = np.percentile(num[idx].mean(axis=1) / den_means, [2.5, 97.5])
+    return [float(low), float(high)]
+
+
 def aggregate(
     store,
     names,

@@ -31,7 +31,7 @@ import hashlib
 import json
 import sys
 from pathlib import Path
-from typing import Literal
+from typing import Any, Literal
 
 from encoders.base import SentenceCodec
 
@@ -260,15 +260,19 @@ def leave_out_references(codec: SentenceCodec, docs: list[dict]) -> int:
     return codec.bank.remove({r["summary"].strip() for r in docs}, "eng_Latn")
 
 
-def _rouge_table(test: list[dict], summaries: list[str], codec, model) -> dict[str, float]:
+def _rouge_table(test: list[dict], summaries: list[str], codec, model) -> dict[str, Any]:
     """ROUGE-L F1 of the model beside its floors: the first sentence of the description
     (lead-1) and, with a retrieval codec, the training synopsis nearest to the description's mean
     concept and to its first sentence's concept; and the ceiling of the retrieval decoder: the
     training synopsis nearest to the reference synopsis's own concept (what a model that
     predicted the reference exactly would output). The floors and the ceiling decode through the
-    model's own bank and codec (same sentences, same cosine search), so only the query differs."""
+    model's own bank and codec (same sentences, same cosine search), so only the query differs.
+    With a retrieval codec it also gives the model's ratio to the mean-concept floor with a 95%
+    bootstrap interval over the documents (:func:`eval.report.ratio_interval`)."""
     import torch
     from rouge_score import rouge_scorer
+
+    from eval.report import ratio_interval
 
     scorer = rouge_scorer.RougeScorer(["rougeL"])
     refs = [r["summary"] for r in test]
@@ -284,19 +288,24 @@ def _rouge_table(test: list[dict], summaries: list[str], codec, model) -> dict[s
             first.append(b)
         ceiling = codec.decode(codec.encode(refs, "eng_Latn"), "eng_Latn")
 
-    def f1(outputs: list[str]) -> float:
-        return round(
-            100
-            * sum(scorer.score(a, b)["rougeL"].fmeasure for a, b in zip(refs, outputs))
-            / max(1, len(refs)),
-            2,
-        )
+    def per_doc(outputs: list[str]) -> list[float]:
+        return [scorer.score(a, b)["rougeL"].fmeasure for a, b in zip(refs, outputs)]
 
-    out = {"model": f1(summaries), "lead-1": f1(lead)}
+    def f1(outputs: list[str]) -> float:
+        return round(100 * sum(per_doc(outputs)) / max(1, len(refs)), 2)
+
+    out: dict[str, Any] = {"model": f1(summaries), "lead-1": f1(lead)}
     if nearest:
         out["nearest synopsis to mean concept"] = f1(nearest)
         out["nearest synopsis to first-sentence concept"] = f1(first)
         out["decoder ceiling (reference concept retrieved)"] = f1(ceiling)
+        model_docs, floor_docs = per_doc(summaries), per_doc(nearest)
+        if sum(floor_docs) > 0:
+            out["model / mean-concept floor"] = round(sum(model_docs) / sum(floor_docs), 3)
+            interval = ratio_interval(model_docs, floor_docs)
+            out["model / mean-concept floor, 95% interval"] = (
+                None if interval is None else [round(v, 3) for v in interval]
+            )
     out["documents"] = len(refs)
     return out
 

@@ -53,6 +53,32 @@ def test_floors_and_ceiling_decode_their_own_query_through_the_models_bank():
     assert scores["lead-1"] == 40.0 and scores["documents"] == 1
 
 
+def test_the_table_gives_the_models_ratio_to_the_mean_concept_floor_with_an_interval():
+    docs = [
+        {"text": "Beta stuff there. Beta more.", "summary": "beta library"},  # floor 100
+        {"text": "Alpha things here.", "summary": "alpha tool"},  # floor 100
+    ]
+    model = SimpleNamespace(splitter=SentenceSplitter(256))
+    scores = _rouge_table(docs, ["beta library", "beta library"], TableCodec(), model)
+    assert scores["model"] == 50.0 and scores["nearest synopsis to mean concept"] == 100.0
+    assert scores["model / mean-concept floor"] == 0.5
+    # two documents: a resample holds both (0.5), only the first (1.0) or only the second (0.0)
+    assert scores["model / mean-concept floor, 95% interval"] == [0.0, 1.0]
+
+
+def test_ratio_interval_is_paired_and_checks_its_input():
+    from eval.report import ratio_interval
+
+    model = [0.2, 0.3, 0.25, 0.4, 0.1, 0.3]
+    low, high = ratio_interval(model, [v / 1.5 for v in model])  # the same documents, 1.5x
+    assert low == pytest.approx(1.5) and high == pytest.approx(1.5)  # paired: no spread
+    low, high = ratio_interval(model, [0.2] * 6)
+    assert low < sum(model) / 6 / 0.2 < high
+    assert ratio_interval([0.1], [0.2]) is None and ratio_interval([0.1, 0.2], [0, 0]) is None
+    with pytest.raises(ValueError, match="differ in length: 2 and 3"):
+        ratio_interval([0.1, 0.2], [0.1, 0.2, 0.3])
+
+
 def test_held_out_references_are_left_out_of_the_bank_before_scoring():
     """A training synopsis equal to a held-out reference leaves the bank, so neither the model
     nor a floor can score by returning the very reference; the rest of the bank stays."""
