@@ -68,6 +68,9 @@ class Settings:
         temperature: Quant-LCM: code sampling temperature, 0 = greedy (default: the
             checkpoint's).
         top_p: Quant-LCM: nucleus mass of code sampling (default: the checkpoint's).
+        decoding: Quant-LCM: ``sample`` (draw each level's code at ``temperature``) or
+            ``expected`` (add each level's probability-weighted mean code vector at
+            ``temperature``, a point prediction; default: the checkpoint's, ``sample``).
         residual_scale: families trained with a residual: factor s > 0 on the learned
             correction, ``base + s * (prediction - base)`` (default: the checkpoint's, 1).
     """
@@ -91,6 +94,7 @@ class Settings:
     warm_start: bool = False
     temperature: float | None = None
     top_p: float | None = None
+    decoding: Literal["sample", "expected"] | None = None
     residual_scale: float | None = None
 
     def __post_init__(self) -> None:
@@ -131,6 +135,8 @@ class Settings:
                 raise ValueError(f"generation setting {name} must be {rng}, got {value!r}")
         if self.solver not in (None, "ddim", "dpmsolver++"):
             raise ValueError(f"solver must be 'ddim' or 'dpmsolver++', got {self.solver!r}")
+        if self.decoding not in (None, "sample", "expected"):
+            raise ValueError(f"decoding must be 'sample' or 'expected', got {self.decoding!r}")
         if self.min_new_concepts > self.max_new_concepts:
             raise ValueError(
                 f"min_new_concepts ({self.min_new_concepts}) exceeds max_new_concepts "
@@ -448,6 +454,7 @@ def generation_options(s: Settings) -> dict[str, Any]:
         warm_start=s.warm_start,
         temperature=s.temperature,
         top_p=s.top_p,
+        decoding=s.decoding,
         residual_scale=s.residual_scale,
     )
 

@@ -1,7 +1,10 @@
 """The pre-training report's systems at several prediction-time scales: the diffusion
-systems' guidance scale (``--knob guidance``, default) or the residual systems' correction
+systems' guidance scale (``--knob guidance``, default), the residual systems' correction
 scale (``--knob residual_scale``: ``base + s * (prediction - base)``,
-:attr:`lcm.objectives.Objective.residual_scale`).
+:attr:`lcm.objectives.Objective.residual_scale`) or Quant-LCM's expected-decoding temperature
+(``--knob expected_temperature``: s > 0 is ``decoding="expected"`` at temperature s over the
+whole softmax, top_p 1, :class:`lcm.objectives.QuantObjective`; s = 0 is greedy codes, the
+checkpoints' own validation decoding).
 
     python -m experiments.pretraining.guidance_sweep \\
         --run_dir /work/data/h11/pretraining_runs/runs_full_steps400_d128_seed0 \\
@@ -10,6 +13,11 @@ scale (``--knob residual_scale``: ``base + s * (prediction - base)``,
         --run_dir /work/data/me/p200k/runs/runs_full_steps2000_d128_seed0 \\
         --validation_documents 500 --select_on "in-domain validation" --tie 0.002 \\
         --scales '[1, 1.5, 2, 3, 4]' --out_dir reports/pretraining/residual_scale
+    python -m experiments.pretraining.guidance_sweep --knob expected_temperature \
+        --run_dir /work/data/h39/runs/runs_full_steps200_d128_seed0 \
+        --systems '[quant_lcm, quant_lcm+context_mean]' --scales '[0, 0.25, 0.5, 1]' \
+        --validation_documents 500 --select_on "in-domain validation" --tie 0.002 --prefer 0 \
+        --out_dir reports/pretraining/quant_decoding
 
 The report (:mod:`experiments.pretraining.report`) scores each diffusion system at its
 checkpoint's guidance and at guidance 1. This sweep scores the same checkpoints, teacher-forced
@@ -50,8 +58,12 @@ from experiments.pretraining.report import (
 )
 
 DEFAULT_SYSTEMS = ["two_tower+context_mean", "one_tower+context_mean", "two_tower", "one_tower"]
-Knob = Literal["guidance", "residual_scale"]
-KNOB_LABEL = {"guidance": "guidance", "residual_scale": "residual scale"}
+Knob = Literal["guidance", "residual_scale", "expected_temperature"]
+KNOB_LABEL = {
+    "guidance": "guidance",
+    "residual_scale": "residual scale",
+    "expected_temperature": "expected decoding at temperature",
+}
 BASELINES = ("context_mean", "copy_previous")
 VALIDATION = "in-domain validation"
 
@@ -115,8 +127,7 @@ def sweep(
             rows[system] = {}
             for scale in scales:
                 t = time.perf_counter()
-                option = "guidance_scale" if knob == "guidance" else "residual_scale"
-                pred = model_predictions(ckpt, es, **{option: scale})
+                pred = model_predictions(ckpt, es, **knob_options(knob, scale))
                 res["seconds"][f"{system} {knob} {scale:g} {set_name}"] = round(
                     time.perf_counter() - t, 1
                 )
@@ -142,6 +153,20 @@ def sweep(
         system: choose(res, system, scales, select_on, tie, prefer) for system in systems
     }
     return res
+
+
+def knob_options(knob: Knob, scale: float) -> dict:
+    """The keywords of :func:`~experiments.pretraining.report.model_predictions` that set
+    ``knob`` to ``scale`` (``expected_temperature`` 0: greedy codes, the checkpoints' own
+    validation decoding; above 0: expected decoding at that temperature, top_p 1)."""
+    if knob == "guidance":
+        return {"guidance_scale": scale}
+    if knob == "residual_scale":
+        return {"residual_scale": scale}
+    if scale < 0:
+        raise ValueError(f"an expected-decoding temperature must be >= 0, got {scale}")
+    decoding = ("sample", 0.0, 1.0) if scale == 0 else ("expected", float(scale), 1.0)
+    return {"quant_decoding": decoding}
 
 
 def _validation_set(ckpts: dict[str, Path], window: int, max_documents: int | None):
@@ -294,8 +319,10 @@ def main(
         window: concepts per evaluation window (the report's).
         bootstrap_draws: bootstrap resamples.
         seed: seed of the resamples.
-        knob: what the scale is: ``guidance`` (diffusion classifier-free guidance) or
-            ``residual_scale`` (the factor on a residual system's correction to its base).
+        knob: what the scale is: ``guidance`` (diffusion classifier-free guidance),
+            ``residual_scale`` (the factor on a residual system's correction to its base) or
+            ``expected_temperature`` (Quant-LCM: the temperature of expected decoding, 0 =
+            greedy codes; :func:`knob_options`).
         tie: the chosen scale is the smallest whose CA on ``select_on`` is within this of the
             best.
         validation_documents: also score this many of the checkpoints' own in-domain

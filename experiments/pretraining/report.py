@@ -576,11 +576,14 @@ def model_predictions(
     batch_windows: int = 32,
     guidance_scale: float | None = None,
     residual_scale: float | None = None,
+    quant_decoding: tuple[str, float, float] | None = None,
 ) -> Tensor:
     """Teacher-forced predictions (B, T, D) in raw space: ``pred[:, n]`` from ``x[:, :n]``
     (diffusion: at ``guidance_scale`` when given, else the checkpoint's; a residual system's
-    correction scaled by ``residual_scale`` when given, else the checkpoint's)."""
-    from lcm.train.module import load_module
+    correction scaled by ``residual_scale`` when given, else the checkpoint's; Quant-LCM with
+    ``quant_decoding`` = (decoding, temperature, top_p) when given, else the checkpoint's
+    validation decoding: greedy codes)."""
+    from lcm.train.module import QuantModule, load_module
 
     module = load_module(str(ckpt)).eval()
     objective = module.objective
@@ -588,6 +591,10 @@ def model_predictions(
         objective.sampling = objective.sampling_with(guidance_scale=guidance_scale)
     if residual_scale is not None:
         objective.residual_scale = residual_scale
+    if quant_decoding is not None:
+        if not isinstance(module, QuantModule):
+            raise ValueError(f"{ckpt} is not a Quant-LCM checkpoint: no quant_decoding")
+        module.eval_decoding, module.eval_temperature, objective.top_p = quant_decoding
     preds = []
     for i in range(0, es.x.shape[0], batch_windows):
         x, mask = es.x[i : i + batch_windows], es.mask[i : i + batch_windows]

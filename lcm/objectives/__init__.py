@@ -27,7 +27,7 @@ from lcm.objectives.diffusion import (
     left_align,
 )
 from lcm.objectives.mse import MSEObjective
-from lcm.objectives.quant import QuantObjective, sample_logits
+from lcm.objectives.quant import Decoding, QuantObjective, sample_logits
 from lcm.objectives.refiner import ExitRule, RefinerObjective, RefinerOutput, sample_num_iterations
 
 __all__ = [
@@ -37,6 +37,7 @@ __all__ = [
     "Objective",
     "ObjectiveOutput",
     "OneTowerDiffusion",
+    "Decoding",
     "QuantObjective",
     "RefinerObjective",
     "RefinerOutput",

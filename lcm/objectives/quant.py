@@ -12,6 +12,16 @@ to the top-p nucleus (Holtzman et al. 2020), add C_j[c_j] to the running sum, fe
 j + 1. The concept is the sum of the K code vectors, `rvq.decode(codes)`. temperature = 0 is
 greedy.
 
+Expected decoding (``decoding="expected"``, ours, not the paper's): a point prediction instead of
+a draw. At each level j the running prefix adds the mean code vector under the same distribution,
+``w_j @ C_j`` with ``w_j`` = softmax(logits_j / temperature) cut to the top-p nucleus and
+renormalized (temperature = 0: one-hot on the argmax, which is greedy decoding), and feeds it to
+depth j + 1; the concept is the final prefix. Its codes are the argmax of each level's logits
+(given the expected prefix): the most likely unit per level, so code accuracy stays the share of
+levels whose mode is the target's code. Depth j + 1 was trained on sums of code vectors, and an
+expected prefix lies between them: the decoding is an approximation of the conditional mean, not
+the mean itself.
+
 With ``residual`` (:data:`~lcm.objectives.base.Residual`: ``"last"`` or ``"context_mean"``) the
 network predicts the codes of the residual ``x_{t+1} - base_t`` instead
 (:func:`~lcm.objectives.base.residual_base`), with a quantizer fitted on such residuals (its
@@ -26,6 +36,8 @@ prediction-time ``residual_scale`` s gives ``base_t + s * rvq.decode(codes)``.
 """
 
 from __future__ import annotations
+
+from typing import Literal
 
 import torch
 import torch.nn.functional as F
@@ -47,6 +59,31 @@ from lcm.objectives.base import (
 from lcm.objectives.step import NextConceptStep, StepOptions, prefill_mask
 from lcm.quant import RVQ
 
+#: How a concept is read from the code distributions: ``"sample"`` draws one code per level
+#: (greedy at temperature 0), ``"expected"`` adds each level's probability-weighted mean code
+#: vector (module docstring).
+Decoding = Literal["sample", "expected"]
+DECODINGS: tuple[str, ...] = ("sample", "expected")
+
+
+def check_decoding(decoding: str) -> Decoding:
+    """``decoding`` when it is one of :data:`DECODINGS`, else a ValueError."""
+    if decoding not in DECODINGS:
+        raise ValueError(f"decoding must be one of {DECODINGS}, got {decoding!r}")
+    return decoding  # type: ignore[return-value]
+
+
+def nucleus_probs(logits: Tensor, temperature: float, top_p: float) -> Tensor:
+    """softmax(logits / temperature) (N, U) with the units outside the top-p nucleus set to 0
+    (not renormalized; the most likely unit always stays); temperature > 0."""
+    probs = F.softmax(logits.float() / temperature, dim=-1)  # (N, U)
+    if top_p < 1:
+        sorted_p, order = probs.sort(dim=-1, descending=True)  # (N, U)
+        mass_before = sorted_p.cumsum(dim=-1) - sorted_p  # mass of the strictly likelier units
+        sorted_p = sorted_p.masked_fill(mass_before >= top_p, 0.0)
+        probs = torch.zeros_like(probs).scatter(-1, order, sorted_p)
+    return probs
+
 
 def sample_logits(
     logits: Tensor,
@@ -65,12 +102,7 @@ def sample_logits(
         raise ValueError(f"need temperature >= 0 and 0 < top_p <= 1, got {temperature}, {top_p}")
     if temperature == 0:
         return logits.argmax(dim=-1)
-    probs = F.softmax(logits.float() / temperature, dim=-1)  # (N, U)
-    if top_p < 1:
-        sorted_p, order = probs.sort(dim=-1, descending=True)  # (N, U)
-        mass_before = sorted_p.cumsum(dim=-1) - sorted_p  # mass of the strictly likelier units
-        sorted_p = sorted_p.masked_fill(mass_before >= top_p, 0.0)
-        probs = torch.zeros_like(probs).scatter(-1, order, sorted_p)
+    probs = nucleus_probs(logits, temperature, top_p)  # (N, U)
     rows = per_row(generator, probs.shape[0])
     if rows is not None:
         draws = [
@@ -91,6 +123,8 @@ class QuantObjective(SampledObjective, network=QuantLCM):
             concepts, or with a residual on the residuals over the same base.
         temperature: Default sampling temperature (0 = greedy). Ours, not the paper's.
         top_p: Default nucleus mass. Ours, not the paper's.
+        decoding: Default decoding, ``"sample"`` (draw codes) or ``"expected"`` (weighted mean
+            code vectors per level; module docstring). Ours, not the paper's.
         residual: Predict the codes of ``x_{t+1} - base_t`` and add the base back
             (``"none"``, ``"last"`` or ``"context_mean"``;
             :func:`~lcm.objectives.base.residual_base`).
@@ -105,10 +139,12 @@ class QuantObjective(SampledObjective, network=QuantLCM):
         temperature: float = 1.0,
         top_p: float = 0.9,
         residual: Residual = "none",
+        decoding: Decoding = "sample",
     ) -> None:
         super().__init__(model, residual)
         self.temperature = temperature
         self.top_p = top_p
+        self.decoding: Decoding = check_decoding(decoding)
         if bool(model.rvq.fitted):
             self.check_quantizer()
 
@@ -191,32 +227,80 @@ class QuantObjective(SampledObjective, network=QuantLCM):
         *,
         temperature: float | None = None,
         top_p: float | None = None,
+        decoding: Decoding | None = None,
     ) -> Tensor:
         """Codes (N, K) of the concepts following the contextualized states h (N, d), coarse to
-        fine, each codebook conditioned on the codes already drawn."""
+        fine, each codebook conditioned on the codes already drawn (with ``decoding=
+        "expected"``: the argmax per level, :meth:`decode_levels`)."""
+        return self.decode_levels(
+            h, generator, temperature=temperature, top_p=top_p, decoding=decoding
+        )[1]
+
+    @torch.no_grad()
+    def decode_levels(
+        self,
+        h: Tensor,
+        generator: Generators = None,
+        *,
+        temperature: float | None = None,
+        top_p: float | None = None,
+        decoding: Decoding | None = None,
+    ) -> tuple[Tensor, Tensor]:
+        """The concepts (N, D) following the contextualized states h (N, d), before any residual
+        base, and their codes (N, K).
+
+        ``"sample"``: each level draws a code (:func:`sample_logits`), the concept is
+        ``rvq.decode(codes)``. ``"expected"``: each level adds its weighted mean code vector
+        to the prefix fed to the next level and the concept is the final prefix; the codes are
+        each level's argmax (module docstring). None = this objective's default.
+        """
         temperature = self.temperature if temperature is None else temperature
         top_p = self.top_p if top_p is None else top_p
+        decoding = check_decoding(self.decoding if decoding is None else decoding)
+        if decoding == "expected" and (temperature < 0 or not 0 < top_p <= 1):
+            raise ValueError(
+                f"need temperature >= 0 and 0 < top_p <= 1, got {temperature}, {top_p}"
+            )
         model = self.model
+        books = model.rvq.codebooks  # (K, U, D)
         cache = model.new_depth_cache()
-        prefix = h.new_zeros(h.shape[0], model.config.sonar_dim)  # (N, D) sum of drawn codes
+        prefix = h.new_zeros(h.shape[0], model.config.sonar_dim)  # (N, D) running sum
         codes = []
         for j in range(model.config.n_codebooks):
             logits = model.next_level_logits(h, prefix, cache)  # (N, U)
-            c = sample_logits(logits, temperature, top_p, generator)  # (N,)
+            if decoding == "sample":
+                c = sample_logits(logits, temperature, top_p, generator)  # (N,)
+                prefix = prefix + books[j, c]
+            else:
+                c = logits.argmax(dim=-1)  # (N,) the most likely unit of the level
+                if temperature == 0:
+                    prefix = prefix + books[j, c]
+                else:
+                    w = nucleus_probs(logits, temperature, top_p)  # (N, U)
+                    w = w / w.sum(dim=-1, keepdim=True)
+                    prefix = prefix + (w @ books[j].float()).to(prefix.dtype)
             codes.append(c)
-            prefix = prefix + model.rvq.codebooks[j, c]
-        return torch.stack(codes, dim=1)  # (N, K)
+        codes_t = torch.stack(codes, dim=1)  # (N, K)
+        y = model.rvq.decode(codes_t) if decoding == "sample" else prefix
+        return y, codes_t
 
     def options(
-        self, *, temperature: float | None = None, top_p: float | None = None
-    ) -> dict[str, float | None]:
-        """The keywords of :meth:`sample_codes` (None = this objective's default).
+        self,
+        *,
+        temperature: float | None = None,
+        top_p: float | None = None,
+        decoding: Decoding | None = None,
+    ) -> dict[str, float | str | None]:
+        """The keywords of :meth:`decode_levels` (None = this objective's default).
 
         Args:
             temperature: Sampling temperature (0 = greedy).
             top_p: Nucleus mass.
+            decoding: ``"sample"`` or ``"expected"`` (:data:`Decoding`).
         """
-        return dict(temperature=temperature, top_p=top_p)
+        if decoding is not None:
+            check_decoding(decoding)
+        return dict(temperature=temperature, top_p=top_p, decoding=decoding)
 
     def sample_all(
         self, batch: Batch, generator: torch.Generator | None, options: dict
@@ -227,26 +311,29 @@ class QuantObjective(SampledObjective, network=QuantLCM):
         B, T, _ = x.shape
         self.check_quantizer()
         h = self.model.contextualize(x, mask)  # (B, T, d)
-        codes = self.sample_codes(h.reshape(B * T, -1), generator, **options).reshape(B, T, -1)
-        y = self.rvq.decode(codes)  # (B, T, D), output t ~ concept t+1
+        y, codes = self.decode_levels(h.reshape(B * T, -1), generator, **options)
+        y, codes = y.reshape(B, T, -1), codes.reshape(B, T, -1)  # output t ~ concept t+1
         y = self._add_base(y, residual_base(x, mask, self.residual))
         return shift_right(y), shift_right(codes)
 
     def sample_next(
         self, x: Tensor, mask: Tensor | None, generator: torch.Generator | None, options: dict
     ) -> tuple[Tensor, Tensor]:
-        """(B, D): the sum of the sampled code vectors of the next concept (plus its residual
-        base), and its codes (B, K)."""
+        """(B, D): the decoded next concept (the sum of its sampled code vectors, or with
+        expected decoding the expected prefix; plus its residual base), and its codes (B, K)."""
         self.check_quantizer()
         h = last_valid(self.model.contextualize(x, mask), mask)  # (B, d)
-        codes = self.sample_codes(h, generator, **options)  # (B, K)
-        return self._add_base(self.rvq.decode(codes), self.next_base(x, mask)), codes
+        y, codes = self.decode_levels(h, generator, **options)  # (B, D), (B, K)
+        return self._add_base(y, self.next_base(x, mask)), codes
 
     predict_all_with_codes = SampledObjective.predict_all_with_info
 
     def generation_step(self, options: StepOptions) -> QuantStep:
-        """:class:`QuantStep` (reads ``temperature``, ``top_p``, ``use_cache``)."""
-        return QuantStep(self, options.temperature, options.top_p, options.use_cache)
+        """:class:`QuantStep` (reads ``temperature``, ``top_p``, ``decoding``,
+        ``use_cache``)."""
+        return QuantStep(
+            self, options.temperature, options.top_p, options.use_cache, options.decoding
+        )
 
     @torch.no_grad()
     def predict_next_codes(
@@ -262,8 +349,9 @@ class QuantObjective(SampledObjective, network=QuantLCM):
 
 class QuantStep(NextConceptStep):
     """Quant-LCM's cached generation step: contextualize once per concept (KV-cached), then
-    sample the next concept's K codes coarse to fine and sum their code vectors (plus, with the
-    objective's ``residual``, the base of the step's context:
+    sample the next concept's K codes coarse to fine and sum their code vectors (with
+    ``decoding="expected"``: their expected vectors, :meth:`QuantObjective.decode_levels`; plus,
+    with the objective's ``residual``, the base of the step's context:
     :meth:`~lcm.objectives.step.NextConceptStep._base`). ``last_info["codes"]`` (B, K)."""
 
     def __init__(
@@ -272,10 +360,12 @@ class QuantStep(NextConceptStep):
         temperature: float | None = None,
         top_p: float | None = None,
         use_cache: bool = True,
+        decoding: Decoding | None = None,
     ) -> None:
         super().__init__(use_cache, objective.residual)
         self.objective, self.model = objective, objective.model
         self.temperature, self.top_p = temperature, top_p
+        self.decoding = None if decoding is None else check_decoding(decoding)
 
     def start(self, x: Tensor, mask: Tensor) -> None:
         self.objective.check_quantizer()
@@ -286,11 +376,10 @@ class QuantStep(NextConceptStep):
 
     def next(self, generator=None) -> Tensor:
         h = self.h if self.use_cache else self.model.contextualize(self.x, self.mask)[:, -1]
-        codes = self.objective.sample_codes(
-            h, generator, temperature=self.temperature, top_p=self.top_p
-        )  # (B, K)
+        y, codes = self.objective.decode_levels(
+            h, generator, temperature=self.temperature, top_p=self.top_p, decoding=self.decoding
+        )  # (B, D), (B, K)
         self.last_info = {"codes": codes}
-        y = self.model.rvq.decode(codes)  # (B, D)
         base = self._base()  # (B, D) or None
         return y if base is None else scale_residual(y + base, base, self.residual_scale)
 

@@ -31,7 +31,7 @@ import functools
 import weakref
 from collections.abc import Callable
 from dataclasses import dataclass
-from typing import TYPE_CHECKING, Any
+from typing import TYPE_CHECKING, Any, Literal
 
 import torch
 from torch import Tensor
@@ -120,6 +120,9 @@ class StepOptions:
             (:attr:`~lcm.objectives.Objective.residual_scale`; default: the objective's).
         temperature: Quant-LCM: code sampling temperature (default: the objective's).
         top_p: Quant-LCM: nucleus mass (default: the objective's).
+        decoding: Quant-LCM: ``"sample"`` (draw codes) or ``"expected"`` (probability-weighted
+            mean code vectors per level; :class:`~lcm.objectives.quant.QuantObjective`;
+            default: the objective's).
     """
 
     scheduler: DDIMScheduler | None = None
@@ -137,6 +140,7 @@ class StepOptions:
     warm_start: bool = False
     temperature: float | None = None
     top_p: float | None = None
+    decoding: Literal["sample", "expected"] | None = None
     residual_scale: float | None = None
 
 

@@ -74,6 +74,7 @@ from lcm.objectives.base import (
     check_residual_scale,
 )
 from lcm.objectives.mse import RegressionLoss
+from lcm.objectives.quant import Decoding, check_decoding
 from lcm.quant import RESIDUALS as RVQ_RESIDUALS
 from lcm.quant import RVQ
 from lcm.train.optim import DEFAULT_OPTIM, EMA, OptimConfig, adamw_warmup_cosine, check_ema
@@ -760,6 +761,11 @@ class QuantModule(LCMModule):
         temperature: Code sampling temperature for generation (0 = greedy).
         top_p: Nucleus mass for generation.
         eval_temperature: Sampling temperature of validation/test predictions (0 = greedy).
+        eval_decoding: Decoding of validation/test predictions: ``"sample"`` (codes drawn at
+            ``eval_temperature``, greedy by default) or ``"expected"`` (the probability-weighted
+            mean code vector per level at ``eval_temperature``;
+            :class:`~lcm.objectives.QuantObjective`). Generation keeps the objective's
+            ``"sample"`` unless asked (``Settings.decoding``).
         **kwargs: The arguments of :class:`LCMModule`.
     """
 
@@ -776,12 +782,14 @@ class QuantModule(LCMModule):
         temperature: float = 1.0,
         top_p: float = 0.9,
         eval_temperature: float = 0.0,
+        eval_decoding: Decoding = "sample",
         **kwargs: Any,
     ) -> None:
         super().__init__(arch=arch, **kwargs)
         self.rvq_error: dict[str, float] = {}
         self.rvq_fit_samples, self.rvq_niter = rvq_fit_samples, rvq_niter
         self.eval_temperature = eval_temperature
+        self.eval_decoding: Decoding = check_decoding(eval_decoding)
         model = self.arch.build()
         if rvq_path:
             model.set_quantizer(RVQ.load(rvq_path))
@@ -842,7 +850,7 @@ class QuantModule(LCMModule):
             self.log("val/rvq_relative_error", self.rvq_error["rvq_relative_error"])
 
     def eval_kwargs(self) -> dict[str, Any]:
-        return {"temperature": self.eval_temperature}
+        return {"temperature": self.eval_temperature, "decoding": self.eval_decoding}
 
     def eval_predict(
         self, objective: Objective, batch: Batch, generator: torch.Generator
@@ -850,7 +858,7 @@ class QuantModule(LCMModule):
         assert isinstance(objective, QuantObjective)
         pred, pred_codes = objective.predict_all_with_codes(batch, generator, **self.eval_kwargs())
         # Share of the K codes of each target (its residual's, with a residual) that the
-        # sampled prediction got right.
+        # sampled prediction got right (expected decoding: its argmax per level).
         codes = objective.target_codes(batch)  # (B, T, K)
         return pred, {"code_accuracy": (codes == pred_codes).float().mean(dim=-1)}
 
