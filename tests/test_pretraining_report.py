@@ -124,7 +124,15 @@ def _cells(node):
 
 
 @pytest.mark.parametrize(
-    "sub", ["", "residual_scale", "guidance_206k", "quant_residual", "contrastive_residual"]
+    "sub",
+    [
+        "",
+        "residual_scale",
+        "guidance_206k",
+        "quant_residual",
+        "contrastive_residual",
+        "quant_decoding",
+    ],
 )
 def test_report_readme_intervals_are_the_jsons(sub):
     """Every "value [lo, hi]" a committed report README quotes (the report's, and a
@@ -349,6 +357,67 @@ def test_residual_scale_sweep_on_validation_documents(tmp_path):
     assert val[f"{chosen:g}"]["ca"]["mean"] >= best - 0.002
     if chosen == 2.0:
         assert val["1"]["ca"]["mean"] < best - 0.002
+
+
+def test_expected_temperature_knob_options():
+    from experiments.pretraining.guidance_sweep import knob_options
+
+    assert knob_options("guidance", 3.0) == {"guidance_scale": 3.0}
+    assert knob_options("residual_scale", 2.0) == {"residual_scale": 2.0}
+    # 0: greedy codes (the checkpoints' own validation decoding); else expected, top_p 1
+    assert knob_options("expected_temperature", 0.0) == {"quant_decoding": ("sample", 0.0, 1.0)}
+    assert knob_options("expected_temperature", 0.5) == {"quant_decoding": ("expected", 0.5, 1.0)}
+    with pytest.raises(ValueError, match=">= 0"):
+        knob_options("expected_temperature", -1.0)
+
+
+@pytest.mark.slow
+def test_expected_temperature_sweep_of_a_quant_checkpoint(tmp_path):
+    """``--knob expected_temperature``: at 0 (greedy codes) the sweep gives the report's CA for
+    Quant-LCM +ctx-mean; at 1 the expected decoding gives other predictions; the cosine to the
+    context-mean prediction is the one computed by hand; one-hot weights (temperature 0)
+    give greedy decoding; a non-Quant checkpoint is refused."""
+    from dataclasses import replace
+
+    from experiments.pretraining.guidance_sweep import main as sweep_main
+    from experiments.pretraining.report import context_mean, load_eval_set, model_predictions
+
+    p = replace(PRESETS["ci"], families=("quant_lcm+context_mean",), generate_docs=0, mi=False)
+    rep = run_report(p, str(tmp_path / "rep"), "ci")
+    run_dir = tmp_path / "rep" / "work" / f"runs_ci_steps{p.steps}_d{p.d_model}_seed{p.seed}"
+    eval_dirs = rep["setup"]["eval_dirs"]
+    system = "quant_lcm+context_mean"
+    res = sweep_main(
+        str(run_dir), str(tmp_path / "sweep"), eval_dirs=eval_dirs, systems=[system],
+        scales=[0.0, 1.0], bootstrap_draws=50, window=p.window, knob="expected_temperature",
+        tie=0.002, prefer=0.0,
+    )  # fmt: skip
+    assert (tmp_path / "sweep" / "ca_vs_expected_temperature.png").stat().st_size > 0
+    for set_name in eval_dirs:
+        got = res["sets"][set_name]["systems"][system]
+        assert got["0"]["ca"]["mean"] == pytest.approx(
+            rep["sets"][set_name]["systems"][system]["ca"]["mean"], abs=1e-9
+        )
+        assert got["1"]["mean_norm"] != pytest.approx(got["0"]["mean_norm"])
+    ckpt = run_dir / system / "checkpoints" / "last.ckpt"
+    set_name, folder = next(iter(eval_dirs.items()))
+    es = load_eval_set(set_name, folder, p.window)
+    greedy = model_predictions(ckpt, es)
+    # the cosine to the context-mean prediction over the scored positions, by hand
+    cm, defined = context_mean(es.x, es.mask)
+    near = es.mask & defined
+    near[:, 0] = False
+    cos = torch.nn.functional.cosine_similarity(greedy[near], cm[near], dim=-1).mean()
+    cell = res["sets"][set_name]["systems"][system]["0"]
+    assert cell["cos_context_mean"] == pytest.approx(float(cos), abs=1e-6)
+    assert torch.equal(greedy, model_predictions(ckpt, es, quant_decoding=("sample", 0.0, 1.0)))
+    one_hot = model_predictions(ckpt, es, quant_decoding=("expected", 0.0, 1.0))
+    torch.testing.assert_close(one_hot, greedy, atol=1e-5, rtol=0)
+    other = replace(p, families=("base_lcm",))
+    run_report(other, str(tmp_path / "rep2"), "ci")
+    base_ckpt = tmp_path / "rep2" / "work" / run_dir.name / "base_lcm" / "checkpoints" / "last.ckpt"
+    with pytest.raises(ValueError, match="not a Quant-LCM checkpoint"):
+        model_predictions(base_ckpt, es, quant_decoding=("expected", 1.0, 1.0))
 
 
 def test_paired_ca_gives_the_reports_cells_and_their_paired_difference(tmp_path):

@@ -23,7 +23,8 @@ The report (:mod:`experiments.pretraining.report`) scores each diffusion system 
 checkpoint's guidance and at guidance 1. This sweep scores the same checkpoints, teacher-forced
 on the same evaluation sets and windows, at every scale of ``--scales``: CA and l2 with 95%
 bootstrap intervals over documents, the paired differences "CA - context-mean" and "CA -
-copy-previous" on the same resamples, and the mean norm of the predictions. The scale is chosen
+copy-previous" on the same resamples, the mean norm of the predictions and their mean cosine to
+the context-mean prediction (how close a system comes to that baseline). The scale is chosen
 per system on ``--select_on`` (the in-domain test set by default; ``--validation_documents``
 adds the checkpoints' own in-domain validation documents as ``in-domain validation``): the
 smallest scale whose CA is within ``--tie`` of the best (with ``--prefer g``: the tied scale
@@ -41,6 +42,7 @@ from pathlib import Path
 from typing import Literal
 
 import numpy as np
+import torch.nn.functional as F
 
 from experiments.pretraining.report import BASELINES as REPORT_BASELINES
 from experiments.pretraining.report import (
@@ -116,8 +118,9 @@ def sweep(
             pm = position_metrics(pred, es, defined, None)
             return {m: per_document(pm[m], es.doc, n_docs) for m in ("l2", "ca")}
 
+        cm_pred, cm_defined = context_mean(es.x, es.mask)
         refs = {
-            "context_mean": scores(*context_mean(es.x, es.mask)),
+            "context_mean": scores(cm_pred, cm_defined),
             "copy_previous": scores(*copy_previous(es.x, es.mask)),
         }
         rows = {
@@ -134,6 +137,7 @@ def sweep(
                 got = scores(pred, es.mask.clone())
                 scored = es.mask.clone()
                 scored[:, 0] = False
+                near = scored & cm_defined
                 rows[system][f"{scale:g}"] = {
                     "l2": bootstrap(*got["l2"], draws),
                     "ca": bootstrap(*got["ca"], draws),
@@ -142,6 +146,9 @@ def sweep(
                         for name, ref in refs.items()
                     },
                     "mean_norm": float(pred[scored].norm(dim=-1).mean()),
+                    "cos_context_mean": float(
+                        F.cosine_similarity(pred[near], cm_pred[near], dim=-1).mean()
+                    ),
                 }
         res["sets"][set_name] = {
             "folder": folder,
@@ -232,6 +239,11 @@ def markdown(res: dict) -> str:
                     else ""
                 )
                 + f"<br>l2 {fmt(c['l2'])}, norm {c['mean_norm']:.2f}"
+                + (
+                    f", cos to ctx-mean {c['cos_context_mean']:.3f}"
+                    if "cos_context_mean" in c
+                    else ""
+                )
                 for c in (by_scale[s] for s in scales)
             ]
             lines.append(f"| {system_label(system)} | " + " | ".join(cells) + " |")
