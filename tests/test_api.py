@@ -327,6 +327,17 @@ def test_refiner_and_quant_checkpoints_generate_through_the_api(tmp_path):
     rvq = quant.module.rvq
     raw = quant.module.normalizer.denormalize(rvq.decode(a.extras["codes"][0]))
     torch.testing.assert_close(a.concepts[0], raw, atol=1e-5, rtol=1e-5)
+    # expected decoding: a point prediction (no draw, the seed does not matter); at
+    # temperature 0 its weights are one-hot, which is greedy decoding
+    e1, e2 = (
+        quant.predict_concepts([doc], "eng_Latn", max_new_concepts=2, decoding="expected",
+                               temperature=1.0, top_p=1.0, repeat_threshold=2.0, seed=s)
+        for s in (1, 2)
+    )  # fmt: skip
+    assert torch.equal(e1.concepts[0], e2.concepts[0]) and len(e1.concepts[0]) == 2
+    e0 = quant.predict_concepts([doc], "eng_Latn", max_new_concepts=2, decoding="expected",
+                                temperature=0.0)  # fmt: skip
+    torch.testing.assert_close(e0.concepts[0], a.concepts[0], atol=1e-5, rtol=1e-5)
     with pytest.raises(TypeError, match="unknown generation settings: temprature"):
         quant.summarize(doc, temprature=0.0)
 
