@@ -204,14 +204,16 @@ def main(
         path = out / "data" / f"debian_descriptions.en.{split}.jsonl"
         return [json.loads(line) for line in path.read_text().splitlines()]
 
+    held_out = {split: read(split) for split in ("valid", "test")}  # read once
+
     def load(split: str, n: int) -> list[dict]:
-        return sample_documents(read(split), n, sample_seed)
+        return sample_documents(held_out[split], n, sample_seed)
 
     bank = {}
     if getattr(the_codec, "bank", None) is not None:
         if not references_in_bank:
-            held_out = [r for split in ("valid", "test") for r in read(split)]
-            bank["references_left_out"] = leave_out_references(the_codec, held_out)
+            every = [r for docs in held_out.values() for r in docs]
+            bank["references_left_out"] = leave_out_references(the_codec, every)
         bank["sentences"] = the_codec.bank.count("eng_Latn")
         console.print({"retrieval bank": bank})
 
@@ -291,15 +293,16 @@ def _rouge_table(test: list[dict], summaries: list[str], codec, model) -> dict[s
     def per_doc(outputs: list[str]) -> list[float]:
         return [scorer.score(a, b)["rougeL"].fmeasure for a, b in zip(refs, outputs)]
 
-    def f1(outputs: list[str]) -> float:
-        return round(100 * sum(per_doc(outputs)) / max(1, len(refs)), 2)
+    def f1(docs: list[float]) -> float:
+        return round(100 * sum(docs) / max(1, len(refs)), 2)
 
-    out: dict[str, Any] = {"model": f1(summaries), "lead-1": f1(lead)}
+    model_docs = per_doc(summaries)
+    out: dict[str, Any] = {"model": f1(model_docs), "lead-1": f1(per_doc(lead))}
     if nearest:
-        out["nearest synopsis to mean concept"] = f1(nearest)
-        out["nearest synopsis to first-sentence concept"] = f1(first)
-        out["decoder ceiling (reference concept retrieved)"] = f1(ceiling)
-        model_docs, floor_docs = per_doc(summaries), per_doc(nearest)
+        floor_docs = per_doc(nearest)
+        out["nearest synopsis to mean concept"] = f1(floor_docs)
+        out["nearest synopsis to first-sentence concept"] = f1(per_doc(first))
+        out["decoder ceiling (reference concept retrieved)"] = f1(per_doc(ceiling))
         if sum(floor_docs) > 0:
             out["model / mean-concept floor"] = round(sum(model_docs) / sum(floor_docs), 3)
             interval = ratio_interval(model_docs, floor_docs)
