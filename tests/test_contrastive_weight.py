@@ -14,9 +14,9 @@ from lcm.objectives.mse import regression_loss
 D = 4
 
 
-def _batch(seed: int = 0):
+def _batch(seed: int = 0, dim: int = D):
     g = torch.Generator().manual_seed(seed)
-    x = torch.randn(3, 6, D, generator=g)
+    x = torch.randn(3, 6, dim, generator=g)
     mask = torch.ones(3, 6, dtype=torch.bool)
     mask[2, 4:] = False
     return {"x": x, "mask": mask, "loss_mask": mask.clone()}

@@ -172,18 +172,24 @@ def test_incremental_depth_equals_teacher_forced(rvq, data):
         prefix = prefix + rvq.codebooks[j, codes[:, j]]
 
 
+def overfit(obj, batch: dict, steps: int = 120) -> tuple[float, object]:
+    """Adam (lr 1e-2) on one batch: the first loss and the last step's output."""
+    opt = torch.optim.Adam(obj.model.parameters(), lr=1e-2)
+    first = obj.loss(batch).loss.item()
+    for _ in range(steps):
+        out = obj.loss(batch)
+        opt.zero_grad()
+        out.loss.backward()
+        opt.step()
+    return first, out
+
+
 def test_quant_lcm_overfits_tiny_batch(rvq, data):
     model = tiny_quant(rvq)
     obj = QuantObjective(model)
     x = data[:12].reshape(2, 6, D)
     batch = {"x": x, "mask": torch.ones(2, 6, dtype=torch.bool)}
-    opt = torch.optim.Adam(model.parameters(), lr=1e-2)
-    first = obj.loss(batch).loss.item()
-    for _ in range(120):
-        out = obj.loss(batch)
-        opt.zero_grad()
-        out.loss.backward()
-        opt.step()
+    first, out = overfit(obj, batch)
     assert first > 1.0 and out.loss.item() < 0.05
     gold = rvq.decode(rvq.encode(x))  # what the codes can express
     model.eval()

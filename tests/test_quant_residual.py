@@ -10,6 +10,7 @@ import copy
 
 import pytest
 import torch
+from test_quant import overfit
 from test_residual import QUANT_SIZE, D, quantizer
 
 from lcm.generation import generate, make_step
@@ -143,13 +144,7 @@ def test_residual_quant_lcm_learns_the_quantized_residual(residual):
     )
     module.objective.model.set_quantizer(rvq)
     obj, model = module.objective, module.objective.model
-    opt = torch.optim.Adam(model.parameters(), lr=1e-2)
-    first = obj.loss(batch).loss.item()
-    for _ in range(120):
-        out = obj.loss(batch)
-        opt.zero_grad()
-        out.loss.backward()
-        opt.step()
+    first, out = overfit(obj, batch)
     assert first > 1.0 and out.loss.item() < 0.05
     base = residual_base(x, mask, residual)[:, :-1]  # base of concepts 1..
     gold = base + rvq.decode(rvq.encode(x[:, 1:] - base))

@@ -5,8 +5,11 @@ bit for bit."""
 
 from __future__ import annotations
 
+from functools import partial
+
 import pytest
 import torch
+from test_contrastive_weight import _batch as contrastive_batch
 
 from lcm.models.refiner import RefinerConfig
 from lcm.objectives.base import masked_mse, residual_base, shift_right, target_weight
@@ -18,12 +21,7 @@ pytestmark = pytest.mark.usefixtures("plain_argv")
 D = 8
 
 
-def _batch(seed: int = 0):
-    g = torch.Generator().manual_seed(seed)
-    x = torch.randn(3, 6, D, generator=g)
-    mask = torch.ones(3, 6, dtype=torch.bool)
-    mask[2, 4:] = False
-    return {"x": x, "mask": mask, "loss_mask": mask.clone()}
+_batch = partial(contrastive_batch, dim=D)  # Base-LCM's batch, at this file's width
 
 
 def _objective(weight: float = 0.0, residual: str = "none", **kw) -> RefinerObjective:
