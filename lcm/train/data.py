@@ -826,6 +826,16 @@ class ConceptDataModule(L.LightningDataModule):
         reached (e.g. to fit Quant-LCM's quantizer, or to measure its error on held-out data)."""
         return self._first_concepts(self._documents(split, seed), n)
 
+    def sample_code_targets(
+        self, split: str, n: int, residual: str = "none", seed: int = 0
+    ) -> torch.Tensor:
+        """(N, D) what a Quant-LCM with ``residual`` predicts the codes of, so what its quantizer
+        is fitted (``train``) or measured (``val``) on: concepts (:meth:`sample_concepts`), or
+        with a residual the residuals of whole training windows (:meth:`sample_residuals`)."""
+        if residual == "none":
+            return self.sample_concepts(split, n, seed=seed)
+        return self.sample_residuals(split, n, residual, seed=seed)
+
     def sample_residuals(self, split: str, n: int, residual: str, seed: int = 0) -> torch.Tensor:
         """Up to ``n`` residuals ``x_{t+1} - base_t`` of ``split``'s documents (the normalizer
         applied, then :func:`~lcm.objectives.base.residual_base`), (N, D) float32: what a

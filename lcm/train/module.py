@@ -815,17 +815,17 @@ class QuantModule(LCMModule):
         if bool(self.rvq.fitted) or resuming or stage != "fit":
             return
         dm = self._datamodule()
-        if dm is None or not hasattr(dm, "sample_concepts"):
+        if dm is None or not hasattr(dm, "sample_code_targets"):
             raise RuntimeError(
                 "Quant-LCM needs a fitted quantizer: pass rvq_path (lcm fit-rvq) or train with "
                 "a ConceptDataModule to fit one on the training concepts"
             )
         n, seed = self.rvq_fit_samples, self.seed
         if trainer is None or trainer.is_global_zero:
-            x = self._fit_samples(dm, "train", n, seed)
+            x = dm.sample_code_targets("train", n, self.residual, seed=seed)
             self.rvq.fit(x, niter=self.rvq_niter, seed=seed, residual=self.residual)
             self.rvq_error = {"train_relative_error": self.rvq.reconstruction_error(x)["relative"]}
-            held = self._fit_samples(dm, "val", min(n, 20_000), seed + 1)
+            held = dm.sample_code_targets("val", min(n, 20_000), self.residual, seed=seed + 1)
             if len(held):
                 err = self.rvq.reconstruction_error(held)["relative"]
                 self.rvq_error["rvq_relative_error"] = err
@@ -836,13 +836,6 @@ class QuantModule(LCMModule):
                 self.rvq.codebooks.copy_(books)
                 self.rvq.fitted.fill_(True)
                 self.rvq.fitted_on.fill_(RVQ_RESIDUALS.index(self.residual))
-
-    def _fit_samples(self, dm: Any, split: str, n: int, seed: int) -> Tensor:
-        """(N, D) what the quantizer is fitted (``train``) or measured (``val``) on: concepts,
-        or with a residual the residuals of whole windows of documents."""
-        if self.residual == "none":
-            return dm.sample_concepts(split, n, seed=seed)
-        return dm.sample_residuals(split, n, self.residual, seed=seed)
 
     def on_validation_epoch_end(self) -> None:
         super().on_validation_epoch_end()

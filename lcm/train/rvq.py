@@ -74,12 +74,8 @@ def fit_rvq(
         max_concepts_per_batch=2 if residual == "none" else window,
     )
     dm.setup()
-    if residual == "none":
-        train = dm.sample_concepts("train", max_train, seed=seed)
-        held = dm.sample_concepts("val", max_heldout, seed=seed + 1)
-    else:
-        train = dm.sample_residuals("train", max_train, residual, seed=seed)
-        held = dm.sample_residuals("val", max_heldout, residual, seed=seed + 1)
+    train = dm.sample_code_targets("train", max_train, residual, seed=seed)
+    held = dm.sample_code_targets("val", max_heldout, residual, seed=seed + 1)
     if len(train) == 0:
         raise ValueError(f"{data_dir}: no training concepts")
     rvq = RVQ(dm.dim, n_codebooks, n_units, beam_size=beam_size)
