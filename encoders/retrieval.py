@@ -10,14 +10,22 @@ sentences are an Arrow IPC file, also memory-mapped, read one string at a time w
 
     bank.save("bank/")                    # <i>.faiss + <i>.arrow per language, bank.json
     bank = RetrievalBank.open("bank/")    # O(1) in the bank size; pages load on first use
+
+:meth:`RetrievalBank.decode` renders each vector as one sentence under a
+:class:`RetrievalDecoding`: the nearest sentence (the default), or a minimum-Bayes-risk choice
+among the ``k`` nearest (the candidate the others, weighted by their closeness to the query,
+agree with most).
 """
 
 from __future__ import annotations
 
 import bisect
 import json
+import math
 from collections.abc import Iterable, Iterator, Sequence
+from dataclasses import asdict, dataclass
 from pathlib import Path
+from typing import Literal
 
 import faiss
 import numpy as np
@@ -27,6 +35,115 @@ import torch
 BANK_FORMAT = 1
 #: Sentences per Arrow record batch in a saved bank.
 _BATCH = 1 << 16
+
+
+#: The rules of :class:`RetrievalDecoding`.
+DECODING_RULES = ("nearest", "mbr_rouge", "mbr_cosine")
+
+
+@dataclass(frozen=True)
+class RetrievalDecoding:
+    """How a retrieval decoder turns a vector into one bank sentence.
+
+    Attributes:
+        rule: ``nearest``: the bank sentence with the highest cosine to the vector (``k`` must be
+            1). ``mbr_rouge`` and ``mbr_cosine``: a minimum-Bayes-risk choice among the ``k``
+            nearest sentences (the candidates). Each candidate j gets the weight
+            ``softmax(cos(query, j) / temperature)``; the chosen candidate i has the highest
+            expected utility ``sum_j w_j u(i, j)`` over all candidates, itself included
+            (``u(i, i) = 1``). ``mbr_rouge``: u is the ROUGE-L F1 between the two sentences
+            (lexical consensus, no stemming, as the main job scores); ``mbr_cosine``: u is the
+            cosine between their bank vectors, so the choice is the candidate nearest to the
+            weighted centroid of the candidates. Ties go to the candidate nearer the query.
+            ``k=1`` is the nearest sentence whatever the rule; a small temperature tends to it.
+        k: candidates retrieved per vector (>= 1; fewer when the bank holds fewer sentences).
+        temperature: of the softmax over the candidates' cosines to the query (> 0, finite).
+            Cosines of a sentence encoder's near neighbours differ by a few hundredths, so
+            values of about 0.01-0.1 matter; large values weight all candidates equally.
+
+    Raises:
+        ValueError: an unknown rule, ``k < 1`` (or not an integer), ``k != 1`` with
+            ``nearest``, or a temperature that is not a positive finite number.
+    """
+
+    rule: Literal["nearest", "mbr_rouge", "mbr_cosine"] = "nearest"
+    k: int = 1
+    temperature: float = 0.05
+
+    def __post_init__(self) -> None:
+        if self.rule not in DECODING_RULES:
+            raise ValueError(
+                f"unknown retrieval decoding rule {self.rule!r}; use one of "
+                + ", ".join(DECODING_RULES)
+            )
+        if isinstance(self.k, bool) or not isinstance(self.k, int) or self.k < 1:
+            raise ValueError(f"k (candidates per vector) must be an integer >= 1, got {self.k!r}")
+        if self.rule == "nearest" and self.k != 1:
+            raise ValueError(
+                f"rule 'nearest' retrieves one sentence (k=1), got k={self.k}; for a choice "
+                "among the k nearest use rule 'mbr_rouge' or 'mbr_cosine'"
+            )
+        t = self.temperature
+        if isinstance(t, bool) or not isinstance(t, int | float) or not math.isfinite(t) or t <= 0:
+            raise ValueError(f"temperature must be a finite number > 0, got {t!r}")
+
+    def as_dict(self) -> dict:
+        """The fields, for a report (``{"rule": ..., "k": ..., "temperature": ...}``)."""
+        return asdict(self)
+
+    def choose(self, scores: np.ndarray, texts: Sequence[str], vectors: np.ndarray) -> int:
+        """The index of the chosen candidate among one vector's candidates.
+
+        Args:
+            scores: ``(n,)`` cosines of the candidates to the query, best first.
+            texts: the ``n`` candidate sentences.
+            vectors: ``(n, dim)`` their unit bank vectors (read by ``mbr_cosine`` only).
+        """
+        n = len(texts)
+        if self.rule == "nearest" or n == 1:
+            return 0
+        z = np.asarray(scores, dtype=np.float64) / self.temperature
+        w = np.exp(z - z.max())
+        w /= w.sum()
+        if self.rule == "mbr_cosine":
+            v = np.asarray(vectors, dtype=np.float64)
+            utility = v @ v.T
+        else:
+            utility = rouge_l_matrix(texts)
+        return int(np.argmax(utility @ w))  # argmax: the first of equals, nearest the query
+
+
+def rouge_l_matrix(texts: Sequence[str]) -> np.ndarray:
+    """``(n, n)`` ROUGE-L F1 between every two of ``texts``, tokenized as ``rouge_score`` does
+    without stemming (lower case, alphanumeric words); 1 on the diagonal, also for an empty
+    text, and 0 between an empty text and any other."""
+    from rouge_score.tokenizers import DefaultTokenizer
+
+    tokenizer = DefaultTokenizer(use_stemmer=False)
+    tokens = [tokenizer.tokenize(t) for t in texts]
+    n = len(texts)
+    out = np.eye(n)
+    for i in range(n):
+        for j in range(i + 1, n):
+            a, b = tokens[i], tokens[j]
+            lcs = _lcs(a, b)
+            f1 = 0.0 if lcs == 0 else 2 * lcs / (len(a) + len(b))
+            out[i, j] = out[j, i] = f1
+    return out
+
+
+def _lcs(a: Sequence[str], b: Sequence[str]) -> int:
+    """Length of the longest common subsequence of two token lists."""
+    if not a or not b:
+        return 0
+    row = [0] * (len(b) + 1)
+    for x in a:
+        diagonal = 0
+        for j, y in enumerate(b, 1):
+            above = row[j]
+            row[j] = diagonal + 1 if x == y else max(above, row[j - 1])
+            diagonal = above
+    return row[-1]
 
 
 class ArrowTexts(Sequence):
@@ -149,19 +266,41 @@ class RetrievalBank:
         if lang in self._sentences and lang not in self._known:
             self._known[lang] = set(self._sentences[lang])
 
-    def search(
-        self, vectors: torch.Tensor, lang: str, k: int = 1
-    ) -> tuple[np.ndarray, list[list[str]]]:
-        """Cosine scores ``(N, k)`` and the ``k`` nearest bank sentences for each vector."""
+    def _require(self, lang: str) -> None:
         if lang not in self._index:
             have = ", ".join(sorted(self._index)) or "none"
             raise ValueError(
                 f"the retrieval bank has no sentences in {lang!r} (it has: {have}); add some "
                 "with add_to_bank(), or prepare shards in that language"
             )
+
+    def search(
+        self, vectors: torch.Tensor, lang: str, k: int = 1
+    ) -> tuple[np.ndarray, list[list[str]]]:
+        """Cosine scores ``(N, k)`` and the ``k`` nearest bank sentences for each vector."""
+        self._require(lang)
         scores, ids = self._index[lang].search(_unit(vectors), k)
         bank = self._sentences[lang]
         return scores, [[bank[j] for j in row if j >= 0] for row in ids]
+
+    def decode(
+        self, vectors: torch.Tensor, lang: str, decoding: RetrievalDecoding | None = None
+    ) -> list[str]:
+        """One bank sentence per vector under ``decoding`` (default: the nearest sentence, which
+        is exactly ``search(vectors, lang, k=1)``'s first sentence)."""
+        decoding = decoding or RetrievalDecoding()
+        if decoding.k == 1:
+            _, found = self.search(vectors, lang, k=1)
+            return [f[0] for f in found]
+        self._require(lang)
+        bank = self._sentences[lang]
+        scores, ids, recon = self._index[lang].search_and_reconstruct(_unit(vectors), decoding.k)
+        out = []
+        for row_scores, row_ids, row_vectors in zip(scores, ids, recon):
+            keep = row_ids >= 0  # faiss pads with -1 when the bank holds fewer than k
+            texts = [bank[j] for j in row_ids[keep]]
+            out.append(texts[decoding.choose(row_scores[keep], texts, row_vectors[keep])])
+        return out
 
     # ------------------------------------------------------------------------------------------
     def save(self, folder: str | Path) -> dict:

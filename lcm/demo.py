@@ -2,6 +2,8 @@
 summaries of held-out documents.
 
     python -m lcm.demo [--out_dir runs/demo] [--docs_per_split 4000] [--codec auto|sonar|minilm]
+                       [--decoding.rule nearest|mbr_rouge|mbr_cosine --decoding.k K
+                        --decoding.temperature T]
 
 1. fetch real summarization pairs: Debian package descriptions and their one-line synopses
    (``lcm fetch-debian``, through apt; about 20 MB);
@@ -21,8 +23,10 @@ summaries of held-out documents.
    the file, which is alphabetical and dominated by package families (``binutils-*``).
 
 The codec is SONAR when its weights load (``--codec auto``), else the offline MiniLM codec, which
-decodes by retrieval over the training sentences (so summaries are sentences of the corpus).
-Rerunning reuses finished steps.
+decodes by retrieval over the training sentences (so summaries are sentences of the corpus):
+the nearest one by default, or a choice among the nearest few (``--decoding``,
+:class:`~encoders.retrieval.RetrievalDecoding`), the same for the model, its floors and the
+ceiling. Rerunning reuses finished steps.
 """
 
 from __future__ import annotations
@@ -34,6 +38,7 @@ from pathlib import Path
 from typing import Any, Literal
 
 from encoders.base import SentenceCodec
+from encoders.retrieval import RetrievalDecoding
 
 
 def pick_codec(name: Literal["auto", "sonar", "minilm"]) -> SentenceCodec:
@@ -100,6 +105,7 @@ def main(
     run_name: str = "run",
     sample_seed: int = 0,
     references_in_bank: bool = False,
+    decoding: RetrievalDecoding = RetrievalDecoding(),
 ) -> dict:
     """Run the main job.
 
@@ -126,6 +132,9 @@ def main(
             are left out before anything is scored (:func:`leave_out_references`), so neither
             the model nor a floor can score by returning the very reference; the report records
             how many.
+        decoding: how a retrieval codec renders a concept as a bank sentence (default: the
+            nearest one); the model, the floors and the ceiling all decode this way, and the
+            report records it. A codec with its own decoder (SONAR) takes only the default.
     """
     from rich.console import Console
     from rich.table import Table
@@ -146,6 +155,7 @@ def main(
 
     lightning.seed_everything(0, verbose=False)
     the_codec = pick_codec(codec)
+    set_decoding(the_codec, decoding)
     summaries_prepare = {}
     for split in ("train",):  # test documents go through the Python API as raw text
         summaries_prepare[split] = prepare(
@@ -254,6 +264,21 @@ def main(
     return result
 
 
+def set_decoding(codec: SentenceCodec, decoding: RetrievalDecoding) -> None:
+    """Make a retrieval codec (one with a ``decoding`` attribute) decode under ``decoding``.
+
+    Raises:
+        ValueError: ``decoding`` is not the default and ``codec`` decodes with its own decoder.
+    """
+    if hasattr(codec, "decoding"):
+        codec.decoding = decoding
+    elif decoding != RetrievalDecoding():
+        raise ValueError(
+            f"--decoding {decoding.as_dict()} applies to a retrieval codec; {codec.codec_id} "
+            "decodes with its own decoder (use --codec minilm)"
+        )
+
+
 def leave_out_references(codec: SentenceCodec, docs: list[dict]) -> int:
     """Take every sentence of ``codec``'s English retrieval bank that equals the ``summary`` of
     one of ``docs`` (the held-out documents) out of the bank, so that decoding cannot return a
@@ -268,7 +293,8 @@ def _rouge_table(test: list[dict], summaries: list[str], codec, model) -> dict[s
     concept and to its first sentence's concept; and the ceiling of the retrieval decoder: the
     training synopsis nearest to the reference synopsis's own concept (what a model that
     predicted the reference exactly would output). The floors and the ceiling decode through the
-    model's own bank and codec (same sentences, same cosine search), so only the query differs.
+    model's own bank and codec (same sentences, same search, same ``codec.decoding``), so only
+    the query differs; the table records that decoding.
     With a retrieval codec it also gives the model's ratio to the mean-concept floor with a 95%
     bootstrap interval over the documents (:func:`eval.report.ratio_interval`)."""
     import torch
@@ -310,6 +336,8 @@ def _rouge_table(test: list[dict], summaries: list[str], codec, model) -> dict[s
                 None if interval is None else [round(v, 3) for v in interval]
             )
     out["documents"] = len(refs)
+    if hasattr(codec, "decoding"):
+        out["decoding"] = codec.decoding.as_dict()
     return out
 
 

@@ -1,0 +1,88 @@
+"""The main job's scores under several retrieval decodings, with a fitted checkpoint (no refit).
+
+    python bench/main_job_decoding.py JOB_DIR SPLIT OUT_JSON SETTING [SETTING ...]
+
+JOB_DIR is a finished ``python -m lcm.demo`` folder (its ``run/checkpoints/last.ckpt``, its data);
+SPLIT ``valid`` or ``test``, every document of it. A SETTING is ``nearest`` or
+``RULE:K:TEMPERATURE`` (e.g. ``mbr_rouge:10:0.05``). The model's concepts are predicted once;
+each setting then decodes them, and :func:`lcm.demo._rouge_table` decodes the floors and the
+ceiling, with the codec under that setting (the main job's table, guarded bank as in the job).
+For each setting: the table, and the paired bootstrap interval of the model's per-document
+ROUGE-L minus its ROUGE-L under the first setting (:func:`eval.report.bootstrap_interval`).
+"""
+
+from __future__ import annotations
+
+import json
+import sys
+import time
+from pathlib import Path
+
+from encoders.cache import EmbeddingCache
+from encoders.minilm import MiniLMCodec
+from encoders.retrieval import RetrievalDecoding
+from eval.report import bootstrap_interval
+from lcm.api import ConceptModel
+from lcm.demo import _rouge_table, leave_out_references, sample_documents
+
+
+def parse(setting: str) -> RetrievalDecoding:
+    if setting == "nearest":
+        return RetrievalDecoding()
+    rule, k, temperature = setting.split(":")
+    return RetrievalDecoding(rule=rule, k=int(k), temperature=float(temperature))
+
+
+def main(job: Path, split: str, dst: Path, settings: list[str]) -> None:
+    from rouge_score import rouge_scorer
+
+    decodings = [parse(s) for s in settings]  # a bad setting fails before any work
+    codec = MiniLMCodec()
+    codec.cache = EmbeddingCache()
+    model = ConceptModel.load(job / "run" / "checkpoints" / "last.ckpt", codec=codec)
+
+    def read(s: str) -> list[dict]:
+        path = job / "data" / f"debian_descriptions.en.{s}.jsonl"
+        return [json.loads(line) for line in path.read_text().splitlines()]
+
+    held_out = {s: read(s) for s in ("valid", "test")}
+    left_out = leave_out_references(codec, [r for docs in held_out.values() for r in docs])
+    docs = sample_documents(held_out[split], len(held_out[split]))  # all, in the job's order
+    start = time.time()
+    out = model.predict_concepts(
+        [r["text"] for r in docs], source_lang="eng_Latn", max_new_concepts=1
+    )
+    print(f"{len(docs)} {split} documents predicted in {time.time() - start:.0f} s", flush=True)
+    scorer = rouge_scorer.RougeScorer(["rougeL"])
+    refs = [r["summary"] for r in docs]
+    results = {
+        "job": str(job),
+        "split": split,
+        "bank": {"sentences": codec.bank.count("eng_Latn"), "references_left_out": left_out},
+        "settings": {},
+    }
+    first, first_summaries = None, None
+    for setting, decoding in zip(settings, decodings):
+        start = time.time()
+        codec.decoding = decoding
+        summaries = [" ".join(s) for s in model.render_sentences(out, "eng_Latn")]
+        per_doc = [scorer.score(a, b)["rougeL"].fmeasure for a, b in zip(refs, summaries)]
+        table = _rouge_table(docs, summaries, codec, model)
+        if first is None:
+            first, first_summaries = per_doc, summaries
+        diff = [100 * (a - b) for a, b in zip(per_doc, first)]
+        table[f"model minus {settings[0]}"] = round(sum(diff) / len(diff), 2)
+        interval = bootstrap_interval(diff)
+        table[f"model minus {settings[0]}, 95% interval"] = (
+            None if interval is None else [round(v, 2) for v in interval]
+        )
+        changed = sum(a != b for a, b in zip(summaries, first_summaries))
+        table[f"summaries differing from {settings[0]}"] = changed
+        table["seconds"] = round(time.time() - start, 1)
+        results["settings"][setting] = table
+        print(setting, json.dumps(table), flush=True)
+        dst.write_text(json.dumps(results, indent=1))
+
+
+if __name__ == "__main__":
+    main(Path(sys.argv[1]), sys.argv[2], Path(sys.argv[3]), sys.argv[4:])
