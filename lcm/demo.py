@@ -40,6 +40,9 @@ from typing import Any, Literal
 from encoders.base import SentenceCodec
 from encoders.retrieval import RetrievalDecoding
 
+#: The main job's retrieval decoding (``--decoding``): the nearest training synopsis.
+DEFAULT_DECODING = RetrievalDecoding()
+
 
 def pick_codec(name: Literal["auto", "sonar", "minilm"]) -> SentenceCodec:
     """SONAR if requested or (``auto``) if its weights load; else the offline MiniLM codec."""
@@ -105,7 +108,7 @@ def main(
     run_name: str = "run",
     sample_seed: int = 0,
     references_in_bank: bool = False,
-    decoding: RetrievalDecoding = RetrievalDecoding(),
+    decoding: RetrievalDecoding = DEFAULT_DECODING,
 ) -> dict:
     """Run the main job.
 
