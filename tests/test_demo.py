@@ -9,8 +9,8 @@ import pytest
 import torch
 
 from encoders.base import SentenceCodec
-from encoders.retrieval import RetrievalBank
-from lcm.demo import _rouge_table, leave_out_references, sample_documents
+from encoders.retrieval import RetrievalBank, RetrievalDecoding
+from lcm.demo import _rouge_table, leave_out_references, sample_documents, set_decoding
 from lcm.splitting import SentenceSplitter
 
 VECTORS = {  # sentence -> concept: 'alpha' sentences point along e0, 'beta' ones along e1
@@ -19,6 +19,7 @@ VECTORS = {  # sentence -> concept: 'alpha' sentences point along e0, 'beta' one
     "Alpha things here.": [1.0, 0.0, 0.1],
     "Beta stuff there.": [0.0, 1.0, 0.1],
     "Beta more.": [0.0, 1.0, -0.1],
+    "gamma kit one": [0.0, 0.95, 0.31],
 }
 
 
@@ -29,6 +30,8 @@ class TableCodec(SentenceCodec):
 
     def __init__(self) -> None:
         super().__init__()
+        self.decoding = RetrievalDecoding()
+        self.decoded_under: list[RetrievalDecoding] = []
         self.bank = RetrievalBank(self.dim)
         synopses = ["alpha tool", "beta library"]
         self.bank.add(synopses, self.encode(synopses, "eng_Latn"), "eng_Latn")
@@ -37,7 +40,8 @@ class TableCodec(SentenceCodec):
         return torch.tensor([VECTORS[s] for s in sentences])
 
     def decode(self, vectors: torch.Tensor, lang: str) -> list[str]:
-        return [found[0] for found in self.bank.search(vectors, lang, k=1)[1]]
+        self.decoded_under.append(self.decoding)
+        return self.bank.decode(vectors, lang, self.decoding)
 
 
 def test_floors_and_ceiling_decode_their_own_query_through_the_models_bank():
@@ -51,6 +55,38 @@ def test_floors_and_ceiling_decode_their_own_query_through_the_models_bank():
     assert scores["decoder ceiling (reference concept retrieved)"] == 100.0
     # lead-1 'Alpha things here.' vs 'alpha tool': LCS 1, precision 1/3, recall 1/2 -> F1 0.4
     assert scores["lead-1"] == 40.0 and scores["documents"] == 1
+
+
+def test_floors_and_ceiling_decode_under_the_codecs_decoding_and_the_table_records_it():
+    """Only the query differs between the model and its floors: a minimum-Bayes-risk decoding
+    set on the codec (``--decoding``) decodes the floors and the ceiling too."""
+    codec = TableCodec()
+    # two near-beta synopses sharing two words: with flat weights (t=1) their consensus beats
+    # 'beta library' for a query along e1 (expected ROUGE-L .55 against .35)
+    near = ["gamma kit one", "gamma kit two"]
+    codec.bank.add(near, torch.tensor([VECTORS[near[0]], [0.0, 0.95, -0.31]]), "eng_Latn")
+    test = [{"text": "Beta stuff there.", "summary": "gamma kit one"}]  # query (0, 1, .1)
+    model = SimpleNamespace(splitter=SentenceSplitter(256))
+    nearest = _rouge_table(test, ["beta library"], codec, model)
+    assert nearest["nearest synopsis to mean concept"] == 0.0  # 'beta library'
+    assert nearest["decoding"] == {"rule": "nearest", "k": 1, "temperature": 0.05}
+    mbr = RetrievalDecoding("mbr_rouge", k=3, temperature=1.0)
+    set_decoding(codec, mbr)
+    codec.decoded_under.clear()
+    scores = _rouge_table(test, ["beta library"], codec, model)
+    assert codec.decoded_under and set(codec.decoded_under) == {mbr}
+    assert scores["nearest synopsis to mean concept"] == 100.0  # 'gamma kit one'
+    assert scores["nearest synopsis to first-sentence concept"] == 100.0
+    assert scores["decoder ceiling (reference concept retrieved)"] == 100.0
+    assert scores["model"] == 0.0 and scores["model / mean-concept floor"] == 0.0
+    assert scores["decoding"] == {"rule": "mbr_rouge", "k": 3, "temperature": 1.0}
+
+
+def test_a_codec_with_its_own_decoder_takes_only_the_default_decoding():
+    own = SimpleNamespace(codec_id="own-decoder")  # no `decoding` attribute, like SONAR
+    set_decoding(own, RetrievalDecoding())
+    with pytest.raises(ValueError, match="applies to a retrieval codec; own-decoder decodes"):
+        set_decoding(own, RetrievalDecoding("mbr_cosine", k=5))
 
 
 def test_the_table_gives_the_models_ratio_to_the_mean_concept_floor_with_an_interval():
