@@ -89,6 +89,23 @@ def test_a_codec_with_its_own_decoder_takes_only_the_default_decoding():
         set_decoding(own, RetrievalDecoding("mbr_cosine", k=5))
 
 
+def test_the_main_jobs_command_line_takes_a_typed_decoding():
+    from jsonargparse import ArgumentError, ArgumentParser
+
+    from lcm.demo import main
+
+    parser = ArgumentParser(exit_on_error=False)
+    parser.add_function_arguments(main)
+    assert parser.instantiate(parser.parse_args([])).decoding == RetrievalDecoding()
+    args = ["--decoding.rule", "mbr_cosine", "--decoding.k", "20", "--decoding.temperature", "0.02"]
+    chosen = parser.instantiate(parser.parse_args(args)).decoding
+    assert chosen == RetrievalDecoding("mbr_cosine", k=20, temperature=0.02)
+    with pytest.raises(ArgumentError, match="decoding.rule"):
+        parser.parse_args(["--decoding.rule", "beam"])
+    with pytest.raises(ValueError, match="rule 'nearest' retrieves one sentence"):
+        parser.instantiate(parser.parse_args(["--decoding.k", "3"]))
+
+
 def test_the_table_gives_the_models_ratio_to_the_mean_concept_floor_with_an_interval():
     docs = [
         {"text": "Beta stuff there. Beta more.", "summary": "beta library"},  # floor 100
