@@ -1,9 +1,10 @@
 """The main job's scores under several retrieval decodings, with a fitted checkpoint (no refit).
 
-    python bench/main_job_decoding.py JOB_DIR SPLIT OUT_JSON SETTING [SETTING ...]
+    python bench/main_job_decoding.py --job_dir DIR --split valid|test --out OUT.json \
+        --settings '[nearest, mbr_rouge:10:0.05, ...]'
 
-JOB_DIR is a finished ``python -m lcm.demo`` folder (its ``run/checkpoints/last.ckpt``, its data);
-SPLIT ``valid`` or ``test``, every document of it. A SETTING is ``nearest`` or
+``job_dir`` is a finished ``python -m lcm.demo`` folder (its ``run/checkpoints/last.ckpt``, its
+data); every document of ``split`` is scored. A setting is ``nearest`` or
 ``RULE:K:TEMPERATURE`` (e.g. ``mbr_rouge:10:0.05``). The model's concepts are predicted once;
 each setting then decodes them, and :func:`lcm.demo._rouge_table` decodes the floors and the
 ceiling, with the codec under that setting (the main job's table, guarded bank as in the job).
@@ -14,9 +15,9 @@ ROUGE-L minus its ROUGE-L under the first setting (:func:`eval.report.bootstrap_
 from __future__ import annotations
 
 import json
-import sys
 import time
 from pathlib import Path
+from typing import Literal
 
 from encoders.cache import EmbeddingCache
 from encoders.minilm import MiniLMCodec
@@ -33,8 +34,12 @@ def parse(setting: str) -> RetrievalDecoding:
     return RetrievalDecoding(rule=rule, k=int(k), temperature=float(temperature))
 
 
-def main(job: Path, split: str, dst: Path, settings: list[str]) -> None:
+def main(job_dir: str, split: Literal["valid", "test"], out: str, settings: list[str]) -> dict:
+    """Score the job's checkpoint on ``split`` under each of ``settings`` (the first is the
+    baseline of the paired differences); write the tables to ``out`` (JSON) after each."""
     from rouge_score import rouge_scorer
+
+    job, dst = Path(job_dir), Path(out)
 
     decodings = [parse(s) for s in settings]  # a bad setting fails before any work
     codec = MiniLMCodec()
@@ -49,7 +54,7 @@ def main(job: Path, split: str, dst: Path, settings: list[str]) -> None:
     left_out = leave_out_references(codec, [r for docs in held_out.values() for r in docs])
     docs = sample_documents(held_out[split], len(held_out[split]))  # all, in the job's order
     start = time.time()
-    out = model.predict_concepts(
+    predicted = model.predict_concepts(
         [r["text"] for r in docs], source_lang="eng_Latn", max_new_concepts=1
     )
     print(f"{len(docs)} {split} documents predicted in {time.time() - start:.0f} s", flush=True)
@@ -65,7 +70,7 @@ def main(job: Path, split: str, dst: Path, settings: list[str]) -> None:
     for setting, decoding in zip(settings, decodings):
         start = time.time()
         codec.decoding = decoding
-        summaries = [" ".join(s) for s in model.render_sentences(out, "eng_Latn")]
+        summaries = [" ".join(s) for s in model.render_sentences(predicted, "eng_Latn")]
         per_doc = [scorer.score(a, b)["rougeL"].fmeasure for a, b in zip(refs, summaries)]
         table = _rouge_table(docs, summaries, codec, model)
         if first is None:
@@ -82,7 +87,10 @@ def main(job: Path, split: str, dst: Path, settings: list[str]) -> None:
         results["settings"][setting] = table
         print(setting, json.dumps(table), flush=True)
         dst.write_text(json.dumps(results, indent=1))
+    return results
 
 
 if __name__ == "__main__":
-    main(Path(sys.argv[1]), sys.argv[2], Path(sys.argv[3]), sys.argv[4:])
+    from jsonargparse import CLI
+
+    CLI(main, as_positional=False)
