@@ -61,37 +61,40 @@ def pick_codec(name: Literal["auto", "sonar", "minilm"]) -> SentenceCodec:
         return MiniLMCodec()
 
 
-def sample_documents(docs: list[dict], n: int, seed: int = 0) -> list[dict]:
+def sample_documents(docs: list[dict], n: int, seed: int = 0, key: str = "id") -> list[dict]:
     """A seeded random sample of ``n`` documents, stable across runs and machines.
 
-    Each document is ranked by the SHA-256 of ``"<seed>:<id>"`` and the ``n`` lowest are kept, in
+    Each document is ranked by the SHA-256 of ``"<seed>:<key>"`` and the ``n`` lowest are kept, in
     that order; so a document's rank does not depend on the file's order, the sample does not
     follow package names alphabetically, and ``n`` at least the number of documents keeps them
-    all.
+    all. A document's rank depends on its key and the seed only, so samples of two collections
+    that share keys agree: a key kept from the larger collection is kept from any sub-collection
+    that holds it (``lcm.demo_xling`` samples every language by ``md5`` this way).
 
     Args:
-        docs: documents, each with a string ``id`` (unique).
+        docs: documents, each with a string ``key`` field (unique).
         n: how many to keep (>= 0).
         seed: another seed draws another sample.
+        key: the field that identifies a document (``id``; ``md5`` aligns Debian languages).
 
     Returns:
         ``min(n, len(docs))`` documents.
 
     Raises:
-        ValueError: if ``n`` is negative, a document has no ``id``, or two share one.
+        ValueError: if ``n`` is negative, a document has no ``key`` field, or two share one.
     """
     if n < 0:
         raise ValueError(f"n must be >= 0, got {n}")
     seen: set[str] = set()
     for i, r in enumerate(docs):
-        if "id" not in r:
-            raise ValueError(f"document {i} has no 'id' field (fields: {sorted(r)})")
-        if r["id"] in seen:
-            raise ValueError(f"document {i}: id {r['id']!r} is not unique")
-        seen.add(r["id"])
+        if key not in r:
+            raise ValueError(f"document {i} has no {key!r} field (fields: {sorted(r)})")
+        if r[key] in seen:
+            raise ValueError(f"document {i}: {key} {r[key]!r} is not unique")
+        seen.add(r[key])
 
     def rank(r: dict) -> str:
-        return hashlib.sha256(f"{seed}:{r['id']}".encode()).hexdigest()
+        return hashlib.sha256(f"{seed}:{r[key]}".encode()).hexdigest()
 
     return sorted(docs, key=rank)[:n]
 

@@ -249,7 +249,7 @@ def test_zero_shot_demo_end_to_end_on_a_tiny_slice(tmp_path):
     fr_train = (data / "debian_descriptions.fr.train.jsonl").read_text().splitlines()
     fr_bank = {json.loads(x)["summary"].strip() for x in fr_train}
     fr_ref = json.loads(fr_train[0])["summary"].strip()
-    assert got["references_in_bank"] is False
+    assert got["references_in_bank"] is False and got["sample_seed"] == 0
     # The training synopsis equal to a test reference is left out of both banks it was in.
     assert res["fr"]["into_own"]["references_left_out_of_bank"] == 1
     assert res["fr"]["into_own"]["bank_sentences"] == len(fr_bank) - 1
@@ -359,14 +359,26 @@ def test_zero_shot_verdict_needs_the_whole_interval_on_one_side():
     assert _verdict(None) == "tied"  # fewer than 2 documents: no claim
 
 
+def _table_after(text: str, header_end: str) -> list[str]:
+    """The rows of the one markdown table whose header line ends with ``header_end``."""
+    lines = text.splitlines()
+    starts = [i for i, ln in enumerate(lines) if ln.startswith("| ") and ln.endswith(header_end)]
+    assert len(starts) == 1, (header_end, len(starts))
+    rows = []
+    for ln in lines[starts[0] + 2 :]:  # past the header and its |---| line
+        if not ln.startswith("| "):
+            break
+        rows.append(ln)
+    return rows
+
+
 def test_zero_shot_report_table_equals_its_json():
     """reports/zero_shot: every row of the README's table is the cell of results.json, and the
     counts the README quotes are the JSON's above-the-floor lists."""
     report = ROOT / "reports/zero_shot"
     got = json.loads((report / "results.json").read_text())
     text = (report / "README.md").read_text()
-    table = [ln for ln in text.splitlines() if ln.startswith("| ") and " of " in ln]
-    rows = [ln.split(" | ") for ln in table[1:]]  # the header says "documents (of aligned)"
+    rows = [ln.split(" | ") for ln in _table_after(text, "references left out of the bank |")]
     cells = [(lang, t, s) for lang, row in got["results"].items() for t, s in row.items()]
     assert len(rows) == len(cells) == 15
     for cols, (lang, target, s) in zip(rows, cells):
@@ -502,3 +514,61 @@ def test_zero_shot_train_docs_tables_equal_their_json():
     rows = tables.test_rows(test)
     assert len(rows) == sum(len(row) for row in test["results"].values())
     assert all(row in lines for row in rows)
+
+
+def test_zero_shot_sampled_tables_equal_their_json():
+    """reports/zero_shot/sampled: the README's first section is computed from the JSON of the
+    seeded-sample runs; cells scored whole agree with the head-of-split runs; the training-data
+    rule applied to the sampled validation runs picks the setting the README names."""
+    import importlib.util
+
+    report = ROOT / "reports/zero_shot"
+    spec = importlib.util.spec_from_file_location("sampled", report / "sampled/tables.py")
+    sampled = importlib.util.module_from_spec(spec)
+    spec.loader.exec_module(sampled)
+    text = (report / "README.md").read_text()
+    lines = text.splitlines()
+    test = sampled.load()
+    assert list(test) == ["D", "E8", "E16"]
+    for name, res in test.items():
+        assert (res["split"], res["sample_seed"], res["n_eval"]) == ("test", 0, 1000)
+        rows = sampled.tables.test_rows(res)
+        assert len(rows) == 15 and all(row in lines for row in rows), name
+        assert sampled.counts(res) in text, name
+        head = sampled.RUNS[name][1]
+        if head is None:
+            continue
+        old = json.loads(head.read_text())["results"]
+        for lang, row in res["results"].items():
+            for t, s in row.items():
+                o = old[lang][t]
+                assert s["aligned_documents"] == o["aligned_documents"]
+                if s["aligned_documents"] <= res["n_eval"]:  # scored whole: the same documents
+                    for k in ("model", "mean_concept_floor", "ceiling", "model_minus_floor"):
+                        assert s[k] == o[k], (name, lang, t, k)
+                else:  # English and Italian: 1,000 of theirs, a sample, not the head
+                    assert s["documents"] == 1000 and lang in ("en", "it")
+    valid = sampled.load("valid")
+    assert list(valid) == ["D", "E8", "E8b", "E16", "E16b"]
+    assert all(
+        (r["split"], r["sample_seed"], r["n_eval"]) == ("valid", 0, 300) for r in valid.values()
+    )
+    assert all(sampled.tables.summary_row(n, r) in lines for n, r in valid.items())
+    assert all(row in lines for row in sampled.tables.cell_rows(valid))
+
+    def score(res):
+        cells = sampled.tables._cells(res)
+        above = sum(s["vs_floor"] == "above" for *_, s in cells)
+        below = sum(s["vs_floor"] == "below" for *_, s in cells)
+        return above, -below, sum(s["model_minus_floor"] for *_, s in cells) / len(cells)
+
+    # train_docs/RULE.md: more above than D and no more below; then most above, fewer below,
+    # higher mean model - floor; E16b was added after a look and cannot be chosen.
+    d_above, d_below, _ = score(valid["D"])
+    passing = {
+        n: score(valid[n])
+        for n in ("E8", "E8b", "E16")
+        if score(valid[n])[0] > d_above and score(valid[n])[1] >= d_below
+    }
+    assert max(passing, key=passing.get) == "E8"
+    assert "picks E8 (`--train_docs 8000`), not E16" in text
