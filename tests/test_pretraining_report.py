@@ -132,6 +132,7 @@ def _cells(node):
         "quant_residual",
         "contrastive_residual",
         "quant_decoding",
+        "timed_run",
     ],
 )
 def test_report_readme_intervals_are_the_jsons(sub):
