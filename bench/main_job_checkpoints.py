@@ -20,11 +20,9 @@ import time
 from pathlib import Path
 from typing import Literal
 
-from encoders.cache import EmbeddingCache
 from encoders.minilm import MiniLMCodec
 from eval.report import bootstrap_interval
-from lcm.api import ConceptModel
-from lcm.demo import _rouge_table, leave_out_references, sample_documents
+from lcm.demo import _rouge_table, load_guarded, sample_documents
 
 
 def main(
@@ -40,15 +38,7 @@ def main(
     job = Path(job_dir)
     base = json.loads(Path(baseline).read_text()) if baseline else None
     codec = MiniLMCodec()
-    codec.cache = EmbeddingCache()
-    model = ConceptModel.load(ckpt, codec=codec)
-
-    def read(s: str) -> list[dict]:
-        path = job / "data" / f"debian_descriptions.en.{s}.jsonl"
-        return [json.loads(line) for line in path.read_text().splitlines()]
-
-    held_out = {s: read(s) for s in ("valid", "test")}
-    left_out = leave_out_references(codec, [r for docs in held_out.values() for r in docs])
+    model, held_out, left_out = load_guarded(job, ckpt, codec)
     docs = sample_documents(held_out[split], len(held_out[split]))  # all, in the job's order
     if base is not None and base["ids"] != [r["id"] for r in docs]:
         raise ValueError(f"{baseline} scored other documents than {split} of {job}")

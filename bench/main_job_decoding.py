@@ -19,12 +19,10 @@ import time
 from pathlib import Path
 from typing import Literal
 
-from encoders.cache import EmbeddingCache
 from encoders.minilm import MiniLMCodec
 from encoders.retrieval import RetrievalDecoding
 from eval.report import bootstrap_interval
-from lcm.api import ConceptModel
-from lcm.demo import _rouge_table, leave_out_references, sample_documents
+from lcm.demo import _rouge_table, load_guarded, sample_documents
 
 
 def parse(setting: str) -> RetrievalDecoding:
@@ -43,15 +41,7 @@ def main(job_dir: str, split: Literal["valid", "test"], out: str, settings: list
 
     decodings = [parse(s) for s in settings]  # a bad setting fails before any work
     codec = MiniLMCodec()
-    codec.cache = EmbeddingCache()
-    model = ConceptModel.load(job / "run" / "checkpoints" / "last.ckpt", codec=codec)
-
-    def read(s: str) -> list[dict]:
-        path = job / "data" / f"debian_descriptions.en.{s}.jsonl"
-        return [json.loads(line) for line in path.read_text().splitlines()]
-
-    held_out = {s: read(s) for s in ("valid", "test")}
-    left_out = leave_out_references(codec, [r for docs in held_out.values() for r in docs])
+    model, held_out, left_out = load_guarded(job, job / "run" / "checkpoints" / "last.ckpt", codec)
     docs = sample_documents(held_out[split], len(held_out[split]))  # all, in the job's order
     start = time.time()
     predicted = model.predict_concepts(

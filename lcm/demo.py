@@ -216,11 +216,7 @@ def main(
         the_codec.cache = EmbeddingCache()
     model = ConceptModel.load(ckpt, codec=the_codec)
 
-    def read(split: str) -> list[dict]:
-        path = out / "data" / f"debian_descriptions.en.{split}.jsonl"
-        return [json.loads(line) for line in path.read_text().splitlines()]
-
-    held_out = {split: read(split) for split in ("valid", "test")}  # read once
+    held_out = read_held_out(out)  # read once
 
     def load(split: str, n: int) -> list[dict]:
         return sample_documents(held_out[split], n, sample_seed)
@@ -283,6 +279,35 @@ def set_decoding(codec: SentenceCodec, decoding: RetrievalDecoding) -> None:
             f"--decoding {decoding.as_dict()} applies to a retrieval codec; {codec.codec_id} "
             "decodes with its own decoder (use --codec minilm)"
         )
+
+
+def read_held_out(out: str | Path) -> dict[str, list[dict]]:
+    """The job's held-out documents, ``{"valid": [...], "test": [...]}``, each a row of
+    ``<out>/data/debian_descriptions.en.<split>.jsonl`` in file order."""
+    data = Path(out) / "data"
+    return {
+        split: [
+            json.loads(line)
+            for line in (data / f"debian_descriptions.en.{split}.jsonl").read_text().splitlines()
+        ]
+        for split in ("valid", "test")
+    }
+
+
+def load_guarded(out: str | Path, ckpt: str | Path, codec: SentenceCodec):
+    """A job's summarizer ``ckpt`` on ``codec`` (given an in-memory embedding cache if it has
+    none) as the job scores it: the held-out references left out of the retrieval bank.
+    Returns ``(model, held_out, references_left_out)``, ``held_out`` as :func:`read_held_out`.
+    For rescoring a job's documents with another checkpoint or decoding (``bench/main_job_*``)."""
+    from encoders.cache import EmbeddingCache
+    from lcm.api import ConceptModel
+
+    if codec.cache is None:
+        codec.cache = EmbeddingCache()
+    model = ConceptModel.load(ckpt, codec=codec)
+    held_out = read_held_out(out)
+    left_out = leave_out_references(codec, [r for docs in held_out.values() for r in docs])
+    return model, held_out, left_out
 
 
 def leave_out_references(codec: SentenceCodec, docs: list[dict]) -> int:

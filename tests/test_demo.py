@@ -10,7 +10,14 @@ import torch
 
 from encoders.base import SentenceCodec
 from encoders.retrieval import RetrievalBank, RetrievalDecoding
-from lcm.demo import _rouge_table, leave_out_references, sample_documents, set_decoding
+from lcm.demo import (
+    _rouge_table,
+    leave_out_references,
+    load_guarded,
+    read_held_out,
+    sample_documents,
+    set_decoding,
+)
 from lcm.splitting import SentenceSplitter
 
 VECTORS = {  # sentence -> concept: 'alpha' sentences point along e0, 'beta' ones along e1
@@ -149,6 +156,39 @@ def test_held_out_references_are_left_out_of_the_bank_before_scoring():
     # the reference's own concept can no longer retrieve it: the ceiling falls from 100 to 0
     assert scores["decoder ceiling (reference concept retrieved)"] == 0.0
     assert scores["nearest synopsis to first-sentence concept"] == 0.0
+
+
+def test_a_job_is_reopened_for_rescoring_with_its_guard(tmp_path, monkeypatch):
+    """``load_guarded`` (the bench scripts' way back into a job folder) reads both held-out
+    files in file order, loads the checkpoint on the codec with an embedding cache, and leaves
+    the held-out references out of the bank as the job does."""
+    import json
+
+    import lcm.api
+
+    (tmp_path / "data").mkdir()
+    rows = {
+        "valid": [{"id": "b", "text": "Beta more.", "summary": "beta library"}],
+        "test": [
+            {"id": "z", "text": "Alpha things here.", "summary": "gamma kit one"},
+            {"id": "a", "text": "Beta stuff there.", "summary": "delta"},
+        ],
+    }
+    for split, docs in rows.items():
+        path = tmp_path / "data" / f"debian_descriptions.en.{split}.jsonl"
+        path.write_text("".join(json.dumps(r) + "\n" for r in docs))
+    assert read_held_out(tmp_path) == rows
+    loaded = []
+    monkeypatch.setattr(
+        lcm.api.ConceptModel, "load", staticmethod(lambda ckpt, codec: loaded.append(ckpt) or codec)
+    )
+    codec = TableCodec()
+    model, held_out, left_out = load_guarded(tmp_path, tmp_path / "last.ckpt", codec)
+    assert model is codec and loaded == [tmp_path / "last.ckpt"] and codec.cache is not None
+    assert held_out == rows and left_out == 1  # "beta library" was a validation reference
+    assert list(codec.bank.sentences("eng_Latn")) == ["alpha tool"]
+    with pytest.raises(FileNotFoundError, match="debian_descriptions.en.valid.jsonl"):
+        read_held_out(tmp_path / "elsewhere")
 
 
 def test_the_scored_documents_are_a_hashed_sample_not_the_alphabetical_head():
