@@ -166,3 +166,25 @@ def test_explicit_folders_are_the_callers_and_the_report_records_the_build(tmp_p
     assert list(res["sets"]) == ["held-out python-doc"]
     saved = json.loads((tmp_path / "out" / "results.json").read_text())
     assert saved["setup"]["inputs"]["sets"]["heldout"]["documents"] == 2
+
+
+def test_command_line_moves_the_recipe_and_keeps_explicit_folders(monkeypatch):
+    from jsonargparse import CLI
+
+    from experiments.pretraining import report
+
+    seen = {}
+    monkeypatch.setattr(report, "run_report", lambda p, out, name: seen.update(p=p) or {})
+    monkeypatch.setattr(report, "markdown", lambda res: "")
+    argv = ["--preset", "full", "--inputs.data_dir", "/big/pt", "--prepare_inputs", "false"]
+    CLI(report.main, args=argv, as_positional=False)
+    p = seen["p"]
+    assert p.inputs == InputRecipe("/big/pt") and p.prepare_inputs is False
+    assert p.train_dir == "/big/pt/shards/train31996"
+    assert p.eval_dirs["held-out python-doc"] == "/big/pt/shards/ood80"
+    argv = ["--preset", "full", "--inputs.test_rows", "50", "--train_dir", "/mine"]
+    CLI(report.main, args=argv, as_positional=False)
+    p = seen["p"]
+    assert p.train_dir == "/mine" and p.prepare_inputs is True
+    assert p.eval_dirs["in-domain test"] == "data/pretraining/shards/test50"
+    assert parts_in_use(p.inputs, p.train_dir, p.eval_dirs) == ("test", "heldout")
