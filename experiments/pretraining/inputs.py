@@ -10,7 +10,10 @@ and returns a record of what it did (the report keeps it in ``results.json``, ``
 A prepared folder with ``summary.json`` is complete and reused as it is. One without it was
 interrupted: ``lcm prepare`` resumes it (finished shards are kept), or refuses it with an error
 that names the settings that differ. The equivalent shell commands are
-:meth:`InputRecipe.commands`.
+:meth:`InputRecipe.commands`. Alone, without the report::
+
+    python -m experiments.pretraining.inputs                    # the full preset's inputs
+    python -m experiments.pretraining.inputs --recipe.data_dir /big/disk/pretraining
 """
 
 from __future__ import annotations

@@ -3,6 +3,11 @@
     python -m experiments.pretraining.report --preset full --out_dir reports/pretraining
     python -m experiments.pretraining.report --preset ci --out_dir /tmp/pt      # seconds
 
+On a fresh clone ``--preset full`` first builds its inputs under ``data/pretraining`` (the
+corpus fetched from Debian packages, then ``lcm prepare``; :mod:`experiments.pretraining.inputs`,
+about 7 minutes on 2 CPU cores) and reuses them afterwards; its training runs go to
+``runs/pretraining``.
+
 Every family (Base-LCM, One-Tower, Two-Tower, Quant-LCM, refiner) is trained through the
 Lightning CLI (``lcm fit``'s :func:`lcm.train.cli.cli_main`, run in this process) on the same
 training shards, with the same width, steps and seed. Then each is evaluated teacher-forced on
