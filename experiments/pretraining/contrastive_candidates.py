@@ -1,8 +1,10 @@
 """Train the contrastive candidates of ``reports/pretraining/contrastive`` (no evaluation).
 
 Base-LCM and Base-LCM +ctx-mean with ``contrastive_weight`` 1.0 and 0.1 (temperature 0.05) at
-the ``full`` preset (32.5k sentences, 400 steps, d128, seed 0), under /work/data/h32; the
-selection reads their validation CA (``reports/pretraining/contrastive/RULE.md``).
+the ``full`` preset (32.5k sentences, 400 steps, d128, seed 0), under ``root`` (the committed
+runs: /work/data/h32); the selection reads their validation CA
+(``reports/pretraining/contrastive/RULE.md``). The preset's inputs are built first when they
+are missing (:func:`experiments.pretraining.inputs.build_inputs`).
 """
 
 import json
@@ -10,22 +12,30 @@ import time
 from dataclasses import replace
 from pathlib import Path
 
+from experiments.pretraining.inputs import build_inputs
 from experiments.pretraining.report import PRESETS, train_family
 
 
-def main() -> None:
-    """Train the four candidates; a run whose last checkpoint exists is reused."""
+def main(root: str = "runs/pretraining/contrastive") -> None:
+    """Train the four candidates; a run whose last checkpoint exists is reused.
+
+    Args:
+        root: folder of the four training runs and ``train_seconds.json``.
+    """
     base = PRESETS["full"]
+    build_inputs(base.inputs, ("train",))
+    out = Path(root)
+    out.mkdir(parents=True, exist_ok=True)
     times = {}
     for w in (1.0, 0.1):
         p = replace(base, contrastive_weight=w, temperature=0.05)
-        root = Path(f"/work/data/h32/runs_full_steps400_d128_seed0_cw{w:g}_t0.05")
+        run = out / f"runs_full_steps400_d128_seed0_cw{w:g}_t0.05"
         for system in ("base_lcm", "base_lcm+context_mean"):
             t = time.perf_counter()
-            train_family(system, p, p.train_dir, root)
+            train_family(system, p, p.train_dir, run)
             times[f"{system} cw{w:g}"] = round(time.perf_counter() - t, 1)
             print(system, w, times[f"{system} cw{w:g}"], flush=True)
-            json.dump(times, open("/work/data/h32/train_seconds.json", "w"), indent=1)
+            (out / "train_seconds.json").write_text(json.dumps(times, indent=1))
 
 
 def plot_candidates(selection: str = "reports/pretraining/contrastive/selection.json") -> None:
@@ -54,5 +64,9 @@ def plot_candidates(selection: str = "reports/pretraining/contrastive/selection.
 
 
 if __name__ == "__main__":
-    main()
+    import sys
+
+    from jsonargparse import CLI
+
+    CLI(main, args=sys.argv[1:], as_positional=False)
     plot_candidates()

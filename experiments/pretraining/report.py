@@ -3,6 +3,11 @@
     python -m experiments.pretraining.report --preset full --out_dir reports/pretraining
     python -m experiments.pretraining.report --preset ci --out_dir /tmp/pt      # seconds
 
+On a fresh clone ``--preset full`` first builds its inputs under ``data/pretraining`` (the
+corpus fetched from Debian packages, then ``lcm prepare``; :mod:`experiments.pretraining.inputs`,
+about 7 minutes on 2 CPU cores) and reuses them afterwards; its training runs go to
+``runs/pretraining``.
+
 Every family (Base-LCM, One-Tower, Two-Tower, Quant-LCM, refiner) is trained through the
 Lightning CLI (``lcm fit``'s :func:`lcm.train.cli.cli_main`, run in this process) on the same
 training shards, with the same width, steps and seed. Then each is evaluated teacher-forced on
@@ -44,6 +49,13 @@ from torch import Tensor
 from eval.baselines import constant_mean, context_mean, copy_previous, pad_documents
 from eval.metrics.concepts import l2, paraphrasing, sequence_contrastive_accuracy
 from experiments.pretraining.causal_lm import SEP, CausalLM, LMConfig, train_causal_lm
+from experiments.pretraining.inputs import (
+    FULL_INPUTS,
+    InputRecipe,
+    InputsMissing,
+    build_inputs,
+    parts_in_use,
+)
 
 FAMILIES = {
     "base_lcm": "Base-LCM",
@@ -128,6 +140,11 @@ class Preset:
         lm: the scoring LM's size and training recipe.
         lm_dir: where that LM is cached (``None``: ``<work_dir>/causal_lm``); reused when it
             was trained on the same text with the same ``lm``.
+        inputs: how ``train_dir`` and ``eval_dirs`` are built when they are missing
+            (:mod:`experiments.pretraining.inputs`); only the folders that are the recipe's
+            own are built (an explicit ``train_dir`` or evaluation folder never is).
+        prepare_inputs: build the recipe's missing folders (False: an error that names them
+            and the commands that build them).
     """
 
     train_dir: str | None
@@ -156,15 +173,14 @@ class Preset:
     mi_context: int = 10
     lm: LMConfig = LMConfig()
     lm_dir: str | None = None
+    inputs: InputRecipe | None = None
+    prepare_inputs: bool = True
 
 
 PRESETS: dict[str, Preset] = {
     "full": Preset(
-        train_dir="/work/data/h4/shards/train32k",
-        eval_dirs={
-            "in-domain test": "/work/data/h4/shards/test",
-            "held-out python-doc": "/work/data/h4/shards/ood",
-        },
+        train_dir=FULL_INPUTS.train_dir,
+        eval_dirs=FULL_INPUTS.eval_dirs,
         families=(
             *FAMILIES,
             "base_lcm+last",
@@ -172,7 +188,8 @@ PRESETS: dict[str, Preset] = {
             "one_tower+context_mean",
             "two_tower+context_mean",
         ),  # refiner+context_mean came later: --families, see residual_206k/
-        work_dir="/work/data/h11/pretraining_runs",
+        work_dir="runs/pretraining",
+        inputs=FULL_INPUTS,
     ),
     "ci": Preset(
         train_dir=None,
@@ -666,11 +683,17 @@ def run_report(p: Preset, out_dir: str, preset_name: str) -> dict:
     if p.work_dir is not None:
         work = Path(p.work_dir)
     train_dir, eval_dirs = p.train_dir, dict(p.eval_dirs)
+    seconds: dict[str, float] = {}
     if p.toy:
         from experiments.pretraining.toy import build_toy
 
         train_dir, eval_dirs = build_toy(out / "work" / "data")
-    seconds: dict[str, float] = {}
+    inputs = None
+    if p.inputs is not None:
+        parts = parts_in_use(p.inputs, train_dir, eval_dirs)
+        t = time.perf_counter()
+        inputs = build_inputs(p.inputs, parts, build=p.prepare_inputs)
+        seconds["inputs"] = round(time.perf_counter() - t, 1)
     runs = f"runs_{preset_name}_steps{p.steps}_d{p.d_model}_seed{p.seed}"
     if p.contrastive_weight > 0:
         runs += f"_cw{p.contrastive_weight:g}_t{p.temperature:g}"
@@ -840,9 +863,10 @@ def run_report(p: Preset, out_dir: str, preset_name: str) -> dict:
     results["default_guidance"] = guided
     results["setup"] = {
         "preset": preset_name,
-        **{k: v for k, v in asdict(p).items() if k not in ("eval_dirs",)},
+        **{k: v for k, v in asdict(p).items() if k not in ("eval_dirs", "inputs")},
         "train_dir": train_dir,
         "eval_dirs": eval_dirs,
+        "inputs": inputs,
         "train_concepts": int(train_x.shape[0]),
         "train_documents": int(train_doc.max() + 1),
         "work_dir": str(work / runs),
@@ -1028,6 +1052,8 @@ def main(
     mi: bool | None = None,
     lm_dir: str | None = None,
     lm_steps: int | None = None,
+    inputs: InputRecipe | None = None,
+    prepare_inputs: bool | None = None,
 ) -> dict:
     """Train every family on the same data and write the pre-training table.
 
@@ -1049,6 +1075,12 @@ def main(
         mi: score MI with the small causal LM (default: the preset's, on).
         lm_dir: where the MI language model is cached (default ``<work_dir>/causal_lm``).
         lm_steps: override the MI language model's training steps.
+        inputs: another data recipe for the training and evaluation folders (default: the
+            preset's; ``full``: :data:`~experiments.pretraining.inputs.FULL_INPUTS`, built
+            under ``data/pretraining``), e.g. ``--inputs.data_dir /big/disk/pretraining``.
+        prepare_inputs: build the recipe's missing input folders (fetch the corpus, prepare the
+            shards; default true); false: stop with an error naming the missing folders and
+            the commands that build them. Complete folders (``summary.json``) are reused.
     """
     if preset not in PRESETS:
         raise SystemExit(f"unknown preset {preset!r}: expected one of {sorted(PRESETS)}")
@@ -1061,15 +1093,20 @@ def main(
             except ValueError as e:
                 raise SystemExit(str(e)) from None
         p = replace(p, families=systems)
+    if inputs is not None:
+        p = replace(p, inputs=inputs, train_dir=inputs.train_dir, eval_dirs=inputs.eval_dirs)
     overrides = dict(
         steps=steps, train_dir=train_dir, eval_dirs=eval_dirs, work_dir=work_dir, seed=seed,
         d_model=d_model, ffn_dim=ffn_dim, contrastive_weight=contrastive_weight,
-        temperature=temperature, mi=mi, lm_dir=lm_dir,
+        temperature=temperature, mi=mi, lm_dir=lm_dir, prepare_inputs=prepare_inputs,
     )  # fmt: skip
     p = replace(p, **{k: v for k, v in overrides.items() if v is not None})
     if lm_steps is not None:
         p = replace(p, lm=replace(p.lm, steps=lm_steps))
-    res = run_report(p, out_dir, preset)
+    try:
+        res = run_report(p, out_dir, preset)
+    except InputsMissing as e:
+        raise SystemExit(str(e)) from None
     print(markdown(res))
     return res
 
