@@ -5,7 +5,9 @@ bit for bit."""
 
 from __future__ import annotations
 
+import json
 from functools import partial
+from pathlib import Path
 
 import pytest
 import torch
@@ -207,3 +209,45 @@ def test_report_passes_the_weight_to_base_lcm_and_refiner_only(monkeypatch, tmp_
         train_family("one_tower+context_mean", p, "data", tmp_path / "runs")
     train_family("refiner", replace(p, contrastive_weight=0.0), "data", tmp_path / "r0")
     assert "--model.contrastive_weight" not in seen[-1]
+
+
+def test_a_reused_checkpoint_must_have_been_trained_on_the_same_data(monkeypatch, tmp_path, capsys):
+    """The report reuses a system's checkpoint only when its fit record matches: another
+    training folder (or changed data in it) under the same run folder is an error naming
+    what differs, never a silent reuse; a record-less checkpoint is reused with a warning."""
+    import lcm.train.cli
+    from experiments.pretraining.report import FIT_RECORD, PRESETS, train_family
+
+    fits = []
+
+    def fake_cli(args):
+        fits.append(args)
+        root = Path(args[args.index("--trainer.default_root_dir") + 1])
+        (root / "checkpoints").mkdir(parents=True, exist_ok=True)
+        (root / "checkpoints" / "last.ckpt").write_bytes(b"")
+
+    monkeypatch.setattr(lcm.train.cli, "cli_main", fake_cli)
+    p = PRESETS["ci"]
+    data = tmp_path / "data"
+    data.mkdir()
+    (data / "summary.json").write_text('{"documents": 3, "seconds": 1.0}')
+    shards = {"shard-00000.parquet": {"rows": 3, "bytes": 10, "sha256": "a"}}
+    (data / "manifest.json").write_text(json.dumps({"shards": shards}))
+    ckpt = train_family("base_lcm", p, str(data), tmp_path / "runs")
+    assert len(fits) == 1 and (ckpt.parent.parent / FIT_RECORD).exists()
+    assert train_family("base_lcm", p, str(data), tmp_path / "runs") == ckpt  # same: reused
+    assert len(fits) == 1
+    other = tmp_path / "other"
+    other.mkdir()
+    with pytest.raises(ValueError, match="train_dir") as err:
+        train_family("base_lcm", p, str(other), tmp_path / "runs")
+    assert "another --work_dir" in str(err.value)
+    (data / "summary.json").write_text('{"documents": 3, "seconds": 2.0}')  # a resumed prepare
+    assert train_family("base_lcm", p, str(data), tmp_path / "runs") == ckpt  # same shards
+    shards["shard-00000.parquet"]["sha256"] = "b"  # the data changed in place
+    (data / "manifest.json").write_text(json.dumps({"shards": shards}))
+    with pytest.raises(ValueError, match="train_shards_sha256"):
+        train_family("base_lcm", p, str(data), tmp_path / "runs")
+    (ckpt.parent.parent / FIT_RECORD).unlink()  # a checkpoint from before fit records
+    assert train_family("base_lcm", p, str(data), tmp_path / "runs") == ckpt
+    assert "cannot be checked" in capsys.readouterr().out and len(fits) == 1

@@ -531,16 +531,65 @@ def mi_per_document(
 # ---------------------------------------------------------------------------------------------
 
 
+#: Beside each trained system's checkpoint: what it was fitted on (:func:`fit_record`).
+FIT_RECORD = "report_fit.json"
+
+
+def fit_record(system: str, p: Preset, train_dir: str) -> dict:
+    """What a system's fit depends on beyond its run folder's name (preset, steps, width,
+    seed): the training data (its folder, and a hash of its recorded shards: names, rows,
+    bytes and content hashes, when it is a finished ``lcm prepare`` folder) and the preset's
+    other training settings. Written beside the checkpoint, and compared before a checkpoint is
+    reused, so a run folder never silently serves other data."""
+    import hashlib
+
+    from lcm.data.shards import recorded_shards
+
+    shards = None
+    if (Path(train_dir) / "summary.json").exists():
+        listing = json.dumps(recorded_shards(train_dir), sort_keys=True)
+        shards = hashlib.sha256(listing.encode()).hexdigest()
+    return {
+        "system": system,
+        "train_dir": str(Path(train_dir).resolve()),
+        "train_shards_sha256": shards,
+        **{
+            k: getattr(p, k)
+            for k in (
+                "steps", "d_model", "ffn_dim", "lr", "warmup_steps", "window",
+                "max_concepts_per_batch", "val_check_interval", "seed",
+                "contrastive_weight", "temperature",
+            )
+        },
+    }  # fmt: skip
+
+
 def train_family(system: str, p: Preset, train_dir: str, root: Path, quiet: bool = True) -> Path:
     """``lcm fit`` one system on ``configs/<family>/tiny.yaml`` with the preset's width
     (``arch.d_model``, ``arch.ffn_dim``; depth and heads stay ``tiny``'s), steps and the
-    system's residual; returns the last checkpoint (an existing one is reused)."""
+    system's residual; returns the last checkpoint. An existing checkpoint is reused only if
+    its :data:`FIT_RECORD` matches this fit (same training data and settings); a mismatch is
+    an error naming what differs, and a checkpoint without a record (from before records) is
+    reused with a printed warning."""
     from lcm.train.cli import cli_main
 
     family, residual = split_system(system)
     run_dir = root / system
     ckpt = run_dir / "checkpoints" / "last.ckpt"
+    record = fit_record(system, p, train_dir)
     if ckpt.exists():
+        path = run_dir / FIT_RECORD
+        if not path.exists():
+            print(f"[report] reusing {ckpt}: no {FIT_RECORD}, its training data cannot be checked")
+            return ckpt
+        old = json.loads(path.read_text())
+        differ = sorted(k for k in record.keys() | old.keys() if record.get(k) != old.get(k))
+        if differ:
+            raise ValueError(
+                f"{ckpt} was trained with other settings than this report asks for ("
+                + "; ".join(f"{k}: {old.get(k)!r} there, {record.get(k)!r} now" for k in differ)
+                + "): use another --work_dir, or delete that run folder to retrain it"
+            )
         return ckpt
     repo = Path(__file__).resolve().parents[2]
     args = [
@@ -583,6 +632,7 @@ def train_family(system: str, p: Preset, train_dir: str, root: Path, quiet: bool
     cli_main(args)
     if not ckpt.exists():
         raise RuntimeError(f"{family}: training wrote no {ckpt}")
+    (run_dir / FIT_RECORD).write_text(json.dumps(record, indent=1))
     return ckpt
 
 
