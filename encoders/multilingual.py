@@ -26,7 +26,7 @@ import torch
 from encoders.base import SentenceCodec
 from encoders.cache import EmbeddingCache
 from encoders.langs import E5_LANGS, USE_LANGS
-from encoders.retrieval import RetrievalBank
+from encoders.retrieval import RetrievalBank, RetrievalDecoding
 
 #: Encodes of at least this many new sentences show a progress bar (in a terminal).
 PROGRESS_MIN = 512
@@ -53,6 +53,8 @@ class MultilingualCodec(SentenceCodec):
         cache: optional embedding cache (:class:`~encoders.cache.EmbeddingCache`).
         progress: show a progress bar on encodes of ``PROGRESS_MIN`` sentences or more
             (a terminal only; None = only when stderr is a terminal).
+        decoding: how :meth:`decode` picks a bank sentence (default: the nearest one), as for
+            the English offline codec; the attribute ``decoding`` can be changed later.
     """
 
     def __init__(
@@ -61,6 +63,7 @@ class MultilingualCodec(SentenceCodec):
         threads: int = 2,
         cache: EmbeddingCache | None = None,
         progress: bool | None = None,
+        decoding: RetrievalDecoding | None = None,
     ) -> None:
         super().__init__(cache)
         if batch_size < 1:
@@ -69,6 +72,7 @@ class MultilingualCodec(SentenceCodec):
         self.threads = threads
         self.progress = progress
         self.bank = RetrievalBank(self.dim)
+        self.decoding = decoding or RetrievalDecoding()
         self._model = None
 
     def _embed(self, sentences: list[str]) -> np.ndarray:
@@ -105,7 +109,8 @@ class MultilingualCodec(SentenceCodec):
         return self.bank.langs()
 
     def decode(self, vectors: torch.Tensor, lang: str) -> list[str]:
-        """The nearest bank sentence in ``lang`` for each vector (any source language).
+        """One bank sentence in ``lang`` for each vector (any source language), chosen under
+        :attr:`decoding`: by default the nearest.
 
         Raises:
             UnknownLanguageError: the codec does not handle ``lang``.
@@ -116,8 +121,7 @@ class MultilingualCodec(SentenceCodec):
             raise ValueError(f"decode() takes (N, {self.dim}) vectors, got {tuple(vectors.shape)}")
         if len(vectors) == 0:
             return []
-        _, found = self.bank.search(vectors, lang, k=1)
-        return [f[0] for f in found]
+        return self.bank.decode(vectors, lang, self.decoding)
 
 
 class USECodec(MultilingualCodec):

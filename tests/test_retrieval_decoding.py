@@ -147,3 +147,28 @@ def test_a_language_without_sentences_is_named_for_every_rule():
         "k": 3,
         "temperature": 0.1,
     }
+
+
+def test_the_multilingual_codecs_decode_under_the_same_option():
+    """The offline multilingual codecs take the same ``decoding`` as the English one: the
+    nearest sentence of the target language by default, a minimum-Bayes-risk choice on request."""
+    from encoders.multilingual import MultilingualCodec
+
+    table = dict(zip(TEXTS, VECTORS.numpy()))
+
+    class TableCodec(MultilingualCodec):
+        codec_id = "test-table"
+        dim = 4
+        langs = ("eng_Latn", "fra_Latn")
+
+        def _embed(self, sentences):
+            return np.stack([table[s] for s in sentences])
+
+    codec = TableCodec()
+    codec.add_to_bank(TEXTS, "fra_Latn")
+    assert codec.decode(QUERY, "fra_Latn") == ["zeta gadget"]
+    codec.decoding = RetrievalDecoding("mbr_rouge", k=4, temperature=0.05)
+    assert codec.decode(QUERY, "fra_Latn") == ["fast image viewer"]
+    chosen = TableCodec(decoding=RetrievalDecoding("mbr_cosine", k=4, temperature=0.05))
+    chosen.add_to_bank(TEXTS, "fra_Latn")
+    assert chosen.decode(QUERY, "fra_Latn") == ["fast image viewer tool"]
