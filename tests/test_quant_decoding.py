@@ -70,8 +70,6 @@ def test_expected_decoding_equals_the_weighted_sums_by_hand(temperature, top_p):
     y, codes = obj.decode_levels(h, temperature=temperature, top_p=top_p, decoding="expected")
     torch.testing.assert_close(y, want_y, atol=1e-5, rtol=1e-5)
     assert torch.equal(codes, want_codes)
-    only = obj.sample_codes(h, decoding="expected", temperature=temperature, top_p=top_p)
-    assert torch.equal(only, codes)
     # a point prediction: no draw, so any generator gives the same concept
     again, _ = obj.decode_levels(
         h, torch.Generator().manual_seed(9), temperature=temperature, top_p=top_p,

@@ -220,23 +220,6 @@ class QuantObjective(SampledObjective, network=QuantLCM):
 
     # ---------------------------------------------------------------------------- sampling
     @torch.no_grad()
-    def sample_codes(
-        self,
-        h: Tensor,
-        generator: Generators = None,
-        *,
-        temperature: float | None = None,
-        top_p: float | None = None,
-        decoding: Decoding | None = None,
-    ) -> Tensor:
-        """Codes (N, K) of the concepts following the contextualized states h (N, d), coarse to
-        fine, each codebook conditioned on the codes already drawn (with ``decoding=
-        "expected"``: the argmax per level, :meth:`decode_levels`)."""
-        return self.decode_levels(
-            h, generator, temperature=temperature, top_p=top_p, decoding=decoding
-        )[1]
-
-    @torch.no_grad()
     def decode_levels(
         self,
         h: Tensor,
