@@ -208,24 +208,16 @@ def main(
     console.print({k: round(v, 4) for k, v in metrics.items()})
 
     console.rule("4. summarize held-out descriptions (decoded by retrieval)")
-    from encoders.cache import EmbeddingCache
-    from lcm.api import ConceptModel
-
-    # The model and the floors encode the same test sentences: once, through a cache in memory.
-    if the_codec.cache is None:
-        the_codec.cache = EmbeddingCache()
-    model = ConceptModel.load(ckpt, codec=the_codec)
-
-    held_out = read_held_out(out)  # read once
+    # held_out: read once; the guard leaves the references out of a retrieval bank
+    model, held_out, left_out = load_guarded(out, ckpt, the_codec, guard=not references_in_bank)
 
     def load(split: str, n: int) -> list[dict]:
         return sample_documents(held_out[split], n, sample_seed)
 
     bank = {}
     if getattr(the_codec, "bank", None) is not None:
-        if not references_in_bank:
-            every = [r for docs in held_out.values() for r in docs]
-            bank["references_left_out"] = leave_out_references(the_codec, every)
+        if left_out is not None:
+            bank["references_left_out"] = left_out
         bank["sentences"] = the_codec.bank.count("eng_Latn")
         console.print({"retrieval bank": bank})
 
@@ -294,11 +286,14 @@ def read_held_out(out: str | Path) -> dict[str, list[dict]]:
     }
 
 
-def load_guarded(out: str | Path, ckpt: str | Path, codec: SentenceCodec):
-    """A job's summarizer ``ckpt`` on ``codec`` (given an in-memory embedding cache if it has
-    none) as the job scores it: the held-out references left out of the retrieval bank.
-    Returns ``(model, held_out, references_left_out)``, ``held_out`` as :func:`read_held_out`.
-    For rescoring a job's documents with another checkpoint or decoding (``bench/main_job_*``)."""
+def load_guarded(out: str | Path, ckpt: str | Path, codec: SentenceCodec, guard: bool = True):
+    """A job's summarizer ``ckpt`` on ``codec`` as the job scores it: the codec gets an
+    in-memory embedding cache if it has none (the model and the floors encode the same
+    sentences once), and with ``guard`` the held-out references leave a retrieval codec's bank
+    (:func:`leave_out_references`). Returns ``(model, held_out, references_left_out)``:
+    ``held_out`` as :func:`read_held_out`, ``references_left_out`` None when nothing was guarded
+    (``guard`` false, or a codec without a bank). Used by the job and to rescore its documents
+    with another checkpoint or decoding (``bench/main_job_*``)."""
     from encoders.cache import EmbeddingCache
     from lcm.api import ConceptModel
 
@@ -306,7 +301,9 @@ def load_guarded(out: str | Path, ckpt: str | Path, codec: SentenceCodec):
         codec.cache = EmbeddingCache()
     model = ConceptModel.load(ckpt, codec=codec)
     held_out = read_held_out(out)
-    left_out = leave_out_references(codec, [r for docs in held_out.values() for r in docs])
+    left_out = None
+    if guard and getattr(codec, "bank", None) is not None:
+        left_out = leave_out_references(codec, [r for docs in held_out.values() for r in docs])
     return model, held_out, left_out
 
 

@@ -187,6 +187,12 @@ def test_a_job_is_reopened_for_rescoring_with_its_guard(tmp_path, monkeypatch):
     assert model is codec and loaded == [tmp_path / "last.ckpt"] and codec.cache is not None
     assert held_out == rows and left_out == 1  # "beta library" was a validation reference
     assert list(codec.bank.sentences("eng_Latn")) == ["alpha tool"]
+    kept = TableCodec()  # --references_in_bank: no guard, the bank stays whole
+    assert load_guarded(tmp_path, tmp_path / "last.ckpt", kept, guard=False)[2] is None
+    assert list(kept.bank.sentences("eng_Latn")) == ["alpha tool", "beta library"]
+    own = TableCodec()
+    del own.bank  # a codec with its own decoder: nothing to guard
+    assert load_guarded(tmp_path, tmp_path / "last.ckpt", own)[2] is None
     with pytest.raises(FileNotFoundError, match="debian_descriptions.en.valid.jsonl"):
         read_held_out(tmp_path / "elsewhere")
 
