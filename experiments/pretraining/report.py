@@ -134,6 +134,9 @@ class Preset:
             term added to the MSE (``--model.contrastive_weight``; 0: the MSE alone). Other
             families do not have the option and are an error with a weight > 0.
         temperature: that term's temperature (``--model.temperature``).
+        input_noise: every system trains with Gaussian noise of this std per coordinate added
+            to the context concepts its network reads (``--model.input_noise``, training only,
+            normalized space; 0: none).
         mi: score MI (paper 2.4.1) with a small causal LM trained on the training documents
             (:mod:`experiments.pretraining.causal_lm`; the paper uses GPT-2).
         mi_context: gold sentences of context before each scored sentence (paper: 10).
@@ -169,6 +172,7 @@ class Preset:
     generate_concepts: int = 4
     contrastive_weight: float = 0.0
     temperature: float = 0.05
+    input_noise: float = 0.0
     mi: bool = True
     mi_context: int = 10
     lm: LMConfig = LMConfig()
@@ -540,7 +544,9 @@ def fit_record(system: str, p: Preset, train_dir: str) -> dict:
     seed): the training data (its folder, and a hash of its recorded shards: names, rows,
     bytes and content hashes, when it is a finished ``lcm prepare`` folder) and the preset's
     other training settings. Written beside the checkpoint, and compared before a checkpoint is
-    reused, so a run folder never silently serves other data."""
+    reused, so a run folder never silently serves other data. ``input_noise`` is recorded only
+    when it is > 0, so the records of runs from before the option still match a run without
+    it."""
     import hashlib
 
     from lcm.data.shards import recorded_shards
@@ -549,7 +555,7 @@ def fit_record(system: str, p: Preset, train_dir: str) -> dict:
     if (Path(train_dir) / "summary.json").exists():
         listing = json.dumps(recorded_shards(train_dir), sort_keys=True)
         shards = hashlib.sha256(listing.encode()).hexdigest()
-    return {
+    record = {
         "system": system,
         "train_dir": str(Path(train_dir).resolve()),
         "train_shards_sha256": shards,
@@ -562,6 +568,9 @@ def fit_record(system: str, p: Preset, train_dir: str) -> dict:
             )
         },
     }  # fmt: skip
+    if p.input_noise > 0:
+        record["input_noise"] = p.input_noise
+    return record
 
 
 def train_family(system: str, p: Preset, train_dir: str, root: Path, quiet: bool = True) -> Path:
@@ -622,6 +631,8 @@ def train_family(system: str, p: Preset, train_dir: str, root: Path, quiet: bool
             raise ValueError(f"{system}: contrastive_weight is a Base-LCM and refiner option")
         args += ["--model.contrastive_weight", str(p.contrastive_weight)]
         args += ["--model.temperature", str(p.temperature)]
+    if p.input_noise > 0:
+        args += ["--model.input_noise", str(p.input_noise)]
     import warnings
 
     warnings.filterwarnings("ignore", message="LightningCLI's args parameter")
@@ -747,6 +758,8 @@ def run_report(p: Preset, out_dir: str, preset_name: str) -> dict:
     runs = f"runs_{preset_name}_steps{p.steps}_d{p.d_model}_seed{p.seed}"
     if p.contrastive_weight > 0:
         runs += f"_cw{p.contrastive_weight:g}_t{p.temperature:g}"
+    if p.input_noise > 0:
+        runs += f"_noise{p.input_noise:g}"
     ckpts, reused = {}, []
     for fam in p.families:
         t = time.perf_counter()
@@ -962,7 +975,9 @@ def markdown(res: dict) -> str:
         f"# Pre-training table (preset `{s['preset']}`)",
         "",
         f"Families trained {s['steps']} steps each, d_model {s['d_model']}, ffn {s['ffn_dim']}, "
-        f"seed {s['seed']}, on {s['train_concepts']} concepts ({s['train_documents']} documents)"
+        f"seed {s['seed']}"
+        + (f", input noise {s['input_noise']:g} (training only)" if s.get("input_noise") else "")
+        + f", on {s['train_concepts']} concepts ({s['train_documents']} documents)"
         f" of `{s['train_dir']}`. {s['window_rule']}. Intervals: {s['ci']}. l2-r decodes into "
         f"the bank: {s['bank']}. " + _mi_line(res),
         "",
@@ -1099,6 +1114,7 @@ def main(
     ffn_dim: int | None = None,
     contrastive_weight: float | None = None,
     temperature: float | None = None,
+    input_noise: float | None = None,
     mi: bool | None = None,
     lm_dir: str | None = None,
     lm_steps: int | None = None,
@@ -1122,6 +1138,8 @@ def main(
         contrastive_weight: Base-LCM and refiner systems add this weight of an InfoNCE term to
             the MSE.
         temperature: the InfoNCE term's temperature (default 0.05).
+        input_noise: every system trains with Gaussian noise of this std per coordinate on the
+            context its network reads (training only, normalized space; default 0: none).
         mi: score MI with the small causal LM (default: the preset's, on).
         lm_dir: where the MI language model is cached (default ``<work_dir>/causal_lm``).
         lm_steps: override the MI language model's training steps.
@@ -1148,7 +1166,8 @@ def main(
     overrides = dict(
         steps=steps, train_dir=train_dir, eval_dirs=eval_dirs, work_dir=work_dir, seed=seed,
         d_model=d_model, ffn_dim=ffn_dim, contrastive_weight=contrastive_weight,
-        temperature=temperature, mi=mi, lm_dir=lm_dir, prepare_inputs=prepare_inputs,
+        temperature=temperature, input_noise=input_noise, mi=mi, lm_dir=lm_dir,
+        prepare_inputs=prepare_inputs,
     )  # fmt: skip
     p = replace(p, **{k: v for k, v in overrides.items() if v is not None})
     if lm_steps is not None:

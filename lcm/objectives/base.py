@@ -24,6 +24,8 @@ from typing import TYPE_CHECKING, Any, ClassVar, Literal, TypeVar, get_args
 import torch
 from torch import Tensor, nn
 
+from diffusion.utils import randn_tensor
+
 if TYPE_CHECKING:
     from lcm.objectives.step import NextConceptStep, StepOptions
 
@@ -185,6 +187,37 @@ def scale_residual(pred: Tensor, base: Tensor | None, scale: float) -> Tensor:
     return base + scale * (pred - base)
 
 
+def check_input_noise(sigma: float) -> float:
+    """``sigma`` as a float if it is a valid :attr:`Objective.input_noise`: a finite number >= 0;
+    else a ValueError naming the value."""
+    if isinstance(sigma, bool) or not isinstance(sigma, (int, float)):
+        raise ValueError(f"input_noise must be a number >= 0, got {sigma!r}")
+    if not (math.isfinite(sigma) and sigma >= 0):
+        raise ValueError(f"input_noise must be a finite number >= 0, got {sigma!r}")
+    return float(sigma)
+
+
+def add_input_noise(
+    x: Tensor, sigma: float, keep: Tensor | None, generator: torch.Generator | None = None
+) -> Tensor:
+    """``x + sigma * eps`` with ``eps ~ N(0, I)`` per coordinate on the rows where ``keep`` is
+    True (the other rows are left as they are); ``x`` itself (no random draw) when ``sigma`` is 0.
+
+    Args:
+        x: (B, T, D) concepts in normalized space.
+        sigma: Standard deviation of the noise per coordinate (>= 0).
+        keep: (B, T) bool, the rows to noise; None = every row.
+        generator: Draws ``eps`` (:func:`diffusion.utils.randn_tensor`: the same numbers on
+            any device for a CPU generator).
+    """
+    if sigma == 0:
+        return x
+    eps = randn_tensor(x.shape, generator, device=x.device, dtype=x.dtype)  # (B, T, D)
+    if keep is not None:
+        eps = eps * keep[..., None].to(x.dtype)
+    return x + sigma * eps
+
+
 def shift_right(y: Tensor) -> Tensor:
     """(B, T, ...): ``y`` moved one position later with zeros first, so that the output made at
     position t (about concept t+1) is aligned to target t+1."""
@@ -237,6 +270,7 @@ class Objective(nn.Module, ABC):
         self.model = model
         self.residual: Residual = check_residual(residual)
         self._residual_scale = 1.0
+        self._input_noise = 0.0
         if residual not in self.residuals:
             raise ValueError(
                 f"{type(self).__name__} does not support residual={residual!r} (only "
@@ -261,6 +295,38 @@ class Objective(nn.Module, ABC):
     @residual_scale.setter
     def residual_scale(self, scale: float) -> None:
         self._residual_scale = check_residual_scale(scale, self.residual)
+
+    @property
+    def input_noise(self) -> float:
+        """Training-only noise augmentation: std sigma (>= 0, per coordinate, in the normalized
+        concept space) of Gaussian noise added to the context concepts the network reads in
+        :meth:`loss` while the objective is in training mode (:meth:`network_input`). Targets,
+        residual bases and every evaluation, prediction and generation path see the clean
+        concepts. 0 (default) draws nothing: the loss is exactly the one without the option."""
+        return self._input_noise
+
+    @input_noise.setter
+    def input_noise(self, sigma: float) -> None:
+        self._input_noise = check_input_noise(sigma)
+
+    def network_input(self, batch: Batch, generator: torch.Generator | None = None) -> Tensor:
+        """(B, T, D): the context concepts the network reads in :meth:`loss`.
+
+        ``batch["x"]`` itself in eval mode or with :attr:`input_noise` 0. While training with
+        sigma > 0: ``x + sigma * eps`` (:func:`add_input_noise`, drawn from ``generator``) on
+        the real concepts only; padding and the separator slots (``sep_mask``, a fixed marker,
+        not a concept) stay clean. Callers compute targets and the residual base from the clean
+        ``batch["x"]``: evaluation's base is clean, so the correction learned is the one asked
+        for at evaluation, and the base does not carry noise into the prediction the loss
+        scores."""
+        x = batch["x"]
+        if not self.training or self._input_noise == 0:
+            return x
+        keep = batch.get("mask")
+        sep = batch.get("sep_mask")
+        if sep is not None:
+            keep = ~sep if keep is None else keep & ~sep
+        return add_input_noise(x, self._input_noise, keep, generator)
 
     def with_model(self, model: nn.Module) -> Objective:
         """A shallow copy that shares everything (scheduler, settings) but runs ``model``, e.g. an

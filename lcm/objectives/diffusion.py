@@ -210,7 +210,11 @@ class DiffusionObjective(SampledObjective):
             device = generator.device if generator is not None else x.device
             u = torch.rand((B, T), generator=generator, device=device)  # (B, T)
             drop = (u < self.cfg_dropout).to(x.device)
-        out = self.model(x, x_t, t, mask, drop)  # (B, T, D) in prediction_type space
+        # The context the denoiser conditions on (noised in training with input_noise, drawn
+        # after the diffusion draws so that those are the same with and without it); x_t, the
+        # target and the base come from the clean x.
+        context = self.network_input(batch, generator)  # (B, T, D)
+        out = self.model(context, x_t, t, mask, drop)  # (B, T, D) in prediction_type space
         base = self.teacher_forced_base(x, mask)
         if base is not None:
             no_drop = torch.zeros((B, T), dtype=torch.bool, device=x.device)

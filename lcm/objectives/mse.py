@@ -192,7 +192,8 @@ class ContrastiveTerm:
 
 
 class MSEObjective(ContrastiveTerm, Objective, network=BaseLCM):
-    """Next-concept MSE for :class:`~lcm.models.BaseLCM` (deterministic, no random draws).
+    """Next-concept MSE for :class:`~lcm.models.BaseLCM` (deterministic: its only random draw
+    is the optional training noise on the context, :attr:`input_noise`).
 
     Args:
         model: A network with ``forward(x (B, T, D), mask (B, T)) -> (B, T, D)`` where output t
@@ -239,10 +240,15 @@ class MSEObjective(ContrastiveTerm, Objective, network=BaseLCM):
     def _separator(self) -> Tensor | None:
         return None if self.separator is None else self.separator().detach()
 
-    def _outputs(self, x: Tensor, mask: Tensor | None, scale: float = 1.0) -> Tensor:
+    def _outputs(
+        self, x: Tensor, mask: Tensor | None, scale: float = 1.0, context: Tensor | None = None
+    ) -> Tensor:
         """(B, T, D): position t's prediction of concept t+1 (network output plus base, the
-        correction scaled by ``scale``: :func:`~lcm.objectives.base.scale_residual`)."""
-        y = self.model(x, mask)  # (B, T, D), y[:, t] predicts x[:, t+1]
+        correction scaled by ``scale``: :func:`~lcm.objectives.base.scale_residual`). The
+        network reads ``context`` (default ``x``; the noised concepts of
+        :meth:`~lcm.objectives.base.Objective.network_input` in training); the base is always
+        taken from the clean ``x``."""
+        y = self.model(x if context is None else context, mask)  # (B, T, D), y[:, t] ~ x[:, t+1]
         base = residual_base(x, mask, self.residual, self._separator())
         return y if base is None else scale_residual(y + base, base, scale)
 
@@ -250,7 +256,11 @@ class MSEObjective(ContrastiveTerm, Objective, network=BaseLCM):
         return shift_right(self._outputs(batch["x"], batch["mask"], scale))  # (B, T, D)
 
     def loss(self, batch: Batch, generator: torch.Generator | None = None) -> ObjectiveOutput:
-        pred = self._aligned(batch)  # (B, T, D)
+        """The chosen regression loss (plus the InfoNCE term) of the teacher-forced predictions;
+        ``generator`` draws the :attr:`input_noise` of the context in training (nothing else is
+        random)."""
+        context = self.network_input(batch, generator)  # (B, T, D), batch["x"] unless noised
+        pred = shift_right(self._outputs(batch["x"], batch["mask"], context=context))
         weight = target_weight(batch).clone()  # (B, T)
         weight[:, 0] = False  # nothing predicts the first concept
         queue = self.contrastive_negatives()

@@ -201,7 +201,10 @@ class QuantObjective(SampledObjective, network=QuantLCM):
         codes = self._codes(batch)  # (B, T, K) codes of every concept
         # Position t predicts concept t+1: its targets are codes[:, t+1]; the last has none.
         next_codes = torch.cat((codes[:, 1:], torch.zeros_like(codes[:, :1])), dim=1)
-        logits = self.model(x, mask, next_codes)  # (B, T, K, U)
+        # The network reads the context noised with input_noise in training; codes, targets and
+        # the base come from the clean x.
+        context = self.network_input(batch, generator)  # (B, T, D)
+        logits = self.model(context, mask, next_codes)  # (B, T, K, U)
 
         weight = target_weight(batch).clone()  # (B, T) over targets
         weight[:, 0] = False  # nothing predicts the first concept

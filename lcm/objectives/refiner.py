@@ -246,7 +246,10 @@ class RefinerObjective(ContrastiveTerm, SampledObjective, network=RecurrentRefin
             raise ValueError(f"num_iterations must be >= 1, got {r}")
         k = min(self.backprop_depth, r)
 
-        inject, ctx = model.contextualize(x, mask)  # (B, T, d) each, with gradients
+        # The network reads the context noised with input_noise in training (drawn after r);
+        # the base and the targets stay clean.
+        context = self.network_input(batch, generator)  # (B, T, D)
+        inject, ctx = model.contextualize(context, mask)  # (B, T, d) each, with gradients
         cross_kv = model.precompute_cross_kv(ctx)  # once, shared by all r iterations
         cmask = model.cross_mask(mask, T, T, x.device)  # (B, 1, T, T)
         state = self.initial_state(inject, generator)  # (B, T, d)

@@ -70,6 +70,7 @@ from lcm.objectives.base import (
     Batch,
     ObjectiveOutput,
     Residual,
+    check_input_noise,
     check_residual,
     check_residual_scale,
 )
@@ -151,6 +152,14 @@ class LCMModule(L.LightningModule):
             only 1 without a residual). Recorded in the checkpoint; override it on a loaded
             module with ``module.objective.residual_scale = s`` or per generation with
             ``residual_scale`` (:class:`lcm.api.Settings`).
+        input_noise: Training only: add Gaussian noise of this std per coordinate, in the
+            normalized concept space, to the context concepts the network reads (padding and
+            separator slots excepted); never to the targets or to the residual base, and never
+            in validation, test, predict or generation. 0 (default) trains exactly as without
+            it. For scale: normalization divides by the interquartile range, so a coordinate's
+            std is about 0.74 (MiniLM, 32.5k training sentences: 0.74 over the corpus, 0.59
+            within a document, 0.85 between consecutive sentences). See
+            :attr:`lcm.objectives.base.Objective.input_noise`.
     """
 
     family: ClassVar[str] = ""
@@ -174,6 +183,7 @@ class LCMModule(L.LightningModule):
         seed: int = 0,
         residual: Residual = "none",
         residual_scale: float = 1.0,
+        input_noise: float = 0.0,
     ) -> None:
         super().__init__()
         if not self.family:
@@ -192,6 +202,7 @@ class LCMModule(L.LightningModule):
         self.init_from, self.seed = init_from, seed
         self.residual: Residual = check_residual(residual)
         self.residual_scale = check_residual_scale(residual_scale, self.residual)
+        self.input_noise = check_input_noise(input_noise)
         self.objective: Objective
         self.ema_model: EMA | None = None
 
@@ -225,6 +236,7 @@ class LCMModule(L.LightningModule):
             )
         self.objective = objective
         objective.residual_scale = self.residual_scale
+        objective.input_noise = self.input_noise
         if self.ema_decay is not None:
             self.ema_model = EMA(objective.model, self.ema_decay, self.ema_warmup)
 

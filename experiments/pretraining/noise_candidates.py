@@ -1,0 +1,101 @@
+"""Train the noise-augmentation candidates of ``reports/pretraining/noise_augmentation`` and
+choose sigma on validation (no test or held-out data is read).
+
+Each system (default: Base-LCM and Base-LCM +ctx-mean) is trained at the ``full`` preset's
+settings (32.5k sentences, 400 steps, d128, seed 0) once per ``--model.input_noise`` sigma, with
+the report's own :func:`~experiments.pretraining.report.train_family`, so the run folders are
+the ones ``python -m experiments.pretraining.report --input_noise sigma --work_dir root`` reuses
+(``runs_full_steps400_d128_seed0[_noise<sigma>]/<system>``). Then, per system, the rule of
+``reports/pretraining/noise_augmentation/RULE.md`` (:func:`choose`) picks sigma from each run's
+validation CA at its last check, and ``selection.json`` records the curves and the choice.
+"""
+
+from __future__ import annotations
+
+import json
+import time
+from dataclasses import replace
+from pathlib import Path
+
+from experiments.pretraining.report import PRESETS, train_family, val_curves
+
+
+def choose(scores: dict[float, float], margin: float = 0.002) -> float:
+    """The chosen sigma: the highest score, where a sigma > 0 must beat sigma 0 by at least
+    ``margin`` (else 0 is kept); a tie for the highest goes to the smaller sigma.
+
+    Args:
+        scores: ``{sigma: validation CA at the last check}``; must hold sigma 0.
+        margin: What a sigma > 0 must gain over sigma 0.
+    """
+    if 0.0 not in scores:
+        raise ValueError(f"the rule compares with sigma 0, which has no score: {scores}")
+    best = max(sorted(scores), key=lambda s: scores[s])  # max keeps the first (smallest) tie
+    return best if best == 0.0 or scores[best] >= scores[0.0] + margin else 0.0
+
+
+def main(
+    root: str = "runs/pretraining/noise",
+    sigmas: tuple[float, ...] = (0.0, 0.05, 0.1, 0.2, 0.4, 0.8),
+    systems: tuple[str, ...] = ("base_lcm", "base_lcm+context_mean"),
+    train_dir: str | None = None,
+    selection: str = "reports/pretraining/noise_augmentation/selection.json",
+) -> dict:
+    """Train every (system, sigma) run (a run whose checkpoint exists is reused when its fit
+    record matches), then write ``selection``.
+
+    Args:
+        root: the report's ``--work_dir`` for these runs; ``train_seconds.json`` goes there.
+        sigmas: the candidates (0 included: the comparison of the rule).
+        systems: report systems (``base_lcm``, ``two_tower+context_mean``, ...).
+        train_dir: the training shards (default: the ``full`` preset's, built when missing).
+        selection: where the validation curves and the choices are written.
+    """
+    base = PRESETS["full"]
+    if train_dir is None:
+        from experiments.pretraining.inputs import build_inputs
+
+        build_inputs(base.inputs, ("train",))
+        train_dir = base.train_dir
+    out = Path(root)
+    out.mkdir(parents=True, exist_ok=True)
+    times_path = out / "train_seconds.json"
+    times = json.loads(times_path.read_text()) if times_path.exists() else {}
+    curves: dict[str, dict[str, list]] = {s: {} for s in systems}
+    for sigma in sigmas:
+        p = replace(base, input_noise=float(sigma), train_dir=train_dir)
+        runs = f"runs_full_steps{p.steps}_d{p.d_model}_seed{p.seed}"
+        runs += f"_noise{sigma:g}" if sigma > 0 else ""
+        for system in systems:
+            key = f"{system} noise{sigma:g}"
+            t = time.perf_counter()
+            fresh = not (out / runs / system / "checkpoints" / "last.ckpt").exists()
+            ckpt = train_family(system, p, train_dir, out / runs)
+            if fresh:
+                times[key] = round(time.perf_counter() - t, 1)
+                times_path.write_text(json.dumps(times, indent=1))
+            curves[system][f"{sigma:g}"] = val_curves(ckpt.parent.parent)
+            print(key, times.get(key), curves[system][f"{sigma:g}"][-1:], flush=True)
+    last = {s: {k: c[-1][1] for k, c in cs.items()} for s, cs in curves.items()}
+    chosen = {s: choose({float(k): v for k, v in sc.items()}) for s, sc in last.items()}
+    result = {
+        "rule": "reports/pretraining/noise_augmentation/RULE.md",
+        "train_dir": str(Path(train_dir).resolve()),
+        "work_dir": str(out.resolve()),
+        "val_ca_vs_steps": curves,
+        "val_ca_last": {s: {k: round(v, 4) for k, v in sc.items()} for s, sc in last.items()},
+        "chosen_sigma": chosen,
+        "train_seconds": times,
+    }
+    Path(selection).parent.mkdir(parents=True, exist_ok=True)
+    Path(selection).write_text(json.dumps(result, indent=1))
+    print(json.dumps({"val_ca_last": result["val_ca_last"], "chosen": chosen}, indent=1))
+    return result
+
+
+if __name__ == "__main__":
+    import sys
+
+    from jsonargparse import CLI
+
+    CLI(main, args=sys.argv[1:], as_positional=False)
