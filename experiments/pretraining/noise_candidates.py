@@ -40,6 +40,7 @@ def main(
     systems: tuple[str, ...] = ("base_lcm", "base_lcm+context_mean"),
     train_dir: str | None = None,
     selection: str = "reports/pretraining/noise_augmentation/selection.json",
+    steps: int | None = None,
 ) -> dict:
     """Train every (system, sigma) run (a run whose checkpoint exists is reused when its fit
     record matches), then write ``selection``.
@@ -50,8 +51,11 @@ def main(
         systems: report systems (``base_lcm``, ``two_tower+context_mean``, ...).
         train_dir: the training shards (default: the ``full`` preset's, built when missing).
         selection: where the validation curves and the choices are written.
+        steps: optimizer steps per run (default: the preset's 400).
     """
     base = PRESETS["full"]
+    if steps is not None:
+        base = replace(base, steps=steps)
     if train_dir is None:
         from experiments.pretraining.inputs import build_inputs
 
@@ -82,6 +86,7 @@ def main(
         "rule": "reports/pretraining/noise_augmentation/RULE.md",
         "train_dir": str(Path(train_dir).resolve()),
         "work_dir": str(out.resolve()),
+        "steps": base.steps,
         "val_ca_vs_steps": curves,
         "val_ca_last": {s: {k: round(v, 4) for k, v in sc.items()} for s, sc in last.items()},
         "chosen_sigma": chosen,
