@@ -46,7 +46,8 @@ def main(
     record matches), then write ``selection``.
 
     Args:
-        root: the report's ``--work_dir`` for these runs; ``train_seconds.json`` goes there.
+        root: the report's ``--work_dir`` for these runs; ``train_seconds.json`` goes there
+            (the seconds of the runs trained fresh, by system, sigma and steps).
         sigmas: the candidates (0 included: the comparison of the rule).
         systems: report systems (``base_lcm``, ``two_tower+context_mean``, ...).
         train_dir: the training shards (default: the ``full`` preset's, built when missing).
@@ -71,7 +72,7 @@ def main(
         runs = f"runs_full_steps{p.steps}_d{p.d_model}_seed{p.seed}"
         runs += f"_noise{sigma:g}" if sigma > 0 else ""
         for system in systems:
-            key = f"{system} noise{sigma:g}"
+            key = f"{system} noise{sigma:g} steps{p.steps}"
             t = time.perf_counter()
             fresh = not (out / runs / system / "checkpoints" / "last.ckpt").exists()
             ckpt = train_family(system, p, train_dir, out / runs)
@@ -80,6 +81,7 @@ def main(
                 times_path.write_text(json.dumps(times, indent=1))
             curves[system][f"{sigma:g}"] = val_curves(ckpt.parent.parent)
             print(key, times.get(key), curves[system][f"{sigma:g}"][-1:], flush=True)
+    ours = {f"{s} noise{x:g} steps{base.steps}" for s in systems for x in sigmas}
     last = {s: {k: c[-1][1] for k, c in cs.items()} for s, cs in curves.items()}
     chosen = {s: choose({float(k): v for k, v in sc.items()}) for s, sc in last.items()}
     result = {
@@ -90,7 +92,7 @@ def main(
         "val_ca_vs_steps": curves,
         "val_ca_last": {s: {k: round(v, 4) for k, v in sc.items()} for s, sc in last.items()},
         "chosen_sigma": chosen,
-        "train_seconds": times,
+        "train_seconds": {k: v for k, v in times.items() if k in ours},
     }
     Path(selection).parent.mkdir(parents=True, exist_ok=True)
     Path(selection).write_text(json.dumps(result, indent=1))
