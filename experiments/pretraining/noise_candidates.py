@@ -100,6 +100,33 @@ def main(
     return result
 
 
+def plot(selection: str = "reports/pretraining/noise_augmentation/selection.json") -> None:
+    """``val_ca_candidates.png`` beside ``selection``: validation CA against steps, one line per
+    sigma, one panel per system."""
+    import matplotlib
+
+    matplotlib.use("Agg")
+    import matplotlib.pyplot as plt
+
+    s = json.loads(Path(selection).read_text())
+    curves = s["val_ca_vs_steps"]
+    fig, axes = plt.subplots(1, len(curves), figsize=(5 * len(curves), 3.8), squeeze=False)
+    for ax, (system, by_sigma) in zip(axes[0], curves.items()):
+        for i, (sigma, pts) in enumerate(by_sigma.items()):
+            chosen = float(sigma) == s["chosen_sigma"][system]
+            ax.plot(
+                [q[0] for q in pts], [q[1] for q in pts], color=f"C{i}", marker=".",
+                lw=2.5 if chosen else 1.2, label=f"sigma {sigma}" + (" (chosen)" if chosen else ""),
+            )  # fmt: skip
+        ax.set_title(system)
+        ax.set_xlabel("training step")
+        ax.set_ylabel("validation CA (pool: each validation batch)")
+        ax.legend(fontsize=7)
+    fig.tight_layout()
+    fig.savefig(Path(selection).parent / "val_ca_candidates.png", dpi=110)
+    plt.close(fig)
+
+
 if __name__ == "__main__":
     import sys
 
