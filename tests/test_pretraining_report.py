@@ -133,6 +133,7 @@ def _cells(node):
         "contrastive_residual",
         "quant_decoding",
         "timed_run",
+        "quant_residual_206k",
     ],
 )
 def test_report_readme_intervals_are_the_jsons(sub):
