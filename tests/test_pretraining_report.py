@@ -134,6 +134,8 @@ def _cells(node):
         "quant_decoding",
         "timed_run",
         "noise_augmentation",
+        "quant_residual_206k",
+        "seed1_206k_refiner",
     ],
 )
 def test_report_readme_intervals_are_the_jsons(sub):
