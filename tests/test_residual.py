@@ -256,11 +256,10 @@ def test_residual_is_recorded_and_refused_where_unsupported():
         ValueError, match="RefinerObjective does not support residual='source_mean'"
     ):
         RefinerModule(arch=RefinerConfig.from_name("tiny", sonar_dim=D), residual="source_mean")
-    # the source bases need the separator, which only Base-LCM's objective is given
-    with pytest.raises(
-        ValueError, match="TwoTowerDiffusion does not support residual='source_lead'"
-    ):
-        TwoTowerModule(arch=TwoTowerConfig.from_name("tiny", sonar_dim=D), residual="source_lead")
+    # the diffusion families take the source bases too, with the module's separator
+    two = TwoTowerModule(arch=TwoTowerConfig.from_name("tiny", sonar_dim=D), residual="source_lead")
+    assert two.objective.residual == "source_lead" and two.hparams["residual"] == "source_lead"
+    assert torch.equal(two.objective._separator(), two.separator)
     with pytest.raises(ValueError, match="prediction_type='sample'"):
         TwoTowerModule(
             arch=TwoTowerConfig.from_name("tiny", sonar_dim=D),

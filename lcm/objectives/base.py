@@ -18,6 +18,7 @@ from __future__ import annotations
 import copy
 import math
 from abc import ABC, abstractmethod
+from collections.abc import Callable
 from dataclasses import dataclass, replace
 from typing import TYPE_CHECKING, Any, ClassVar, Literal, TypeVar, get_args
 
@@ -248,12 +249,18 @@ class Objective(nn.Module, ABC):
         residual: Predict concept t+1 as a base from the context plus the network's output
             (:data:`Residual`, :func:`residual_base`); one of the family's
             :attr:`residuals`.
+
+    Attributes:
+        separator: Optional callable returning the (D,) separator concept in normalized space,
+            which ``residual="source_mean"`` and ``"source_lead"`` need (set by the
+            LightningModule from its ``separator``, so a checkpoint carries it; read at each
+            call, so a learned separator is the current one).
     """
 
     residuals: ClassVar[tuple[Residual, ...]] = ("none",)
     """The :data:`Residual` bases the family's loss, teacher-forced prediction and generation
-    step can add to the network's output (``source_mean`` / ``source_lead`` also need the
-    separator concept, which only Base-LCM's objective is given)."""
+    step can add to the network's output (``source_mean`` / ``source_lead`` also need
+    :attr:`separator`)."""
 
     predicts_first_concept: ClassVar[bool] = True
     """False when position 0 of ``predict_all`` is a placeholder: the network only predicts
@@ -271,17 +278,22 @@ class Objective(nn.Module, ABC):
         self.residual: Residual = check_residual(residual)
         self._residual_scale = 1.0
         self._input_noise = 0.0
+        self.separator: Callable[[], Tensor] | None = None
         if residual not in self.residuals:
             raise ValueError(
                 f"{type(self).__name__} does not support residual={residual!r} (only "
-                f"{', '.join(map(repr, self.residuals))}); Base-LCM takes every residual, "
-                "One-Tower, Two-Tower, Quant-LCM and the refiner 'last' and 'context_mean'"
+                f"{', '.join(map(repr, self.residuals))}); Base-LCM, One-Tower and Two-Tower "
+                "take every residual, Quant-LCM and the refiner 'last' and 'context_mean'"
             )
+
+    def _separator(self) -> Tensor | None:
+        """(D,) the separator concept now (detached: no residual base trains it), or None."""
+        return None if self.separator is None else self.separator().detach()
 
     def next_base(self, x: Tensor, mask: Tensor | None) -> Tensor | None:
         """(B, D): the residual base of the concept after each right-padded row of ``x``
         (B, T, D), or None without a residual."""
-        base = residual_base(x, mask, self.residual)
+        base = residual_base(x, mask, self.residual, self._separator())
         return None if base is None else last_valid(base, mask)
 
     @property

@@ -14,11 +14,14 @@ trailing spacing, eta 0, guidance 3 on epsilon with rescale 0.7, initial noise s
 The two families differ only in how one denoising call reaches the clean context, which the
 subclasses provide (:meth:`DiffusionObjective._teacher_forced_fn`, :meth:`_next_fn`).
 
-Residual (``residual="last"`` or ``"context_mean"``, x0-prediction only): the denoiser's x0
-estimate of concept i becomes ``base_{i-1} + out_i``, where ``base`` is the last context concept
-or the context mean (:func:`~lcm.objectives.base.residual_base`), and 0 for the first concept and
-for every row whose context is dropped (the unconditional half of classifier-free guidance). The
-forward process still noises the concept itself, not the residual ``x_i - base``:
+Residual (``residual`` other than ``"none"``, x0-prediction only): the denoiser's x0 estimate
+of concept i becomes ``base_{i-1} + out_i``, where ``base`` is the last context concept, the
+context mean or, for summarization, the source mean or its midpoint with the source's first
+concept (``"source_mean"``, ``"source_lead"``: :func:`~lcm.objectives.base.residual_base` with
+the objective's :attr:`~lcm.objectives.base.Objective.separator`, which the LightningModule
+gives it, the same as Base-LCM's), and 0 for the first concept and for every row whose context
+is dropped (the unconditional half of classifier-free guidance). The forward process still
+noises the concept itself, not the residual ``x_i - base``:
 
 - the noise schedule (zero terminal SNR), the initial noise scale 0.6 and the guidance rescale
   are set for the distribution of concepts; a residual has another scale (consecutive concepts
@@ -173,10 +176,11 @@ class DiffusionObjective(SampledObjective):
         cfg_dropout: Share of positions trained without context (paper: about 0.15).
         sampling: Default sampling settings; every sampling method can override them.
         residual: Add this base from the context to the denoiser's x0 estimate (see the module
-            docstring; needs ``prediction_type="sample"``).
+            docstring; needs ``prediction_type="sample"``; ``source_mean`` and ``source_lead``
+            need :attr:`~lcm.objectives.base.Objective.separator`).
     """
 
-    residuals = ("none", "last", "context_mean")
+    residuals = get_args(Residual)
 
     def __init__(
         self,
@@ -226,7 +230,7 @@ class DiffusionObjective(SampledObjective):
     def teacher_forced_base(self, x: Tensor, mask: Tensor | None) -> Tensor | None:
         """(B, T, D): the residual base of each target position i (from ``x[:, :i]``; 0 at
         position 0, which has no context), or None without a residual."""
-        base = residual_base(x, mask, self.residual)
+        base = residual_base(x, mask, self.residual, self._separator())
         return None if base is None else shift_right(base)
 
     # ---------------------------------------------------------------------------- sampling
@@ -366,7 +370,7 @@ class TwoTowerDiffusion(DiffusionObjective, network=TwoTowerLCM):
         ``use_cache``, ``reuse_context``, ``fast``, ``fast_options``, ``compile``)."""
         scheduler, sampling = self.step_settings(options)
         o = options
-        return TwoTowerStep(
+        step = TwoTowerStep(
             self.model,
             scheduler,
             sampling,
@@ -377,6 +381,8 @@ class TwoTowerDiffusion(DiffusionObjective, network=TwoTowerLCM):
             o.compile,
             self.residual,
         )
+        step.separator = self._separator()
+        return step
 
     def _next_fn(self, x: Tensor, mask: Tensor, copies: int) -> ModelFn:
         # S = T + 1 slots [0, ctx_0 .. ctx_{T-1}]; the single query is concept T. Padded slots
@@ -401,7 +407,7 @@ class OneTowerDiffusion(DiffusionObjective, network=OneTowerLCM):
         """:class:`OneTowerStep` (reads ``scheduler``, ``sampling``, ``sampling_overrides``,
         ``use_cache``, ``compile``, ``compile_backend``)."""
         scheduler, sampling = self.step_settings(options)
-        return OneTowerStep(
+        step = OneTowerStep(
             self.model,
             scheduler,
             sampling,
@@ -410,6 +416,8 @@ class OneTowerDiffusion(DiffusionObjective, network=OneTowerLCM):
             options.compile,
             options.compile_backend,
         )
+        step.separator = self._separator()
+        return step
 
     def _teacher_forced_fn(self, x: Tensor, mask: Tensor, copies: int) -> ModelFn:
         model = self.model

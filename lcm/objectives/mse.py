@@ -213,9 +213,7 @@ class MSEObjective(ContrastiveTerm, Objective, network=BaseLCM):
     Attributes:
         to_decoder_space: Optional map from normalized space to the decoder's space, where the
             ``cosine`` and ``infonce`` losses score (set by the LightningModule).
-        separator: Optional callable returning the (D,) separator concept in normalized space,
-            which ``residual="source_mean"`` and ``"source_lead"`` need (set by the
-            LightningModule).
+        separator: See :class:`~lcm.objectives.base.Objective`.
     """
 
     predicts_first_concept = False
@@ -235,10 +233,6 @@ class MSEObjective(ContrastiveTerm, Objective, network=BaseLCM):
             raise ValueError(f"unknown loss {loss!r}; known: {list(get_args(RegressionLoss))}")
         self.loss_kind: RegressionLoss = loss
         self.init_contrastive(temperature, contrastive_weight, contrastive_queue)
-        self.separator: Callable[[], Tensor] | None = None
-
-    def _separator(self) -> Tensor | None:
-        return None if self.separator is None else self.separator().detach()
 
     def _outputs(
         self, x: Tensor, mask: Tensor | None, scale: float = 1.0, context: Tensor | None = None

@@ -20,9 +20,9 @@ name: the refiner's ``exit_step`` (iterations it took), Quant-LCM's ``codes`` (B
 step; both exist to test and benchmark the fast paths against.
 
 A family trained with a ``residual`` (:data:`lcm.objectives.base.Residual`) adds the same base to
-each next concept in its step as its objective does in training: the last context concept or the
-mean of the valid ones (left padding excluded), from the step's whole context ``x``, which every
-step keeps, cached or not.
+each next concept in its step as its objective does in training: the last context concept, the
+mean of the valid ones (left padding excluded) or a source base (the objective sets the step's
+``separator``), from the step's whole context ``x``, which every step keeps, cached or not.
 """
 
 from __future__ import annotations

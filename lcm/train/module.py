@@ -142,10 +142,12 @@ class LCMModule(L.LightningModule):
             output: ``none`` (the concept itself), ``last`` (a correction to the last concept)
             or ``context_mean`` (a correction to the mean of the context), in normalized space;
             applied in training, validation and generation alike (every family; Quant-LCM
-            predicts the quantized residual with a quantizer fitted on residuals). Base-LCM
-            also takes ``source_mean`` (summarization: the mean of the source's concepts,
-            separator and end-of-text left out) and ``source_lead`` (the midpoint of that mean
-            and the source's first concept); see :data:`lcm.objectives.base.Residual`.
+            predicts the quantized residual with a quantizer fitted on residuals). Base-LCM,
+            One-Tower and Two-Tower also take ``source_mean`` (summarization: the mean of the
+            source's concepts, separator and end-of-text left out) and ``source_lead`` (the
+            midpoint of that mean and the source's first concept), computed with the module's
+            ``separator``; see :data:`lcm.objectives.base.Residual` (the diffusion families add
+            the base to the denoiser's x0 estimate of the rows that keep their context).
         residual_scale: Prediction time only (validation, test, predict, generation; never the
             loss): predict ``base + residual_scale * (prediction - base)``, the learned
             correction to the residual base scaled (> 0; 1, the default, predicts as trained;
@@ -235,10 +237,16 @@ class LCMModule(L.LightningModule):
                 "family's build must pass the module's residual to its objective"
             )
         self.objective = objective
+        # read at each call: the buffer follows the module's device, a learned one trains
+        objective.separator = self._separator_now
         objective.residual_scale = self.residual_scale
         objective.input_noise = self.input_noise
         if self.ema_decay is not None:
             self.ema_model = EMA(objective.model, self.ema_decay, self.ema_warmup)
+
+    def _separator_now(self) -> Tensor:
+        """The separator as it is now (a buffer moves with the module; a parameter trains)."""
+        return self.separator
 
     # ----------------------------------------------------------------------- family hooks
     def eval_kwargs(self) -> dict[str, Any]:
@@ -570,12 +578,7 @@ class BaseLCMModule(LCMModule):
         # Scored where the retrieval decoder searches; the normalizer is filled in at setup or
         # from the checkpoint, and this reads it at each call.
         objective.to_decoder_space = self.normalizer.denormalize
-        objective.separator = self._separator_now
         self.attach(objective)
-
-    def _separator_now(self) -> Tensor:
-        """The separator as it is now (a buffer moves with the module; a parameter trains)."""
-        return self.separator
 
 
 class DiffusionModule(LCMModule):
