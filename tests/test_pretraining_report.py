@@ -136,6 +136,7 @@ def _cells(node):
         "noise_augmentation",
         "quant_residual_206k",
         "seed1_206k_refiner",
+        "seed1_206k_base_one_tower",
     ],
 )
 def test_report_readme_intervals_are_the_jsons(sub):
