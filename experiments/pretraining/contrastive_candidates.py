@@ -13,7 +13,7 @@ from dataclasses import replace
 from pathlib import Path
 
 from experiments.pretraining.inputs import build_inputs
-from experiments.pretraining.report import PRESETS, train_family
+from experiments.pretraining.report import PRESETS, runs_name, train_family
 
 
 def main(root: str = "runs/pretraining/contrastive") -> None:
@@ -29,7 +29,7 @@ def main(root: str = "runs/pretraining/contrastive") -> None:
     times = {}
     for w in (1.0, 0.1):
         p = replace(base, contrastive_weight=w, temperature=0.05)
-        run = out / f"runs_full_steps400_d128_seed0_cw{w:g}_t0.05"
+        run = out / runs_name("full", p)  # runs_full_steps400_d128_seed0_cw<w>_t0.05
         for system in ("base_lcm", "base_lcm+context_mean"):
             t = time.perf_counter()
             train_family(system, p, p.train_dir, run)

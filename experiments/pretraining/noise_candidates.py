@@ -17,7 +17,7 @@ import time
 from dataclasses import replace
 from pathlib import Path
 
-from experiments.pretraining.report import PRESETS, train_family, val_curves
+from experiments.pretraining.report import PRESETS, runs_name, train_family, val_curves
 
 
 def choose(scores: dict[float, float], margin: float = 0.002) -> float:
@@ -69,8 +69,7 @@ def main(
     curves: dict[str, dict[str, list]] = {s: {} for s in systems}
     for sigma in sigmas:
         p = replace(base, input_noise=float(sigma), train_dir=train_dir)
-        runs = f"runs_full_steps{p.steps}_d{p.d_model}_seed{p.seed}"
-        runs += f"_noise{sigma:g}" if sigma > 0 else ""
+        runs = runs_name("full", p)
         for system in systems:
             key = f"{system} noise{sigma:g} steps{p.steps}"
             t = time.perf_counter()

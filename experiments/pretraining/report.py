@@ -735,6 +735,18 @@ def val_curves(run_dir: Path) -> list[tuple[int, float]]:
 # ---------------------------------------------------------------------------------------------
 
 
+def runs_name(preset_name: str, p: Preset) -> str:
+    """The folder (under the work dir) of the preset's training runs, one sub-folder per system:
+    named by preset, steps, width and seed, plus the contrastive and noise settings when set, so
+    runs with other settings never share a folder (the fit record checks the rest)."""
+    name = f"runs_{preset_name}_steps{p.steps}_d{p.d_model}_seed{p.seed}"
+    if p.contrastive_weight > 0:
+        name += f"_cw{p.contrastive_weight:g}_t{p.temperature:g}"
+    if p.input_noise > 0:
+        name += f"_noise{p.input_noise:g}"
+    return name
+
+
 def run_report(p: Preset, out_dir: str, preset_name: str) -> dict:
     """Train every family, evaluate everything, write the outputs; returns the results."""
     t0 = time.perf_counter()
@@ -755,11 +767,7 @@ def run_report(p: Preset, out_dir: str, preset_name: str) -> dict:
         t = time.perf_counter()
         inputs = build_inputs(p.inputs, parts, build=p.prepare_inputs)
         seconds["inputs"] = round(time.perf_counter() - t, 1)
-    runs = f"runs_{preset_name}_steps{p.steps}_d{p.d_model}_seed{p.seed}"
-    if p.contrastive_weight > 0:
-        runs += f"_cw{p.contrastive_weight:g}_t{p.temperature:g}"
-    if p.input_noise > 0:
-        runs += f"_noise{p.input_noise:g}"
+    runs = runs_name(preset_name, p)
     ckpts, reused = {}, []
     for fam in p.families:
         t = time.perf_counter()
