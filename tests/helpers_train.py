@@ -152,6 +152,24 @@ class SlowFixedHashCodec(_SlowEncode, FixedHashCodec):
     process: each generated batch encodes its documents once)."""
 
 
+# ------------------------------------------------------------- the CLI in this process
+def cli_printed(capsys, argv: list[str], ok: bool = True) -> str:
+    """What ``lcm <argv>`` prints when it exits at once (``--print_config``, ``--model.help``),
+    run in this process; asserts a clean exit (``ok=False``: a failed one, e.g. a value of the
+    wrong type)."""
+    import pytest
+
+    from lcm.train.cli import cli_main
+
+    with pytest.raises(SystemExit) as done:
+        cli_main(argv)
+    if ok:
+        assert done.value.code in (0, None), f"lcm {' '.join(argv)} exited {done.value.code}"
+    else:
+        assert done.value.code not in (0, None), f"lcm {' '.join(argv)} succeeded"
+    return capsys.readouterr().out
+
+
 # ------------------------------------------------------- the real command in a fresh process
 def fresh_env(**extra: str) -> dict[str, str]:
     """The environment of a fresh ``lcm`` process: the project and ``tests/`` importable (so

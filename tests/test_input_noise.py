@@ -9,6 +9,7 @@ from pathlib import Path
 import pytest
 import torch
 import yaml
+from helpers_train import cli_printed
 from test_residual import FAMILIES, IDS, D, _objective
 from torch import nn
 
@@ -17,7 +18,6 @@ from experiments.pretraining.report import PRESETS, fit_record
 from lcm.models import BaseLCMConfig, RefinerConfig, TwoTowerConfig
 from lcm.objectives import MSEObjective
 from lcm.objectives.base import add_input_noise, masked_mse, residual_base, shift_right
-from lcm.train.cli import cli_main
 from lcm.train.module import BaseLCMModule, RefinerModule, TwoTowerModule
 
 CONFIGS = Path(__file__).resolve().parent.parent / "configs"
@@ -143,26 +143,17 @@ def test_cli_parses_input_noise_and_the_printed_yaml_reads_back(tmp_path, capsys
         "--config",
         str(CONFIGS / "base_lcm" / "tiny.yaml"),
     ]
-    with pytest.raises(SystemExit) as done:
-        cli_main([*args, "--model.init_args.input_noise=0.2", "--print_config"])
-    assert done.value.code in (0, None)
-    printed = capsys.readouterr().out
+    printed = cli_printed(capsys, [*args, "--model.init_args.input_noise=0.2", "--print_config"])
     assert yaml.safe_load(printed)["model"]["init_args"]["input_noise"] == 0.2
     saved = tmp_path / "config.yaml"
     saved.write_text(printed)
-    with pytest.raises(SystemExit):
-        cli_main(["fit", "--config", str(saved), "--print_config"])
-    assert yaml.safe_load(capsys.readouterr().out)["model"]["init_args"]["input_noise"] == 0.2
-    with pytest.raises(SystemExit):
-        cli_main([*args, "--print_config"])
-    assert yaml.safe_load(capsys.readouterr().out)["model"]["init_args"]["input_noise"] == 0.0
-    with pytest.raises(SystemExit) as done:
-        cli_main([*args, "--model.init_args.input_noise=lots", "--print_config"])
-    assert done.value.code not in (0, None)  # typed float
-    capsys.readouterr()
-    with pytest.raises(SystemExit):
-        cli_main(["fit", "--model.help", "BaseLCMModule"])
-    help_text = " ".join(capsys.readouterr().out.split())
+    reread = cli_printed(capsys, ["fit", "--config", str(saved), "--print_config"])
+    assert yaml.safe_load(reread)["model"]["init_args"]["input_noise"] == 0.2
+    default = cli_printed(capsys, [*args, "--print_config"])
+    assert yaml.safe_load(default)["model"]["init_args"]["input_noise"] == 0.0
+    wrong_type = [*args, "--model.init_args.input_noise=lots", "--print_config"]
+    cli_printed(capsys, wrong_type, ok=False)  # typed float
+    help_text = " ".join(cli_printed(capsys, ["fit", "--model.help", "BaseLCMModule"]).split())
     assert "--model.input_noise INPUT_NOISE" in help_text  # the docstring is the help
     assert "never in validation, test, predict or generation" in help_text
 
